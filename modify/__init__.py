@@ -1,0 +1,23 @@
+"""modify: PyTorch models as an algebra of leaves, ``Sequential`` and ``Parallel``.
+
+Every op is a :class:`ModifyModule` tagged with traits; networks compose only through
+:class:`Sequential` and :class:`Parallel`; rewriters build new models that share every untouched
+parameter with the old one.
+"""
+
+from . import traits
+from ._core.checks import checks_enabled, set_checks
+from ._core.errors import ModifyError, ModifyTypeError, ModifyValueError
+from ._core.module import Leaf, ModifyModule
+from .combinators import Combinator, Fork, Parallel, Residual, Sequential
+from .primitives import *  # noqa: F403
+from .primitives import __all__ as _primitives
+from .traits import traits_of
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Combinator", "Fork", "Leaf", "ModifyError", "ModifyModule", "ModifyTypeError", "ModifyValueError",
+    "Parallel", "Residual", "Sequential", "checks_enabled", "set_checks", "traits", "traits_of",
+    *_primitives,
+]

@@ -1,0 +1,176 @@
+"""Runtime checks: O(1) value checks on the hot path, type checks on the public API.
+
+Value checks are plain ``isinstance``/``len`` tests (typeguard's ``check_type`` costs ~19 µs a
+call, too much per module call). They are skipped while ``torch.compile`` traces, so compiled
+graphs contain none of them. Public constructors and rewriters check their arguments against
+their annotations with typeguard.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import typing
+from typing import Any, Callable, TypeVar
+
+import torch
+from typeguard import TypeCheckError, check_type
+
+from .errors import ModifyTypeError, ModifyValueError, describe
+
+_enabled = True
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _Restore:
+    """Context manager returned by :func:`set_checks`: restores the previous flag on exit."""
+
+    def __init__(self, previous: bool):
+        self.previous = previous
+
+    def __enter__(self) -> _Restore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        global _enabled
+        _enabled = self.previous
+
+
+def set_checks(flag: bool) -> _Restore:
+    """Turn runtime checks on or off, now; the result restores the previous setting on exit.
+
+    Args:
+        flag: ``True`` to check values and arguments (the default), ``False`` to skip checks.
+
+    Returns:
+        A context manager; ``with modify.set_checks(False): ...`` turns checks off inside the block
+        only. Called as a plain function the setting stays until changed.
+
+    Raises:
+        TypeError: if ``flag`` is not a ``bool``.
+
+    Example:
+        >>> import modify
+        >>> with modify.set_checks(False):
+        ...     modify.checks_enabled()
+        False
+        >>> modify.checks_enabled()
+        True
+    """
+    global _enabled
+    if not isinstance(flag, bool):
+        raise TypeError(f"set_checks expects a bool, got {type(flag).__name__}")
+    previous, _enabled = _enabled, flag
+    return _Restore(previous)
+
+
+def checks_enabled() -> bool:
+    """Whether runtime checks run now: on, and not inside ``torch.compile`` tracing."""
+    return _enabled and not torch.compiler.is_compiling()
+
+
+def expect_tensor(module: torch.nn.Module, x: object) -> torch.Tensor:
+    """Check that a ``Unary`` module got one tensor; return it.
+
+    Raises:
+        ModifyTypeError: (a ``TypeError``) naming the module and what arrived.
+    """
+    if _enabled and not isinstance(x, torch.Tensor) and not torch.compiler.is_compiling():
+        raise ModifyTypeError(module, f"expected a tensor, got {describe(x)}")
+    return x  # type: ignore[return-value]
+
+
+def expect_tuple(module: torch.nn.Module, x: object, length: int | None = None) -> tuple:
+    """Check that a module got a tuple (of ``length`` values, when given); return it.
+
+    Raises:
+        ModifyTypeError: (a ``TypeError``) if ``x`` is not a tuple.
+        ModifyValueError: (a ``ValueError``) if its length differs.
+    """
+    if _enabled and not torch.compiler.is_compiling():
+        if not isinstance(x, tuple):
+            want = f"a tuple of {length} values" if length is not None else "a tuple"
+            raise ModifyTypeError(module, f"expected {want}, got {describe(x)}")
+        if length is not None and len(x) != length:
+            raise ModifyValueError(module, f"expected a tuple of {length} values, got {describe(x)}")
+    return x  # type: ignore[return-value]
+
+
+def expect_tensors(module: torch.nn.Module, x: object, length: int) -> tuple:
+    """Like :func:`expect_tuple`, and every element must be a tensor."""
+    values = expect_tuple(module, x, length)
+    if _enabled and not torch.compiler.is_compiling():
+        for i, v in enumerate(values):
+            if not isinstance(v, torch.Tensor):
+                raise ModifyTypeError(module, f"expected tensors, element {i} of {describe(x)} is not")
+    return values
+
+
+_SIMPLE = {int: (int,), float: (int, float), bool: (bool,), str: (str,)}
+
+
+def _checker(hint: Any) -> Callable[[Any], None]:
+    """A checker for one annotation: ``isinstance`` for simple types, typeguard otherwise."""
+    simple = _SIMPLE.get(hint)
+    if simple is not None:
+
+        def check_simple(value: Any) -> None:
+            if not isinstance(value, simple):
+                raise TypeCheckError(f"is not an instance of {hint.__name__}")
+
+        return check_simple
+    return lambda value: check_type(value, hint)
+
+
+def typechecked(fn: F) -> F:
+    """Decorate a public function or constructor to check its arguments with typeguard.
+
+    The annotations are resolved on the first call. A mismatch raises ``TypeError`` naming the
+    function, the argument and what arrived. ``modify.set_checks(False)`` skips the checks.
+    """
+    signature = inspect.signature(fn)
+    checkers: dict[str, tuple[inspect._ParameterKind, Callable[[Any], None]]] = {}
+    resolved = False
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        nonlocal resolved
+        if _enabled:
+            if not resolved:
+                hints = typing.get_type_hints(fn)
+                for name, param in signature.parameters.items():
+                    if name in hints and name != "return":
+                        checkers[name] = (param.kind, _checker(hints[name]))
+                resolved = True
+            _check_arguments(fn, signature, checkers, args, kwargs)
+        return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _check_arguments(fn: Callable, signature: inspect.Signature, checkers: dict, args: tuple, kwargs: dict) -> None:
+    bound = signature.bind(*args, **kwargs)
+    name = fn.__qualname__.removesuffix(".__init__")
+    for arg, value in bound.arguments.items():
+        entry = checkers.get(arg)
+        if entry is None:
+            continue
+        kind, check = entry
+        if kind is inspect.Parameter.VAR_POSITIONAL:
+            items = list(enumerate(value))
+        elif kind is inspect.Parameter.VAR_KEYWORD:
+            items = list(value.items())
+        else:
+            items = [(None, value)]
+        for key, item in items:
+            try:
+                check(item)
+            except TypeCheckError as error:
+                where = arg if key is None else f"{arg}[{key!r}]"
+                raise TypeError(f"{name}: argument '{where}' got {_brief(item)}, which {error}") from None
+
+
+def _brief(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:60]}"

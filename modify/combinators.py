@@ -1,0 +1,226 @@
+"""The two combinators, ``Sequential`` and ``Parallel``, and the sugar built from them.
+
+Every network in modify is a tree whose inner nodes are these two classes (or subclasses that
+only rename them, like ``Residual`` and ``LoRA``) and whose leaves hold the parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from ._core.checks import checks_enabled, typechecked
+from ._core.errors import ModifyTypeError, ModifyValueError, annotate, describe
+from ._core.module import ModifyModule
+from ._core.opaque import wrap
+from .primitives.arithmetic import Add
+from .primitives.structure import Copy, Identity
+from .traits import combine_parallel, combine_sequence, traits_of
+
+
+class Combinator(ModifyModule):
+    """Base of :class:`Sequential` and :class:`Parallel`: an ordered set of named children.
+
+    Children are given positionally (named ``"0"``, ``"1"``, ...) or by keyword (named, order
+    kept), not both. Plain ``torch.nn`` modules are wrapped as opaque leaves.
+    """
+
+    def __init__(self, *modules: nn.Module, **named: nn.Module):
+        super().__init__()
+        if modules and named:
+            raise TypeError(f"{type(self).__name__} takes children positionally or by name, not both")
+        items = named.items() if named else ((str(i), m) for i, m in enumerate(modules))
+        for name, module in items:
+            if not isinstance(module, nn.Module):
+                raise TypeError(
+                    f"{type(self).__name__} child '{name}' must be a torch.nn.Module, got {type(module).__name__}"
+                )
+            self.add_module(name, wrap(module))
+
+    def rebuilt(self, children: dict[str, nn.Module]) -> Combinator:
+        """A new combinator of the same class and settings with ``children`` in place of its own.
+
+        The result shares this combinator's own parameters and buffers (if a subclass has any)
+        and every child object given; ``self`` is left unchanged. Rewriters use this to rebuild
+        only the combinators on the way to a change.
+
+        Raises:
+            ValueError: if the names of ``children`` differ from this combinator's.
+        """
+        if list(children) != list(self._modules):
+            raise ValueError(
+                f"{type(self).__name__}.rebuilt expects children {list(self._modules)}, got {list(children)}"
+            )
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        clone._parameters = dict(self._parameters)
+        clone._buffers = dict(self._buffers)
+        clone._non_persistent_buffers_set = set(self._non_persistent_buffers_set)
+        clone._modules = {name: wrap(m) for name, m in children.items()}
+        for attr, value in self.__dict__.items():
+            if attr.endswith("hooks") and isinstance(value, dict):
+                clone.__dict__[attr] = type(value)()
+        return clone
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self) -> Iterator[nn.Module]:
+        return iter(self._modules.values())
+
+    def __getitem__(self, key: int | str) -> nn.Module:
+        """The child at position ``key`` (negative counts from the end) or named ``key``."""
+        if isinstance(key, str):
+            return self._modules[key]
+        if not isinstance(key, int):
+            raise TypeError(f"{type(self).__name__} indices are int or str, got {type(key).__name__}")
+        children = list(self._modules.values())
+        if not -len(children) <= key < len(children):
+            raise IndexError(f"{type(self).__name__} has {len(children)} children, no index {key}")
+        return children[key]
+
+
+class Sequential(Combinator):
+    """Compose modules: ``x -> m_n(...m_2(m_1(x)))``.
+
+    Args:
+        *modules: children named ``"0"``, ``"1"``, ...; or
+        **named: children by name, in the order given.
+
+    Shape:
+        Whatever flows: the input of the first child to the output of the last. An empty
+        ``Sequential`` is the identity.
+
+    Raises:
+        TypeError: a child that is not a ``torch.nn.Module``; both positional and named children.
+        Errors from children propagate with the child's dotted path in their message (a
+        ``ModifyError``) or in a note (any other exception).
+
+    Example:
+        >>> import torch, modify
+        >>> mlp = modify.Sequential(modify.Linear(4, 8), modify.ReLU(), modify.Linear(8, 2))
+        >>> mlp(torch.randn(3, 4)).shape
+        torch.Size([3, 2])
+        >>> list(dict(mlp.named_parameters()))
+        ['0.weight', '0.bias', '2.weight', '2.bias']
+    """
+
+    def forward(self, x):
+        if torch.compiler.is_compiling():
+            for module in self._modules.values():
+                x = module(x)
+            return x
+        for name, module in self._modules.items():
+            try:
+                x = module(x)
+            except Exception as error:
+                annotate(error, name, module)
+                raise
+        return x
+
+    def _infer_traits(self) -> frozenset[type]:
+        own = next(self.parameters(recurse=False), None) is not None
+        return combine_sequence([traits_of(m) for m in self._modules.values()], own)
+
+
+class Parallel(Combinator):
+    """Apply modules side by side: ``(x_1, ..., x_n) -> (m_1(x_1), ..., m_n(x_n))``.
+
+    Args:
+        *modules: branches named ``"0"``, ``"1"``, ...; or
+        **named: branches by name, in the order given.
+
+    Shape:
+        Input: a tuple of exactly ``len(modules)`` values. Output: a tuple of as many values.
+
+    Raises:
+        ModifyTypeError: (a ``TypeError``) if the input is not a tuple.
+        ModifyValueError: (a ``ValueError``) if its length differs from the number of branches,
+            e.g. ``Parallel at 'blocks.0.attn' got a tuple of 2 values for 3 branches``.
+
+    Example:
+        >>> import torch, modify
+        >>> both = modify.Parallel(modify.Scale(2.0), modify.Exp())
+        >>> a, b = both((torch.ones(2), torch.zeros(2)))
+        >>> a.tolist(), b.tolist()
+        ([2.0, 2.0], [1.0, 1.0])
+    """
+
+    def forward(self, x):
+        if torch.compiler.is_compiling():
+            return tuple(m(v) for m, v in zip(self._modules.values(), x))
+        if checks_enabled():
+            self._check(x)
+        out = []
+        for (name, module), value in zip(self._modules.items(), x):
+            try:
+                out.append(module(value))
+            except Exception as error:
+                annotate(error, name, module)
+                raise
+        return tuple(out)
+
+    def _check(self, x: object) -> None:
+        branches = len(self._modules)
+        if not isinstance(x, tuple):
+            raise ModifyTypeError(self, f"expected a tuple of {branches} values, got {describe(x)}")
+        if len(x) != branches:
+            raise ModifyValueError(self, f"got a tuple of {len(x)} values for {branches} branches")
+
+    def _infer_traits(self) -> frozenset[type]:
+        own = next(self.parameters(recurse=False), None) is not None
+        return combine_parallel([traits_of(m) for m in self._modules.values()], own)
+
+
+class Residual(Sequential):
+    """A residual connection ``x -> x + block(x)``.
+
+    Exactly ``Sequential(Copy(2), Parallel(Identity(), block), Add())``: the block sits at path
+    ``"1.1"``. He et al. 2016, "Deep Residual Learning for Image Recognition".
+
+    Args:
+        block: any module whose output has the shape of its input.
+
+    Shape:
+        ``(*) -> (*)``.
+
+    Example:
+        >>> import torch, modify
+        >>> r = modify.Residual(modify.Scale(3.0))
+        >>> r(torch.ones(2)).tolist()
+        [4.0, 4.0]
+    """
+
+    @typechecked
+    def __init__(self, block: nn.Module):
+        super().__init__(Copy(2), Parallel(Identity(), block), Add())
+
+
+class Fork(Sequential):
+    """Feed one value to several modules: ``x -> (m_1(x), ..., m_n(x))``.
+
+    Exactly ``Sequential(Copy(len(modules)), Parallel(*modules))``.
+
+    Args:
+        *modules: the branches (at least one).
+
+    Shape:
+        Input: one value. Output: a tuple of ``len(modules)`` values.
+
+    Raises:
+        ValueError: if no module is given.
+
+    Example:
+        >>> import torch, modify
+        >>> q, k = modify.Fork(modify.Scale(1.0), modify.Scale(2.0))(torch.ones(1))
+        >>> k.tolist()
+        [2.0]
+    """
+
+    @typechecked
+    def __init__(self, *modules: nn.Module):
+        if not modules:
+            raise ValueError("Fork needs at least one module")
+        super().__init__(Copy(len(modules)), Parallel(*modules))

@@ -1,0 +1,151 @@
+"""Attention leaves: ``ScaledDotProductAttention`` and ``RotaryEmbedding``."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .._core.checks import checks_enabled, expect_tensor, expect_tensors, typechecked
+from .._core.errors import ModifyValueError, describe
+from .._core.module import Leaf
+from ..traits import Linear, Matrix, NonLinear, ParamFree, Ternary, Unary, Vector
+
+
+class ScaledDotProductAttention(Leaf, Ternary, ParamFree, NonLinear, Matrix):
+    """``softmax(q k^T * scale [+ causal mask]) v`` on a ``(q, k, v)`` tuple.
+
+    Runs ``torch.nn.functional.scaled_dot_product_attention`` (Vaswani et al. 2017). Grouped-query
+    attention (Ainslie et al. 2023) is handled: when ``k``/``v`` have fewer heads than ``q`` (axis
+    -3), each is repeated ``q_heads / kv_heads`` times, as Llama's ``repeat_kv``.
+
+    Args:
+        causal: mask future positions (the upper triangle), as GPT decoders do.
+        dropout: attention dropout probability, applied in training only.
+        scale: the logit scale; ``None`` means ``1 / sqrt(head_dim)``.
+
+    Shape:
+        ``q: (*, H, L, E)``, ``k: (*, H_kv, S, E)``, ``v: (*, H_kv, S, E_v)`` -> ``(*, H, L, E_v)``;
+        ``H`` a multiple of ``H_kv``.
+
+    Raises:
+        ModifyTypeError / ModifyValueError: not a tuple of three tensors.
+        ModifyValueError: ``H`` not a multiple of ``H_kv``.
+
+    Example:
+        >>> import torch, modify
+        >>> q = k = v = torch.randn(2, 4, 5, 8)
+        >>> modify.ScaledDotProductAttention(causal=True)((q, k, v)).shape
+        torch.Size([2, 4, 5, 8])
+    """
+
+    @typechecked
+    def __init__(self, causal: bool = False, dropout: float = 0.0, scale: float | None = None):
+        super().__init__()
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"ScaledDotProductAttention dropout must be in [0, 1), got {dropout}")
+        self.causal, self.dropout, self.scale = causal, float(dropout), scale
+
+    def forward(self, x):
+        q, k, v = expect_tensors(self, x, 3)
+        if q.dim() >= 3 and k.shape[-3] != q.shape[-3]:
+            k, v = self._repeat_kv(q, k, v)
+        dropout = self.dropout if self.training else 0.0
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=self.causal, scale=self.scale)
+
+    def _repeat_kv(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        heads, kv_heads = q.shape[-3], k.shape[-3]
+        if checks_enabled() and (heads % kv_heads or v.shape[-3] != kv_heads):
+            raise ModifyValueError(self, f"query heads must be a multiple of key/value heads, got {describe((q, k, v))}")
+        groups = heads // kv_heads
+        return k.repeat_interleave(groups, dim=-3), v.repeat_interleave(groups, dim=-3)
+
+    def extra_repr(self) -> str:
+        return f"causal={self.causal}, dropout={self.dropout:g}, scale={self.scale}"
+
+
+def rope_inverse_frequencies(dim: int, base: float, scaling: dict | None = None) -> torch.Tensor:
+    """Rotary inverse frequencies ``base^(-2i/dim)``, optionally with Llama 3's rescaling.
+
+    Args:
+        dim: rotated size (even).
+        base: ``rope_theta``.
+        scaling: Hugging Face's ``rope_scaling`` dict; ``rope_type`` ``"llama3"`` (keys
+            ``factor``, ``low_freq_factor``, ``high_freq_factor``,
+            ``original_max_position_embeddings``) or ``"default"``/``None``.
+
+    Returns:
+        ``(dim // 2,)`` float32.
+
+    Raises:
+        ValueError: an unsupported ``rope_type``.
+    """
+    inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    kind = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
+    if kind == "default":
+        return inv_freq
+    if kind != "llama3":
+        raise ValueError(f"RotaryEmbedding: unsupported rope_type {kind!r} (supported: 'default', 'llama3')")
+    factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+    old_context = scaling["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > old_context / low, inv_freq / factor, inv_freq)
+    smooth = (old_context / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= old_context / high) & (wavelen <= old_context / low)
+    return torch.where(medium, smoothed, scaled)
+
+
+class RotaryEmbedding(Leaf, Unary, ParamFree, Linear, Vector):
+    """Rotate each vector by its position, as Llama's rotary position embedding.
+
+    Su et al. 2021, "RoFormer"; the "rotate half" layout of Hugging Face's Llama: pairs
+    ``(x_i, x_{i + dim/2})`` are rotated by angle ``position * inv_freq_i``. Positions are
+    ``0 .. T-1`` along axis -2.
+
+    Args:
+        dim: head dimension (even).
+        base: ``rope_theta`` (default ``10000.0``; Llama 3 uses ``500000.0``).
+        scaling: ``rope_scaling`` as in Hugging Face's config (``{"rope_type": "llama3", ...}``).
+
+    Shape:
+        ``(*, T, dim) -> (*, T, dim)``, e.g. ``(B, n_heads, T, head_dim)``.
+
+    Attributes:
+        inv_freq: ``(dim // 2,)`` float32 buffer, not persistent (not in ``state_dict``).
+
+    Raises:
+        ValueError: odd ``dim``. ModifyValueError: last dimension not ``dim``.
+
+    Example:
+        >>> import torch, modify
+        >>> rope = modify.RotaryEmbedding(8)
+        >>> x = torch.randn(1, 2, 5, 8)
+        >>> torch.allclose(rope(x).norm(dim=-1), x.norm(dim=-1), atol=1e-5)
+        True
+    """
+
+    @typechecked
+    def __init__(self, dim: int, base: float = 10000.0, scaling: dict | None = None):
+        super().__init__()
+        if dim % 2:
+            raise ValueError(f"RotaryEmbedding dim must be even, got {dim}")
+        self.dim, self.base, self.scaling = dim, float(base), scaling
+        self.register_buffer("inv_freq", rope_inverse_frequencies(dim, self.base, scaling), persistent=False)
+
+    def forward(self, x):
+        x = expect_tensor(self, x)
+        if checks_enabled() and (x.dim() < 2 or x.shape[-1] != self.dim):
+            raise ModifyValueError(self, f"expected (*, T, {self.dim}), got {describe(x)}")
+        positions = torch.arange(x.shape[-2], device=x.device, dtype=torch.float32)
+        freqs = torch.outer(positions, self.inv_freq.float())
+        angles = torch.cat((freqs, freqs), dim=-1)
+        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+        half = self.dim // 2
+        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+        return x * cos + rotated * sin
+
+    def extra_repr(self) -> str:
+        scaling = f", scaling={self.scaling}" if self.scaling else ""
+        return f"dim={self.dim}, base={self.base:g}{scaling}"

@@ -1,0 +1,88 @@
+"""Debugging leaves: identities with a side effect, to place anywhere in a composed model."""
+
+from __future__ import annotations
+
+import pdb
+import sys
+
+import torch
+
+from .._core.checks import typechecked
+from .._core.module import Leaf
+from ..traits import Linear, ParamFree, Unary
+
+
+def structure(value: object) -> str:
+    """The nested shape of a value: ``"((2, 3), (2, 3))"`` for a pair of ``(2, 3)`` tensors."""
+    if isinstance(value, torch.Tensor):
+        return str(tuple(value.shape))
+    if isinstance(value, tuple):
+        return "(" + ", ".join(structure(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+    return type(value).__name__
+
+
+class _Tap(Leaf, Unary, ParamFree, Linear):
+    @typechecked
+    def __init__(self, label: str = ""):
+        super().__init__()
+        self.label = label
+
+    def _prefix(self) -> str:
+        return f"{self.label}: " if self.label else ""
+
+    def extra_repr(self) -> str:
+        return repr(self.label) if self.label else ""
+
+
+class Print(_Tap):
+    """Print the value flowing through (to stdout) and pass it on unchanged.
+
+    Args:
+        label: printed before the value.
+
+    Example:
+        >>> import torch, modify
+        >>> _ = modify.Print("x")(torch.ones(2))
+        x: tensor([1., 1.])
+    """
+
+    def forward(self, x):
+        print(f"{self._prefix()}{x}", file=sys.stdout)
+        return x
+
+
+class PrintShape(_Tap):
+    """Print the nested shape of the value (tuples shown as tuples) and pass it on unchanged.
+
+    Example:
+        >>> import torch, modify
+        >>> _ = modify.PrintShape("qkv")((torch.ones(2, 3), torch.ones(4)))
+        qkv: ((2, 3), (4,))
+    """
+
+    def forward(self, x):
+        print(f"{self._prefix()}{structure(x)}", file=sys.stdout)
+        return x
+
+
+class Breakpoint(Leaf, Unary, ParamFree, Linear):
+    """Stop in ``pdb`` with the value bound to ``x``, then pass it on unchanged.
+
+    Skipped under ``torch.compile`` (tracing cannot stop) and when ``enabled=False``.
+
+    Args:
+        enabled: whether to stop (default ``True``).
+    """
+
+    @typechecked
+    def __init__(self, enabled: bool = True):
+        super().__init__()
+        self.enabled = enabled
+
+    def forward(self, x):
+        if self.enabled and not torch.compiler.is_compiling():
+            pdb.Pdb().set_trace(sys._getframe())
+        return x
+
+    def extra_repr(self) -> str:
+        return f"enabled={self.enabled}"

@@ -1,0 +1,282 @@
+"""Parametrised layers: ``Linear``, ``Conv1d``, ``Conv2d``, ``Embedding``.
+
+Parameter names (``weight``, ``bias``), layouts and default initialisation follow ``torch.nn``,
+so a ``torch.nn`` ``state_dict`` loads as is.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._core.checks import checks_enabled, expect_tensor, typechecked
+from .._core.errors import ModifyTypeError, ModifyValueError, describe
+from .._core.module import Leaf
+from ..traits import Linear as LinearTrait
+from ..traits import NonLinear, Param, Unary, Vector
+from .init import Init, apply_init
+
+
+class Linear(Leaf, Unary, Param, LinearTrait, Vector):
+    """``y = x W^T + b``, as ``torch.nn.Linear``.
+
+    Args:
+        in_features: size of each input vector.
+        out_features: size of each output vector.
+        bias: learn an additive bias (default ``True``).
+        weight_init: a ``torch.distributions.Distribution`` sampled to the weight's shape, or a
+            callable ``init(tensor) -> None``; default ``torch.nn.Linear``'s
+            ``kaiming_uniform_(a=sqrt(5))``.
+        bias_init: likewise for the bias; default ``U(-1/sqrt(in_features), 1/sqrt(in_features))``.
+        device, dtype: of the parameters.
+
+    Shape:
+        ``(*, in_features) -> (*, out_features)``.
+
+    Attributes:
+        weight: ``(out_features, in_features)``.
+        bias: ``(out_features,)`` or ``None``.
+
+    Raises:
+        ModifyValueError: input whose last dimension is not ``in_features``.
+
+    Example:
+        >>> import torch, modify
+        >>> lin = modify.Linear(3, 2, weight_init=torch.distributions.Normal(0.0, 0.02))
+        >>> lin(torch.zeros(5, 3)).shape
+        torch.Size([5, 2])
+    """
+
+    @typechecked
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        weight_init: Init = None,
+        bias_init: Init = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight_init, self.bias_init = weight_init, bias_init
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initialise as ``torch.nn.Linear`` does, then apply ``weight_init``/``bias_init``."""
+        _reset_like_torch(self)
+
+    def forward(self, x):
+        x = expect_tensor(self, x)
+        if checks_enabled() and (x.dim() == 0 or x.shape[-1] != self.in_features):
+            raise ModifyValueError(self, f"expected last dimension {self.in_features}, got {describe(x)}")
+        return F.linear(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+def _reset_like_torch(layer: Linear | _ConvNd) -> None:
+    nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5))
+    if layer.bias is not None:
+        fan_in, _ = nn.init._calculate_fan_in_and_fan_out(layer.weight)
+        bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+        nn.init.uniform_(layer.bias, -bound, bound)
+    name = type(layer).__name__
+    apply_init(layer.weight, layer.weight_init, f"{name}.weight")
+    if layer.bias is not None:
+        apply_init(layer.bias, layer.bias_init, f"{name}.bias")
+
+
+def _tuple(value: int | tuple[int, ...], n: int) -> tuple[int, ...]:
+    return (value,) * n if isinstance(value, int) else tuple(value)
+
+
+class _ConvNd(Leaf, Unary, Param, LinearTrait):
+    """Shared body of ``Conv1d``/``Conv2d`` (``torch.nn.Conv*``'s arguments and layout)."""
+
+    spatial_dims = 0
+
+    @typechecked
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, ...],
+        stride: int | tuple[int, ...] = 1,
+        padding: int | tuple[int, ...] | str = 0,
+        dilation: int | tuple[int, ...] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        weight_init: Init = None,
+        bias_init: Init = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ):
+        super().__init__()
+        n = self.spatial_dims
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"{type(self).__name__}: channels {in_channels}, {out_channels} not divisible by groups {groups}")
+        if padding_mode not in ("zeros", "reflect", "replicate", "circular"):
+            raise ValueError(f"{type(self).__name__}: unknown padding_mode {padding_mode!r}")
+        if isinstance(padding, str) and padding not in ("same", "valid"):
+            raise ValueError(f"{type(self).__name__}: padding must be 'same', 'valid' or ints, got {padding!r}")
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size, self.stride = _tuple(kernel_size, n), _tuple(stride, n)
+        self.padding = padding if isinstance(padding, str) else _tuple(padding, n)
+        self.dilation, self.padding_mode = _tuple(dilation, n), padding_mode
+        self.weight_init, self.bias_init = weight_init, bias_init
+        shape = (out_channels, in_channels // groups, *self.kernel_size)
+        self.weight = nn.Parameter(torch.empty(shape, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.empty(out_channels, device=device, dtype=dtype)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initialise as ``torch.nn.Conv*`` does, then apply ``weight_init``/``bias_init``."""
+        _reset_like_torch(self)
+
+    def _conv(self, x: torch.Tensor) -> torch.Tensor:
+        x = expect_tensor(self, x)
+        if checks_enabled() and (x.dim() < self.spatial_dims + 1 or x.shape[-self.spatial_dims - 1] != self.in_channels):
+            raise ModifyValueError(
+                self, f"expected (N, {self.in_channels}, ...) with {self.spatial_dims} spatial dims, got {describe(x)}"
+            )
+        conv = F.conv1d if self.spatial_dims == 1 else F.conv2d
+        if self.padding_mode == "zeros" or isinstance(self.padding, str):
+            return conv(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        pad = [p for p in reversed(self.padding) for _ in range(2)]
+        x = F.pad(x, pad, mode=self.padding_mode)
+        return conv(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+    def forward(self, x):
+        return self._conv(x)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, bias={self.bias is not None}"
+        )
+
+
+class Conv1d(_ConvNd):
+    """1-D convolution, as ``torch.nn.Conv1d`` (same arguments, parameter names and init).
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+        padding_mode: as ``torch.nn.Conv1d``.
+        weight_init, bias_init: as :class:`Linear`.
+
+    Shape:
+        ``(N, C_in, L_in) -> (N, C_out, L_out)`` (``N`` optional).
+
+    Attributes:
+        weight: ``(C_out, C_in / groups, kernel_size)``. bias: ``(C_out,)`` or ``None``.
+
+    Raises:
+        ValueError: channels not divisible by ``groups``; unknown padding or padding_mode.
+        ModifyValueError: input with the wrong channel count.
+
+    Example:
+        >>> import torch, modify
+        >>> modify.Conv1d(2, 4, 3, padding=1)(torch.zeros(1, 2, 7)).shape
+        torch.Size([1, 4, 7])
+    """
+
+    spatial_dims = 1
+
+
+class Conv2d(_ConvNd):
+    """2-D convolution, as ``torch.nn.Conv2d`` (same arguments, parameter names and init).
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+        padding_mode: as ``torch.nn.Conv2d``.
+        weight_init, bias_init: as :class:`Linear`.
+
+    Shape:
+        ``(N, C_in, H_in, W_in) -> (N, C_out, H_out, W_out)`` (``N`` optional).
+
+    Attributes:
+        weight: ``(C_out, C_in / groups, kH, kW)``. bias: ``(C_out,)`` or ``None``.
+
+    Raises:
+        ValueError: channels not divisible by ``groups``; unknown padding or padding_mode.
+        ModifyValueError: input with the wrong channel count.
+
+    Example:
+        >>> import torch, modify
+        >>> modify.Conv2d(3, 8, 3, stride=2, padding=1)(torch.zeros(1, 3, 8, 8)).shape
+        torch.Size([1, 8, 4, 4])
+    """
+
+    spatial_dims = 2
+
+
+class Embedding(Leaf, Unary, Param, NonLinear):
+    """Look up rows of a table by integer index, as ``torch.nn.Embedding``.
+
+    Args:
+        num_embeddings: rows in the table.
+        embedding_dim: size of each row.
+        padding_idx: a row kept at zero and given no gradient (as ``torch.nn.Embedding``).
+        weight_init: as :class:`Linear`; default ``N(0, 1)``.
+        device, dtype: of the weight.
+
+    Shape:
+        ``(*)`` int64/int32 -> ``(*, embedding_dim)``.
+
+    Attributes:
+        weight: ``(num_embeddings, embedding_dim)``.
+
+    Raises:
+        ModifyTypeError: a floating-point input.
+
+    Example:
+        >>> import torch, modify
+        >>> modify.Embedding(10, 4)(torch.tensor([[1, 2, 3]])).shape
+        torch.Size([1, 3, 4])
+    """
+
+    @typechecked
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        padding_idx: int | None = None,
+        weight_init: Init = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ):
+        super().__init__()
+        if padding_idx is not None and not -num_embeddings <= padding_idx < num_embeddings:
+            raise ValueError(f"Embedding padding_idx {padding_idx} out of range for {num_embeddings} rows")
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.padding_idx = padding_idx % num_embeddings if padding_idx is not None else None
+        self.weight_init = weight_init
+        self.weight = nn.Parameter(torch.empty(num_embeddings, embedding_dim, device=device, dtype=dtype))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """``N(0, 1)`` as ``torch.nn.Embedding``, then ``weight_init``, then the padding row to 0."""
+        nn.init.normal_(self.weight)
+        apply_init(self.weight, self.weight_init, "Embedding.weight")
+        if self.padding_idx is not None:
+            self.weight[self.padding_idx].fill_(0)
+
+    def forward(self, x):
+        x = expect_tensor(self, x)
+        if checks_enabled() and (x.is_floating_point() or x.is_complex()):
+            raise ModifyTypeError(self, f"expected integer indices, got {describe(x)}")
+        return F.embedding(x, self.weight, self.padding_idx)
+
+    def extra_repr(self) -> str:
+        pad = f", padding_idx={self.padding_idx}" if self.padding_idx is not None else ""
+        return f"{self.num_embeddings}, {self.embedding_dim}{pad}"

@@ -1,0 +1,332 @@
+"""Normalisation leaves without an affine part, and the separate ``ElementwiseAffine``.
+
+``LayerNorm(n)`` followed by ``ElementwiseAffine(n)`` equals ``torch.nn.LayerNorm(n)`` with the
+same weights; ``BatchNorm2d(C)`` followed by ``ElementwiseAffine(C, dim=1)`` equals
+``torch.nn.BatchNorm2d(C)``. Passing ``affine=``/``elementwise_affine=`` to a norm is a
+``TypeError`` that says so.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._core.checks import checks_enabled, expect_tensor, typechecked
+from .._core.errors import ModifyValueError, describe
+from .._core.module import Leaf
+from ..traits import Elementwise, Linear, NonLinear, Param, ParamFree, Unary, Vector
+
+
+def _no_affine(cls_name: str, **given: object) -> None:
+    for name, value in given.items():
+        if value is not None:
+            raise TypeError(
+                f"{cls_name} has no affine part, so '{name}=' is not accepted; follow it with "
+                f"modify.ElementwiseAffine(...) (see its docstring)"
+            )
+
+
+def _shape(value: int | tuple[int, ...] | list[int]) -> tuple[int, ...]:
+    return (value,) if isinstance(value, int) else tuple(value)
+
+
+class ElementwiseAffine(Leaf, Unary, Param, Linear, Elementwise):
+    """``x * weight + bias`` with parameters of shape ``shape`` placed at dimension ``dim``.
+
+    For ``dim >= 0`` the parameters' first axis lines up with input axis ``dim``; for ``dim < 0``
+    their last axis lines up with input axis ``dim`` (so the default ``dim=-1`` is trailing,
+    like broadcasting). BatchNorm2d's affine is ``ElementwiseAffine(C, dim=1)``.
+
+    Args:
+        shape: the parameters' shape (int or tuple).
+        bias: learn a bias (default ``True``).
+        dim: where the parameters sit (default ``-1``).
+        device, dtype: of the parameters.
+
+    Shape:
+        ``(*) -> (*)``; the input's axes at ``dim`` must equal ``shape`` exactly.
+
+    Attributes:
+        weight: ``shape``, initialised to ones. bias: ``shape``, zeros, or ``None``.
+
+    Raises:
+        ModifyValueError: the input's axes at ``dim`` differ from ``shape`` (never broadcast).
+
+    Example:
+        >>> import torch, modify
+        >>> affine = modify.ElementwiseAffine(3, dim=1)
+        >>> affine(torch.ones(2, 3, 4, 4)).shape
+        torch.Size([2, 3, 4, 4])
+    """
+
+    @typechecked
+    def __init__(
+        self,
+        shape: int | tuple[int, ...] | list[int],
+        bias: bool = True,
+        dim: int = -1,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ):
+        super().__init__()
+        self.shape, self.dim = _shape(shape), dim
+        self.weight = nn.Parameter(torch.empty(self.shape, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.empty(self.shape, device=device, dtype=dtype)) if bias else None
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Weight to ones, bias to zeros (``torch.nn`` norms' affine init)."""
+        self.weight.fill_(1.0)
+        if self.bias is not None:
+            self.bias.zero_()
+
+    def span(self, ndim: int) -> tuple[int, int]:
+        """The input axes ``[start, stop)`` the parameters cover for an input of ``ndim`` dims."""
+        k = len(self.shape)
+        start = self.dim if self.dim >= 0 else ndim + self.dim - k + 1
+        return start, start + k
+
+    def forward(self, x):
+        x = expect_tensor(self, x)
+        start, stop = self.span(x.dim())
+        if checks_enabled() and (start < 0 or x.shape[start:stop] != self.shape):
+            raise ModifyValueError(self, f"expected axes {start}..{stop - 1} of size {self.shape}, got {describe(x)}")
+        trailing = (1,) * (x.dim() - stop)
+        weight = self.weight.view(self.shape + trailing) if trailing else self.weight
+        if self.bias is None:
+            return x * weight
+        bias = self.bias.view(self.shape + trailing) if trailing else self.bias
+        return torch.addcmul(bias, x, weight)
+
+    def extra_repr(self) -> str:
+        return f"{self.shape}, bias={self.bias is not None}, dim={self.dim}"
+
+
+class LayerNorm(Leaf, Unary, ParamFree, NonLinear, Vector):
+    """Normalise over the trailing ``normalized_shape`` axes, as ``F.layer_norm`` without affine.
+
+    Ba et al. 2016, "Layer Normalization".
+
+    Args:
+        normalized_shape: the trailing shape normalised over (int or tuple).
+        eps: added to the variance (default ``1e-5``).
+
+    Shape:
+        ``(*, *normalized_shape) -> same``.
+
+    Raises:
+        TypeError: ``elementwise_affine=`` or ``bias=`` given (use :class:`ElementwiseAffine`).
+        ModifyValueError: trailing shape differs from ``normalized_shape``.
+
+    Example:
+        >>> import torch, modify
+        >>> modify.LayerNorm(4)(torch.arange(8.0).reshape(2, 4)).mean(-1).abs().max() < 1e-6
+        tensor(True)
+    """
+
+    @typechecked
+    def __init__(
+        self,
+        normalized_shape: int | tuple[int, ...] | list[int],
+        eps: float = 1e-5,
+        *,
+        elementwise_affine: object = None,
+        bias: object = None,
+    ):
+        super().__init__()
+        _no_affine("LayerNorm", elementwise_affine=elementwise_affine, bias=bias)
+        self.normalized_shape, self.eps = _shape(normalized_shape), float(eps)
+
+    def forward(self, x):
+        x = expect_tensor(self, x)
+        if checks_enabled() and x.shape[x.dim() - len(self.normalized_shape) :] != self.normalized_shape:
+            raise ModifyValueError(self, f"expected trailing shape {self.normalized_shape}, got {describe(x)}")
+        return F.layer_norm(x, self.normalized_shape, None, None, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.normalized_shape}, eps={self.eps:g}"
+
+
+class RMSNorm(Leaf, Unary, ParamFree, NonLinear, Vector):
+    """``x / sqrt(mean(x^2) + eps)`` over the trailing axes, as ``F.rms_norm`` without weight.
+
+    Zhang & Sennrich 2019, "Root Mean Square Layer Normalization"; used by Llama.
+
+    Args:
+        normalized_shape: the trailing shape normalised over (int or tuple).
+        eps: added to the mean square; ``None`` uses ``torch.finfo(x.dtype).eps``.
+
+    Shape:
+        ``(*, *normalized_shape) -> same``.
+
+    Raises:
+        TypeError: ``elementwise_affine=`` given (use :class:`ElementwiseAffine` with ``bias=False``).
+        ModifyValueError: trailing shape differs from ``normalized_shape``.
+
+    Example:
+        >>> import torch, modify
+        >>> modify.RMSNorm(2)(torch.tensor([[3.0, 4.0]])).pow(2).mean().round()
+        tensor(1.)
+    """
+
+    @typechecked
+    def __init__(
+        self,
+        normalized_shape: int | tuple[int, ...] | list[int],
+        eps: float | None = None,
+        *,
+        elementwise_affine: object = None,
+    ):
+        super().__init__()
+        _no_affine("RMSNorm", elementwise_affine=elementwise_affine)
+        self.normalized_shape, self.eps = _shape(normalized_shape), eps
+
+    def forward(self, x):
+        x = expect_tensor(self, x)
+        if checks_enabled() and x.shape[x.dim() - len(self.normalized_shape) :] != self.normalized_shape:
+            raise ModifyValueError(self, f"expected trailing shape {self.normalized_shape}, got {describe(x)}")
+        return F.rms_norm(x, self.normalized_shape, None, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.normalized_shape}, eps={self.eps}"
+
+
+class GroupNorm(Leaf, Unary, ParamFree, NonLinear):
+    """Normalise over groups of channels, as ``F.group_norm`` without affine (Wu & He 2018).
+
+    Args:
+        num_groups: groups the channels are split into.
+        num_channels: channels ``C`` (axis 1), divisible by ``num_groups``.
+        eps: added to the variance (default ``1e-5``).
+
+    Shape:
+        ``(N, C, *) -> same``.
+
+    Raises:
+        TypeError: ``affine=`` given. ValueError: ``num_channels % num_groups != 0``.
+        ModifyValueError: input whose axis 1 is not ``num_channels``.
+
+    Example:
+        >>> import torch, modify
+        >>> modify.GroupNorm(2, 4)(torch.randn(3, 4, 5)).shape
+        torch.Size([3, 4, 5])
+    """
+
+    @typechecked
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, *, affine: object = None):
+        super().__init__()
+        _no_affine("GroupNorm", affine=affine)
+        if num_channels % num_groups:
+            raise ValueError(f"GroupNorm: num_channels {num_channels} not divisible by num_groups {num_groups}")
+        self.num_groups, self.num_channels, self.eps = num_groups, num_channels, float(eps)
+
+    def forward(self, x):
+        x = expect_tensor(self, x)
+        if checks_enabled() and (x.dim() < 2 or x.shape[1] != self.num_channels):
+            raise ModifyValueError(self, f"expected (N, {self.num_channels}, *), got {describe(x)}")
+        return F.group_norm(x, self.num_groups, None, None, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_groups}, {self.num_channels}, eps={self.eps:g}"
+
+
+class _BatchNorm(Leaf, Unary, ParamFree, NonLinear):
+    """Batch normalisation without affine; running statistics as ``torch.nn``'s buffers."""
+
+    input_dims: tuple[int, ...] = ()
+
+    @typechecked
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        track_running_stats: bool = True,
+        *,
+        affine: object = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ):
+        super().__init__()
+        _no_affine(type(self).__name__, affine=affine)
+        self.num_features, self.eps, self.momentum = num_features, float(eps), momentum
+        self.track_running_stats = track_running_stats
+        if track_running_stats:
+            self.register_buffer("running_mean", torch.zeros(num_features, device=device, dtype=dtype))
+            self.register_buffer("running_var", torch.ones(num_features, device=device, dtype=dtype))
+            self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device))
+        else:
+            self.running_mean = self.running_var = self.num_batches_tracked = None
+
+    def reset_running_stats(self) -> None:
+        """Zero the mean, one the variance, zero the batch count."""
+        if self.track_running_stats:
+            self.running_mean.zero_()
+            self.running_var.fill_(1)
+            self.num_batches_tracked.zero_()
+
+    def forward(self, x):
+        x = expect_tensor(self, x)
+        if checks_enabled() and (x.dim() not in self.input_dims or x.shape[1] != self.num_features):
+            raise ModifyValueError(
+                self, f"expected {' or '.join(f'{d}-d' for d in self.input_dims)} input with {self.num_features} channels at axis 1, got {describe(x)}"
+            )
+        use_batch_stats = self.training or not self.track_running_stats
+        momentum = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:
+                momentum = 1.0 / float(self.num_batches_tracked)
+        return F.batch_norm(
+            x,
+            self.running_mean if not self.training or self.track_running_stats else None,
+            self.running_var if not self.training or self.track_running_stats else None,
+            None,
+            None,
+            use_batch_stats,
+            momentum,
+            self.eps,
+        )
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps:g}, momentum={self.momentum}, track_running_stats={self.track_running_stats}"
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch normalisation over ``(N, C)`` or ``(N, C, L)``, as ``torch.nn.BatchNorm1d`` without affine.
+
+    Ioffe & Szegedy 2015. Keeps ``running_mean``, ``running_var``, ``num_batches_tracked`` as
+    buffers with ``torch.nn``'s names, so its ``state_dict`` loads as is.
+
+    Args:
+        num_features: channels ``C``.
+        eps, momentum, track_running_stats: as ``torch.nn.BatchNorm1d`` (``momentum=None`` is a
+            cumulative average).
+
+    Raises:
+        TypeError: ``affine=`` given (use ``ElementwiseAffine(C, dim=1)``).
+        ModifyValueError: input not 2-d/3-d with ``C`` channels at axis 1.
+
+    Example:
+        >>> import torch, modify
+        >>> modify.BatchNorm1d(3)(torch.randn(4, 3)).shape
+        torch.Size([4, 3])
+    """
+
+    input_dims = (2, 3)
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch normalisation over ``(N, C, H, W)``, as ``torch.nn.BatchNorm2d`` without affine.
+
+    Arguments, buffers and errors as :class:`BatchNorm1d`; input must be 4-d.
+
+    Example:
+        >>> import torch, modify
+        >>> modify.BatchNorm2d(3)(torch.randn(2, 3, 4, 4)).shape
+        torch.Size([2, 3, 4, 4])
+    """
+
+    input_dims = (4,)

@@ -1,0 +1,71 @@
+"""Reductions: ``Sum``, ``Mean``, ``Max`` over dimensions."""
+
+from __future__ import annotations
+
+import torch
+
+from .._core.checks import expect_tensor, typechecked
+from .._core.module import Leaf
+from ..traits import Linear, NonLinear, ParamFree, Reduction, Unary
+
+
+class _Reduce(Leaf):
+    @typechecked
+    def __init__(self, dim: int | tuple[int, ...] | None = None, keepdim: bool = False):
+        super().__init__()
+        self.dim, self.keepdim = dim, keepdim
+
+    def _dims(self, x: torch.Tensor):
+        return tuple(range(x.dim())) if self.dim is None else self.dim
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, keepdim={self.keepdim}"
+
+
+class Sum(_Reduce, Unary, ParamFree, Linear, Reduction):
+    """``torch.sum(x, dim, keepdim)``; ``dim=None`` sums everything.
+
+    Args:
+        dim: a dimension, a tuple of them, or ``None`` for all.
+        keepdim: keep reduced dimensions with size 1.
+
+    Example:
+        >>> import torch, modify
+        >>> modify.Sum(dim=1)(torch.ones(2, 3)).tolist()
+        [3.0, 3.0]
+    """
+
+    def forward(self, x):
+        x = expect_tensor(self, x)
+        return x.sum() if self.dim is None and not self.keepdim else torch.sum(x, self._dims(x), self.keepdim)
+
+
+class Mean(_Reduce, Unary, ParamFree, Linear, Reduction):
+    """``torch.mean(x, dim, keepdim)``; arguments as :class:`Sum`.
+
+    Example:
+        >>> import torch, modify
+        >>> modify.Mean(dim=-1)(torch.tensor([[1.0, 3.0]])).tolist()
+        [2.0]
+    """
+
+    def forward(self, x):
+        x = expect_tensor(self, x)
+        return x.mean() if self.dim is None and not self.keepdim else torch.mean(x, self._dims(x), self.keepdim)
+
+
+class Max(_Reduce, Unary, ParamFree, NonLinear, Reduction):
+    """Maximum values (not indices): ``torch.amax(x, dim, keepdim)``; ``dim=None`` over everything.
+
+    Gradients go to the maximal elements, split evenly among ties (``torch.amax``'s rule).
+
+    Example:
+        >>> import torch, modify
+        >>> modify.Max(dim=0)(torch.tensor([[1.0, 5.0], [3.0, 2.0]])).tolist()
+        [3.0, 5.0]
+    """
+
+    def forward(self, x):
+        x = expect_tensor(self, x)
+        dims = () if self.dim is None else self.dim
+        return torch.amax(x, dims, self.keepdim)
