@@ -12,6 +12,9 @@ from ._core.module import Leaf, ModifyModule
 from .combinators import Combinator, Fork, Parallel, Residual, Sequential
 from .primitives import *  # noqa: F403
 from .primitives import __all__ as _primitives
+from .rewriting import *  # noqa: F403
+from .rewriting import __all__ as _rewriting
+from . import models
 from .traits import traits_of
 
 __version__ = "0.1.0"
@@ -19,5 +22,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Combinator", "Fork", "Leaf", "ModifyError", "ModifyModule", "ModifyTypeError", "ModifyValueError",
     "Parallel", "Residual", "Sequential", "checks_enabled", "set_checks", "traits", "traits_of",
+    "models",
     *_primitives,
+    *_rewriting,
 ]

@@ -1,0 +1,3 @@
+"""Models built from primitives only: GPT, Llama, ResNet."""
+
+__all__: list[str] = []
