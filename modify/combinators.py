@@ -24,10 +24,23 @@ class Combinator(ModifyModule):
     """Base of :class:`Sequential` and :class:`Parallel`: an ordered set of named children.
 
     Children are given positionally (named ``"0"``, ``"1"``, ...) or by keyword (named, order
-    kept), not both. Plain ``torch.nn`` modules are wrapped as opaque leaves.
+    kept), not both. Plain ``torch.nn`` modules are wrapped as opaque leaves. Children are
+    reached by position, name or slice (``m[0]``, ``m["attn"]``, ``m[:-1]``), counted with
+    ``len`` and iterated in order.
+
+    Raises:
+        TypeError: a child that is not a ``torch.nn.Module``; both positional and named children.
+
+    Example:
+        >>> import torch, modify
+        >>> m = modify.Sequential(proj=modify.Linear(4, 4), act=torch.nn.ReLU())
+        >>> isinstance(m, modify.Combinator), len(m), list(dict(m.named_children()))
+        (True, 2, ['proj', 'act'])
+        >>> m["proj"] is m[0], type(m[:1]).__name__
+        (True, 'Sequential')
     """
 
-    def __init__(self, *modules: nn.Module, **named: nn.Module):
+    def __init__(self, /, *modules: nn.Module, **named: nn.Module):
         super().__init__()
         if modules and named:
             raise TypeError(f"{type(self).__name__} takes children positionally or by name, not both")
@@ -70,12 +83,19 @@ class Combinator(ModifyModule):
     def __iter__(self) -> Iterator[nn.Module]:
         return iter(self._modules.values())
 
-    def __getitem__(self, key: int | str) -> nn.Module:
-        """The child at position ``key`` (negative counts from the end) or named ``key``."""
+    def __getitem__(self, key: int | str | slice) -> nn.Module:
+        """The child at position ``key`` (negative counts from the end) or named ``key``.
+
+        A slice gives a new plain ``Sequential``/``Parallel`` of those children (shared, names
+        kept), as ``torch.nn.Sequential`` does: ``model[:-1]`` drops the last child.
+        """
         if isinstance(key, str):
             return self._modules[key]
-        if not isinstance(key, int):
-            raise TypeError(f"{type(self).__name__} indices are int or str, got {type(key).__name__}")
+        if isinstance(key, slice):
+            plain = Sequential if isinstance(self, Sequential) else Parallel
+            return plain(**dict(list(self._modules.items())[key]))
+        if not isinstance(key, int) or isinstance(key, bool):
+            raise TypeError(f"{type(self).__name__} indices are int, str or slice, got {type(key).__name__}")
         children = list(self._modules.values())
         if not -len(children) <= key < len(children):
             raise IndexError(f"{type(self).__name__} has {len(children)} children, no index {key}")
@@ -95,8 +115,8 @@ class Sequential(Combinator):
 
     Raises:
         TypeError: a child that is not a ``torch.nn.Module``; both positional and named children.
-        Errors from children propagate with the child's dotted path in their message (a
-        ``ModifyError``) or in a note (any other exception).
+        Exception: errors from children propagate with the child's dotted path in their message
+            (a ``ModifyError``) or in a note (any other exception).
 
     Example:
         >>> import torch, modify
@@ -154,7 +174,7 @@ class Parallel(Combinator):
         if checks_enabled():
             self._check(x)
         out = []
-        for (name, module), value in zip(self._modules.items(), x):
+        for (name, module), value in zip(self._modules.items(), x, strict=True):
             try:
                 out.append(module(value))
             except Exception as error:

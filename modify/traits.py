@@ -98,10 +98,17 @@ def traits_of(module: torch.nn.Module) -> frozenset[type]:
     """The traits of any module: inherited for leaves, inferred for combinators.
 
     A ``Sequential`` takes the arity of its first child, is ``Param`` iff any child is,
-    ``Linear`` iff every child is, and has the kinds all its children share; a ``Parallel`` of
-    2 (3) branches is ``Binary`` (``Ternary``), of any other count ``Tuple``. A plain
-    ``torch.nn`` module gets the traits documented for its class where known (``nn.ReLU`` is
-    ``Unary``/``ParamFree``/``NonLinear``/``Elementwise``), else only ``Param``/``ParamFree``.
+    ``Linear`` iff every child is, ``NonLinear`` iff some child is (neither when a child is an
+    undocumented ``torch.nn`` module), and has the kinds all its children share. Scopes nest
+    (``Elementwise`` implies acting per vector, ``Vector`` per matrix), so children that all
+    have a scope give the coarsest one: ``Linear``, ``ReLU``, ``Linear`` is ``Vector``. A
+    ``Parallel`` of 2 (3) branches is ``Binary`` (``Ternary``), of any other count ``Tuple``.
+
+    A leaf whose scope depends on its arguments answers for the instance: ``Softmax(dim=0)`` is
+    not ``Vector`` and ``LayerNorm((4, 5))`` is ``Matrix``, although both classes are ``Vector``.
+    A plain ``torch.nn`` module gets the traits documented for its class where known
+    (``nn.ReLU`` is ``Unary``/``ParamFree``/``NonLinear``/``Elementwise``), else only
+    ``Param``/``ParamFree``.
 
     Args:
         module: any ``torch.nn.Module``.
@@ -117,7 +124,9 @@ def traits_of(module: torch.nn.Module) -> frozenset[type]:
         >>> from modify import traits
         >>> m = modify.Sequential(modify.Linear(4, 4), modify.Scale(2.0))
         >>> sorted(t.__name__ for t in traits_of(m))
-        ['Linear', 'Param', 'Unary']
+        ['Linear', 'Param', 'Unary', 'Vector']
+        >>> traits.Binary in traits_of(modify.Parallel(modify.ReLU(), modify.Exp()))
+        True
     """
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"traits_of expects a torch.nn.Module, got {type(module).__name__}")
@@ -154,4 +163,17 @@ def _shared(children: list[frozenset[type]], has_own_params: bool) -> set[type]:
     elif not children:
         found.add(Linear)
     found |= {k for k in KIND if children and all(k in c for c in children)}
+    found |= _coarsest_scope(children)
     return found
+
+
+# Each scope implies the next: an op on each element acts on each vector, and on each matrix.
+_SCOPES = (Elementwise, Vector, Matrix)
+
+
+def _coarsest_scope(children: list[frozenset[type]]) -> set[type]:
+    """``{Vector}`` for ``ReLU`` then ``Linear`` (both act per vector), and so on up to ``Matrix``."""
+    levels = [max((i for i, t in enumerate(_SCOPES) if t in c), default=None) for c in children]
+    if not levels or None in levels:
+        return set()
+    return {_SCOPES[max(levels)]}

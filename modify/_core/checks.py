@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import types
 import typing
 from typing import Any, Callable, TypeVar
 
@@ -66,7 +67,16 @@ def set_checks(flag: bool) -> _Restore:
 
 
 def checks_enabled() -> bool:
-    """Whether runtime checks run now: on, and not inside ``torch.compile`` tracing."""
+    """Whether runtime checks run now: on (see :func:`set_checks`), and not inside ``torch.compile``.
+
+    Returns:
+        ``False`` while ``torch.compile`` traces, so compiled graphs contain no checks.
+
+    Example:
+        >>> import modify
+        >>> modify.checks_enabled()
+        True
+    """
     return _enabled and not torch.compiler.is_compiling()
 
 
@@ -110,17 +120,35 @@ def expect_tensors(module: torch.nn.Module, x: object, length: int) -> tuple:
 _SIMPLE = {int: (int,), float: (int, float), bool: (bool,), str: (str,)}
 
 
+def _admits_bool(hint: Any) -> bool:
+    """Whether ``hint`` names ``bool`` (or anything) itself; ``int``/``float`` do not count."""
+    if hint in (bool, object, Any):
+        return True
+    return any(_admits_bool(arg) for arg in typing.get_args(hint)) if _is_union(hint) else False
+
+
+def _is_union(hint: Any) -> bool:
+    return typing.get_origin(hint) in (typing.Union, types.UnionType)
+
+
 def _checker(hint: Any) -> Callable[[Any], None]:
-    """A checker for one annotation: ``isinstance`` for simple types, typeguard otherwise."""
+    """A checker for one annotation: ``isinstance`` for simple types, typeguard otherwise.
+
+    A ``bool`` is refused where the annotation asks for a number (``Copy(True)`` is a mistake,
+    although ``bool`` subclasses ``int``).
+    """
     simple = _SIMPLE.get(hint)
-    if simple is not None:
+    no_bool = not _admits_bool(hint)
 
-        def check_simple(value: Any) -> None:
-            if not isinstance(value, simple):
-                raise TypeCheckError(f"is not an instance of {hint.__name__}")
+    def check(value: Any) -> None:
+        if no_bool and isinstance(value, bool):
+            raise TypeCheckError("is a bool, not a number")
+        if simple is None:
+            check_type(value, hint)
+        elif not isinstance(value, simple):
+            raise TypeCheckError(f"is not an instance of {hint.__name__}")
 
-        return check_simple
-    return lambda value: check_type(value, hint)
+    return check
 
 
 def typechecked(fn: F) -> F:
@@ -152,6 +180,8 @@ def typechecked(fn: F) -> F:
 def _check_arguments(fn: Callable, signature: inspect.Signature, checkers: dict, args: tuple, kwargs: dict) -> None:
     bound = signature.bind(*args, **kwargs)
     name = fn.__qualname__.removesuffix(".__init__")
+    if fn.__name__ == "__init__" and args:
+        name = type(args[0]).__name__  # the public subclass, not a private base such as _ConvNd
     for arg, value in bound.arguments.items():
         entry = checkers.get(arg)
         if entry is None:

@@ -15,6 +15,7 @@ from torch import nn
 from ..traits import (
     Elementwise,
     Linear,
+    Matrix,
     NonLinear,
     Param,
     ParamFree,
@@ -48,9 +49,9 @@ _KNOWN: dict[type, tuple[type, ...]] = {
     nn.BatchNorm1d: (Unary, NonLinear),
     nn.BatchNorm2d: (Unary, NonLinear),
     nn.Flatten: (Unary, Linear, Restructure),
-    nn.MaxPool2d: (Unary, NonLinear, Reduction),
-    nn.AvgPool2d: (Unary, Linear, Reduction),
-    nn.AdaptiveAvgPool2d: (Unary, Linear, Reduction),
+    nn.MaxPool2d: (Unary, NonLinear, Reduction, Matrix),
+    nn.AvgPool2d: (Unary, Linear, Reduction, Matrix),
+    nn.AdaptiveAvgPool2d: (Unary, Linear, Reduction, Matrix),
 }
 
 _wrapper_classes: dict[type, type] = {}

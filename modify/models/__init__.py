@@ -1,3 +1,13 @@
 """Models built from primitives only: GPT, Llama, ResNet."""
 
-__all__: list[str] = []
+from ._checkpoint import CheckpointError
+from ._generate import generate
+from ._layers import Positions
+from .gpt import GPT, GPTConfig
+from .llama import Llama, LlamaConfig
+from .resnet import BasicBlock, Bottleneck, ResNet, ResNetConfig, resnet18, resnet34, resnet50
+
+__all__ = [
+    "BasicBlock", "Bottleneck", "CheckpointError", "GPT", "GPTConfig", "Llama", "LlamaConfig", "Positions",
+    "ResNet", "ResNetConfig", "generate", "resnet18", "resnet34", "resnet50",
+]

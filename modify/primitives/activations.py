@@ -110,6 +110,11 @@ class _AlongDim(Leaf):
         super().__init__()
         self.dim = dim
 
+    def _infer_traits(self) -> frozenset[type]:
+        # Vector means "along the last dimension"; along another one no scope is claimed.
+        traits = super()._infer_traits()
+        return traits if self.dim == -1 else traits - {Vector}
+
     def extra_repr(self) -> str:
         return f"dim={self.dim}"
 
@@ -118,7 +123,8 @@ class Softmax(_AlongDim, Unary, ParamFree, NonLinear, Vector):
     """``torch.softmax(x, dim)``. Shape ``(*) -> (*)``.
 
     Args:
-        dim: the dimension normalised (default ``-1``).
+        dim: the dimension normalised (default ``-1``). The class is tagged ``Vector``; for
+            another ``dim``, ``modify.traits_of`` drops it for the instance.
 
     Example:
         >>> import torch, modify

@@ -54,6 +54,9 @@ class Print(_Tap):
 class PrintShape(_Tap):
     """Print the nested shape of the value (tuples shown as tuples) and pass it on unchanged.
 
+    Args:
+        label: printed before the shape.
+
     Example:
         >>> import torch, modify
         >>> _ = modify.PrintShape("qkv")((torch.ones(2, 3), torch.ones(4)))
@@ -72,6 +75,12 @@ class Breakpoint(Leaf, Unary, ParamFree, Linear):
 
     Args:
         enabled: whether to stop (default ``True``).
+
+    Example:
+        >>> import torch, modify
+        >>> model = modify.Sequential(modify.Linear(4, 4), modify.Breakpoint(enabled=False))
+        >>> model(torch.zeros(2, 4)).shape
+        torch.Size([2, 4])
     """
 
     @typechecked

@@ -94,8 +94,13 @@ def _reset_like_torch(layer: Linear | _ConvNd) -> None:
         apply_init(layer.bias, layer.bias_init, f"{name}.bias")
 
 
-def _tuple(value: int | tuple[int, ...], n: int) -> tuple[int, ...]:
-    return (value,) * n if isinstance(value, int) else tuple(value)
+def _tuple(value: int | tuple[int, ...], n: int, owner: str, name: str) -> tuple[int, ...]:
+    """``value`` as ``n`` ints: an int is repeated, a tuple must have length ``n``."""
+    if isinstance(value, int):
+        return (value,) * n
+    if len(value) != n:
+        raise ValueError(f"{owner}: {name} needs 1 or {n} values, got {value}")
+    return tuple(value)
 
 
 class _ConvNd(Leaf, Unary, Param, LinearTrait):
@@ -121,17 +126,20 @@ class _ConvNd(Leaf, Unary, Param, LinearTrait):
         dtype: torch.dtype | None = None,
     ):
         super().__init__()
-        n = self.spatial_dims
+        n, owner = self.spatial_dims, type(self).__name__
         if in_channels % groups or out_channels % groups:
-            raise ValueError(f"{type(self).__name__}: channels {in_channels}, {out_channels} not divisible by groups {groups}")
+            raise ValueError(f"{owner}: channels {in_channels}, {out_channels} not divisible by groups {groups}")
         if padding_mode not in ("zeros", "reflect", "replicate", "circular"):
-            raise ValueError(f"{type(self).__name__}: unknown padding_mode {padding_mode!r}")
+            raise ValueError(f"{owner}: unknown padding_mode {padding_mode!r}")
         if isinstance(padding, str) and padding not in ("same", "valid"):
-            raise ValueError(f"{type(self).__name__}: padding must be 'same', 'valid' or ints, got {padding!r}")
+            raise ValueError(f"{owner}: padding must be 'same', 'valid' or ints, got {padding!r}")
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
-        self.kernel_size, self.stride = _tuple(kernel_size, n), _tuple(stride, n)
-        self.padding = padding if isinstance(padding, str) else _tuple(padding, n)
-        self.dilation, self.padding_mode = _tuple(dilation, n), padding_mode
+        self.kernel_size = _tuple(kernel_size, n, owner, "kernel_size")
+        self.stride = _tuple(stride, n, owner, "stride")
+        self.padding = padding if isinstance(padding, str) else _tuple(padding, n, owner, "padding")
+        self.dilation, self.padding_mode = _tuple(dilation, n, owner, "dilation"), padding_mode
+        if padding == "same" and any(s != 1 for s in self.stride):
+            raise ValueError(f"{owner}: padding='same' is not supported for strided convolutions")
         self.weight_init, self.bias_init = weight_init, bias_init
         shape = (out_channels, in_channels // groups, *self.kernel_size)
         self.weight = nn.Parameter(torch.empty(shape, device=device, dtype=dtype))
@@ -149,11 +157,21 @@ class _ConvNd(Leaf, Unary, Param, LinearTrait):
                 self, f"expected (N, {self.in_channels}, ...) with {self.spatial_dims} spatial dims, got {describe(x)}"
             )
         conv = F.conv1d if self.spatial_dims == 1 else F.conv2d
-        if self.padding_mode == "zeros" or isinstance(self.padding, str):
+        if self.padding_mode == "zeros":
             return conv(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
-        pad = [p for p in reversed(self.padding) for _ in range(2)]
-        x = F.pad(x, pad, mode=self.padding_mode)
+        x = F.pad(x, self._explicit_padding(), mode=self.padding_mode)
         return conv(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+    def _explicit_padding(self) -> list[int]:
+        """``F.pad``'s argument (last axis first, left then right), as ``torch.nn.Conv*`` computes it."""
+        if self.padding == "valid":
+            pairs = [(0, 0)] * self.spatial_dims
+        elif self.padding == "same":
+            totals = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size)]
+            pairs = [(t // 2, t - t // 2) for t in totals]
+        else:
+            pairs = [(p, p) for p in self.padding]
+        return [side for pair in reversed(pairs) for side in pair]
 
     def forward(self, x):
         return self._conv(x)
@@ -169,8 +187,8 @@ class Conv1d(_ConvNd):
     """1-D convolution, as ``torch.nn.Conv1d`` (same arguments, parameter names and init).
 
     Args:
-        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-        padding_mode: as ``torch.nn.Conv1d``.
+        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode: as
+            ``torch.nn.Conv1d``.
         weight_init, bias_init: as :class:`Linear`.
 
     Shape:
@@ -196,8 +214,8 @@ class Conv2d(_ConvNd):
     """2-D convolution, as ``torch.nn.Conv2d`` (same arguments, parameter names and init).
 
     Args:
-        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-        padding_mode: as ``torch.nn.Conv2d``.
+        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode: as
+            ``torch.nn.Conv2d``.
         weight_init, bias_init: as :class:`Linear`.
 
     Shape:

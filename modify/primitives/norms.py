@@ -15,7 +15,7 @@ from torch import nn
 from .._core.checks import checks_enabled, expect_tensor, typechecked
 from .._core.errors import ModifyValueError, describe
 from .._core.module import Leaf
-from ..traits import Elementwise, Linear, NonLinear, Param, ParamFree, Unary, Vector
+from ..traits import Elementwise, Linear, Matrix, NonLinear, Param, ParamFree, Unary, Vector
 
 
 def _no_affine(cls_name: str, **given: object) -> None:
@@ -29,6 +29,12 @@ def _no_affine(cls_name: str, **given: object) -> None:
 
 def _shape(value: int | tuple[int, ...] | list[int]) -> tuple[int, ...]:
     return (value,) if isinstance(value, int) else tuple(value)
+
+
+def _trailing_scope(traits: frozenset[type], normalized_shape: tuple[int, ...]) -> frozenset[type]:
+    """The instance's scope: ``Vector`` over one trailing axis, ``Matrix`` over two, else none."""
+    scope = {1: {Vector}, 2: {Matrix}}.get(len(normalized_shape), set())
+    return (traits - {Vector, Matrix}) | scope
 
 
 class ElementwiseAffine(Leaf, Unary, Param, Linear, Elementwise):
@@ -110,7 +116,8 @@ class LayerNorm(Leaf, Unary, ParamFree, NonLinear, Vector):
     Ba et al. 2016, "Layer Normalization".
 
     Args:
-        normalized_shape: the trailing shape normalised over (int or tuple).
+        normalized_shape: the trailing shape normalised over (int or tuple). The class is
+            tagged ``Vector``; ``modify.traits_of`` says ``Matrix`` for two trailing axes.
         eps: added to the variance (default ``1e-5``).
 
     Shape:
@@ -144,6 +151,9 @@ class LayerNorm(Leaf, Unary, ParamFree, NonLinear, Vector):
         if checks_enabled() and x.shape[x.dim() - len(self.normalized_shape) :] != self.normalized_shape:
             raise ModifyValueError(self, f"expected trailing shape {self.normalized_shape}, got {describe(x)}")
         return F.layer_norm(x, self.normalized_shape, None, None, self.eps)
+
+    def _infer_traits(self) -> frozenset[type]:
+        return _trailing_scope(super()._infer_traits(), self.normalized_shape)
 
     def extra_repr(self) -> str:
         return f"{self.normalized_shape}, eps={self.eps:g}"
@@ -188,6 +198,9 @@ class RMSNorm(Leaf, Unary, ParamFree, NonLinear, Vector):
         if checks_enabled() and x.shape[x.dim() - len(self.normalized_shape) :] != self.normalized_shape:
             raise ModifyValueError(self, f"expected trailing shape {self.normalized_shape}, got {describe(x)}")
         return F.rms_norm(x, self.normalized_shape, None, self.eps)
+
+    def _infer_traits(self) -> frozenset[type]:
+        return _trailing_scope(super()._infer_traits(), self.normalized_shape)
 
     def extra_repr(self) -> str:
         return f"{self.normalized_shape}, eps={self.eps}"

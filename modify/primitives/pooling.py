@@ -1,4 +1,4 @@
-"""Pooling leaves over the last two (spatial) dimensions."""
+"""Pooling leaves over the last two (spatial) dimensions: each ``(H, W)`` plane on its own (``Matrix``)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import torch.nn.functional as F
 
 from .._core.checks import expect_tensor, typechecked
 from .._core.module import Leaf
-from ..traits import Linear, NonLinear, ParamFree, Reduction, Unary
+from ..traits import Linear, Matrix, NonLinear, ParamFree, Reduction, Unary
 
 Size2 = int | tuple[int, int]
 
 
-class MaxPool2d(Leaf, Unary, ParamFree, NonLinear, Reduction):
+class MaxPool2d(Leaf, Unary, ParamFree, NonLinear, Reduction, Matrix):
     """2-D max pooling, as ``torch.nn.MaxPool2d`` (same arguments; ``stride`` defaults to ``kernel_size``).
 
     Shape:
@@ -44,7 +44,7 @@ class MaxPool2d(Leaf, Unary, ParamFree, NonLinear, Reduction):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
 
 
-class AvgPool2d(Leaf, Unary, ParamFree, Linear, Reduction):
+class AvgPool2d(Leaf, Unary, ParamFree, Linear, Reduction, Matrix):
     """2-D average pooling, as ``torch.nn.AvgPool2d`` (same arguments).
 
     Shape:
@@ -81,7 +81,7 @@ class AvgPool2d(Leaf, Unary, ParamFree, Linear, Reduction):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
 
 
-class AdaptiveAvgPool2d(Leaf, Unary, ParamFree, Linear, Reduction):
+class AdaptiveAvgPool2d(Leaf, Unary, ParamFree, Linear, Reduction, Matrix):
     """Average-pool to a fixed ``output_size``, as ``torch.nn.AdaptiveAvgPool2d``.
 
     Shape:

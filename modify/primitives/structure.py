@@ -59,11 +59,30 @@ class Copy(Leaf, Unary, ParamFree, Linear, Restructure):
         return f"n={self.n}"
 
 
+def _sizes(owner: str, args: tuple) -> tuple[int, ...]:
+    """``(2, 3)`` from ``(2, 3)`` or ``((2, 3),)``, as ``torch.Tensor.reshape``/``permute`` take it."""
+    if len(args) == 1 and isinstance(args[0], (tuple, list)):
+        args = tuple(args[0])
+    if not all(isinstance(a, int) and not isinstance(a, bool) for a in args):
+        raise TypeError(f"{owner} takes ints or one tuple of ints, got {args!r}")
+    return args
+
+
 class Reshape(Leaf, Unary, ParamFree, Linear, Restructure):
-    """``x.reshape(*shape)``; one entry may be ``-1``.
+    """``x.reshape(*shape)``; one entry may be ``-1`` (inferred).
 
     Args:
-        *shape: the target shape, as ``torch.Tensor.reshape`` takes it.
+        *shape: the target shape, as ``torch.Tensor.reshape`` takes it: ``Reshape(2, 3)`` or
+            ``Reshape((2, 3))``.
+
+    Shape:
+        ``(*) -> shape``, with as many elements.
+
+    Raises:
+        TypeError: entries that are not ints.
+        ValueError: more than one ``-1``, or an entry below ``-1``.
+        RuntimeError: at run time, from torch (with this module's path), if the element count
+            differs.
 
     Example:
         >>> import torch, modify
@@ -72,9 +91,11 @@ class Reshape(Leaf, Unary, ParamFree, Linear, Restructure):
     """
 
     @typechecked
-    def __init__(self, *shape: int):
+    def __init__(self, *shape: int | tuple[int, ...]):
         super().__init__()
-        self.shape = shape
+        self.shape = _sizes("Reshape", shape)
+        if self.shape.count(-1) > 1 or any(size < -1 for size in self.shape):
+            raise ValueError(f"Reshape: at most one -1 and no other negative size, got {self.shape}")
 
     def forward(self, x):
         return expect_tensor(self, x).reshape(self.shape)
@@ -131,6 +152,17 @@ class Transpose(Leaf, Unary, ParamFree, Linear, Restructure):
 class Permute(Leaf, Unary, ParamFree, Linear, Restructure):
     """``x.permute(*dims)``.
 
+    Args:
+        *dims: the new order of the input's axes, ``Permute(2, 0, 1)`` or ``Permute((2, 0, 1))``.
+
+    Shape:
+        ``(d_0, ..., d_n) -> (d_dims[0], ..., d_dims[n])``.
+
+    Raises:
+        TypeError: entries that are not ints.
+        RuntimeError: at run time, from torch (with this module's path), if ``dims`` is not a
+            permutation of the input's axes.
+
     Example:
         >>> import torch, modify
         >>> modify.Permute(2, 0, 1)(torch.zeros(2, 3, 4)).shape
@@ -138,9 +170,9 @@ class Permute(Leaf, Unary, ParamFree, Linear, Restructure):
     """
 
     @typechecked
-    def __init__(self, *dims: int):
+    def __init__(self, *dims: int | tuple[int, ...]):
         super().__init__()
-        self.dims = dims
+        self.dims = _sizes("Permute", dims)
 
     def forward(self, x):
         return expect_tensor(self, x).permute(self.dims)

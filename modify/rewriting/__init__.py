@@ -1,3 +1,10 @@
-"""Queries and non-destructive rewriters (filled in by the rewriters work)."""
+"""Queries and non-destructive rewriters, all on one tree walk (:mod:`modify.rewriting.walk`)."""
 
-__all__: list[str] = []
+from .functional import functional_call
+from .lora import LoRA, lora, lora_parameters, merge_lora, strip_lora
+from .mutable import mutable
+from .walk import Selection, parameters, rewrite, select
+
+__all__ = [
+    "LoRA", "Selection", "functional_call", "lora", "lora_parameters", "merge_lora", "mutable", "parameters", "rewrite", "select", "strip_lora",
+]

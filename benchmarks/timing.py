@@ -1,0 +1,88 @@
+"""Interleaved timing: each side runs in turn, in one process, and ratios come from the same round.
+
+Timing two models one after the other lets a change in machine load (other processes, frequency
+scaling) land on one side only. Here every round times each side once, in alternating order, and
+a ratio is taken within the round; the reported figure is the median over rounds.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+
+@dataclass
+class Timing:
+    """Median seconds per call of each side, and the median per-round ratio of each side to the first."""
+
+    seconds: dict[str, float]
+    ratios: dict[str, float]
+
+
+def compare(sides: dict[str, Callable[[], object]], rounds: int, number: int, warmup: int = 2) -> Timing:
+    """Time each callable ``number`` times per round for ``rounds`` rounds, interleaved.
+
+    Args:
+        sides: name -> zero-argument callable; the first is the baseline of the ratios.
+        rounds: rounds (each gives one ratio per side).
+        number: calls per side per round (their mean is the round's time).
+        warmup: untimed calls of each side first.
+
+    Returns:
+        A :class:`Timing`.
+    """
+    names = list(sides)
+    for name in names:
+        for _ in range(warmup):
+            sides[name]()
+    per_round: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        order = names if r % 2 == 0 else names[::-1]
+        for name in order:
+            fn = sides[name]
+            start = time.perf_counter()
+            for _ in range(number):
+                fn()
+            per_round[name].append((time.perf_counter() - start) / number)
+    base = per_round[names[0]]
+    return Timing(
+        seconds={n: statistics.median(t) for n, t in per_round.items()},
+        ratios={n: statistics.median(t / b for t, b in zip(per_round[n], base)) for n in names},
+    )
+
+
+def table(headers: list[str], rows: list[list[object]]) -> str:
+    """A GitHub Markdown table (also readable in a terminal)."""
+    cells = [[str(c) for c in row] for row in [headers, *rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in cells]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def us(seconds: float) -> str:
+    """Seconds as microseconds or milliseconds, 3 significant digits."""
+    return f"{seconds * 1e6:.3g} µs" if seconds < 1e-3 else f"{seconds * 1e3:.3g} ms"
+
+
+def machine() -> str:
+    """One line naming the CPU, cores, threads, torch and Python versions, and the load average."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines():
+            if line.startswith("Model name:"):
+                cpu = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (
+        f"{cpu}; {os.cpu_count()} cores; torch {torch.__version__} with {torch.get_num_threads()} threads; "
+        f"Python {platform.python_version()}; load average {load}"
+    )

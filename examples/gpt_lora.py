@@ -1,0 +1,533 @@
+"""Pretrain a small GPT built from modify primitives, then LoRA-adapt it and compare side by side.
+
+    make demo                                   # creates .venv, installs, runs this file
+    python examples/gpt_lora.py                 # the same, in an environment with modify installed
+    python examples/gpt_lora.py --text notes.txt --steps 500
+    python examples/gpt_lora.py --hf-checkpoint ./gpt2 --steps 30 --batch-size 8
+    torchrun --nproc-per-node 2 examples/gpt_lora.py --ddp
+    python examples/gpt_lora.py --help          # every option of DemoConfig below
+
+1. Builds a character-level ``modify.models.GPT`` and pretrains it on corpus A: the Python
+   standard library's own source code (found through ``sysconfig``; comments and docstrings
+   removed by ``ast.unparse``). Nothing is downloaded, and the corpus is deterministic: sorted
+   files, a bounded number of characters, a fixed seed.
+2. Makes ``adapted = modify.lora(base, rank)``, a sibling sharing every base parameter, freezes the
+   base and trains only the adapters on corpus B: the docstrings of the same modules, English prose
+   (or your own text with ``--text``).
+3. Prints both models' held-out loss on both corpora, a sample from each, how many parameters they
+   share (by identity: ``p_base is p_adapted``), the adapter's size, and that ``merge_lora`` gives
+   the same outputs; saves a loss plot.
+
+``--hf-checkpoint DIR`` starts from GPT-2 weights in a local Hugging Face folder instead of
+pretraining. Text is then tokenized with the folder's own GPT-2 tokenizer if it has one and
+``transformers`` is installed; otherwise with GPT-2's 256 single-byte tokens (exact GPT-2 tokens,
+unmerged, so the loss is per byte). ``--tokenizer`` forces one.
+
+References:
+    Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models", arXiv:2106.09685.
+    Radford et al. 2019, "Language Models are Unsupervised Multitask Learners" (GPT-2).
+    Karpathy, nanoGPT, https://github.com/karpathy/nanoGPT (model and training loop).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+import sys
+import sysconfig
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import modify
+from modify.models import GPT, GPTConfig, generate
+
+
+def opt(default, help: str):
+    """A config field whose help text doubles as its comment."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class DemoConfig:
+    # model: nanoGPT's "baby GPT", scaled down to train in about a minute on 2 CPU cores
+    n_layer: int = opt(4, "transformer blocks")
+    n_head: int = opt(4, "attention heads per block")
+    n_embd: int = opt(128, "embedding width")
+    block_size: int = opt(64, "context length in tokens (characters)")
+    dropout: float = opt(0.0, "dropout probability while pretraining")
+    # data
+    corpus_chars: int = opt(200_000, "characters taken from each corpus (first ones, sorted files)")
+    val_fraction: float = opt(0.1, "held-out tail of each corpus, for the loss table")
+    text: str | None = opt(None, "your own UTF-8 text file: replaces corpus B (the adaptation corpus)")
+    # training, the same number of steps in each phase
+    steps: int = opt(300, "optimizer steps for pretraining, and again for adaptation")
+    batch_size: int = opt(32, "sequences per step (per process with --ddp)")
+    lr: float = opt(3e-3, "peak AdamW learning rate for pretraining (warmup, then cosine decay)")
+    lora_rank: int = opt(8, "rank r of each adapter B @ A")
+    lora_alpha: float = opt(16.0, "adapter scale is alpha / rank")
+    lora_lr: float = opt(1e-2, "peak learning rate for the adapters")
+    eval_batches: int = opt(8, "held-out batches per loss in the table")
+    sample_tokens: int = opt(240, "tokens sampled from each model")
+    seed: int = opt(1337, "seed for initialisation, batches and samples")
+    # where and how
+    hf_checkpoint: str | None = opt(None, "local Hugging Face GPT-2 folder to start from instead of pretraining")
+    tokenizer: str = opt("auto", "with --hf-checkpoint: auto, bpe (the folder's, needs transformers) or bytes")
+    device: str = opt("auto", "auto (cuda if available), cpu, cuda, cuda:N or mps")
+    compile: bool = opt(False, "train through torch.compile")
+    ddp: bool = opt(False, "DistributedDataParallel; launch with torchrun (gloo on CPU, nccl on GPU)")
+    out: str = opt("build/demo", "folder for the loss plot")
+
+
+# ----------------------------------------------------------------------------- corpora
+
+def source_files() -> list[Path]:
+    """Python files that exist wherever this runs: the standard library, else torch's own."""
+    for root in (Path(sysconfig.get_path("stdlib")), Path(torch.__file__).parent):
+        files = sorted(root.glob("*.py"))
+        if files:
+            return files
+    return []
+
+
+def split_source(text: str) -> tuple[str, list[str]]:
+    """Python source -> (its code without comments and docstrings, its docstrings)."""
+    tree = ast.parse(text)
+    docstrings = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            doc = ast.get_docstring(node)
+            if doc:
+                docstrings.append(doc)
+                node.body = node.body[1:] or [ast.Pass()]
+    return ast.unparse(tree), docstrings
+
+
+def embedded_corpora(max_chars: int) -> tuple[str, str]:
+    """Corpus A (code) and corpus B (docstrings), each cut at ``max_chars`` characters."""
+    code, prose = [], []
+    for path in source_files():
+        try:
+            file_code, docstrings = split_source(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue  # e.g. test data with deliberate syntax errors
+        code.append(file_code)
+        prose.extend(docstrings)
+        if sum(map(len, code)) >= max_chars and sum(map(len, prose)) >= max_chars:
+            break
+    return "\n\n".join(code)[:max_chars], "\n\n".join(prose)[:max_chars]
+
+
+# ----------------------------------------------------------------------------- tokenizers
+
+class CharTokenizer:
+    """One token per character, over the characters of the given texts."""
+
+    name = "characters"
+
+    def __init__(self, *texts: str):
+        self.chars = sorted(set().union(*texts))
+        self.index = {c: i for i, c in enumerate(self.chars)}
+
+    def encode(self, text: str) -> list[int]:
+        return [self.index[c] for c in text]
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(self.chars[i] for i in ids)
+
+
+class GPT2ByteTokenizer:
+    """GPT-2's 256 single-byte tokens: exact GPT-2 token ids, one per UTF-8 byte, never merged.
+
+    GPT-2 numbers its byte tokens 0..255 in the order of its ``bytes_to_unicode`` table: printable
+    bytes first, then the rest (so space is 220 and newline 198).
+    """
+
+    name = "GPT-2 single-byte tokens"
+
+    def __init__(self):
+        printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+        self.bytes = printable + [b for b in range(256) if b not in printable]
+        self.index = {b: i for i, b in enumerate(self.bytes)}
+
+    def encode(self, text: str) -> list[int]:
+        return [self.index[b] for b in text.encode("utf-8")]
+
+    def decode(self, ids: list[int]) -> str:
+        return bytes(self.bytes[i] for i in ids if i < 256).decode("utf-8", errors="replace")
+
+
+class HFTokenizer:
+    """The checkpoint folder's own tokenizer, through ``transformers`` (local files only)."""
+
+    def __init__(self, folder: str):
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        self.name = f"{type(self.tokenizer).__name__} from {folder}"
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, verbose=False)["input_ids"]
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids)
+
+
+def has_tokenizer_files(folder: Path) -> bool:
+    return (folder / "tokenizer.json").is_file() or all((folder / f).is_file() for f in ("vocab.json", "merges.txt"))
+
+
+# ----------------------------------------------------------------------------- data and training
+
+def as_splits(ids: list[int], cfg: DemoConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids -> (train, held-out) tensors: the held-out part is the corpus's tail."""
+    data = torch.tensor(ids, dtype=torch.long)
+    n_val = int(len(data) * cfg.val_fraction)
+    return data[:-n_val], data[-n_val:]
+
+
+def batch(data: torch.Tensor, cfg: DemoConfig, gen: torch.Generator, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random windows of ``block_size`` tokens (B, T) and their next tokens (B, T)."""
+    starts = torch.randint(len(data) - cfg.block_size, (cfg.batch_size,), generator=gen)
+    x = torch.stack([data[i : i + cfg.block_size] for i in starts])
+    y = torch.stack([data[i + 1 : i + 1 + cfg.block_size] for i in starts])
+    return x.to(device), y.to(device)
+
+
+def lm_loss(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    logits = model(x)  # (B, T, vocab_size)
+    return F.cross_entropy(logits.flatten(0, 1), y.flatten())
+
+
+def lr_at(step: int, steps: int, peak: float) -> float:
+    """Linear warmup over the first 10% of steps, then cosine decay to a tenth (as nanoGPT)."""
+    warmup = max(1, steps // 10)
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train(module, params: list, data: torch.Tensor, peak_lr: float, cfg: DemoConfig, env: dict, desc: str) -> list[float]:
+    """AdamW on ``params`` only, for ``cfg.steps`` steps; returns the loss of every step."""
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=peak_lr, betas=(0.9, 0.99))
+    gen = torch.Generator().manual_seed(cfg.seed + 1000 * env["rank"] + len(desc))
+    losses = []
+    module.train()
+    bar = tqdm(range(cfg.steps), desc=desc, disable=not env["main"], dynamic_ncols=True)
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, cfg.steps, peak_lr)
+        x, y = batch(data, cfg, gen, env["device"])
+        loss = lm_loss(module, x, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+    return losses
+
+
+@torch.no_grad()
+def evaluate(model, batches: list) -> float:
+    """Mean cross-entropy (nats per token) over fixed held-out batches."""
+    model.eval()
+    return sum(lm_loss(model, x, y).item() for x, y in batches) / len(batches)
+
+
+def wrap_for_training(model, cfg: DemoConfig, env: dict):
+    """The module the training loop calls: ``model``, compiled and/or wrapped in DDP."""
+    module = torch.compile(model) if cfg.compile else model
+    if cfg.ddp:
+        device_ids = [env["device"].index] if env["device"].type == "cuda" else None
+        module = torch.nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
+    return module
+
+
+# ----------------------------------------------------------------------------- command line
+
+class DemoArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str):
+        fail(message)
+
+
+def fail(message: str):
+    """Bad input: one line on stderr, exit code 2, no traceback."""
+    print(f"gpt_lora.py: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def parse_args(argv: list[str] | None) -> DemoConfig:
+    """``--n-layer 2`` etc. for every ``DemoConfig`` field; ``--compile``/``--ddp`` are switches."""
+    parser = DemoArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f in dataclasses.fields(DemoConfig):
+        flag, help = "--" + f.name.replace("_", "-"), f.metadata["help"]
+        if f.type == "bool":
+            parser.add_argument(flag, action="store_true", help=help)
+        elif f.name == "tokenizer":
+            parser.add_argument(flag, choices=("auto", "bpe", "bytes"), default=f.default, help=help)
+        else:
+            kind = {"int": int, "float": float}.get(f.type, str)
+            parser.add_argument(flag, type=kind, default=f.default, help=help, metavar=f.name.upper())
+    return DemoConfig(**vars(parser.parse_args(argv)))
+
+
+def validate(cfg: DemoConfig) -> None:
+    """Check every option before any work starts; ``fail`` with the first problem."""
+    for name in ("n_layer", "n_head", "n_embd", "block_size", "corpus_chars", "steps", "batch_size",
+                 "lora_rank", "eval_batches", "sample_tokens"):
+        if getattr(cfg, name) < 1:
+            fail(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(cfg, name)}")
+    for name in ("lr", "lora_lr", "lora_alpha"):
+        if not getattr(cfg, name) > 0:
+            fail(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
+    if cfg.n_embd % cfg.n_head:
+        fail(f"--n-embd ({cfg.n_embd}) must be divisible by --n-head ({cfg.n_head})")
+    if not 0 <= cfg.dropout < 1 or not 0 < cfg.val_fraction < 1:
+        fail(f"--dropout must be in [0, 1) and --val-fraction in (0, 1), got {cfg.dropout} and {cfg.val_fraction}")
+    if cfg.text is not None:
+        read_text(cfg.text)
+    if cfg.hf_checkpoint is not None:
+        check_checkpoint(Path(cfg.hf_checkpoint), cfg.tokenizer)
+    if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
+        fail(f"--out {cfg.out} exists and is not a folder")
+    if cfg.ddp and not all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")):
+        fail("--ddp needs the environment torchrun sets: torchrun --nproc-per-node 2 examples/gpt_lora.py --ddp")
+    resolve_device(cfg.device, local_rank=0)
+
+
+def read_text(path: str) -> str:
+    """The UTF-8 text of ``--text``, or ``fail``."""
+    file = Path(path)
+    if not file.is_file():
+        fail(f"--text {path}: no such file")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        fail(f"--text {path} is not UTF-8 text ({error.reason} at byte {error.start})")
+    if not text.strip():
+        fail(f"--text {path} is empty")
+    return text
+
+
+def check_checkpoint(folder: Path, tokenizer: str) -> None:
+    """A Hugging Face GPT-2 folder as ``save_pretrained`` writes it, and a usable tokenizer."""
+    if not folder.is_dir():
+        fail(f"--hf-checkpoint {folder}: no such folder")
+    if not (folder / "config.json").is_file():
+        fail(f"--hf-checkpoint {folder} has no config.json (expected a Hugging Face save_pretrained folder)")
+    try:
+        model_type = json.loads((folder / "config.json").read_text()).get("model_type")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        fail(f"--hf-checkpoint {folder}/config.json is not a JSON object")
+    if model_type != "gpt2":
+        fail(f"--hf-checkpoint {folder} holds a {model_type!r} model; this demo needs GPT-2 (model_type 'gpt2')")
+    if not any((folder / f).is_file() for f in ("model.safetensors", "pytorch_model.bin")):
+        fail(f"--hf-checkpoint {folder} has no model.safetensors or pytorch_model.bin")
+    if tokenizer == "bpe" and not has_tokenizer_files(folder):
+        fail(f"--tokenizer bpe: {folder} has no tokenizer.json nor vocab.json + merges.txt")
+    if tokenizer == "bpe" and importlib.util.find_spec("transformers") is None:
+        fail("--tokenizer bpe needs transformers (pip install transformers), or use --tokenizer bytes")
+
+
+def resolve_device(spec: str, local_rank: int) -> torch.device:
+    """``auto`` -> cuda (this process's GPU under DDP) if available, else cpu; checks availability."""
+    if spec == "auto":
+        spec = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        fail(f"--device {spec!r} is not a device (use auto, cpu, cuda, cuda:N or mps)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        fail(f"--device {spec}: CUDA is not available on this machine")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        fail(f"--device {spec}: MPS is not available on this machine")
+    if device.type not in ("cpu", "cuda", "mps"):
+        fail(f"--device {spec}: this demo runs on cpu, cuda or mps")
+    return device
+
+
+def setup(cfg: DemoConfig) -> dict:
+    """The process's rank, device and whether it prints; joins the process group under ``--ddp``."""
+    rank, local_rank = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
+    if not cfg.ddp:
+        rank = local_rank = 0
+    device = resolve_device(cfg.device, local_rank)
+    if cfg.ddp:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        torch.distributed.init_process_group(backend)  # env://: RANK, WORLD_SIZE, MASTER_ADDR/PORT
+    return {"rank": rank, "main": rank == 0, "device": device}
+
+
+# ----------------------------------------------------------------------------- the demo
+
+def load_corpora(cfg: DemoConfig) -> list[tuple[str, str]]:
+    """[(name, text)] for corpus A (pretraining) and corpus B (adaptation)."""
+    code, docstrings = embedded_corpora(cfg.corpus_chars)
+    if not code.strip() or not docstrings.strip():
+        fail("found no Python source files to build the default corpora from")
+    if cfg.text is not None:
+        return [("A: Python code", code), (f"B: {Path(cfg.text).name}", read_text(cfg.text)[: cfg.corpus_chars])]
+    return [("A: Python code", code), ("B: docstrings", docstrings)]
+
+
+def make_base(cfg: DemoConfig, texts: list[str]):
+    """(tokenizer, base model): a fresh character-level GPT, or GPT-2 from ``--hf-checkpoint``."""
+    if cfg.hf_checkpoint is None:
+        tokenizer = CharTokenizer(*texts)  # the vocabulary covers both corpora
+        torch.manual_seed(cfg.seed)
+        config = GPTConfig(block_size=cfg.block_size, vocab_size=len(tokenizer.chars), n_layer=cfg.n_layer,
+                           n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=False)
+        return tokenizer, GPT(config)
+    folder = Path(cfg.hf_checkpoint)
+    transformers_here = importlib.util.find_spec("transformers") is not None
+    use_bpe = cfg.tokenizer == "bpe" or (cfg.tokenizer == "auto" and has_tokenizer_files(folder) and transformers_here)
+    tokenizer = HFTokenizer(str(folder)) if use_bpe else GPT2ByteTokenizer()
+    try:
+        base = GPT.from_pretrained(str(folder))
+    except (ValueError, TypeError, KeyError, OSError) as error:
+        fail(f"--hf-checkpoint {folder} could not be loaded: {error}")
+    cfg.block_size = min(cfg.block_size, base.config.block_size)
+    return tokenizer, base
+
+
+def tokenize(corpora, tokenizer, vocab_size: int, cfg: DemoConfig) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """[(name, train ids, held-out ids)], checking each corpus is long enough and fits the vocabulary."""
+    splits = []
+    for name, text in corpora:
+        ids = tokenizer.encode(text)
+        if max(ids, default=0) >= vocab_size:
+            fail(f"the tokenizer gives ids up to {max(ids)} but the model has only {vocab_size} embeddings")
+        train_ids, val_ids = as_splits(ids, cfg)
+        if min(len(train_ids), len(val_ids)) <= cfg.block_size:
+            fail(f"corpus {name} has {len(ids)} tokens: too short for --block-size {cfg.block_size} "
+                 f"with --val-fraction {cfg.val_fraction} (use a longer text)")
+        splits.append((name, train_ids, val_ids))
+    return splits
+
+
+def run(cfg: DemoConfig, env: dict) -> None:
+    log = print if env["main"] else (lambda *args, **kwargs: None)
+    start = time.perf_counter()
+    corpora = load_corpora(cfg)
+    tokenizer, base = make_base(cfg, [text for _, text in corpora])
+    base = base.to(env["device"])
+    splits = tokenize(corpora, tokenizer, base.config.vocab_size, cfg)
+    (name_a, train_a, _), (name_b, train_b, _) = splits
+    log(f"model:     modify.models.GPT, {count(base.parameters())} parameters, {cfg.n_layer if cfg.hf_checkpoint is None else base.config.n_layer} blocks, on {env['device']}")
+    log(f"tokenizer: {tokenizer.name}, {base.config.vocab_size} ids, context {cfg.block_size}")
+    for name, train_ids, val_ids in splits:
+        log(f"corpus {name}: {len(train_ids):,} training tokens, {len(val_ids):,} held out")
+
+    pre_losses = []
+    if cfg.hf_checkpoint is None:
+        pre_losses = train(wrap_for_training(base, cfg, env), list(base.parameters()), train_a, cfg.lr, cfg, env,
+                           f"pretrain on {name_a}")
+    base.requires_grad_(False)  # phase 2 trains the adapters only
+    adapted = modify.lora(base, rank=cfg.lora_rank, alpha=cfg.lora_alpha)
+    adapter_params = modify.lora_parameters(adapted)
+    ada_losses = train(wrap_for_training(adapted, cfg, env), adapter_params, train_b, cfg.lora_lr, cfg, env,
+                       f"LoRA on {name_b}")
+    if env["main"]:
+        report(cfg, env, splits, tokenizer, base, adapted)
+        path = plot(cfg, pre_losses, ada_losses, name_a, name_b)
+        log(f"\nloss plot: {path}\nwall time: {time.perf_counter() - start:.0f} s")
+
+
+def count(params) -> str:
+    n = sum(p.numel() for p in params)
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"
+
+
+def report(cfg: DemoConfig, env: dict, splits, tokenizer, base, adapted) -> None:
+    """The side-by-side comparison: losses, parameter sharing, merge check, samples."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    held_out = {name: [batch(val, cfg, gen, env["device"]) for _ in range(cfg.eval_batches)] for name, _, val in splits}
+    rows = {"base": base, "adapted (LoRA)": adapted}
+    unit = "character" if isinstance(tokenizer, CharTokenizer) else "token"
+    print(f"\nheld-out loss (cross-entropy, nats per {unit}), lower is better")
+    print(f"{'':16}" + "".join(f"{name:>22}" for name in held_out))
+    for label, model in rows.items():
+        print(f"{label:16}" + "".join(f"{evaluate(model, batches):22.3f}" for batches in held_out.values()))
+
+    base_params, adapted_ids = list(base.parameters()), {id(p) for p in adapted.parameters()}
+    shared = [p for p in base_params if id(p) in adapted_ids]  # p_base is p_adapted
+    base_ids = {id(p) for p in base_params}
+    adapters = [p for p in adapted.parameters() if id(p) not in base_ids]
+    print(f"\nbase parameters:     {count(base_params)} in {len(base_params)} tensors")
+    print(f"shared with adapted: {count(shared)} in {len(shared)} tensors (the same objects, p_base is p_adapted)")
+    print(f"adapter parameters:  {count(adapters)} in {len(adapters)} tensors, "
+          f"{len(modify.select(adapted, modify.LoRA))} LoRA blocks, the only ones trained on {splits[1][0]}")
+
+    x = held_out[splits[1][0]][0][0]
+    merged = modify.merge_lora(adapted).eval()
+    with torch.no_grad():
+        diff = (merged(x) - adapted(x)).abs().max().item()
+    same_keys = list(merged.state_dict()) == list(base.state_dict())
+    print(f"merge_lora(adapted): max |merged - adapted| logit difference {diff:.1e}; "
+          f"state_dict keys equal the base's: {same_keys}")
+    stripped = list(modify.strip_lora(adapted).parameters())
+    print(f"strip_lora(adapted) gives back the base's own parameters: "
+          f"{len(stripped) == len(base_params) and all(p is q for p, q in zip(stripped, base_params))}")
+
+    for label, model in rows.items():
+        print(f"\n--- sample from {label} (same prompt '\\n' and seed) ---\n{sample(model, tokenizer, cfg, env)}")
+
+
+@torch.no_grad()
+def sample(model, tokenizer, cfg: DemoConfig, env: dict) -> str:
+    gen = torch.Generator(env["device"]).manual_seed(cfg.seed)
+    prompt = torch.tensor([tokenizer.encode("\n")], device=env["device"])
+    out = generate(model.eval(), prompt, cfg.sample_tokens, temperature=0.8, generator=gen)
+    return tokenizer.decode(out[0, prompt.shape[1] :].tolist())
+
+
+def plot(cfg: DemoConfig, pre_losses: list[float], ada_losses: list[float], name_a: str, name_b: str) -> Path:
+    """Training losses of both phases, saved as a PNG (matplotlib's Agg canvas, no display)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    phases = [(f"pretraining on {name_a} (all parameters)", pre_losses)] if pre_losses else []
+    phases.append((f"adaptation on {name_b} (LoRA adapters only)", ada_losses))
+    fig = Figure(figsize=(6 * len(phases), 4), layout="constrained")
+    FigureCanvasAgg(fig)
+    for ax, (title, losses) in zip(fig.subplots(1, len(phases), squeeze=False)[0], phases):
+        ax.plot(range(1, len(losses) + 1), losses, lw=0.8)
+        ax.set(title=title, xlabel="step", ylabel="training loss (nats per token)")
+        ax.grid(alpha=0.3)
+    path = Path(cfg.out) / "gpt_lora_loss.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args(argv)
+    validate(cfg)
+    env = setup(cfg)
+    try:
+        run(cfg, env)
+    finally:
+        if cfg.ddp:
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,266 @@
+"""GPT-2 (nanoGPT's ``GPT``) built from leaves, ``Sequential`` and ``Parallel`` alone.
+
+Radford et al. 2019, "Language Models are Unsupervised Multitask Learners"; the layout and
+config follow Karpathy's nanoGPT ``model.py``, the weights Hugging Face's ``GPT2LMHeadModel``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.distributions import Normal
+
+from .._core.checks import typechecked
+from ..combinators import Parallel, Residual, Sequential
+from ..primitives import (
+    GELU,
+    Add,
+    Copy,
+    Dropout,
+    Embedding,
+    Linear,
+    Rearrange,
+    ScaledDotProductAttention,
+    Split,
+)
+from ._checkpoint import KeyFormat, Source, build_pretrained, hf_value, require
+from ._layers import Positions, check_fields, check_positive, layer_norm
+
+
+@dataclass
+class GPTConfig:
+    """Hyperparameters of :class:`GPT`, with nanoGPT's field names and defaults (GPT-2 small).
+
+    Args:
+        block_size: the longest sequence, i.e. the number of learned positions (1024).
+        vocab_size: tokens in the vocabulary (50304: GPT-2's 50257 padded to a multiple of 64).
+        n_layer: transformer blocks (12).
+        n_head: attention heads per block (12).
+        n_embd: width of the residual stream; a multiple of ``n_head`` (768).
+        dropout: dropout probability on embeddings, attention weights and residual branches (0.0).
+        bias: biases in the linear layers and layer norms, as GPT-2 (``True``).
+
+    Raises:
+        TypeError: a field of the wrong type.
+        ValueError: a non-positive size, ``n_embd`` not a multiple of ``n_head``, or
+            ``dropout`` outside ``[0, 1)``.
+
+    Example:
+        >>> from modify.models import GPTConfig
+        >>> GPTConfig(n_layer=2, n_head=2, n_embd=32).n_embd // 2
+        16
+    """
+
+    block_size: int = 1024
+    vocab_size: int = 50304
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        check_positive(self, "block_size", "vocab_size", "n_layer", "n_head", "n_embd")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"GPTConfig: n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"GPTConfig: dropout must be in [0, 1), got {self.dropout}")
+
+
+class GPT(Sequential):
+    """GPT-2: token ids to next-token logits, a tree of leaves (nanoGPT's ``GPT``).
+
+    Learned token and position embeddings, ``n_layer`` pre-LayerNorm blocks (causal
+    self-attention, then a GELU(tanh) MLP, each inside a :class:`~modify.Residual`), a final
+    LayerNorm and an output head tied to the token embedding: ``lm_head.weight`` *is*
+    ``transformer.embed.lookup.wte.weight`` (one ``Parameter``; ``named_parameters()`` lists it
+    once, ``state_dict()`` under both names). A ``Sequential`` subclass that only names the
+    tree and keeps its :class:`GPTConfig` as ``config``::
+
+        transformer.embed     Copy(2) -> Parallel(wte=Embedding, wpe=Positions -> Embedding) -> Add -> Dropout
+        transformer.h.<i>     Residual(attn) -> Residual(mlp), the branch of each at "1.1":
+          attn.1.1            ln_1 -> c_attn -> heads (Rearrange) -> split (Split) -> attend (SDPA, causal)
+                              -> merge (Rearrange) -> c_proj -> dropout
+          mlp.1.1             ln_2 -> c_fc -> gelu -> c_proj -> dropout
+        transformer.ln_f      LayerNorm -> ElementwiseAffine
+        lm_head               Linear(n_embd, vocab_size, bias=False), weight tied to wte
+
+    so the query projection of block 0 is ``transformer.h.0.attn.1.1.c_attn`` and every
+    Hugging Face key maps to one of ours (``transformer.h.0.ln_1.weight`` is
+    ``transformer.h.0.attn.1.1.ln_1.affine.weight``).
+
+    Args:
+        config: the hyperparameters.
+
+    Shape:
+        ``(B, T)`` int64 token ids, ``T <= block_size`` -> ``(B, T, vocab_size)`` logits.
+
+    Attributes:
+        config: the :class:`GPTConfig`. Initialisation as nanoGPT: linear and embedding
+            weights ``N(0, 0.02)``, the residual projections (``c_proj``) ``N(0, 0.02 / sqrt(2 n_layer))``,
+            biases zero, layer norms one/zero.
+
+    Raises:
+        ModifyValueError: (at call) ``T > block_size``; ids that are not integers.
+
+    Example:
+        >>> import torch
+        >>> from modify.models import GPT, GPTConfig
+        >>> gpt = GPT(GPTConfig(block_size=16, vocab_size=50, n_layer=2, n_head=2, n_embd=32))
+        >>> gpt(torch.randint(0, 50, (3, 10))).shape
+        torch.Size([3, 10, 50])
+        >>> gpt.lm_head.weight is gpt.transformer.embed.lookup.wte.weight
+        True
+    """
+
+    @typechecked
+    def __init__(self, config: GPTConfig):
+        wte = Embedding(config.vocab_size, config.n_embd, weight_init=_normal(0.02))
+        lm_head = Linear(config.n_embd, config.vocab_size, bias=False, weight_init=_normal(0.02), device="meta")
+        lm_head.weight = wte.weight
+        transformer = Sequential(
+            embed=_embeddings(config, wte),
+            h=Sequential(*(_block(config) for _ in range(config.n_layer))),
+            ln_f=layer_norm(config.n_embd, config.bias),
+        )
+        super().__init__(transformer=transformer, lm_head=lm_head)
+        self.config = config
+
+    def extra_repr(self) -> str:
+        return f"config={self.config}"
+
+    @classmethod
+    @typechecked
+    def from_pretrained(cls, source: Source, **config_overrides: Any) -> GPT:
+        """Load Hugging Face GPT-2 weights (``GPT2LMHeadModel``, or a bare ``GPT2Model``).
+
+        Args:
+            source: a checkpoint folder (``config.json`` plus ``model.safetensors`` or
+                ``pytorch_model.bin``, as ``save_pretrained`` writes; sharded ``*.index.json``
+                too), a single weights file, or a ``state_dict`` in Hugging Face's key names and
+                layout (``Conv1D`` weights stored ``(in, out)``; they are transposed here).
+                Keys without the ``transformer.`` prefix (a saved ``GPT2Model``) are accepted.
+                ``lm_head.weight`` and ``transformer.wte.weight`` fill the one tied parameter:
+                either may be absent; if both are present they must be equal.
+            **config_overrides: :class:`GPTConfig` fields, on top of ``config.json`` (for a
+                folder) or of the defaults (file or state_dict: pass at least ``vocab_size``,
+                ``block_size``, ``n_layer``, ``n_head``, ``n_embd``). ``dropout`` is 0.0 unless
+                given (as nanoGPT); ``bias`` is ``True``.
+
+        Returns:
+            A :class:`GPT` in eval mode. Weights are read with ``safetensors`` or
+            ``torch.load(weights_only=True)``; nothing is downloaded.
+
+        Raises:
+            FileNotFoundError: a missing path; a folder without ``config.json`` or weights.
+            TypeError: an unknown config field; a file that holds no state dict.
+            ValueError: a ``config.json`` with options this GPT does not implement (cross
+                attention, another activation, ``n_inner`` other than ``4 n_embd``, ...).
+            CheckpointError: (a ``ValueError``) listing every missing, unexpected and
+                mis-shaped key.
+
+        Example:
+            >>> import tempfile, torch
+            >>> from transformers import GPT2Config, GPT2LMHeadModel  # only to write a checkpoint here
+            >>> from modify.models import GPT
+            >>> reference = GPT2LMHeadModel(GPT2Config(vocab_size=100, n_positions=32, n_embd=32, n_layer=2,
+            ...                                        n_head=2, bos_token_id=0, eos_token_id=0)).eval()
+            >>> with tempfile.TemporaryDirectory() as folder:
+            ...     reference.save_pretrained(folder)
+            ...     gpt = GPT.from_pretrained(folder)
+            >>> ids = torch.randint(0, 100, (2, 32))
+            >>> torch.allclose(gpt(ids), reference(ids).logits, atol=1e-5)
+            True
+        """
+        return build_pretrained(cls, GPTConfig, source, config_overrides, HF_KEYS, "GPT.from_pretrained", _config_from_hf)
+
+
+def _normal(std: float) -> Normal:
+    return Normal(0.0, std)
+
+
+def _linear(config: GPTConfig, n_in: int, n_out: int, std: float = 0.02) -> Linear:
+    return Linear(n_in, n_out, bias=config.bias, weight_init=_normal(std), bias_init=nn.init.zeros_)
+
+
+def _embeddings(config: GPTConfig, wte: Embedding) -> Sequential:
+    """``(B, T)`` ids -> ``(B, T, C)`` token plus position embeddings (``embed``)."""
+    wpe = Sequential(
+        positions=Positions(limit=config.block_size),
+        embedding=Embedding(config.block_size, config.n_embd, weight_init=_normal(0.02)),
+    )
+    return Sequential(copy=Copy(2), lookup=Parallel(wte=wte, wpe=wpe), add=Add(), dropout=Dropout(config.dropout))
+
+
+def _block(config: GPTConfig) -> Sequential:
+    """One pre-LayerNorm transformer block: ``x + attn(ln_1(x))``, then ``x + mlp(ln_2(x))``."""
+    C, H, p = config.n_embd, config.n_head, config.dropout
+    projection_std = 0.02 / math.sqrt(2 * config.n_layer)
+    attn = Sequential(
+        ln_1=layer_norm(C, config.bias),
+        c_attn=_linear(config, C, 3 * C),  # (B, T, 3C)
+        heads=Rearrange("b t (k h d) -> b (k h) t d", k=3, h=H),  # (B, 3H, T, C/H)
+        split=Split(H, dim=1),  # q, k, v: (B, H, T, C/H)
+        attend=ScaledDotProductAttention(causal=True, dropout=p),  # (B, H, T, C/H)
+        merge=Rearrange("b h t d -> b t (h d)"),  # (B, T, C)
+        c_proj=_linear(config, C, C, projection_std),
+        dropout=Dropout(p),
+    )
+    mlp = Sequential(
+        ln_2=layer_norm(C, config.bias),
+        c_fc=_linear(config, C, 4 * C),
+        gelu=GELU("tanh"),
+        c_proj=_linear(config, 4 * C, C, projection_std),
+        dropout=Dropout(p),
+    )
+    return Sequential(attn=Residual(attn), mlp=Residual(mlp))
+
+
+def _transpose_conv1d(key: str, value: torch.Tensor) -> torch.Tensor:
+    """GPT-2's ``Conv1D`` stores ``(in, out)``; our ``Linear`` holds ``(out, in)``."""
+    if key.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")):
+        return value.t()
+    return value
+
+
+# Our state_dict keys -> Hugging Face GPT2LMHeadModel's.
+HF_KEYS = KeyFormat(
+    rules=(
+        (r"transformer\.embed\.lookup\.wte\.weight", "transformer.wte.weight"),
+        (r"transformer\.embed\.lookup\.wpe\.embedding\.weight", "transformer.wpe.weight"),
+        (r"transformer\.h\.(\d+)\.attn\.1\.1\.ln_1\.affine\.(\w+)", r"transformer.h.\1.ln_1.\2"),
+        (r"transformer\.h\.(\d+)\.mlp\.1\.1\.ln_2\.affine\.(\w+)", r"transformer.h.\1.ln_2.\2"),
+        (r"transformer\.h\.(\d+)\.(attn|mlp)\.1\.1\.(\w+)\.(\w+)", r"transformer.h.\1.\2.\3.\4"),
+        (r"transformer\.ln_f\.affine\.(\w+)", r"transformer.ln_f.\1"),
+        (r"lm_head\.weight", "lm_head.weight"),
+    ),
+    base_prefix="transformer",
+    transform=_transpose_conv1d,
+    ignore=("transformer.h.*.attn.bias", "transformer.h.*.attn.masked_bias"),
+)
+
+
+def _config_from_hf(hf: dict[str, Any], owner: str) -> dict[str, Any]:
+    """``GPTConfig`` fields from a ``GPT2Config`` ``config.json``; refuses options not implemented."""
+    n_embd = hf_value(hf, "n_embd", 768)
+    require(hf_value(hf, "n_inner", 4 * n_embd) == 4 * n_embd, owner, f"n_inner must be 4 * n_embd, got {hf['n_inner']}")
+    activation = hf_value(hf, "activation_function", "gelu_new")
+    require(activation in ("gelu_new", "gelu_pytorch_tanh"), owner, f"activation_function {activation!r} is not GELU(tanh)")
+    require(hf_value(hf, "layer_norm_epsilon", 1e-5) == 1e-5, owner, "layer_norm_epsilon must be 1e-5")
+    require(hf_value(hf, "scale_attn_weights", True), owner, "scale_attn_weights=False is not supported")
+    require(not hf_value(hf, "scale_attn_by_inverse_layer_idx", False), owner, "scale_attn_by_inverse_layer_idx is not supported")
+    require(not hf_value(hf, "add_cross_attention", False), owner, "cross attention is not supported")
+    return dict(
+        block_size=hf_value(hf, "n_positions", 1024),
+        vocab_size=hf_value(hf, "vocab_size", 50257),
+        n_layer=hf_value(hf, "n_layer", 12),
+        n_head=hf_value(hf, "n_head", 12),
+        n_embd=n_embd,
+        dropout=0.0,
+        bias=True,
+    )

@@ -1,0 +1,422 @@
+"""ResNet (18/34/50 and any stage layout) built from leaves, ``Sequential`` and ``Parallel`` alone.
+
+He et al. 2016, "Deep Residual Learning for Image Recognition" (the "v1.5" variant that
+strides in the 3x3 convolution of a bottleneck, as torchvision and Hugging Face do). Weights
+load from Hugging Face's ``ResNetForImageClassification`` and from torchvision's ``resnet*``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from .._core.checks import typechecked
+from ..combinators import Parallel, Sequential
+from ..primitives import AdaptiveAvgPool2d, Add, Conv2d, Copy, Flatten, Identity, Linear, MaxPool2d, ReLU
+from ._checkpoint import KeyFormat, Source, build_pretrained, hf_value, require
+from ._layers import batch_norm, check_fields, check_positive
+
+# Kaiming He's init for convolutions feeding a ReLU, as torchvision and transformers use.
+_conv_init = functools.partial(nn.init.kaiming_normal_, mode="fan_out", nonlinearity="relu")
+
+ARCHITECTURES: dict[str, dict[str, Any]] = {
+    "resnet18": dict(layer_type="basic", hidden_sizes=(64, 128, 256, 512), depths=(2, 2, 2, 2)),
+    "resnet34": dict(layer_type="basic", hidden_sizes=(64, 128, 256, 512), depths=(3, 4, 6, 3)),
+    "resnet50": dict(layer_type="bottleneck", hidden_sizes=(256, 512, 1024, 2048), depths=(3, 4, 6, 3)),
+}
+
+
+@dataclass
+class ResNetConfig:
+    """Hyperparameters of :class:`ResNet`, with Hugging Face's ``ResNetConfig`` field names (ResNet-50 defaults).
+
+    Args:
+        num_channels: input image channels (3).
+        embedding_size: channels out of the 7x7 stem (64).
+        hidden_sizes: output channels of each stage ((256, 512, 1024, 2048)).
+        depths: blocks in each stage ((3, 4, 6, 3)).
+        layer_type: ``"basic"`` (two 3x3 convolutions; ResNet-18/34) or ``"bottleneck"`` (1x1,
+            3x3, 1x1 with a 4x narrower middle; ResNet-50 and up).
+        downsample_in_first_stage: stride 2 in the first stage too (``False``).
+        downsample_in_bottleneck: stride in a bottleneck's first 1x1 convolution instead of its
+            3x3 (the original ResNet v1; ``False`` is v1.5).
+        num_classes: outputs of the classifier (1000; Hugging Face's ``num_labels``).
+
+    Lists given for ``hidden_sizes``/``depths`` are stored as tuples.
+
+    Raises:
+        TypeError: a field of the wrong type.
+        ValueError: non-positive sizes, ``hidden_sizes`` and ``depths`` of different lengths,
+            an unknown ``layer_type``, or bottleneck widths not divisible by 4.
+
+    Example:
+        >>> from modify.models import ResNetConfig
+        >>> ResNetConfig(hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic").hidden_sizes
+        (8, 16)
+    """
+
+    num_channels: int = 3
+    embedding_size: int = 64
+    hidden_sizes: tuple[int, ...] | list[int] = (256, 512, 1024, 2048)
+    depths: tuple[int, ...] | list[int] = (3, 4, 6, 3)
+    layer_type: str = "bottleneck"
+    downsample_in_first_stage: bool = False
+    downsample_in_bottleneck: bool = False
+    num_classes: int = 1000
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        self.hidden_sizes, self.depths = tuple(self.hidden_sizes), tuple(self.depths)
+        check_positive(self, "num_channels", "embedding_size", "num_classes")
+        if not self.depths or len(self.depths) != len(self.hidden_sizes) or min(self.depths + self.hidden_sizes) < 1:
+            raise ValueError(
+                f"ResNetConfig: hidden_sizes and depths must be positive and of one length, "
+                f"got {self.hidden_sizes} and {self.depths}"
+            )
+        if self.layer_type not in ("basic", "bottleneck"):
+            raise ValueError(f"ResNetConfig: layer_type must be 'basic' or 'bottleneck', got {self.layer_type!r}")
+        if self.layer_type == "bottleneck" and any(size % 4 for size in self.hidden_sizes):
+            raise ValueError(f"ResNetConfig: bottleneck hidden_sizes must be multiples of 4, got {self.hidden_sizes}")
+
+
+def _conv(n_in: int, n_out: int, kernel_size: int, stride: int = 1) -> Conv2d:
+    return Conv2d(n_in, n_out, kernel_size, stride, padding=kernel_size // 2, bias=False, weight_init=_conv_init)
+
+
+def _shortcut(in_channels: int, out_channels: int, stride: int) -> nn.Module:
+    """Identity, or a strided 1x1 projection with batch norm where the shape changes."""
+    if in_channels == out_channels and stride == 1:
+        return Identity()
+    return Sequential(conv=_conv(in_channels, out_channels, 1, stride), bn=batch_norm(out_channels))
+
+
+class BasicBlock(Sequential):
+    """ResNet's basic block: ``relu(shortcut(x) + bn2(conv2(relu(bn1(conv1(x))))))``.
+
+    Exactly ``Sequential(copy=Copy(2), branches=Parallel(shortcut=..., residual=...), add=Add(),
+    relu=ReLU())``: a residual connection whose shortcut is the identity, or a 1x1 convolution
+    with batch norm (a projection) where the stride or the channel count changes. Batch norm is
+    ``BatchNorm2d`` followed by ``ElementwiseAffine(C, dim=1)``, named ``bn*.norm``/``bn*.affine``.
+    He et al. 2016; torchvision's ``BasicBlock``.
+
+    Args:
+        in_channels: channels in.
+        out_channels: channels out.
+        stride: of the first 3x3 convolution and of the projection (1 or 2).
+
+    Shape:
+        ``(B, in_channels, H, W) -> (B, out_channels, H / stride, W / stride)`` (rounded up).
+
+    Example:
+        >>> import torch
+        >>> from modify.models import BasicBlock
+        >>> block = BasicBlock(8, 16, stride=2)
+        >>> block(torch.randn(2, 8, 10, 10)).shape
+        torch.Size([2, 16, 5, 5])
+        >>> list(dict(block.branches.named_children()))
+        ['shortcut', 'residual']
+    """
+
+    @typechecked
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
+        residual = Sequential(
+            conv1=_conv(in_channels, out_channels, 3, stride),
+            bn1=batch_norm(out_channels),
+            relu1=ReLU(),
+            conv2=_conv(out_channels, out_channels, 3),
+            bn2=batch_norm(out_channels),
+        )
+        branches = Parallel(shortcut=_shortcut(in_channels, out_channels, stride), residual=residual)
+        super().__init__(copy=Copy(2), branches=branches, add=Add(), relu=ReLU())
+
+
+class Bottleneck(Sequential):
+    """ResNet's bottleneck block: 1x1 to ``out_channels / 4``, 3x3, 1x1 back up, plus a shortcut.
+
+    Exactly ``Sequential(copy=Copy(2), branches=Parallel(shortcut=..., residual=Sequential(conv1,
+    bn1, relu1, conv2, bn2, relu2, conv3, bn3)), add=Add(), relu=ReLU())``, the shortcut as in
+    :class:`BasicBlock`. He et al. 2016; torchvision's ``Bottleneck`` (stride in the 3x3, "v1.5").
+
+    Args:
+        in_channels: channels in.
+        out_channels: channels out (a multiple of 4).
+        stride: of the 3x3 convolution (or of the first 1x1 with ``downsample_in_bottleneck``)
+            and of the projection.
+        downsample_in_bottleneck: stride in the first 1x1 convolution (original ResNet v1).
+
+    Shape:
+        ``(B, in_channels, H, W) -> (B, out_channels, H / stride, W / stride)`` (rounded up).
+
+    Raises:
+        ValueError: ``out_channels`` not a multiple of 4.
+
+    Example:
+        >>> import torch
+        >>> from modify.models import Bottleneck
+        >>> Bottleneck(16, 32, stride=2)(torch.randn(2, 16, 8, 8)).shape
+        torch.Size([2, 32, 4, 4])
+    """
+
+    @typechecked
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, downsample_in_bottleneck: bool = False):
+        if out_channels % 4:
+            raise ValueError(f"Bottleneck: out_channels must be a multiple of 4, got {out_channels}")
+        width = out_channels // 4
+        first_stride, middle_stride = (stride, 1) if downsample_in_bottleneck else (1, stride)
+        residual = Sequential(
+            conv1=_conv(in_channels, width, 1, first_stride),
+            bn1=batch_norm(width),
+            relu1=ReLU(),
+            conv2=_conv(width, width, 3, middle_stride),
+            bn2=batch_norm(width),
+            relu2=ReLU(),
+            conv3=_conv(width, out_channels, 1),
+            bn3=batch_norm(out_channels),
+        )
+        branches = Parallel(shortcut=_shortcut(in_channels, out_channels, stride), residual=residual)
+        super().__init__(copy=Copy(2), branches=branches, add=Add(), relu=ReLU())
+
+
+def _stage(config: ResNetConfig, index: int) -> Sequential:
+    n_in = config.hidden_sizes[index - 1] if index else config.embedding_size
+    n_out = config.hidden_sizes[index]
+    stride = 2 if index or config.downsample_in_first_stage else 1
+    if config.layer_type == "basic":
+        blocks = [BasicBlock(n_in, n_out, stride)] + [BasicBlock(n_out, n_out) for _ in range(config.depths[index] - 1)]
+    else:
+        first = Bottleneck(n_in, n_out, stride, config.downsample_in_bottleneck)
+        blocks = [first] + [Bottleneck(n_out, n_out) for _ in range(config.depths[index] - 1)]
+    return Sequential(*blocks)
+
+
+class ResNet(Sequential):
+    """ResNet image classifier, a tree of leaves (torchvision's ``ResNet``, Hugging Face's ``ResNetForImageClassification``).
+
+    A ``Sequential`` subclass that only names the tree and keeps its :class:`ResNetConfig` as
+    ``config``::
+
+        embedder              conv (7x7, stride 2) -> bn (BatchNorm2d -> ElementwiseAffine) -> relu -> pool (3x3 max, stride 2)
+        stages.<s>.<b>        BasicBlock or Bottleneck: branches.shortcut, branches.residual.conv1, .bn1, ...
+        head                  pool (global average) -> flatten -> fc (Linear)
+
+    Args:
+        config: the hyperparameters; see also :func:`resnet18`, :func:`resnet34`, :func:`resnet50`.
+
+    Shape:
+        ``(B, num_channels, H, W)`` images -> ``(B, num_classes)`` logits.
+
+    Attributes:
+        config: the :class:`ResNetConfig`. Initialisation as torchvision: convolutions
+            ``kaiming_normal_(mode="fan_out", nonlinearity="relu")``, batch norms one/zero,
+            the classifier as ``torch.nn.Linear``.
+
+    Example:
+        >>> import torch
+        >>> from modify.models import ResNet, ResNetConfig
+        >>> config = ResNetConfig(embedding_size=8, hidden_sizes=(8, 16), depths=(1, 1), layer_type="basic",
+        ...                       num_classes=5)
+        >>> ResNet(config)(torch.randn(2, 3, 32, 32)).shape
+        torch.Size([2, 5])
+    """
+
+    @typechecked
+    def __init__(self, config: ResNetConfig):
+        embedder = Sequential(
+            conv=_conv(config.num_channels, config.embedding_size, 7, 2),
+            bn=batch_norm(config.embedding_size),
+            relu=ReLU(),
+            pool=MaxPool2d(3, stride=2, padding=1),
+        )
+        stages = Sequential(*(_stage(config, i) for i in range(len(config.depths))))
+        head = Sequential(pool=AdaptiveAvgPool2d(1), flatten=Flatten(1), fc=Linear(config.hidden_sizes[-1], config.num_classes))
+        super().__init__(embedder=embedder, stages=stages, head=head)
+        self.config = config
+
+    def extra_repr(self) -> str:
+        return f"config={self.config}"
+
+    @classmethod
+    @typechecked
+    def from_pretrained(cls, source: Source, **config_overrides: Any) -> ResNet:
+        """Load Hugging Face ``ResNetForImageClassification`` weights (e.g. ``microsoft/resnet-50``).
+
+        Args:
+            source: a checkpoint folder (``config.json`` plus ``model.safetensors`` or
+                ``pytorch_model.bin``, as ``save_pretrained`` writes), a single weights file, or
+                a ``state_dict`` in Hugging Face's key names (``resnet.embedder...``,
+                ``classifier.1.weight``).
+            **config_overrides: :class:`ResNetConfig` fields, on top of ``config.json`` (folder;
+                ``num_classes`` is the number of labels there) or of the defaults.
+
+        Returns:
+            A :class:`ResNet` in eval mode (batch norms use their running statistics).
+
+        Raises:
+            FileNotFoundError: a missing path; a folder without ``config.json`` or weights.
+            TypeError: an unknown config field; a file that holds no state dict.
+            ValueError: a ``config.json`` with ``hidden_act`` other than ``relu`` or no labels.
+            CheckpointError: (a ``ValueError``) listing every missing, unexpected and
+                mis-shaped key.
+
+        Example:
+            >>> import tempfile, torch
+            >>> import transformers  # only to write a checkpoint here
+            >>> from modify.models import ResNet
+            >>> config = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
+            ...                                    layer_type="basic", num_labels=3)
+            >>> reference = transformers.ResNetForImageClassification(config).eval()
+            >>> with tempfile.TemporaryDirectory() as folder:
+            ...     reference.save_pretrained(folder)
+            ...     resnet = ResNet.from_pretrained(folder)
+            >>> images = torch.randn(2, 3, 32, 32)
+            >>> torch.allclose(resnet(images), reference(images).logits, atol=1e-5)
+            True
+        """
+        owner = "ResNet.from_pretrained"
+        return build_pretrained(cls, ResNetConfig, source, config_overrides, HF_KEYS, owner, _config_from_hf)
+
+    @classmethod
+    @typechecked
+    def from_torchvision(cls, source: Source, arch: str = "resnet18", num_classes: int = 1000) -> ResNet:
+        """Load a torchvision ``resnet18``/``resnet34``/``resnet50`` ``state_dict``.
+
+        Args:
+            source: a weights file (``torch.save(model.state_dict(), path)``, or torchvision's
+                downloaded ``.pth``) or the ``state_dict`` itself, with torchvision's keys
+                (``conv1``, ``bn1``, ``layer1.0.conv1``, ``layer2.0.downsample.0``, ``fc``).
+            arch: ``"resnet18"``, ``"resnet34"`` or ``"resnet50"``.
+            num_classes: outputs of ``fc``.
+
+        Returns:
+            A :class:`ResNet` in eval mode.
+
+        Raises:
+            ValueError: an unknown ``arch``.
+            IsADirectoryError: a folder (torchvision checkpoints are single files).
+            CheckpointError: (a ``ValueError``) listing every missing, unexpected and
+                mis-shaped key.
+
+        Example:
+            >>> from modify.models import CheckpointError, ResNet, resnet18
+            >>> ours = resnet18(num_classes=10).state_dict()  # our key names, not torchvision's
+            >>> try:
+            ...     ResNet.from_torchvision(ours, "resnet18", num_classes=10)
+            ... except CheckpointError as error:
+            ...     print(error.missing[:3], error.unexpected[:1])
+            ['conv1.weight', 'bn1.running_mean', 'bn1.running_var'] ['embedder.conv.weight']
+        """
+        if arch not in ARCHITECTURES:
+            raise ValueError(f"ResNet.from_torchvision: arch must be one of {sorted(ARCHITECTURES)}, got {arch!r}")
+        if isinstance(source, (str, os.PathLike)) and Path(source).is_dir():
+            raise IsADirectoryError(f"ResNet.from_torchvision: expected a weights file or a state_dict, got the folder '{source}'")
+        overrides = {**ARCHITECTURES[arch], "num_classes": num_classes}
+        return build_pretrained(cls, ResNetConfig, source, overrides, TORCHVISION_KEYS, "ResNet.from_torchvision")
+
+
+def _make(arch: str, num_classes: int, overrides: dict[str, Any]) -> ResNet:
+    return ResNet(ResNetConfig(**{**ARCHITECTURES[arch], "num_classes": num_classes, **overrides}))
+
+
+@typechecked
+def resnet18(num_classes: int = 1000, **config_overrides: Any) -> ResNet:
+    """ResNet-18: basic blocks, stages of (2, 2, 2, 2), widths 64 to 512, randomly initialised.
+
+    Args:
+        num_classes: outputs of the classifier.
+        **config_overrides: other :class:`ResNetConfig` fields (e.g. ``num_channels=1``).
+
+    Example:
+        >>> from modify.models import resnet18
+        >>> sum(p.numel() for p in resnet18().parameters())  # torchvision's count
+        11689512
+    """
+    return _make("resnet18", num_classes, config_overrides)
+
+
+@typechecked
+def resnet34(num_classes: int = 1000, **config_overrides: Any) -> ResNet:
+    """ResNet-34: basic blocks, stages of (3, 4, 6, 3), widths 64 to 512; arguments as :func:`resnet18`.
+
+    Example:
+        >>> from modify.models import resnet34
+        >>> resnet34(num_classes=10).config.depths
+        (3, 4, 6, 3)
+    """
+    return _make("resnet34", num_classes, config_overrides)
+
+
+@typechecked
+def resnet50(num_classes: int = 1000, **config_overrides: Any) -> ResNet:
+    """ResNet-50: bottleneck blocks, stages of (3, 4, 6, 3), widths 256 to 2048; arguments as :func:`resnet18`.
+
+    Example:
+        >>> from modify.models import resnet50
+        >>> resnet50(num_classes=10).config.layer_type
+        'bottleneck'
+    """
+    return _make("resnet50", num_classes, config_overrides)
+
+
+def _config_from_hf(hf: dict[str, Any], owner: str) -> dict[str, Any]:
+    """``ResNetConfig`` fields from a Hugging Face ``ResNetConfig`` ``config.json``."""
+    activation = hf_value(hf, "hidden_act", "relu")
+    require(activation == "relu", owner, f"hidden_act {activation!r} is not supported (only 'relu')")
+    labels = hf.get("id2label")
+    num_classes = len(labels) if labels else hf_value(hf, "num_labels", 2)
+    require(num_classes > 0, owner, "a classifier with no labels (num_labels=0) is not supported")
+    defaults = ResNetConfig.__dataclass_fields__
+    names = ("num_channels", "embedding_size", "hidden_sizes", "depths", "layer_type")
+    names += ("downsample_in_first_stage", "downsample_in_bottleneck")
+    return {**{name: hf_value(hf, name, defaults[name].default) for name in names}, "num_classes": num_classes}
+
+
+# Our block keys: stages.<s>.<b>.branches.{residual.conv1, residual.bn1.norm, shortcut.conv, ...}.<name>
+_BLOCK = r"stages\.(\d+)\.(\d+)\.branches\."
+_BN = r"bn\.(?:norm|affine)\.(\w+)"  # both halves of a batch norm map to one torch.nn.BatchNorm2d
+_PART = r"(conv|bn)(\d)?\.(?:norm\.|affine\.)?(\w+)"  # conv1.weight, bn1.norm.running_mean, bn.affine.bias
+
+
+def _hf_block(match: re.Match[str]) -> str:
+    stage, block, branch, kind, index, name = match.groups()
+    part = "convolution" if kind == "conv" else "normalization"
+    if branch == "shortcut":
+        return f"resnet.encoder.stages.{stage}.layers.{block}.shortcut.{part}.{name}"
+    return f"resnet.encoder.stages.{stage}.layers.{block}.layer.{int(index) - 1}.{part}.{name}"
+
+
+def _torchvision_block(match: re.Match[str]) -> str:
+    stage, block, branch, kind, index, name = match.groups()
+    layer = f"layer{int(stage) + 1}.{block}"
+    if branch == "shortcut":
+        return f"{layer}.downsample.{0 if kind == 'conv' else 1}.{name}"
+    return f"{layer}.{kind}{index}.{name}"
+
+
+# Our state_dict keys -> Hugging Face ResNetForImageClassification's.
+HF_KEYS = KeyFormat(
+    rules=(
+        (r"embedder\.conv\.weight", "resnet.embedder.embedder.convolution.weight"),
+        (r"embedder\." + _BN, r"resnet.embedder.embedder.normalization.\1"),
+        (_BLOCK + r"(residual|shortcut)\." + _PART, _hf_block),
+        (r"head\.fc\.(\w+)", r"classifier.1.\1"),
+    ),
+    base_prefix="resnet",
+    optional=("*num_batches_tracked",),
+)
+
+# Our state_dict keys -> torchvision ResNet's.
+TORCHVISION_KEYS = KeyFormat(
+    rules=(
+        (r"embedder\.conv\.weight", "conv1.weight"),
+        (r"embedder\." + _BN, r"bn1.\1"),
+        (_BLOCK + r"(residual|shortcut)\." + _PART, _torchvision_block),
+        (r"head\.fc\.(\w+)", r"fc.\1"),
+    ),
+    optional=("*num_batches_tracked",),
+)

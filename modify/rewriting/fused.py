@@ -1,0 +1,320 @@
+"""Fused leaves: one kernel where the algebra keeps two leaves apart, for :func:`modify.fuse`.
+
+The algebra splits a ``torch.nn.LayerNorm`` into ``LayerNorm`` (no parameters) and
+``ElementwiseAffine``; in eager mode that costs a second kernel and its backward. Each class here
+computes such a pair in one call and is built by :func:`modify.fuse` from the pair itself with
+``from_pair``, holding the *same* parameter objects. Each is also an ordinary leaf that can be
+built on its own (fresh parameters, ``torch.nn``'s initialisation).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._core.checks import checks_enabled, expect_tensor, typechecked
+from .._core.errors import ModifyValueError, describe
+from .._core.module import Leaf
+from ..primitives.norms import ElementwiseAffine, GroupNorm, LayerNorm, RMSNorm
+from ..traits import Linear as LinearTrait
+from ..traits import NonLinear, Param, Unary, Vector
+
+
+def _shape(value: int | tuple[int, ...] | list[int]) -> tuple[int, ...]:
+    return (value,) if isinstance(value, int) else tuple(value)
+
+
+def _share(leaf: nn.Module, source: nn.Module, *names: str) -> None:
+    """Register ``source``'s parameters ``names`` on ``leaf``: the same objects (``None`` if absent)."""
+    for name in names:
+        leaf.__dict__.pop(name, None)
+        leaf._parameters[name] = source._parameters.get(name)
+
+
+def _optional(shape: tuple[int, ...], present: bool, device, dtype) -> nn.Parameter | None:
+    return nn.Parameter(torch.empty(shape, device=device, dtype=dtype)) if present else None
+
+
+class _AffineNorm(Leaf):
+    """A trailing-axes norm whose affine part lives in the leaf: parameters ``weight``, ``bias``."""
+
+    def __init__(self, normalized_shape, eps, bias: bool, device, dtype):
+        super().__init__()
+        self.normalized_shape, self.eps = _shape(normalized_shape), eps
+        self.weight = nn.Parameter(torch.empty(self.normalized_shape, device=device, dtype=dtype))
+        self.register_parameter("bias", _optional(self.normalized_shape, bias, device, dtype))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Weight to ones, bias to zeros (``torch.nn``'s init)."""
+        self.weight.fill_(1.0)
+        if self.bias is not None:
+            self.bias.zero_()
+
+    def _checked(self, x) -> torch.Tensor:
+        x = expect_tensor(self, x)
+        if checks_enabled() and x.shape[x.dim() - len(self.normalized_shape) :] != self.normalized_shape:
+            raise ModifyValueError(self, f"expected trailing shape {self.normalized_shape}, got {describe(x)}")
+        return x
+
+    def extra_repr(self) -> str:
+        return f"{self.normalized_shape}, eps={self.eps}, bias={self.bias is not None}"
+
+
+class AffineLayerNorm(_AffineNorm, Unary, Param, NonLinear, Vector):
+    """``LayerNorm`` followed by its ``ElementwiseAffine``, in one ``F.layer_norm`` call.
+
+    Computes exactly what ``torch.nn.LayerNorm`` computes (Ba et al. 2016, "Layer
+    Normalization"). :func:`modify.fuse` builds it with :meth:`from_pair`.
+
+    Args:
+        normalized_shape: the trailing shape normalised over (int or tuple).
+        eps: added to the variance (default ``1e-5``).
+        bias: learn a bias (default ``True``).
+        device, dtype: of the parameters.
+
+    Shape:
+        ``(*, *normalized_shape) -> same``.
+
+    Attributes:
+        weight: ``normalized_shape``, ones. bias: ``normalized_shape``, zeros, or ``None``.
+
+    Raises:
+        ModifyValueError: the input's trailing shape differs from ``normalized_shape``.
+
+    Example:
+        >>> import torch, modify
+        >>> from modify.rewriting.fused import AffineLayerNorm
+        >>> pair = modify.Sequential(modify.LayerNorm(4), modify.ElementwiseAffine(4))
+        >>> fused = AffineLayerNorm.from_pair(pair[0], pair[1])
+        >>> fused.weight is pair[1].weight
+        True
+        >>> x = torch.randn(2, 4)
+        >>> torch.allclose(fused(x), pair(x), atol=1e-6)
+        True
+    """
+
+    @typechecked
+    def __init__(
+        self,
+        normalized_shape: int | tuple[int, ...] | list[int],
+        eps: float = 1e-5,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ):
+        super().__init__(normalized_shape, float(eps), bias, device, dtype)
+
+    @classmethod
+    def from_pair(cls, norm: LayerNorm, affine: ElementwiseAffine) -> AffineLayerNorm:
+        """The fused leaf of ``norm`` then ``affine``, holding ``affine``'s parameter objects."""
+        fused = cls(norm.normalized_shape, norm.eps, bias=False, device="meta")
+        _share(fused, affine, "weight", "bias")
+        return fused
+
+    def forward(self, x):
+        return F.layer_norm(self._checked(x), self.normalized_shape, self.weight, self.bias, self.eps)
+
+
+class AffineRMSNorm(_AffineNorm, Unary, Param, NonLinear, Vector):
+    """``RMSNorm`` followed by its ``ElementwiseAffine``: ``F.rms_norm`` with the weight (+ bias).
+
+    Computes what ``torch.nn.RMSNorm`` computes (Zhang & Sennrich 2019), plus the bias when there
+    is one. :func:`modify.fuse` builds it with :meth:`from_pair`.
+
+    Args:
+        normalized_shape: the trailing shape normalised over (int or tuple).
+        eps: added to the mean square; ``None`` uses ``torch.finfo(x.dtype).eps``.
+        bias: learn a bias (default ``False``, as Llama).
+        device, dtype: of the parameters.
+
+    Shape:
+        ``(*, *normalized_shape) -> same``.
+
+    Attributes:
+        weight: ``normalized_shape``, ones. bias: ``normalized_shape``, zeros, or ``None``.
+
+    Raises:
+        ModifyValueError: the input's trailing shape differs from ``normalized_shape``.
+
+    Example:
+        >>> import torch
+        >>> from modify.rewriting.fused import AffineRMSNorm
+        >>> norm = AffineRMSNorm(4, eps=1e-6)
+        >>> x = torch.randn(2, 4)
+        >>> torch.allclose(norm(x), torch.nn.RMSNorm(4, eps=1e-6)(x), atol=1e-6)
+        True
+    """
+
+    @typechecked
+    def __init__(
+        self,
+        normalized_shape: int | tuple[int, ...] | list[int],
+        eps: float | None = None,
+        bias: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ):
+        super().__init__(normalized_shape, eps, bias, device, dtype)
+
+    @classmethod
+    def from_pair(cls, norm: RMSNorm, affine: ElementwiseAffine) -> AffineRMSNorm:
+        """The fused leaf of ``norm`` then ``affine``, holding ``affine``'s parameter objects."""
+        fused = cls(norm.normalized_shape, norm.eps, device="meta")
+        _share(fused, affine, "weight", "bias")
+        return fused
+
+    def forward(self, x):
+        y = F.rms_norm(self._checked(x), self.normalized_shape, self.weight, self.eps)
+        return y if self.bias is None else y + self.bias
+
+
+class AffineGroupNorm(Leaf, Unary, Param, NonLinear):
+    """``GroupNorm`` followed by ``ElementwiseAffine(C, dim=1)``, in one ``F.group_norm`` call.
+
+    Computes exactly what ``torch.nn.GroupNorm`` computes (Wu & He 2018, "Group Normalization").
+    :func:`modify.fuse` builds it with :meth:`from_pair`.
+
+    Args:
+        num_groups: groups the channels are split into.
+        num_channels: channels ``C`` (axis 1), divisible by ``num_groups``.
+        eps: added to the variance (default ``1e-5``).
+        bias: learn a bias (default ``True``).
+        device, dtype: of the parameters.
+
+    Shape:
+        ``(N, C, *) -> same``.
+
+    Attributes:
+        weight: ``(C,)``, ones. bias: ``(C,)``, zeros, or ``None``.
+
+    Raises:
+        ValueError: ``num_channels`` not divisible by ``num_groups``.
+        ModifyValueError: an input whose axis 1 is not ``num_channels``.
+
+    Example:
+        >>> import torch
+        >>> from modify.rewriting.fused import AffineGroupNorm
+        >>> x = torch.randn(2, 4, 3)
+        >>> torch.allclose(AffineGroupNorm(2, 4)(x), torch.nn.GroupNorm(2, 4)(x), atol=1e-6)
+        True
+    """
+
+    @typechecked
+    def __init__(
+        self,
+        num_groups: int,
+        num_channels: int,
+        eps: float = 1e-5,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ):
+        super().__init__()
+        if num_groups < 1 or num_channels % num_groups:
+            raise ValueError(f"AffineGroupNorm: num_channels {num_channels} not divisible by num_groups {num_groups}")
+        self.num_groups, self.num_channels, self.eps = num_groups, num_channels, float(eps)
+        self.weight = nn.Parameter(torch.empty(num_channels, device=device, dtype=dtype))
+        self.register_parameter("bias", _optional((num_channels,), bias, device, dtype))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Weight to ones, bias to zeros (``torch.nn``'s init)."""
+        self.weight.fill_(1.0)
+        if self.bias is not None:
+            self.bias.zero_()
+
+    @classmethod
+    def from_pair(cls, norm: GroupNorm, affine: ElementwiseAffine) -> AffineGroupNorm:
+        """The fused leaf of ``norm`` then ``affine``, holding ``affine``'s parameter objects."""
+        fused = cls(norm.num_groups, norm.num_channels, norm.eps, bias=False, device="meta")
+        _share(fused, affine, "weight", "bias")
+        return fused
+
+    def forward(self, x):
+        x = expect_tensor(self, x)
+        if checks_enabled() and (x.dim() < 2 or x.shape[1] != self.num_channels):
+            raise ModifyValueError(self, f"expected (N, {self.num_channels}, *), got {describe(x)}")
+        return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_groups}, {self.num_channels}, eps={self.eps:g}, bias={self.bias is not None}"
+
+
+class ScaledLinear(Leaf, Unary, Param, LinearTrait, Vector):
+    """``c * (x W^T + b)``: a ``Linear`` followed by a ``Scale(c)``, scaled in place of its output.
+
+    The product is scaled in place (``mul_``), saving the second output tensor; ``F.linear``'s
+    backward does not need its output, so autograd allows it. LoRA's ``up`` projection followed
+    by ``Scale(alpha / rank)`` is the common case (Hu et al. 2021). :func:`modify.fuse` builds it
+    with :meth:`from_pair`.
+
+    Args:
+        in_features, out_features: as ``torch.nn.Linear``.
+        c: the factor.
+        bias: learn an additive bias, scaled with the product (default ``True``).
+        device, dtype: of the parameters.
+
+    Shape:
+        ``(*, in_features) -> (*, out_features)``.
+
+    Attributes:
+        weight: ``(out_features, in_features)``; bias: ``(out_features,)`` or ``None``;
+            initialised as ``torch.nn.Linear``.
+
+    Raises:
+        ModifyValueError: an input whose last dimension is not ``in_features``.
+
+    Example:
+        >>> import torch, modify
+        >>> from modify.rewriting.fused import ScaledLinear
+        >>> pair = modify.Sequential(modify.Linear(3, 2), modify.Scale(0.5))
+        >>> fused = ScaledLinear.from_pair(pair[0], pair[1])
+        >>> x = torch.randn(4, 3)
+        >>> torch.equal(fused(x), pair(x)), fused.weight is pair[0].weight
+        (True, True)
+    """
+
+    @typechecked
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        c: float,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ):
+        super().__init__()
+        self.in_features, self.out_features, self.c = in_features, out_features, float(c)
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=dtype))
+        self.register_parameter("bias", _optional((out_features,), bias, device, dtype))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """As ``torch.nn.Linear``: Kaiming-uniform weight (``a = sqrt(5)``), uniform bias."""
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            bound = 1 / math.sqrt(self.in_features) if self.in_features > 0 else 0
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    @classmethod
+    def from_pair(cls, linear: nn.Module, scale: nn.Module) -> ScaledLinear:
+        """The fused leaf of a ``modify.Linear`` then a ``Scale``, holding the layer's parameter objects."""
+        fused = cls(linear.in_features, linear.out_features, scale.c, bias=False, device="meta")
+        _share(fused, linear, "weight", "bias")
+        return fused
+
+    def forward(self, x):
+        x = expect_tensor(self, x)
+        if checks_enabled() and (x.dim() == 0 or x.shape[-1] != self.in_features):
+            raise ModifyValueError(self, f"expected last dimension {self.in_features}, got {describe(x)}")
+        return F.linear(x, self.weight, self.bias).mul_(self.c)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, c={self.c:g}, bias={self.bias is not None}"

@@ -1,0 +1,257 @@
+"""``modify.mutable``: siblings whose parameters may be replaced by any tensor, e.g. predicted ones.
+
+Follows torch-mutable-modules (K. Nishi): a hypernetwork ``net_1`` predicts ``net_2``'s weight and
+bias, they are assigned as non-leaf tensors, in-place ops may follow, and ``loss.backward()``
+reaches ``net_1``. Unlike it, the original module is never modified (its parameters are not
+cloned or replaced), the sibling's ``state_dict()`` reports the tensors in use, ``.to()`` moves
+them, tied weights stay tied, ``copy.deepcopy`` works and applying it twice is a no-op.
+
+Each parameter of the model gets one *slot*; every (module, name) that held that parameter reads
+the slot, so assigning one name of a tied pair assigns both. A slot holding an ``nn.Parameter`` is
+listed by ``parameters()``; one holding any other tensor is not (it is not a leaf to optimise),
+but ``state_dict()`` and attribute access report it under its name.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from .._core.checks import typechecked
+from .._core.opaque import Opaque, _wrapper_class
+from ..combinators import Combinator
+from .clone import shallow_copy
+from .walk import transform
+
+
+class _Slot:
+    """The tensor in use under one or more (module, name) positions; ``shape`` is fixed."""
+
+    __slots__ = ("tensor", "shape", "owners")
+
+    def __init__(self, tensor: torch.Tensor):
+        self.tensor, self.shape, self.owners = tensor, tensor.shape, []
+
+    def assign(self, value: torch.Tensor) -> None:
+        self.tensor = value
+        for owner, _ in self.owners:
+            owner._sync_parameters()
+
+    def __deepcopy__(self, memo: dict) -> _Slot:
+        new = object.__new__(_Slot)
+        memo[id(self)] = new
+        new.tensor = copy.deepcopy(self.tensor, memo) if self.tensor.is_leaf else _detached_copy(self.tensor, memo)
+        new.shape, new.owners = self.shape, copy.deepcopy(self.owners, memo)
+        return new
+
+
+def _detached_copy(tensor: torch.Tensor, memo: dict) -> torch.Tensor:
+    """A deep copy cannot copy an autograd graph: the copy is a leaf with the same values."""
+    if id(tensor) not in memo:
+        memo[id(tensor)] = tensor.detach().clone().requires_grad_(tensor.requires_grad)
+    return memo[id(tensor)]
+
+
+class _Mutable(nn.Module):
+    """Mixin of mutable siblings: parameter names read and write slots."""
+
+    _slots: dict[str, _Slot]
+
+    def __getattr__(self, name: str):
+        # ``_parameters`` first: ``torch.func.functional_call`` swaps tensors in there
+        slots = self.__dict__.get("_slots")
+        if slots is not None and name in slots and name not in self.__dict__["_parameters"]:
+            return slots[name].tensor
+        return super().__getattr__(name)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        slots = self.__dict__.get("_slots")
+        if slots is None or name not in slots:
+            super().__setattr__(name, value)
+            return
+        slot = slots[name]
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{type(self).__name__}.{name} takes a tensor, got {type(value).__name__}")
+        if value.shape != slot.shape:
+            raise ValueError(
+                f"{type(self).__name__}.{name} has shape {tuple(slot.shape)}, cannot assign a tensor of shape "
+                f"{tuple(value.shape)}"
+            )
+        slot.assign(value)
+
+    def __delattr__(self, name: str) -> None:
+        if name in self.__dict__.get("_slots", {}):
+            raise TypeError(f"cannot delete {type(self).__name__}.{name}; assign another tensor instead")
+        super().__delattr__(name)
+
+    def _sync_parameters(self) -> None:
+        """``_parameters`` lists the slots that hold ``nn.Parameter``s, in the original order."""
+        kept = {name: value for name, value in self._parameters.items() if value is None}
+        self._parameters.clear()
+        for name in self._order:
+            if name in kept:
+                self._parameters[name] = None
+            elif isinstance(self._slots[name].tensor, nn.Parameter):
+                self._parameters[name] = self._slots[name].tensor
+
+    def _apply(self, fn, recurse: bool = True):
+        if recurse:
+            for child in self.children():
+                child._apply(fn)
+        for slot in self._slots.values():
+            slot.assign(_converted(slot.tensor, fn))
+        for name, buffer in self._buffers.items():
+            if buffer is not None:
+                self._buffers[name] = fn(buffer)
+        return self
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+        for name in self._order:
+            value = self._slots[name].tensor if name in self._slots else None
+            if value is not None:
+                destination[prefix + name] = value if keep_vars else value.detach()
+        saved = self._parameters
+        self.__dict__["_parameters"] = {}
+        try:
+            super()._save_to_state_dict(destination, prefix, keep_vars)
+        finally:
+            self.__dict__["_parameters"] = saved
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors) -> None:
+        for name, slot in self._slots.items():
+            key = prefix + name
+            if key not in state_dict:
+                if strict:
+                    missing.append(key)
+            elif state_dict[key].shape != slot.shape:
+                errors.append(
+                    f"size mismatch for {key}: copying a param with shape {tuple(state_dict[key].shape)} from "
+                    f"checkpoint, the shape in current model is {tuple(slot.shape)}."
+                )
+            else:
+                current = slot.tensor
+                value = state_dict[key].detach().to(current.device, current.dtype).clone()
+                slot.assign(nn.Parameter(value, requires_grad=current.requires_grad))
+        rest = {k: v for k, v in state_dict.items() if not (k.startswith(prefix) and k[len(prefix) :] in self._slots)}
+        saved = self._parameters
+        self.__dict__["_parameters"] = {}
+        try:
+            super()._load_from_state_dict(rest, prefix, local_metadata, strict, missing, unexpected, errors)
+        finally:
+            self.__dict__["_parameters"] = saved
+
+    def __reduce_ex__(self, protocol: object) -> tuple:
+        base = type(self).__mro__[2]
+        opaque = issubclass(base, Opaque)
+        return (_new_mutable, (base._opaque_base if opaque else base, opaque), self.__dict__)
+
+
+def _converted(tensor: torch.Tensor, fn) -> torch.Tensor:
+    """``fn`` (``.to()``, ``.double()``, ...) applied without touching the original parameter."""
+    if not isinstance(tensor, nn.Parameter):
+        return fn(tensor)  # differentiable: a predicted weight keeps its graph
+    with torch.no_grad():
+        moved = fn(tensor)
+    if moved is tensor:
+        return tensor
+    new = nn.Parameter(moved, requires_grad=tensor.requires_grad)
+    if tensor.grad is not None:
+        with torch.no_grad():
+            new.grad = fn(tensor.grad)
+    return new
+
+
+_mutable_classes: dict[type, type] = {}
+
+
+def _mutable_class(base: type) -> type:
+    cls = _mutable_classes.get(base)
+    if cls is None:
+        namespace = {"__module__": base.__module__, "__doc__": base.__doc__, "__qualname__": base.__qualname__}
+        cls = type(base.__name__, (_Mutable, base), namespace)
+        _mutable_classes[base] = cls
+    return cls
+
+
+def _new_mutable(base: type, opaque: bool) -> nn.Module:
+    return object.__new__(_mutable_class(_wrapper_class(base) if opaque else base))
+
+
+def _sibling(module: nn.Module, slots: dict[int, _Slot], made: dict[int, nn.Module]) -> nn.Module:
+    """The mutable sibling of any module (children included); ``slots`` keyed by parameter id."""
+    if id(module) in made:
+        return made[id(module)]
+    clone = shallow_copy(module, _mutable_class(type(module)))
+    made[id(module)] = clone
+    clone.__dict__["_modules"] = {n: None if c is None else _sibling(c, slots, made) for n, c in module._modules.items()}
+    clone.__dict__["_order"] = tuple(module._parameters)
+    clone.__dict__["_slots"] = {}
+    for name, parameter in module._parameters.items():
+        if parameter is not None:
+            slot = slots.setdefault(id(parameter), _Slot(parameter))
+            slot.owners.append((clone, name))
+            clone._slots[name] = slot
+    clone._sync_parameters()
+    return clone
+
+
+@typechecked
+def mutable(model: nn.Module) -> nn.Module:
+    """A sibling of ``model`` whose parameters may be assigned any tensor, keeping gradients.
+
+    The sibling starts with ``model``'s parameters (shared: zero bytes copied). ``m.weight =
+    tensor`` replaces the tensor in use, only in the sibling; the tensor may be a non-leaf (e.g.
+    predicted by a hypernetwork, so ``loss.backward()`` reaches the predictor) and in-place ops on
+    it (``m.weight += 1``) are then recorded by autograd. An in-place op on a parameter still
+    shared with ``model`` raises PyTorch's usual leaf error, so ``model`` is never touched.
+
+    - ``state_dict()`` reports the tensors in use under the original names, ``load_state_dict``
+      assigns new parameters (copies of the loaded values) instead of writing into shared ones.
+    - ``.to()`` / ``.double()`` / ``.cuda()`` move the tensors in use: assigned tensors
+      differentiably, shared parameters into new parameters (``model`` keeps its own).
+    - Tied weights stay tied: every name of a tied parameter reads one slot, so assigning one
+      name assigns all of them.
+    - ``parameters()`` lists the slots that hold ``nn.Parameter``s; an assigned plain or non-leaf
+      tensor is not a parameter (but is in ``state_dict()``).
+    - ``copy.deepcopy`` works; assigned non-leaf tensors are copied as leaves with the same values.
+    - ``isinstance`` and traits are preserved; ``mutable(mutable(m)) is mutable(m)``.
+
+    Every leaf of the tree (plain ``torch.nn`` modules with their children included) becomes a
+    mutable sibling; combinators are rebuilt around them.
+
+    Args:
+        model: any module; left unchanged.
+
+    Returns:
+        The mutable sibling (``model`` itself if it is already mutable).
+
+    Raises:
+        ValueError: on assignment, a tensor whose shape differs from the parameter's.
+        TypeError: on assignment, a value that is not a tensor.
+
+    Example:
+        >>> import torch, modify
+        >>> net_1 = torch.nn.Linear(2, 3)                    # predicts net_2's weight and bias
+        >>> net_2 = modify.mutable(modify.Linear(2, 1))
+        >>> predicted = net_1(torch.ones(2))
+        >>> net_2.weight, net_2.bias = predicted[:2].view(1, 2), predicted[2:]
+        >>> net_2.weight += 1                                # in place, recorded by autograd
+        >>> net_2(torch.ones(4, 2)).sum().backward()
+        >>> net_1.weight.grad is not None
+        True
+    """
+    slots: dict[int, _Slot] = {}
+    made: dict[int, nn.Module] = {}
+
+    def pre(path: str, module: nn.Module) -> nn.Module | None:
+        if isinstance(module, Combinator) or (isinstance(module, _Mutable) and _all_mutable(module)):
+            return None if isinstance(module, Combinator) else module
+        return _sibling(module, slots, made)
+
+    return transform(model, pre)
+
+
+def _all_mutable(module: nn.Module) -> bool:
+    return all(isinstance(m, _Mutable) for m in module.modules())

@@ -1,0 +1,172 @@
+"""The demo, ``examples/gpt_lora.py``, end to end in a tiny configuration, and its bad-input errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "gpt_lora.py"
+TINY = [
+    "--steps", "3", "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16",
+    "--batch-size", "4", "--corpus-chars", "4000", "--eval-batches", "2", "--sample-tokens", "8",
+    "--lora-rank", "2", "--device", "cpu",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def demo():
+    """The example file imported as a module (it is a script, not part of the package)."""
+    spec = importlib.util.spec_from_file_location("gpt_lora", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_demo(demo, capsys, argv: list[str]) -> str:
+    assert demo.main(argv) == 0
+    return capsys.readouterr().out
+
+
+def table(out: str) -> dict[str, list[float]]:
+    """The loss table's rows: {row label: [loss on corpus A, loss on corpus B]}."""
+    lines = out.split("held-out loss")[1].splitlines()[2:4]
+    return {line[:16].strip(): [float(v) for v in line[16:].split()] for line in lines}
+
+
+def tensors(out: str, label: str) -> int:
+    return int(re.search(rf"{label}:\s+\S+ in (\d+) tensors", out).group(1))
+
+
+def test_tiny_run_prints_table_plot_sharing_and_merge(demo, capsys, tmp_path):
+    out = run_demo(demo, capsys, [*TINY, "--out", str(tmp_path)])
+    assert "A: Python code" in out and "B: docstrings" in out
+    rows = table(out)
+    assert list(rows) == ["base", "adapted (LoRA)"]
+    assert all(len(v) == 2 and all(0 < x < 20 for x in v) for v in rows.values())
+    assert tensors(out, "shared with adapted") == tensors(out, "base parameters") > 0
+    assert tensors(out, "adapter parameters") > 0
+    diff = float(re.search(r"logit difference (\S+);", out).group(1))
+    assert diff < 1e-5
+    assert "state_dict keys equal the base's: True" in out
+    assert "gives back the base's own parameters: True" in out
+    plot = tmp_path / "gpt_lora_loss.png"
+    assert f"loss plot: {plot}" in out
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_text_option_replaces_the_adaptation_corpus(demo, capsys, tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 40, encoding="utf-8")
+    out = run_demo(demo, capsys, [*TINY, "--text", str(text), "--out", str(tmp_path)])
+    assert "B: notes.txt" in out and "docstrings" not in out
+    assert list(table(out)) == ["base", "adapted (LoRA)"]
+
+
+def test_embedded_corpora_are_deterministic_code_and_prose(demo):
+    code, prose = demo.embedded_corpora(3000)
+    assert (code, prose) == demo.embedded_corpora(3000)
+    assert len(code) == len(prose) == 3000
+    assert "def " in code and '"""' not in code  # docstrings were moved to the prose corpus
+    assert "def " not in prose
+
+
+def test_byte_tokenizer_uses_gpt2_byte_token_ids(demo):
+    from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
+
+    tokenizer = demo.GPT2ByteTokenizer()
+    text = "héllo, wörld!\n\tend"
+    # GPT-2's vocab.json lists its 256 byte tokens first, in bytes_to_unicode's order
+    order = list(bytes_to_unicode())
+    assert tokenizer.encode(text) == [order.index(b) for b in text.encode("utf-8")]
+    assert tokenizer.encode(" \n!") == [220, 198, 0]  # space, newline, "!" in GPT-2
+    assert tokenizer.decode(tokenizer.encode(text)) == text
+
+
+def write_tiny_gpt2(folder: Path, with_tokenizer: bool) -> None:
+    """A random GPT2LMHeadModel (and optionally a byte-level GPT-2 tokenizer), as save_pretrained writes them."""
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2Tokenizer
+    from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
+
+    config = GPT2Config(vocab_size=260, n_positions=32, n_embd=16, n_layer=1, n_head=2)
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    if with_tokenizer:
+        vocab = {char: i for i, char in enumerate(bytes_to_unicode().values())}
+        (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+        (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+        GPT2Tokenizer(folder / "vocab.json", folder / "merges.txt").save_pretrained(folder)
+
+
+@pytest.mark.parametrize("with_tokenizer", [False, True], ids=["bytes", "bpe"])
+def test_hf_checkpoint_adapts_gpt2_weights(demo, capsys, tmp_path, with_tokenizer):
+    folder = tmp_path / "gpt2"
+    write_tiny_gpt2(folder, with_tokenizer)
+    out = run_demo(demo, capsys, [*TINY, "--hf-checkpoint", str(folder), "--out", str(tmp_path)])
+    assert ("GPT2Tokenizer" in out) == with_tokenizer
+    assert ("GPT-2 single-byte tokens" in out) != with_tokenizer
+    assert "pretrain" not in out  # starts from the checkpoint's weights
+    assert tensors(out, "shared with adapted") == tensors(out, "base parameters")
+    assert (tmp_path / "gpt_lora_loss.png").is_file()
+
+
+def bad_inputs(tmp_path: Path) -> list[tuple[list[str], str]]:
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n", encoding="utf-8")
+    short = tmp_path / "short.txt"
+    short.write_text("too short", encoding="utf-8")
+    binary = tmp_path / "data.bin"
+    binary.write_bytes(b"\xff\xfe\x00\x81" * 10)
+    no_config = tmp_path / "no_config"
+    no_config.mkdir()
+    return [
+        (["--steps", "0"], "--steps must be a positive integer, got 0"),
+        (["--steps", "many"], "argument --steps: invalid int value: 'many'"),
+        (["--text", str(tmp_path / "missing.txt")], "missing.txt: no such file"),
+        (["--text", str(empty)], "empty.txt is empty"),
+        (["--text", str(binary)], "data.bin is not UTF-8 text"),
+        (["--text", str(short), *TINY], "too short for --block-size 16"),
+        (["--hf-checkpoint", str(no_config)], "has no config.json"),
+        (["--hf-checkpoint", str(tmp_path / "nowhere")], "nowhere: no such folder"),
+        (["--n-head", "3"], "--n-embd (128) must be divisible by --n-head (3)"),
+        (["--device", "quantum"], "--device 'quantum' is not a device"),
+        (["--ddp"], "--ddp needs the environment torchrun sets"),
+    ]
+
+
+def test_bad_input_exits_2_with_one_line(demo, capsys, tmp_path, monkeypatch):
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR"):
+        monkeypatch.delenv(var, raising=False)
+    for argv, message in bad_inputs(tmp_path):
+        with pytest.raises(SystemExit) as exit_info:
+            demo.main(argv)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2, argv
+        assert err.startswith("gpt_lora.py: error: ") and err.count("\n") == 1, err
+        assert message in err, (argv, err)
+
+
+def test_bad_input_from_the_command_line_has_no_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLE), "--text", str(tmp_path / "missing.txt")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr == f"gpt_lora.py: error: --text {tmp_path / 'missing.txt'}: no such file\n"
+    assert result.stdout == ""
+
+
+def test_ddp_under_torchrun_with_gloo(tmp_path):
+    """Two CPU processes: rank 0 alone prints the report and writes the plot."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               str(EXAMPLE), *TINY, "--ddp", "--out", str(tmp_path)]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("held-out loss") == 1
+    assert (tmp_path / "gpt_lora_loss.png").is_file()
