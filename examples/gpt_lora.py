@@ -62,7 +62,7 @@ class DemoConfig:
     # model: nanoGPT's "baby GPT", scaled down to train in about a minute on 2 CPU cores
     n_layer: int = opt(4, "transformer blocks")
     n_head: int = opt(4, "attention heads per block")
-    n_embd: int = opt(128, "embedding width")
+    n_embd: int = opt(96, "embedding width")
     block_size: int = opt(64, "context length in tokens (characters)")
     dropout: float = opt(0.0, "dropout probability while pretraining")
     # data
@@ -444,8 +444,8 @@ def run(cfg: DemoConfig, env: dict) -> None:
     ada_losses = train(wrap_for_training(adapted, cfg, env), adapter_params, train_b, cfg.lora_lr, cfg, env,
                        f"LoRA on {name_b}")
     if env["main"]:
-        report(cfg, env, splits, tokenizer, base, adapted)
-        path = plot(cfg, pre_losses, ada_losses, name_a, name_b)
+        held_out = report(cfg, env, splits, tokenizer, base, adapted)
+        path = plot(cfg, pre_losses, ada_losses, held_out, name_a, name_b)
         log(f"\nloss plot: {path}\nwall time: {time.perf_counter() - start:.0f} s")
 
 
@@ -454,16 +454,20 @@ def count(params) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"
 
 
-def report(cfg: DemoConfig, env: dict, splits, tokenizer, base, adapted) -> None:
-    """The side-by-side comparison: losses, parameter sharing, merge check, samples."""
+def report(cfg: DemoConfig, env: dict, splits, tokenizer, base, adapted) -> dict[tuple[str, str], float]:
+    """The side-by-side comparison: losses, parameter sharing, merge check, samples.
+
+    Returns the table: held-out loss by (model label, corpus name).
+    """
     gen = torch.Generator().manual_seed(cfg.seed)
     held_out = {name: [batch(val, cfg, gen, env["device"]) for _ in range(cfg.eval_batches)] for name, _, val in splits}
     rows = {"base": base, "adapted (LoRA)": adapted}
+    losses = {(label, name): evaluate(model, batches) for label, model in rows.items() for name, batches in held_out.items()}
     unit = "character" if isinstance(tokenizer, CharTokenizer) else "token"
     print(f"\nheld-out loss (cross-entropy, nats per {unit}), lower is better")
     print(f"{'':16}" + "".join(f"{name:>22}" for name in held_out))
-    for label, model in rows.items():
-        print(f"{label:16}" + "".join(f"{evaluate(model, batches):22.3f}" for batches in held_out.values()))
+    for label in rows:
+        print(f"{label:16}" + "".join(f"{losses[label, name]:22.3f}" for name in held_out))
 
     base_params, adapted_ids = list(base.parameters()), {id(p) for p in adapted.parameters()}
     shared = [p for p in base_params if id(p) in adapted_ids]  # p_base is p_adapted
@@ -487,6 +491,7 @@ def report(cfg: DemoConfig, env: dict, splits, tokenizer, base, adapted) -> None
 
     for label, model in rows.items():
         print(f"\n--- sample from {label} (same prompt '\\n' and seed) ---\n{sample(model, tokenizer, cfg, env)}")
+    return losses
 
 
 @torch.no_grad()
@@ -497,19 +502,23 @@ def sample(model, tokenizer, cfg: DemoConfig, env: dict) -> str:
     return tokenizer.decode(out[0, prompt.shape[1] :].tolist())
 
 
-def plot(cfg: DemoConfig, pre_losses: list[float], ada_losses: list[float], name_a: str, name_b: str) -> Path:
-    """Training losses of both phases, saved as a PNG (matplotlib's Agg canvas, no display)."""
+def plot(cfg: DemoConfig, pre_losses: list[float], ada_losses: list[float], held_out: dict, name_a: str, name_b: str) -> Path:
+    """Training losses of both phases and the held-out losses, saved as a PNG (matplotlib's Agg canvas)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    phases = [(f"pretraining on {name_a} (all parameters)", pre_losses)] if pre_losses else []
-    phases.append((f"adaptation on {name_b} (LoRA adapters only)", ada_losses))
+    phases = [(f"pretraining on {name_a} (all parameters)", pre_losses, name_a)] if pre_losses else []
+    phases.append((f"adaptation on {name_b} (LoRA adapters only)", ada_losses, name_b))
     fig = Figure(figsize=(6 * len(phases), 4), layout="constrained")
     FigureCanvasAgg(fig)
-    for ax, (title, losses) in zip(fig.subplots(1, len(phases), squeeze=False)[0], phases):
-        ax.plot(range(1, len(losses) + 1), losses, lw=0.8)
-        ax.set(title=title, xlabel="step", ylabel="training loss (nats per token)")
+    for ax, (title, losses, corpus) in zip(fig.subplots(1, len(phases), squeeze=False)[0], phases):
+        ax.plot(range(1, len(losses) + 1), losses, lw=0.8, color="0.6", label="training loss")
+        for (label, name), value in held_out.items():
+            if name == corpus:
+                ax.axhline(value, ls="--", color="C0" if label == "base" else "C3", label=f"{label}, held out: {value:.3f}")
+        ax.set(title=title, xlabel="step", ylabel="loss (nats per token)")
         ax.grid(alpha=0.3)
+        ax.legend()
     path = Path(cfg.out) / "gpt_lora_loss.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

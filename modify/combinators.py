@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ._core.checks import checks_enabled, typechecked
-from ._core.errors import ModifyTypeError, ModifyValueError, annotate, describe
+from ._core.errors import ModifyTypeError, ModifyValueError, annotate, count, describe
 from ._core.module import ModifyModule
 from ._core.opaque import wrap
 from .primitives.arithmetic import Add
@@ -185,9 +185,9 @@ class Parallel(Combinator):
     def _check(self, x: object) -> None:
         branches = len(self._modules)
         if not isinstance(x, tuple):
-            raise ModifyTypeError(self, f"expected a tuple of {branches} values, got {describe(x)}")
+            raise ModifyTypeError(self, f"expected a tuple of {count(branches, 'value')}, got {describe(x)}")
         if len(x) != branches:
-            raise ModifyValueError(self, f"got a tuple of {len(x)} values for {branches} branches")
+            raise ModifyValueError(self, f"got a tuple of {count(len(x), 'value')} for {count(branches, 'branch', 'branches')}")
 
     def _infer_traits(self) -> frozenset[type]:
         own = next(self.parameters(recurse=False), None) is not None

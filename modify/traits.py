@@ -7,7 +7,7 @@ kinds. :func:`traits_of` answers for every module, combinators included, by infe
 
 | group | traits |
 |---|---|
-| arity (exactly one) | ``Unary`` (one tensor), ``Binary`` (tuple of 2), ``Ternary`` (tuple of 3), ``Tuple`` (any tuple) |
+| arity (exactly one) | ``Unary`` (one tensor), ``Binary`` (tuple of 2), ``Ternary`` (tuple of 3), ``Tuple`` (any) |
 | parameters (exactly one) | ``Param``, ``ParamFree`` |
 | linearity (exactly one) | ``Linear`` (``f(x) = A x + b``), ``NonLinear`` |
 | kind (any) | ``Restructure``, ``Elementwise``, ``Vector``, ``Matrix``, ``Reduction`` |

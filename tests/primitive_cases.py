@@ -150,8 +150,13 @@ def _elementwise() -> list[Case]:
         Case("LogSoftmax", modify.LogSoftmax, x, fn(nn.LogSoftmax(dim=-1))),
         Case("Dropout-eval", lambda: modify.Dropout(0.5), x, fn(nn.Dropout(0.5).eval())),
         Case("Dropout-train", lambda: modify.Dropout(0.5), x, fn(nn.Dropout(0.5)), train=True),
-        Case("Dropout-train-tuple", lambda: modify.Dropout(0.3), randn_pair(2, 3),
-             fn(lambda x: (F.dropout(x[0], 0.3), F.dropout(x[1], 0.3))), train=True),
+        Case(
+            "Dropout-train-tuple",
+            lambda: modify.Dropout(0.3),
+            randn_pair(2, 3),
+            fn(lambda x: (F.dropout(x[0], 0.3), F.dropout(x[1], 0.3))),
+            train=True,
+        ),
         Case("Print", lambda: modify.Print("x"), x, fn(lambda x: x)),
         Case("PrintShape", modify.PrintShape, randn_pair(2, 3), fn(lambda x: x)),
         Case("Breakpoint-disabled", lambda: modify.Breakpoint(enabled=False), x, fn(lambda x: x)),
@@ -161,13 +166,21 @@ def _elementwise() -> list[Case]:
 def _arithmetic() -> list[Case]:
     return [
         Case("Add", modify.Add, randn_pair(2, 3), fn(lambda x: torch.add(*x))),
-        Case("Add-broadcast", lambda: modify.Add(broadcast=True),
-             lambda gen: (torch.randn(2, 3, generator=gen), torch.randn(3, generator=gen)), fn(lambda x: torch.add(*x))),
+        Case(
+            "Add-broadcast",
+            lambda: modify.Add(broadcast=True),
+            lambda gen: (torch.randn(2, 3, generator=gen), torch.randn(3, generator=gen)),
+            fn(lambda x: torch.add(*x)),
+        ),
         Case("Sub", modify.Sub, randn_pair(2, 3), fn(lambda x: torch.sub(*x))),
         Case("Mul", modify.Mul, randn_pair(2, 3), fn(lambda x: torch.mul(*x))),
         Case("Div", modify.Div, positive_pair(2, 3), fn(lambda x: torch.div(*x))),
-        Case("MatMul", modify.MatMul, lambda gen: (torch.randn(2, 3, 4, generator=gen), torch.randn(2, 4, 5, generator=gen)),
-             fn(lambda x: torch.bmm(*x))),
+        Case(
+            "MatMul",
+            modify.MatMul,
+            lambda gen: (torch.randn(2, 3, 4, generator=gen), torch.randn(2, 4, 5, generator=gen)),
+            fn(lambda x: torch.bmm(*x)),
+        ),
     ]
 
 
@@ -180,12 +193,20 @@ def _structure() -> list[Case]:
         Case("Flatten-1", lambda: modify.Flatten(1), x, fn(nn.Flatten())),
         Case("Transpose", lambda: modify.Transpose(0, 2), x, fn(lambda x: x.transpose(2, 0))),
         Case("Permute", lambda: modify.Permute(2, 0, 1), x, fn(lambda x: x.permute(2, 0, 1))),
-        Case("Rearrange", lambda: modify.Rearrange("b t (h d) -> b h t d", h=2), x,
-             fn(lambda x: x.view(2, 3, 2, 2).permute(0, 2, 1, 3))),
+        Case(
+            "Rearrange",
+            lambda: modify.Rearrange("b t (h d) -> b h t d", h=2),
+            x,
+            fn(lambda x: x.view(2, 3, 2, 2).permute(0, 2, 1, 3)),
+        ),
         Case("Split", lambda: modify.Split(2, dim=-1), x, fn(lambda x: (x[..., :2], x[..., 2:]))),
         Case("Split-sections", lambda: modify.Split([1, 2], dim=1), x, fn(lambda x: (x[:, :1], x[:, 1:]))),
-        Case("Cat", lambda: modify.Cat(dim=1), lambda gen: (torch.randn(2, 1, generator=gen), torch.randn(2, 3, generator=gen)),
-             fn(lambda x: torch.cat(x, 1))),
+        Case(
+            "Cat",
+            lambda: modify.Cat(dim=1),
+            lambda gen: (torch.randn(2, 1, generator=gen), torch.randn(2, 3, generator=gen)),
+            fn(lambda x: torch.cat(x, 1)),
+        ),
         Case("Stack", modify.Stack, randn_pair(2, 3), fn(lambda x: torch.stack(x))),
         Case("Index", lambda: modify.Index(1), randn_pair(2, 3), fn(lambda x: x[1])),
         Case("Index-negative", lambda: modify.Index(-2), randn_pair(2, 3), fn(lambda x: x[0])),
@@ -197,18 +218,35 @@ def _reductions() -> list[Case]:
     return [
         Case("Sum", modify.Sum, x, fn(torch.sum)),
         Case("Sum-dim", lambda: modify.Sum(dim=1), x, fn(lambda x: x.sum(1))),
-        Case("Sum-dims-keepdim", lambda: modify.Sum(dim=(0, 2), keepdim=True), x, fn(lambda x: x.sum((0, 2), keepdim=True))),
+        Case(
+            "Sum-dims-keepdim",
+            lambda: modify.Sum(dim=(0, 2), keepdim=True),
+            x,
+            fn(lambda x: x.sum((0, 2), keepdim=True)),
+        ),
         Case("Mean", modify.Mean, x, fn(torch.mean)),
         Case("Mean-dim", lambda: modify.Mean(dim=-1, keepdim=True), x, fn(lambda x: x.mean(-1, keepdim=True))),
         Case("Max", modify.Max, x, fn(torch.max)),
         Case("Max-dim", lambda: modify.Max(dim=1), x, fn(lambda x: x.max(1).values)),
-        Case("MaxPool2d", lambda: modify.MaxPool2d(3, stride=2, padding=1), randn(2, 3, 6, 6),
-             fn(nn.MaxPool2d(3, stride=2, padding=1))),
+        Case(
+            "MaxPool2d",
+            lambda: modify.MaxPool2d(3, stride=2, padding=1),
+            randn(2, 3, 6, 6),
+            fn(nn.MaxPool2d(3, stride=2, padding=1)),
+        ),
         Case("AvgPool2d", lambda: modify.AvgPool2d(2), randn(2, 3, 6, 6), fn(nn.AvgPool2d(2))),
-        Case("AvgPool2d-pad", lambda: modify.AvgPool2d(3, 2, 1, count_include_pad=False), randn(2, 3, 5, 5),
-             fn(nn.AvgPool2d(3, 2, 1, count_include_pad=False))),
-        Case("AdaptiveAvgPool2d", lambda: modify.AdaptiveAvgPool2d((2, 3)), randn(2, 3, 5, 7),
-             fn(nn.AdaptiveAvgPool2d((2, 3)))),
+        Case(
+            "AvgPool2d-pad",
+            lambda: modify.AvgPool2d(3, 2, 1, count_include_pad=False),
+            randn(2, 3, 5, 5),
+            fn(nn.AvgPool2d(3, 2, 1, count_include_pad=False)),
+        ),
+        Case(
+            "AdaptiveAvgPool2d",
+            lambda: modify.AdaptiveAvgPool2d((2, 3)),
+            randn(2, 3, 5, 7),
+            fn(nn.AdaptiveAvgPool2d((2, 3))),
+        ),
     ]
 
 
@@ -217,51 +255,123 @@ def _norms() -> list[Case]:
     bn2 = lambda: nn.BatchNorm2d(3, affine=False, momentum=None)  # noqa: E731
     return [
         Case("LayerNorm", lambda: modify.LayerNorm(4), randn(2, 3, 4), fn(nn.LayerNorm(4, elementwise_affine=False))),
-        Case("LayerNorm-2d", lambda: modify.LayerNorm((3, 4), eps=1e-3), randn(2, 3, 4),
-             fn(nn.LayerNorm((3, 4), eps=1e-3, elementwise_affine=False))),
+        Case(
+            "LayerNorm-2d",
+            lambda: modify.LayerNorm((3, 4), eps=1e-3),
+            randn(2, 3, 4),
+            fn(nn.LayerNorm((3, 4), eps=1e-3, elementwise_affine=False)),
+        ),
         Case("RMSNorm", lambda: modify.RMSNorm(4), randn(2, 3, 4), fn(nn.RMSNorm(4, elementwise_affine=False))),
-        Case("RMSNorm-eps", lambda: modify.RMSNorm(4, eps=1e-6), randn(2, 3, 4),
-             fn(nn.RMSNorm(4, eps=1e-6, elementwise_affine=False))),
+        Case(
+            "RMSNorm-eps",
+            lambda: modify.RMSNorm(4, eps=1e-6),
+            randn(2, 3, 4),
+            fn(nn.RMSNorm(4, eps=1e-6, elementwise_affine=False)),
+        ),
         Case("GroupNorm", lambda: modify.GroupNorm(2, 4), randn(2, 4, 3), fn(nn.GroupNorm(2, 4, affine=False))),
         Case("BatchNorm1d-train", lambda: modify.BatchNorm1d(3), randn(5, 3), torch_nn(bn1), train=True),
         Case("BatchNorm1d-train-3d", lambda: modify.BatchNorm1d(3), randn(5, 3, 2), torch_nn(bn1), train=True),
         Case("BatchNorm1d-eval", lambda: modify.BatchNorm1d(3), randn(5, 3), torch_nn(bn1), shows_nonlinearity=False),
-        Case("BatchNorm2d-train", lambda: modify.BatchNorm2d(3, momentum=None), randn(4, 3, 2, 2), torch_nn(bn2), train=True),
-        Case("BatchNorm2d-eval", lambda: modify.BatchNorm2d(3, momentum=None), randn(4, 3, 2, 2), torch_nn(bn2),
-             shows_nonlinearity=False),
-        Case("BatchNorm1d-no-stats", lambda: modify.BatchNorm1d(3, track_running_stats=False), randn(5, 3),
-             torch_nn(lambda: nn.BatchNorm1d(3, affine=False, track_running_stats=False).eval())),
-        Case("ElementwiseAffine", lambda: randomised(modify.ElementwiseAffine(4)), randn(2, 3, 4), affine_reference((4,))),
-        Case("ElementwiseAffine-dim1", lambda: randomised(modify.ElementwiseAffine(3, dim=1)), randn(2, 3, 2, 2),
-             affine_reference((3, 1, 1))),
-        Case("ElementwiseAffine-2d-nobias", lambda: randomised(modify.ElementwiseAffine((3, 4), bias=False)),
-             randn(2, 3, 4), affine_reference((3, 4))),
+        Case(
+            "BatchNorm2d-train",
+            lambda: modify.BatchNorm2d(3, momentum=None),
+            randn(4, 3, 2, 2),
+            torch_nn(bn2),
+            train=True,
+        ),
+        Case(
+            "BatchNorm2d-eval",
+            lambda: modify.BatchNorm2d(3, momentum=None),
+            randn(4, 3, 2, 2),
+            torch_nn(bn2),
+            shows_nonlinearity=False,
+        ),
+        Case(
+            "BatchNorm1d-no-stats",
+            lambda: modify.BatchNorm1d(3, track_running_stats=False),
+            randn(5, 3),
+            torch_nn(lambda: nn.BatchNorm1d(3, affine=False, track_running_stats=False).eval()),
+        ),
+        Case(
+            "ElementwiseAffine", lambda: randomised(modify.ElementwiseAffine(4)), randn(2, 3, 4), affine_reference((4,))
+        ),
+        Case(
+            "ElementwiseAffine-dim1",
+            lambda: randomised(modify.ElementwiseAffine(3, dim=1)),
+            randn(2, 3, 2, 2),
+            affine_reference((3, 1, 1)),
+        ),
+        Case(
+            "ElementwiseAffine-2d-nobias",
+            lambda: randomised(modify.ElementwiseAffine((3, 4), bias=False)),
+            randn(2, 3, 4),
+            affine_reference((3, 4)),
+        ),
     ]
 
 
 def _layers() -> list[Case]:
     return [
         Case("Linear", lambda: modify.Linear(4, 3), randn(2, 5, 4), torch_nn(lambda: nn.Linear(4, 3))),
-        Case("Linear-nobias", lambda: modify.Linear(4, 3, bias=False), randn(2, 4), torch_nn(lambda: nn.Linear(4, 3, bias=False))),
-        Case("Conv1d", lambda: modify.Conv1d(2, 4, 3, padding=1), randn(2, 2, 7), torch_nn(lambda: nn.Conv1d(2, 4, 3, padding=1))),
-        Case("Conv1d-groups-circular", lambda: modify.Conv1d(4, 4, 3, padding=2, groups=2, padding_mode="circular"),
-             randn(2, 4, 6), torch_nn(lambda: nn.Conv1d(4, 4, 3, padding=2, groups=2, padding_mode="circular"))),
-        Case("Conv2d", lambda: modify.Conv2d(3, 4, 3, stride=2, padding=1), randn(2, 3, 6, 6),
-             torch_nn(lambda: nn.Conv2d(3, 4, 3, stride=2, padding=1))),
-        Case("Conv2d-same-reflect", lambda: modify.Conv2d(2, 2, (2, 3), padding="same", dilation=2, padding_mode="reflect", bias=False),
-             randn(1, 2, 6, 7), torch_nn(lambda: nn.Conv2d(2, 2, (2, 3), padding="same", dilation=2, padding_mode="reflect", bias=False))),
+        Case(
+            "Linear-nobias",
+            lambda: modify.Linear(4, 3, bias=False),
+            randn(2, 4),
+            torch_nn(lambda: nn.Linear(4, 3, bias=False)),
+        ),
+        Case(
+            "Conv1d",
+            lambda: modify.Conv1d(2, 4, 3, padding=1),
+            randn(2, 2, 7),
+            torch_nn(lambda: nn.Conv1d(2, 4, 3, padding=1)),
+        ),
+        Case(
+            "Conv1d-groups-circular",
+            lambda: modify.Conv1d(4, 4, 3, padding=2, groups=2, padding_mode="circular"),
+            randn(2, 4, 6),
+            torch_nn(lambda: nn.Conv1d(4, 4, 3, padding=2, groups=2, padding_mode="circular")),
+        ),
+        Case(
+            "Conv2d",
+            lambda: modify.Conv2d(3, 4, 3, stride=2, padding=1),
+            randn(2, 3, 6, 6),
+            torch_nn(lambda: nn.Conv2d(3, 4, 3, stride=2, padding=1)),
+        ),
+        Case(
+            "Conv2d-same-reflect",
+            lambda: modify.Conv2d(2, 2, (2, 3), padding="same", dilation=(1, 2), padding_mode="reflect", bias=False),
+            randn(1, 2, 6, 7),
+            torch_nn(
+                lambda: nn.Conv2d(2, 2, (2, 3), padding="same", dilation=(1, 2), padding_mode="reflect", bias=False)
+            ),
+        ),
         Case("Conv2d-unbatched", lambda: modify.Conv2d(2, 3, 1), randn(2, 4, 4), torch_nn(lambda: nn.Conv2d(2, 3, 1))),
         Case("Embedding", lambda: modify.Embedding(10, 4), ints(10, 2, 5), torch_nn(lambda: nn.Embedding(10, 4))),
-        Case("Embedding-padding", lambda: modify.Embedding(10, 4, padding_idx=0), lambda gen: torch.tensor([[0, 3, 0, 9]]),
-             torch_nn(lambda: nn.Embedding(10, 4, padding_idx=0)), differentiable=False),  # padding row: no grad by design
+        Case(
+            "Embedding-padding",
+            lambda: modify.Embedding(10, 4, padding_idx=0),
+            lambda gen: torch.tensor([[0, 3, 0, 9]]),
+            torch_nn(lambda: nn.Embedding(10, 4, padding_idx=0)),
+            differentiable=False,
+        ),  # padding row: no grad by design
     ]
 
 
 def _attention() -> list[Case]:
     return [
         Case("SDPA", modify.ScaledDotProductAttention, qkv(2, 2), attention_reference(causal=False)),
-        Case("SDPA-causal", lambda: modify.ScaledDotProductAttention(causal=True), qkv(2, 2), attention_reference(causal=True)),
-        Case("SDPA-gqa-causal", lambda: modify.ScaledDotProductAttention(causal=True), qkv(4, 2), attention_reference(causal=True)),
+        Case(
+            "SDPA-causal",
+            lambda: modify.ScaledDotProductAttention(causal=True),
+            qkv(2, 2),
+            attention_reference(causal=True),
+        ),
+        Case(
+            "SDPA-gqa-causal",
+            lambda: modify.ScaledDotProductAttention(causal=True),
+            qkv(4, 2),
+            attention_reference(causal=True),
+        ),
         Case("RotaryEmbedding", lambda: modify.RotaryEmbedding(6), randn(2, 2, 5, 6), rotate_half_reference),
     ]
 
@@ -275,7 +385,15 @@ def randomised(module: nn.Module) -> nn.Module:
     return module
 
 
-CASES: list[Case] = [*_elementwise(), *_arithmetic(), *_structure(), *_reductions(), *_norms(), *_layers(), *_attention()]
+CASES: list[Case] = [
+    *_elementwise(),
+    *_arithmetic(),
+    *_structure(),
+    *_reductions(),
+    *_norms(),
+    *_layers(),
+    *_attention(),
+]
 
 
 def tensors_of(value: Value) -> list[torch.Tensor]:

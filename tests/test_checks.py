@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import re
 
 import pytest
@@ -21,9 +22,13 @@ def _nested(leaf: nn.Module) -> modify.Sequential:
 def test_parallel_names_the_path_and_the_counts():
     attn = modify.Parallel(modify.Identity(), modify.Identity(), modify.Identity())
     model = modify.Sequential(blocks=modify.Sequential(modify.Sequential(attn=attn)))
-    with pytest.raises(ValueError, match=re.escape("Parallel at 'blocks.0.attn' got a tuple of 2 values for 3 branches")):
+    with pytest.raises(
+        ValueError, match=re.escape("Parallel at 'blocks.0.attn' got a tuple of 2 values for 3 branches")
+    ):
         model((torch.zeros(1), torch.zeros(1)))
-    with pytest.raises(TypeError, match=re.escape("Parallel at 'blocks.0.attn' expected a tuple of 3 values, got a tensor")):
+    with pytest.raises(
+        TypeError, match=re.escape("Parallel at 'blocks.0.attn' expected a tuple of 3 values, got a tensor")
+    ):
         model(torch.zeros(1))
 
 
@@ -36,7 +41,7 @@ def test_nested_tuple_mismatch_names_the_inner_parallel():
 
 
 def test_errors_at_the_root_say_root():
-    with pytest.raises(ValueError, match=re.escape("Parallel at '<root>'")):
+    with pytest.raises(ValueError, match=re.escape("Parallel at '<root>' got a tuple of 2 values for 1 branch")):
         modify.Parallel(modify.Identity())((torch.zeros(1), torch.zeros(1)))
 
 
@@ -176,3 +181,14 @@ def test_constructor_arguments_are_type_checked(make, fragment):
 def test_constructor_values_are_checked(make, fragment):
     with pytest.raises(ValueError, match=re.escape(fragment)):
         make()
+
+
+def test_errors_pickle_with_their_path_and_notes():
+    model = _nested(modify.Parallel(modify.Identity(), modify.Identity()))
+    with pytest.raises(modify.ModifyValueError) as info:
+        model((torch.zeros(1),) * 3)
+    info.value.add_note("extra")
+    clone = pickle.loads(pickle.dumps(info.value))
+    assert type(clone) is modify.ModifyValueError and isinstance(clone, ValueError)
+    assert str(clone) == str(info.value) == "Parallel at 'blocks.0.op' got a tuple of 3 values for 2 branches"
+    assert clone.path == ["blocks", "0", "op"] and clone.__notes__ == ["extra"]

@@ -7,6 +7,8 @@ import pickle
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from helpers import assert_close, assert_state_equal, state_snapshot
 from torch import nn
 
@@ -27,6 +29,34 @@ def test_sequential_is_associative(gen):
     assert_close(left(x), right(x))
     assert torch.equal(left(x), flat(x))
     assert torch.equal(flat(x), c(b(a(x))))
+
+
+SHAPE_PRESERVING = [
+    lambda: modify.Linear(4, 4),
+    modify.ReLU,
+    modify.Tanh,
+    lambda: modify.Scale(-0.5),
+    modify.Softmax,
+    lambda: modify.LayerNorm(4),
+    lambda: modify.Residual(modify.Linear(4, 4)),
+    lambda: modify.Sequential(modify.Fork(modify.Identity(), modify.Exp()), modify.Mul()),
+]
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.sampled_from(range(len(SHAPE_PRESERVING))), min_size=1, max_size=6), st.data())
+def test_any_bracketing_of_a_chain_computes_the_same(picks, data):
+    torch.manual_seed(0)
+    chain = [SHAPE_PRESERVING[i]() for i in picks]
+    cut = data.draw(st.integers(0, len(chain)))
+    x = torch.randn(3, 4)
+    flat = modify.Sequential(*chain)
+    bracketed = modify.Sequential(modify.Sequential(*chain[:cut]), modify.Sequential(*chain[cut:]))
+    padded = modify.Sequential(modify.Identity(), *chain[:cut], modify.Identity(), *chain[cut:])
+    expected = x
+    for module in chain:
+        expected = module(expected)
+    assert torch.equal(flat(x), expected) and torch.equal(bracketed(x), expected) and torch.equal(padded(x), expected)
 
 
 def test_identity_is_a_unit_on_both_sides_of_sequential(gen):
@@ -86,7 +116,12 @@ def test_positional_and_named_children():
     assert named["act"] is b and named[-1] is c and named[0] is a and len(named) == 3
     assert list(named) == [a, b, c]
     assert [n for n, _ in named[1:].named_children()] == ["act", "out"] and named[1:][0] is b
-    assert list(modify.Parallel(left=a, right=c).state_dict()) == ["left.weight", "left.bias", "right.weight", "right.bias"]
+    assert list(modify.Parallel(left=a, right=c).state_dict()) == [
+        "left.weight",
+        "left.bias",
+        "right.weight",
+        "right.bias",
+    ]
     assert list(modify.Sequential(self=a).named_children())[0][0] == "self"
     with pytest.raises(TypeError, match="positionally or by name"):
         modify.Sequential(a, act=b)
@@ -112,8 +147,11 @@ def _tied_model():
     head = modify.Linear(4, 10, bias=False)
     head.weight = embed.weight
     return modify.Sequential(
-        embed=embed, blocks=modify.Residual(modify.Sequential(modify.LayerNorm(4), modify.ElementwiseAffine(4))),
-        norm=modify.BatchNorm1d(5), rope=modify.RotaryEmbedding(4), head=head,
+        embed=embed,
+        blocks=modify.Residual(modify.Sequential(modify.LayerNorm(4), modify.ElementwiseAffine(4))),
+        norm=modify.BatchNorm1d(5),
+        rope=modify.RotaryEmbedding(4),
+        head=head,
     )
 
 
@@ -190,7 +228,9 @@ def test_leaves_refuse_submodules():
 
 
 def test_compiled_model_matches_eager(gen):
-    model = modify.Sequential(modify.Linear(4, 4), modify.Residual(modify.Sequential(modify.ReLU(), modify.Linear(4, 4))))
+    model = modify.Sequential(
+        modify.Linear(4, 4), modify.Residual(modify.Sequential(modify.ReLU(), modify.Linear(4, 4)))
+    )
     x = torch.randn(2, 4, generator=gen)
     compiled = torch.compile(model, backend="eager", fullgraph=True)
     assert_close(compiled(x), model(x))

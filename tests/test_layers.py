@@ -13,7 +13,12 @@ LAYERS = [
     ("Linear", lambda: modify.Linear(4, 3), lambda: nn.Linear(4, 3), (2, 4)),
     ("Linear-nobias", lambda: modify.Linear(4, 3, bias=False), lambda: nn.Linear(4, 3, bias=False), (2, 4)),
     ("Conv1d", lambda: modify.Conv1d(2, 4, 3, stride=2), lambda: nn.Conv1d(2, 4, 3, stride=2), (2, 2, 9)),
-    ("Conv2d", lambda: modify.Conv2d(4, 2, 3, groups=2, padding=1), lambda: nn.Conv2d(4, 2, 3, groups=2, padding=1), (1, 4, 5, 5)),
+    (
+        "Conv2d",
+        lambda: modify.Conv2d(4, 2, 3, groups=2, padding=1),
+        lambda: nn.Conv2d(4, 2, 3, groups=2, padding=1),
+        (1, 4, 5, 5),
+    ),
     ("Embedding", lambda: modify.Embedding(6, 3), lambda: nn.Embedding(6, 3), None),
 ]
 

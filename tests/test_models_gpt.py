@@ -68,7 +68,8 @@ def load(kind: str, reference, folder, tmp_path) -> GPT:
 
 
 @pytest.mark.parametrize(
-    "kind", ["safetensors folder", "pytorch_model.bin folder", "weights file", "state_dict", "bare GPT2Model state_dict"]
+    "kind",
+    ["safetensors folder", "pytorch_model.bin folder", "weights file", "state_dict", "bare GPT2Model state_dict"],
 )
 def test_logits_match_reference(kind, reference, folder, ids, tmp_path):
     gpt = load(kind, reference, folder, tmp_path)

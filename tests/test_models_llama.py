@@ -103,7 +103,8 @@ def test_bin_folder_file_and_state_dict_sources(tmp_path, ids):
     reference.config.to_json_file(tmp_path / "config.json")  # transformers 4's pytorch_model.bin layout
     torch.save(reference.state_dict(), tmp_path / "pytorch_model.bin")
     keywords = {**BASE, "tie_word_embeddings": True}
-    for source, kwargs in ((tmp_path, {}), (tmp_path / "pytorch_model.bin", keywords), (reference.state_dict(), keywords)):
+    sources = ((tmp_path, {}), (tmp_path / "pytorch_model.bin", keywords), (reference.state_dict(), keywords))
+    for source, kwargs in sources:
         torch.testing.assert_close(Llama.from_pretrained(source, **kwargs)(ids), expected, atol=1e-5, rtol=0)
 
 

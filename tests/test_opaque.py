@@ -18,7 +18,13 @@ def test_keys_stay_torch_names_and_parameters_are_shared():
     linear, norm = nn.Linear(3, 4), nn.BatchNorm1d(4)
     model = modify.Sequential(linear, norm)
     assert list(model.state_dict()) == [
-        "0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean", "1.running_var", "1.num_batches_tracked",
+        "0.weight",
+        "0.bias",
+        "1.weight",
+        "1.bias",
+        "1.running_mean",
+        "1.running_var",
+        "1.num_batches_tracked",
     ]
     assert model[0].weight is linear.weight and model[0].bias is linear.bias
     assert model[1].running_mean is norm.running_mean

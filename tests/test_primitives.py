@@ -90,13 +90,19 @@ def test_gradcheck_float64(case: Case, gen):
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_float64_in_float64_out(case: Case, gen):
     module = case.make().double().train(case.train)
-    value = rebuild(case.inputs(gen), [t.double() if t.is_floating_point() else t for t in tensors_of(case.inputs(gen))])
+    value = rebuild(
+        case.inputs(gen), [t.double() if t.is_floating_point() else t for t in tensors_of(case.inputs(gen))]
+    )
     for t in tensors_of(_run(module, value)):
         assert t.dtype == torch.float64
 
 
 def test_every_public_leaf_has_a_case():
-    leaves = {obj for name in modify.__all__ if isinstance(obj := getattr(modify, name), type) and issubclass(obj, modify.Leaf)}
+    leaves = {
+        obj
+        for name in modify.__all__
+        if isinstance(obj := getattr(modify, name), type) and issubclass(obj, modify.Leaf)
+    }
     leaves.discard(modify.Leaf)
     covered = {type(case.make()) for case in CASES}
     assert leaves - covered == set()
@@ -119,3 +125,30 @@ def test_default_init_draws_as_torch_nn(ours, theirs):
     assert list(a.state_dict()) == list(b.state_dict())
     for key, value in b.state_dict().items():
         assert torch.equal(a.state_dict()[key], value), key
+
+
+def test_print_and_print_shape_show_the_value_and_pass_it_on(capsys):
+    pair = (torch.ones(2, 3), (torch.zeros(4), torch.zeros(1, 1)))
+    assert modify.PrintShape("qkv")(pair) is pair
+    assert capsys.readouterr().out == "qkv: ((2, 3), ((4,), (1, 1)))\n"
+    x = torch.tensor([1.5, -2.0])
+    assert modify.Sequential(modify.Print(), modify.Print("after"))(x) is x
+    assert capsys.readouterr().out == "tensor([ 1.5000, -2.0000])\nafter: tensor([ 1.5000, -2.0000])\n"
+
+
+def test_breakpoint_stops_in_pdb_with_the_value_and_passes_it_on(monkeypatch):
+    stops = []
+    monkeypatch.setattr("pdb.Pdb.set_trace", lambda self, frame: stops.append(frame.f_locals["x"]))
+    x = torch.ones(2)
+    assert modify.Sequential(modify.Breakpoint())(x) is x
+    assert stops == [x]
+    assert modify.Breakpoint(enabled=False)(x) is x and len(stops) == 1
+
+
+def test_dropout_drops_and_rescales_in_training_only(gen):
+    x = torch.ones(2000)
+    out = modify.Dropout(0.25)(x)
+    kept = out != 0
+    assert torch.allclose(out[kept], torch.full_like(out[kept], 1 / 0.75))
+    assert 0.2 < 1 - kept.float().mean().item() < 0.3
+    assert modify.Dropout(0.25).eval()(x) is x and modify.Dropout(0.0)(x) is x

@@ -20,7 +20,6 @@ from modify.traits import (
     EXCLUSIVE_GROUPS,
     Binary,
     Elementwise,
-    Linear,
     Matrix,
     NonLinear,
     Param,
@@ -81,7 +80,7 @@ def test_linearity_trait_is_true(case: Case):
     mix = rebuild(x, [a * s + (1 - a) * t for s, t in zip(tensors_of(x), tensors_of(y))])
     left = tensors_of(_call(module, mix))
     right = [a * s + (1 - a) * t for s, t in zip(tensors_of(_call(module, x)), tensors_of(_call(module, y)))]
-    gap = max((l - r).abs().max().item() for l, r in zip(left, right))
+    gap = max((lhs - rhs).abs().max().item() for lhs, rhs in zip(left, right))
     found = modify.traits_of(module)
     if LinearTrait in found:
         assert gap < 1e-9
@@ -149,7 +148,9 @@ def test_identity_like_leaves_are_tagged_unary():
 def test_instance_scopes_follow_arguments():
     assert Vector in modify.traits_of(modify.Softmax()) and Vector not in modify.traits_of(modify.Softmax(0))
     assert Vector not in modify.traits_of(modify.LogSoftmax(dim=1))
-    assert Matrix in modify.traits_of(modify.LayerNorm((3, 4))) and Vector not in modify.traits_of(modify.LayerNorm((3, 4)))
+    assert Matrix in modify.traits_of(modify.LayerNorm((3, 4))) and Vector not in modify.traits_of(
+        modify.LayerNorm((3, 4))
+    )
     assert Vector in modify.traits_of(modify.RMSNorm(4))
     assert isinstance(modify.Softmax(0), Vector)  # the class keeps its mixins
 
@@ -168,7 +169,12 @@ def test_sequential_is_linear_iff_all_children_are_and_param_iff_any():
     mlp = modify.Sequential(modify.Linear(3, 8), modify.GELU(), modify.Linear(8, 3))
     assert names(mlp) == {"Unary", "Param", "NonLinear", "Vector"}
     assert names(modify.Sequential(modify.ReLU(), modify.Exp())) == {"Unary", "ParamFree", "NonLinear", "Elementwise"}
-    assert names(modify.Sequential(modify.Softmax(), modify.LayerNorm((2, 3)))) == {"Unary", "ParamFree", "NonLinear", "Matrix"}
+    assert names(modify.Sequential(modify.Softmax(), modify.LayerNorm((2, 3)))) == {
+        "Unary",
+        "ParamFree",
+        "NonLinear",
+        "Matrix",
+    }
 
 
 def test_sequential_takes_the_arity_of_its_first_child():
@@ -188,7 +194,11 @@ def test_parallel_arity_counts_branches():
 def test_residual_and_fork_inference():
     assert names(modify.Residual(modify.Scale(2.0))) == {"Unary", "ParamFree", "Linear"}
     assert names(modify.Residual(modify.Linear(3, 3))) == {"Unary", "Param", "Linear"}
-    assert names(modify.Residual(modify.Sequential(modify.Linear(3, 3), modify.ReLU()))) == {"Unary", "Param", "NonLinear"}
+    assert names(modify.Residual(modify.Sequential(modify.Linear(3, 3), modify.ReLU()))) == {
+        "Unary",
+        "Param",
+        "NonLinear",
+    }
     assert names(modify.Fork(modify.ReLU(), modify.Exp())) == {"Unary", "ParamFree", "NonLinear"}
 
 

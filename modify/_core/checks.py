@@ -17,7 +17,7 @@ from typing import Any, Callable, TypeVar
 import torch
 from typeguard import TypeCheckError, check_type
 
-from .errors import ModifyTypeError, ModifyValueError, describe
+from .errors import ModifyTypeError, ModifyValueError, count, describe
 
 _enabled = True
 
@@ -100,10 +100,10 @@ def expect_tuple(module: torch.nn.Module, x: object, length: int | None = None) 
     """
     if _enabled and not torch.compiler.is_compiling():
         if not isinstance(x, tuple):
-            want = f"a tuple of {length} values" if length is not None else "a tuple"
+            want = f"a tuple of {count(length, 'value')}" if length is not None else "a tuple"
             raise ModifyTypeError(module, f"expected {want}, got {describe(x)}")
         if length is not None and len(x) != length:
-            raise ModifyValueError(module, f"expected a tuple of {length} values, got {describe(x)}")
+            raise ModifyValueError(module, f"expected a tuple of {count(length, 'value')}, got {describe(x)}")
     return x  # type: ignore[return-value]
 
 

@@ -19,8 +19,13 @@ def describe(value: object) -> str:
         return f"a tensor of shape {tuple(value.shape)} {dtype}"
     if isinstance(value, tuple):
         inner = ", ".join(_short(v) for v in value)
-        return f"a tuple of {len(value)} values ({inner})"
+        return f"a tuple of {count(len(value), 'value')} ({inner})"
     return f"a {type(value).__name__}"
+
+
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """``"1 value"``, ``"3 values"``; ``plural`` where adding an ``s`` is wrong (``"branches"``)."""
+    return f"{n} {noun}" if n == 1 else f"{n} {plural or noun + 's'}"
 
 
 def _short(value: object) -> str:
@@ -41,6 +46,15 @@ class ModifyError(Exception):
     Attributes:
         path: the names from the root down to the raising module, filled in as the error
             propagates through combinators.
+
+    Example:
+        >>> import torch, modify
+        >>> model = modify.Sequential(attn=modify.Parallel(modify.Identity(), modify.Identity()))
+        >>> try:
+        ...     model((torch.zeros(1),) * 3)
+        ... except modify.ModifyValueError as error:
+        ...     print(error, error.path)
+        Parallel at 'attn' got a tuple of 3 values for 2 branches ['attn']
     """
 
     def __init__(self, module: torch.nn.Module, detail: str):
@@ -52,6 +66,17 @@ class ModifyError(Exception):
     def __str__(self) -> str:
         path = ".".join(self.path) if self.path else ROOT
         return f"{self.module_name} at '{path}' {self.detail}"
+
+    def __reduce__(self) -> tuple:
+        # Picklable (errors cross process boundaries under DDP), path and notes included.
+        return (_rebuild_error, (type(self), self.module_name, self.detail, self.path), self.__dict__)
+
+
+def _rebuild_error(cls: type, module_name: str, detail: str, path: list[str]) -> ModifyError:
+    error = Exception.__new__(cls, detail)
+    Exception.__init__(error, detail)
+    error.module_name, error.detail, error.path = module_name, detail, list(path)
+    return error
 
 
 class ModifyValueError(ModifyError, ValueError):

@@ -9,7 +9,6 @@ and the given module itself is left untouched. Rewriters treat the result as a l
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from ..traits import (

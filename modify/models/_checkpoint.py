@@ -57,28 +57,27 @@ class CheckpointError(ValueError):
         >>> from modify.models import CheckpointError, Llama
         >>> config = dict(vocab_size=10, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
         ...               num_attention_heads=2)
-        >>> state = {"model.embed_tokens.weight": torch.randn(10, 8),
-        ...          "model.layers.0.self_attn.q_proj.weight": torch.randn(8, 4), "model.foo": torch.zeros(1)}
+        >>> state = {"model.embed_tokens.weight": torch.randn(10, 8), "model.norm.weight": torch.ones(8),
+        ...          "model.layers.0.mlp.up_proj.weight": torch.randn(4, 8), "model.foo": torch.zeros(1)}
         >>> try:
         ...     Llama.from_pretrained(state, **config)
         ... except CheckpointError as error:
-        ...     print(error)
+        ...     print(error)  # doctest: +ELLIPSIS
         Llama.from_pretrained: the checkpoint does not fit the model
-          missing keys (10):
+          missing keys (9):
             model.layers.0.input_layernorm.weight
+            model.layers.0.self_attn.q_proj.weight
             model.layers.0.self_attn.k_proj.weight
             model.layers.0.self_attn.v_proj.weight
             model.layers.0.self_attn.o_proj.weight
             model.layers.0.post_attention_layernorm.weight
             model.layers.0.mlp.gate_proj.weight
-            model.layers.0.mlp.up_proj.weight
             model.layers.0.mlp.down_proj.weight
-            model.norm.weight
             lm_head.weight
           unexpected keys (1):
             model.foo
           mismatched (1):
-            model.layers.0.self_attn.q_proj.weight: checkpoint (8, 4), model (8, 8) (model key 'model.layers.0.self_attn.1.1.proj.q_proj.weight')
+            model.layers.0.mlp.up_proj.weight: checkpoint (4, 8), model (16, 8) (model key '...up_proj.weight')
     """
 
     def __init__(
@@ -153,7 +152,8 @@ def read_checkpoint(source: Source, owner: str) -> Checkpoint:
     if isinstance(source, Mapping):
         return Checkpoint(_as_state_dict(dict(source), owner, "the state_dict given"))
     if not isinstance(source, (str, os.PathLike)):
-        raise TypeError(f"{owner}: source must be a folder, a weights file or a state_dict, got {type(source).__name__}")
+        kind = type(source).__name__
+        raise TypeError(f"{owner}: source must be a folder, a weights file or a state_dict, got {kind}")
     path = Path(source)
     if path.is_dir():
         return _read_folder(path, owner)

@@ -56,7 +56,8 @@ def generate(
     block_size = _context_length(model, block_size)
     if temperature <= 0 or (top_k is not None and top_k < 1) or max_new_tokens < 0:
         raise ValueError(
-            f"generate: needs temperature > 0, top_k >= 1, max_new_tokens >= 0; got {temperature}, {top_k}, {max_new_tokens}"
+            f"generate: needs temperature > 0, top_k >= 1, max_new_tokens >= 0; "
+            f"got {temperature}, {top_k}, {max_new_tokens}"
         )
     if idx.dim() != 2 or idx.shape[1] == 0 or idx.is_floating_point():
         raise ValueError(f"generate: idx must be (B, T) integer ids with T >= 1, got {tuple(idx.shape)} {idx.dtype}")

@@ -106,7 +106,10 @@ class GPT(Sequential):
             biases zero, layer norms one/zero.
 
     Raises:
-        ModifyValueError: (at call) ``T > block_size``; ids that are not integers.
+        ModifyValueError: (at call) ``T > block_size``, naming the ``Positions`` leaf's path.
+        ModifyTypeError: (at call) ids that are not integers.
+        einops.EinopsError: (a ``RuntimeError``, at call) ids that are not ``(B, T)``; a note
+            names the module path.
 
     Example:
         >>> import torch
@@ -177,7 +180,8 @@ class GPT(Sequential):
             >>> torch.allclose(gpt(ids), reference(ids).logits, atol=1e-5)
             True
         """
-        return build_pretrained(cls, GPTConfig, source, config_overrides, HF_KEYS, "GPT.from_pretrained", _config_from_hf)
+        owner = "GPT.from_pretrained"
+        return build_pretrained(cls, GPTConfig, source, config_overrides, HF_KEYS, owner, _config_from_hf)
 
 
 def _normal(std: float) -> Normal:
@@ -248,12 +252,15 @@ HF_KEYS = KeyFormat(
 def _config_from_hf(hf: dict[str, Any], owner: str) -> dict[str, Any]:
     """``GPTConfig`` fields from a ``GPT2Config`` ``config.json``; refuses options not implemented."""
     n_embd = hf_value(hf, "n_embd", 768)
-    require(hf_value(hf, "n_inner", 4 * n_embd) == 4 * n_embd, owner, f"n_inner must be 4 * n_embd, got {hf['n_inner']}")
+    n_inner = hf_value(hf, "n_inner", 4 * n_embd)
+    require(n_inner == 4 * n_embd, owner, f"n_inner must be 4 * n_embd, got {n_inner}")
     activation = hf_value(hf, "activation_function", "gelu_new")
-    require(activation in ("gelu_new", "gelu_pytorch_tanh"), owner, f"activation_function {activation!r} is not GELU(tanh)")
+    tanh_gelu = activation in ("gelu_new", "gelu_pytorch_tanh")
+    require(tanh_gelu, owner, f"activation_function {activation!r} is not supported (only tanh GELU)")
     require(hf_value(hf, "layer_norm_epsilon", 1e-5) == 1e-5, owner, "layer_norm_epsilon must be 1e-5")
     require(hf_value(hf, "scale_attn_weights", True), owner, "scale_attn_weights=False is not supported")
-    require(not hf_value(hf, "scale_attn_by_inverse_layer_idx", False), owner, "scale_attn_by_inverse_layer_idx is not supported")
+    inverse_layer_scale = hf_value(hf, "scale_attn_by_inverse_layer_idx", False)
+    require(not inverse_layer_scale, owner, "scale_attn_by_inverse_layer_idx is not supported")
     require(not hf_value(hf, "add_cross_attention", False), owner, "cross attention is not supported")
     return dict(
         block_size=hf_value(hf, "n_positions", 1024),

@@ -153,6 +153,11 @@ class Llama(Sequential):
         config: the :class:`LlamaConfig`. Initialisation as transformers: weights
             ``N(0, initializer_range)``, biases zero, norm weights one.
 
+    Raises:
+        ModifyTypeError: (at call) ids that are not integers.
+        einops.EinopsError: (a ``RuntimeError``, at call) ids that are not ``(B, T)``; a note
+            names the module path.
+
     Example:
         >>> import torch
         >>> from modify.models import Llama, LlamaConfig
@@ -167,7 +172,8 @@ class Llama(Sequential):
         init = Normal(0.0, config.initializer_range)
         embed_tokens = Embedding(config.vocab_size, config.hidden_size, weight_init=init)
         tied = config.tie_word_embeddings
-        lm_head = Linear(config.hidden_size, config.vocab_size, bias=False, weight_init=init, device="meta" if tied else None)
+        device = "meta" if tied else None  # a tied head's own weight is replaced at once: skip allocating it
+        lm_head = Linear(config.hidden_size, config.vocab_size, bias=False, weight_init=init, device=device)
         if tied:
             lm_head.weight = embed_tokens.weight
         model = Sequential(
@@ -271,8 +277,10 @@ def _rotary_heads(config: LlamaConfig) -> Sequential:
 HF_KEYS = KeyFormat(
     rules=(
         (r"model\.embed_tokens\.weight", "model.embed_tokens.weight"),
-        (r"model\.layers\.(\d+)\.self_attn\.1\.1\.input_layernorm\.affine\.weight", r"model.layers.\1.input_layernorm.weight"),
-        (r"model\.layers\.(\d+)\.mlp\.1\.1\.post_attention_layernorm\.affine\.weight", r"model.layers.\1.post_attention_layernorm.weight"),
+        (
+            r"model\.layers\.(\d+)\.(?:self_attn|mlp)\.1\.1\.(\w+_layernorm)\.affine\.weight",
+            r"model.layers.\1.\2.weight",
+        ),
         (r"model\.layers\.(\d+)\.(self_attn|mlp)\.1\.1\.proj\.(\w+)\.(\w+)", r"model.layers.\1.\2.\3.\4"),
         (r"model\.layers\.(\d+)\.(self_attn|mlp)\.1\.1\.(o_proj|down_proj)\.(\w+)", r"model.layers.\1.\2.\3.\4"),
         (r"model\.norm\.affine\.weight", "model.norm.weight"),

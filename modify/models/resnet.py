@@ -7,23 +7,18 @@ load from Hugging Face's ``ResNetForImageClassification`` and from torchvision's
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from torch import nn
-
 from .._core.checks import typechecked
-from ..combinators import Parallel, Sequential
-from ..primitives import AdaptiveAvgPool2d, Add, Conv2d, Copy, Flatten, Identity, Linear, MaxPool2d, ReLU
+from ..combinators import Sequential
+from ..primitives import AdaptiveAvgPool2d, Flatten, Linear, MaxPool2d, ReLU
 from ._checkpoint import KeyFormat, Source, build_pretrained, hf_value, require
 from ._layers import batch_norm, check_fields, check_positive
-
-# Kaiming He's init for convolutions feeding a ReLU, as torchvision and transformers use.
-_conv_init = functools.partial(nn.init.kaiming_normal_, mode="fan_out", nonlinearity="relu")
+from ._resnet_blocks import BasicBlock, Bottleneck, conv
 
 ARCHITECTURES: dict[str, dict[str, Any]] = {
     "resnet18": dict(layer_type="basic", hidden_sizes=(64, 128, 256, 512), depths=(2, 2, 2, 2)),
@@ -85,104 +80,6 @@ class ResNetConfig:
             raise ValueError(f"ResNetConfig: bottleneck hidden_sizes must be multiples of 4, got {self.hidden_sizes}")
 
 
-def _conv(n_in: int, n_out: int, kernel_size: int, stride: int = 1) -> Conv2d:
-    return Conv2d(n_in, n_out, kernel_size, stride, padding=kernel_size // 2, bias=False, weight_init=_conv_init)
-
-
-def _shortcut(in_channels: int, out_channels: int, stride: int) -> nn.Module:
-    """Identity, or a strided 1x1 projection with batch norm where the shape changes."""
-    if in_channels == out_channels and stride == 1:
-        return Identity()
-    return Sequential(conv=_conv(in_channels, out_channels, 1, stride), bn=batch_norm(out_channels))
-
-
-class BasicBlock(Sequential):
-    """ResNet's basic block: ``relu(shortcut(x) + bn2(conv2(relu(bn1(conv1(x))))))``.
-
-    Exactly ``Sequential(copy=Copy(2), branches=Parallel(shortcut=..., residual=...), add=Add(),
-    relu=ReLU())``: a residual connection whose shortcut is the identity, or a 1x1 convolution
-    with batch norm (a projection) where the stride or the channel count changes. Batch norm is
-    ``BatchNorm2d`` followed by ``ElementwiseAffine(C, dim=1)``, named ``bn*.norm``/``bn*.affine``.
-    He et al. 2016; torchvision's ``BasicBlock``.
-
-    Args:
-        in_channels: channels in.
-        out_channels: channels out.
-        stride: of the first 3x3 convolution and of the projection (1 or 2).
-
-    Shape:
-        ``(B, in_channels, H, W) -> (B, out_channels, H / stride, W / stride)`` (rounded up).
-
-    Example:
-        >>> import torch
-        >>> from modify.models import BasicBlock
-        >>> block = BasicBlock(8, 16, stride=2)
-        >>> block(torch.randn(2, 8, 10, 10)).shape
-        torch.Size([2, 16, 5, 5])
-        >>> list(dict(block.branches.named_children()))
-        ['shortcut', 'residual']
-    """
-
-    @typechecked
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
-        residual = Sequential(
-            conv1=_conv(in_channels, out_channels, 3, stride),
-            bn1=batch_norm(out_channels),
-            relu1=ReLU(),
-            conv2=_conv(out_channels, out_channels, 3),
-            bn2=batch_norm(out_channels),
-        )
-        branches = Parallel(shortcut=_shortcut(in_channels, out_channels, stride), residual=residual)
-        super().__init__(copy=Copy(2), branches=branches, add=Add(), relu=ReLU())
-
-
-class Bottleneck(Sequential):
-    """ResNet's bottleneck block: 1x1 to ``out_channels / 4``, 3x3, 1x1 back up, plus a shortcut.
-
-    Exactly ``Sequential(copy=Copy(2), branches=Parallel(shortcut=..., residual=Sequential(conv1,
-    bn1, relu1, conv2, bn2, relu2, conv3, bn3)), add=Add(), relu=ReLU())``, the shortcut as in
-    :class:`BasicBlock`. He et al. 2016; torchvision's ``Bottleneck`` (stride in the 3x3, "v1.5").
-
-    Args:
-        in_channels: channels in.
-        out_channels: channels out (a multiple of 4).
-        stride: of the 3x3 convolution (or of the first 1x1 with ``downsample_in_bottleneck``)
-            and of the projection.
-        downsample_in_bottleneck: stride in the first 1x1 convolution (original ResNet v1).
-
-    Shape:
-        ``(B, in_channels, H, W) -> (B, out_channels, H / stride, W / stride)`` (rounded up).
-
-    Raises:
-        ValueError: ``out_channels`` not a multiple of 4.
-
-    Example:
-        >>> import torch
-        >>> from modify.models import Bottleneck
-        >>> Bottleneck(16, 32, stride=2)(torch.randn(2, 16, 8, 8)).shape
-        torch.Size([2, 32, 4, 4])
-    """
-
-    @typechecked
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, downsample_in_bottleneck: bool = False):
-        if out_channels % 4:
-            raise ValueError(f"Bottleneck: out_channels must be a multiple of 4, got {out_channels}")
-        width = out_channels // 4
-        first_stride, middle_stride = (stride, 1) if downsample_in_bottleneck else (1, stride)
-        residual = Sequential(
-            conv1=_conv(in_channels, width, 1, first_stride),
-            bn1=batch_norm(width),
-            relu1=ReLU(),
-            conv2=_conv(width, width, 3, middle_stride),
-            bn2=batch_norm(width),
-            relu2=ReLU(),
-            conv3=_conv(width, out_channels, 1),
-            bn3=batch_norm(out_channels),
-        )
-        branches = Parallel(shortcut=_shortcut(in_channels, out_channels, stride), residual=residual)
-        super().__init__(copy=Copy(2), branches=branches, add=Add(), relu=ReLU())
-
-
 def _stage(config: ResNetConfig, index: int) -> Sequential:
     n_in = config.hidden_sizes[index - 1] if index else config.embedding_size
     n_out = config.hidden_sizes[index]
@@ -196,12 +93,14 @@ def _stage(config: ResNetConfig, index: int) -> Sequential:
 
 
 class ResNet(Sequential):
-    """ResNet image classifier, a tree of leaves (torchvision's ``ResNet``, Hugging Face's ``ResNetForImageClassification``).
+    """ResNet image classifier as a tree of leaves, equal to torchvision's ``ResNet``.
 
-    A ``Sequential`` subclass that only names the tree and keeps its :class:`ResNetConfig` as
-    ``config``::
+    Loads torchvision's weights (:meth:`from_torchvision`) and Hugging Face's
+    ``ResNetForImageClassification`` ones (:meth:`from_pretrained`). A ``Sequential`` subclass
+    that only names the tree and keeps its :class:`ResNetConfig` as ``config``::
 
-        embedder              conv (7x7, stride 2) -> bn (BatchNorm2d -> ElementwiseAffine) -> relu -> pool (3x3 max, stride 2)
+        embedder              conv (7x7, stride 2) -> bn (BatchNorm2d -> ElementwiseAffine) -> relu
+                              -> pool (3x3 max, stride 2)
         stages.<s>.<b>        BasicBlock or Bottleneck: branches.shortcut, branches.residual.conv1, .bn1, ...
         head                  pool (global average) -> flatten -> fc (Linear)
 
@@ -216,6 +115,9 @@ class ResNet(Sequential):
             ``kaiming_normal_(mode="fan_out", nonlinearity="relu")``, batch norms one/zero,
             the classifier as ``torch.nn.Linear``.
 
+    Raises:
+        ModifyValueError: (at call) images without ``num_channels`` channels at axis 1.
+
     Example:
         >>> import torch
         >>> from modify.models import ResNet, ResNetConfig
@@ -228,13 +130,14 @@ class ResNet(Sequential):
     @typechecked
     def __init__(self, config: ResNetConfig):
         embedder = Sequential(
-            conv=_conv(config.num_channels, config.embedding_size, 7, 2),
+            conv=conv(config.num_channels, config.embedding_size, 7, 2),
             bn=batch_norm(config.embedding_size),
             relu=ReLU(),
             pool=MaxPool2d(3, stride=2, padding=1),
         )
         stages = Sequential(*(_stage(config, i) for i in range(len(config.depths))))
-        head = Sequential(pool=AdaptiveAvgPool2d(1), flatten=Flatten(1), fc=Linear(config.hidden_sizes[-1], config.num_classes))
+        fc = Linear(config.hidden_sizes[-1], config.num_classes)
+        head = Sequential(pool=AdaptiveAvgPool2d(1), flatten=Flatten(1), fc=fc)
         super().__init__(embedder=embedder, stages=stages, head=head)
         self.config = config
 
@@ -314,7 +217,9 @@ class ResNet(Sequential):
         if arch not in ARCHITECTURES:
             raise ValueError(f"ResNet.from_torchvision: arch must be one of {sorted(ARCHITECTURES)}, got {arch!r}")
         if isinstance(source, (str, os.PathLike)) and Path(source).is_dir():
-            raise IsADirectoryError(f"ResNet.from_torchvision: expected a weights file or a state_dict, got the folder '{source}'")
+            raise IsADirectoryError(
+                f"ResNet.from_torchvision: expected a weights file or a state_dict, got the folder '{source}'"
+            )
         overrides = {**ARCHITECTURES[arch], "num_classes": num_classes}
         return build_pretrained(cls, ResNetConfig, source, overrides, TORCHVISION_KEYS, "ResNet.from_torchvision")
 

@@ -57,7 +57,8 @@ class ScaledDotProductAttention(Leaf, Ternary, ParamFree, NonLinear, Matrix):
     def _repeat_kv(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         heads, kv_heads = q.shape[-3], k.shape[-3]
         if checks_enabled() and (heads % kv_heads or v.shape[-3] != kv_heads):
-            raise ModifyValueError(self, f"query heads must be a multiple of key/value heads, got {describe((q, k, v))}")
+            detail = f"query heads must be a multiple of key/value heads, got {describe((q, k, v))}"
+            raise ModifyValueError(self, detail)
         groups = heads // kv_heads
         return k.repeat_interleave(groups, dim=-3), v.repeat_interleave(groups, dim=-3)
 

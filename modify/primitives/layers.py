@@ -152,7 +152,8 @@ class _ConvNd(Leaf, Unary, Param, LinearTrait):
 
     def _conv(self, x: torch.Tensor) -> torch.Tensor:
         x = expect_tensor(self, x)
-        if checks_enabled() and (x.dim() < self.spatial_dims + 1 or x.shape[-self.spatial_dims - 1] != self.in_channels):
+        channel_axis = -self.spatial_dims - 1
+        if checks_enabled() and (x.dim() < self.spatial_dims + 1 or x.shape[channel_axis] != self.in_channels):
             raise ModifyValueError(
                 self, f"expected (N, {self.in_channels}, ...) with {self.spatial_dims} spatial dims, got {describe(x)}"
             )

@@ -283,9 +283,9 @@ class _BatchNorm(Leaf, Unary, ParamFree, NonLinear):
     def forward(self, x):
         x = expect_tensor(self, x)
         if checks_enabled() and (x.dim() not in self.input_dims or x.shape[1] != self.num_features):
-            raise ModifyValueError(
-                self, f"expected {' or '.join(f'{d}-d' for d in self.input_dims)} input with {self.num_features} channels at axis 1, got {describe(x)}"
-            )
+            dims = " or ".join(f"{d}-d" for d in self.input_dims)
+            detail = f"expected {dims} input with {self.num_features} channels at axis 1, got {describe(x)}"
+            raise ModifyValueError(self, detail)
         use_batch_stats = self.training or not self.track_running_stats
         momentum = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats:
@@ -304,7 +304,8 @@ class _BatchNorm(Leaf, Unary, ParamFree, NonLinear):
         )
 
     def extra_repr(self) -> str:
-        return f"{self.num_features}, eps={self.eps:g}, momentum={self.momentum}, track_running_stats={self.track_running_stats}"
+        stats = f"track_running_stats={self.track_running_stats}"
+        return f"{self.num_features}, eps={self.eps:g}, momentum={self.momentum}, {stats}"
 
 
 class BatchNorm1d(_BatchNorm):

@@ -73,9 +73,8 @@ class AvgPool2d(Leaf, Unary, ParamFree, Linear, Reduction, Matrix):
 
     def forward(self, x):
         x = expect_tensor(self, x)
-        return F.avg_pool2d(
-            x, self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad, self.divisor_override
-        )
+        pool = (self.kernel_size, self.stride, self.padding)
+        return F.avg_pool2d(x, *pool, self.ceil_mode, self.count_include_pad, self.divisor_override)
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"

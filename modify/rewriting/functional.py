@@ -13,40 +13,63 @@ def _listing(names: list[str]) -> str:
     return shown + (f" and {len(names) - _MAX_LISTED} more" if len(names) > _MAX_LISTED else "")
 
 
-def _groups(named: list[tuple[str, torch.Tensor]]) -> dict[str, list[str]]:
-    """Name -> every name of the same tensor (tied weights), for the tied names only."""
+def _tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Every parameter and buffer name (tied names included) in one walk over the modules."""
+    parameters: dict[str, torch.Tensor] = {}
+    buffers: dict[str, torch.Tensor] = {}
+    for path, module in model.named_modules(remove_duplicate=False):
+        prefix = f"{path}." if path else ""
+        for name, tensor in module._parameters.items():
+            if tensor is not None:
+                parameters[prefix + name] = tensor
+        for name, tensor in module._buffers.items():
+            if tensor is not None:
+                buffers[prefix + name] = tensor
+    return parameters, buffers
+
+
+def _tied(reference: dict[str, torch.Tensor]) -> dict[str, list[str]]:
+    """Name -> every name of the same tensor, for tied names only."""
     by_tensor: dict[int, list[str]] = {}
-    for name, tensor in named:
+    for name, tensor in reference.items():
         by_tensor.setdefault(id(tensor), []).append(name)
     return {name: names for names in by_tensor.values() if len(names) > 1 for name in names}
 
 
-def _expand(params: dict, named: list[tuple[str, torch.Tensor]], kind: str, require: bool) -> dict[str, torch.Tensor]:
-    """Check ``params`` against one kind of the model's tensors; give every tied name its value."""
-    reference = dict(named)
-    tied = _groups(named)
-    out: dict[str, torch.Tensor] = {}
-    missing, misshaped = [], []
+def _check(params: dict, reference: dict[str, torch.Tensor], kind: str) -> None:
+    """Every given tensor of this kind is a tensor of the reference's shape."""
+    misshaped = []
     for name, tensor in reference.items():
-        group = tied.get(name, (name,))
-        given = [params[n] for n in group if n in params]
-        if not given:
-            if require and name == group[0]:
-                missing.append(name)
+        if name not in params:
             continue
-        if any(g is not given[0] for g in given[1:]):
-            raise ValueError(f"functional_call: tied {kind}s {_listing(list(group))} were given different tensors")
-        value = given[0]
+        value = params[name]
         if not isinstance(value, torch.Tensor):
             raise TypeError(f"functional_call: params[{name!r}] must be a tensor, got {type(value).__name__}")
-        if value.shape != tensor.shape and name in params:
+        if value.shape != tensor.shape:
             misshaped.append(f"{name!r}: expected {tuple(tensor.shape)}, got {tuple(value.shape)}")
-        out[name] = value
-    if missing:
-        raise ValueError(f"functional_call: missing {kind}s {_listing(missing)} (pass every parameter)")
     if misshaped:
         hint = " (for per-sample parameters, call it under torch.func.vmap)" if kind == "parameter" else ""
         raise ValueError(f"functional_call: mis-shaped {kind}s {'; '.join(misshaped[:_MAX_LISTED])}{hint}")
+
+
+def _untie(params: dict, reference: dict[str, torch.Tensor], kind: str, require: bool) -> dict[str, torch.Tensor]:
+    """Give every name of a tied tensor the value given for one of them; list what is missing."""
+    tied = _tied(reference)
+    out = {name: value for name, value in params.items() if name in reference}
+    missing = []
+    for name in reference.keys() - params.keys():
+        given = [params[n] for n in tied.get(name, ()) if n in params]
+        if given:
+            out[name] = given[0]
+        elif require:
+            missing.append(name)
+    for name in out.keys() & tied.keys():
+        if any(out[n] is not out[name] for n in tied[name]):
+            raise ValueError(f"functional_call: tied {kind}s {_listing(tied[name])} were given different tensors")
+    if missing:
+        order = list(reference)
+        first_names = sorted({min(tied.get(n, [n]), key=order.index) for n in missing}, key=order.index)
+        raise ValueError(f"functional_call: missing {kind}s {_listing(first_names)} (pass every parameter)")
     return out
 
 
@@ -96,15 +119,15 @@ def functional_call(model: nn.Module, params: dict[str, torch.Tensor], x):
         raise TypeError(f"functional_call: model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(params, dict):
         raise TypeError(f"functional_call: params must be a dict of tensors, got {type(params).__name__}")
-    named_parameters = list(model.named_parameters(remove_duplicate=False))
-    named_buffers = list(model.named_buffers(remove_duplicate=False))
-    parameter_names = {name for name, _ in named_parameters}
-    if not parameter_names.issuperset(params):
-        buffer_names = {name for name, _ in named_buffers}
-        unexpected = [name for name in params if name not in parameter_names and name not in buffer_names]
-        if unexpected:
-            raise ValueError(f"functional_call: {type(model).__name__} has no parameter or buffer {_listing(unexpected)}")
-    tensors = _expand(params, named_parameters, "parameter", require=True)
-    if not parameter_names.issuperset(params):
-        tensors.update(_expand(params, named_buffers, "buffer", require=False))
+    parameters, buffers = _tensors(model)
+    _check(params, parameters, "parameter")
+    untied = len(set(map(id, parameters.values()))) == len(parameters)
+    if untied and params.keys() == parameters.keys():  # the common case: every name, nothing else
+        return torch.func.functional_call(model, params, (x,), tie_weights=False)
+    unexpected = [name for name in params if name not in parameters and name not in buffers]
+    if unexpected:
+        raise ValueError(f"functional_call: {type(model).__name__} has no parameter or buffer {_listing(unexpected)}")
+    _check(params, buffers, "buffer")
+    tensors = _untie(params, parameters, "parameter", require=True)
+    tensors.update(_untie(params, buffers, "buffer", require=False))
     return torch.func.functional_call(model, tensors, (x,), tie_weights=False)

@@ -1,0 +1,206 @@
+"""``modify.flat``: a model as one flat parameter vector, for MAML and other functional training.
+
+Follows PyTorch-Reparam-Module (T. Wang): ``flat_param`` is the only parameter, ``param_numel``
+its size, ``f(x, flat_param=theta)`` runs the model on any vector (differentiably, so MAML's
+second-order gradients flow), ``buffers=`` substitutes buffers. Unlike it, the wrapped model is
+not stripped of its parameters: it keeps its ``Parameter`` objects and values, whose storage
+becomes views of ``flat_param``; a substituted forward goes through ``torch.func.functional_call``
+on a parameter-free sibling, so nothing is left changed when it raises; tied weights are stored
+once; mixed dtypes raise a clear error instead of an ``assert``; BatchNorm statistics and
+``torch.func.vmap`` over a batch of flat vectors work.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .._core.checks import typechecked
+from ..combinators import Combinator
+from .clone import describe_dtypes, shallow_copy, unique_parameters
+from .walk import transform
+
+
+def _stateless(module: nn.Module, made: dict[int, nn.Module]) -> nn.Module:
+    """A sibling of ``module`` (children included) with no registered parameters."""
+    if id(module) not in made:
+        clone = shallow_copy(module)
+        clone.__dict__["_parameters"] = {n: p for n, p in module._parameters.items() if p is None}
+        clone.__dict__["_modules"] = {
+            n: None if c is None else _stateless(c, made) for n, c in module._modules.items()
+        }
+        made[id(module)] = clone
+    return made[id(module)]
+
+
+def _without_own_parameters(combinator: nn.Module) -> nn.Module:
+    """A combinator subclass holding parameters of its own gets a copy without them."""
+    if all(p is None for p in combinator._parameters.values()):
+        return combinator
+    copy = shallow_copy(combinator)
+    copy.__dict__["_parameters"] = {n: p for n, p in combinator._parameters.items() if p is None}
+    return copy
+
+
+def _check_uniform(groups: list[tuple[list[str], nn.Parameter]]) -> None:
+    if not groups:
+        raise ValueError("flat: the model has no parameters to flatten")
+    if len({p.dtype for _, p in groups}) > 1:
+        raise ValueError(f"flat: all parameters must share one dtype to live in one vector; got {describe_dtypes(groups)}")
+    devices = {p.device for _, p in groups}
+    if len(devices) > 1:
+        raise ValueError(f"flat: all parameters must be on one device; got {sorted(map(str, devices))}")
+
+
+class FlatParam(nn.Module):
+    """``model`` reparametrised by one vector ``flat_param`` (all parameters, tied ones once).
+
+    Called as ``f(x, flat_param=None, buffers=None)``: the model's forward on ``x`` with its
+    parameters read from ``flat_param`` (default: ``f.flat_param``) and, optionally, some buffers
+    replaced. Any vector of the right size and dtype may be passed, including a non-leaf one
+    (``theta - lr * grad``), so gradients of any order reach it.
+
+    ``model`` keeps its ``Parameter`` objects and their values, but their storage becomes views of
+    ``flat_param``: an optimizer step on either side is seen by the other. A later ``.to()`` (or
+    ``.double()``, ``.cuda()``...) on either ends that sharing (each side then has its own
+    storage). ``f.module`` is a sibling of ``model`` without registered parameters (shown with
+    detached views of ``flat_param``); its buffers start shared with ``model``'s and its
+    train/eval mode is its own. A substituted forward leaves ``state_dict()`` unchanged and
+    restores everything even when it raises.
+
+    BatchNorm: in training mode the running statistics in use are updated in place, i.e.
+    ``model``'s own (shared) unless ``buffers=`` gives others; under ``torch.func.vmap`` pass
+    batched ``buffers=`` or use eval mode, as for ``torch.func.functional_call``.
+
+    Args:
+        model: the module to flatten; its parameters must share one dtype and device.
+
+    Shape:
+        ``flat_param``: ``(param_numel,)``; under ``torch.func.vmap`` a batch ``(B, param_numel)``
+        of vectors, one per sample.
+
+    Attributes:
+        flat_param: the only parameter, ``(param_numel,)``, initialised with the model's values.
+        param_numel: the number of distinct parameter elements (tied weights counted once).
+        module: the parameter-free sibling the forward runs.
+
+    Raises:
+        ValueError: a model without parameters, or with mixed dtypes or devices; on a call, a
+            ``flat_param`` of the wrong size or dtype, unknown or mis-shaped ``buffers``.
+        TypeError: ``flat_param`` or ``buffers`` of the wrong kind.
+
+    Example:
+        >>> import torch, modify
+        >>> net = modify.Sequential(modify.Linear(2, 3), modify.Tanh(), modify.Linear(3, 1))
+        >>> f = modify.flat(net)
+        >>> f.param_numel, tuple(f.parameters()) == (f.flat_param,)
+        (13, True)
+        >>> x = torch.randn(4, 2)
+        >>> torch.equal(f(x), net(x))
+        True
+        >>> theta = f.flat_param
+        >>> loss = f(x).square().sum()
+        >>> g, = torch.autograd.grad(loss, theta, create_graph=True)
+        >>> f(x, flat_param=theta - 0.1 * g).square().sum().backward()   # second order
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        groups = unique_parameters(model)
+        _check_uniform(groups)
+        flat = torch.cat([p.detach().reshape(-1) for _, p in groups])
+        self.flat_param = nn.Parameter(flat, requires_grad=any(p.requires_grad for _, p in groups))
+        self._names = tuple(tuple(names) for names, _ in groups)
+        self._shapes = tuple(p.shape for _, p in groups)
+        self._numels = tuple(p.numel() for _, p in groups)
+        self.param_numel = flat.numel()
+        with torch.no_grad():
+            for (_, p), view in zip(groups, self._views(self.flat_param.data)):
+                p.data = view
+        made: dict[int, nn.Module] = {}
+        self.module = transform(
+            model,
+            pre=lambda path, m: None if isinstance(m, Combinator) else _stateless(m, made),
+            post=lambda path, original, new: _without_own_parameters(new),
+        )
+        self._refresh_views()
+
+    def _views(self, theta: torch.Tensor) -> list[torch.Tensor]:
+        return [piece.view(shape) for piece, shape in zip(torch.split(theta, self._numels), self._shapes)]
+
+    def _refresh_views(self) -> None:
+        """Show detached views of ``flat_param`` as the sibling's plain (unregistered) attributes."""
+        for names, view in zip(self._names, self._views(self.flat_param.detach())):
+            for name in names:
+                path, _, attr = name.rpartition(".")
+                self.module.get_submodule(path).__dict__[attr] = view
+
+    def _apply(self, fn, recurse: bool = True):
+        super()._apply(fn, recurse)
+        self._refresh_views()
+        return self
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._refresh_views()
+
+    def forward(self, x, flat_param: torch.Tensor | None = None, buffers: dict[str, torch.Tensor] | None = None):
+        theta = self.flat_param if flat_param is None else self._checked(flat_param)
+        tensors = {name: view for names, view in zip(self._names, self._views(theta)) for name in names}
+        if buffers is not None:
+            tensors.update(self._checked_buffers(buffers))
+        return torch.func.functional_call(self.module, tensors, (x,), tie_weights=False)
+
+    def _checked(self, theta: object) -> torch.Tensor:
+        if not isinstance(theta, torch.Tensor):
+            raise TypeError(f"FlatParam: flat_param must be a tensor, got {type(theta).__name__}")
+        if theta.shape != (self.param_numel,):
+            raise ValueError(
+                f"FlatParam: flat_param must have shape ({self.param_numel},), got {tuple(theta.shape)} "
+                "(for a batch of vectors, call it under torch.func.vmap)"
+            )
+        if theta.dtype != self.flat_param.dtype:
+            raise ValueError(f"FlatParam: flat_param must be {self.flat_param.dtype}, got {theta.dtype}")
+        return theta
+
+    def _checked_buffers(self, buffers: object) -> dict[str, torch.Tensor]:
+        if not isinstance(buffers, dict):
+            raise TypeError(f"FlatParam: buffers must be a dict of tensors, got {type(buffers).__name__}")
+        own = dict(self.module.named_buffers(remove_duplicate=False))
+        unknown = [name for name in buffers if name not in own]
+        if unknown:
+            raise ValueError(f"FlatParam: the model has no buffers {unknown}; it has {list(own)}")
+        for name, value in buffers.items():
+            if not isinstance(value, torch.Tensor) or value.shape != own[name].shape:
+                got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                raise ValueError(f"FlatParam: buffer {name!r} must have shape {tuple(own[name].shape)}, got {got}")
+        return buffers
+
+    def extra_repr(self) -> str:
+        return f"param_numel={self.param_numel}, dtype={self.flat_param.dtype}"
+
+
+@typechecked
+def flat(model: nn.Module) -> FlatParam:
+    """``FlatParam(model)``: the model reparametrised by one flat vector; see :class:`FlatParam`.
+
+    Args:
+        model: any module whose parameters share a dtype and device. The one rewriter that
+            touches its input: only where the parameters' data live (now in ``flat_param``).
+
+    Returns:
+        The :class:`FlatParam` module.
+
+    Example:
+        >>> import torch, modify
+        >>> net = modify.Linear(3, 2)
+        >>> f = modify.flat(net)
+        >>> thetas = torch.randn(5, f.param_numel)               # five parameter vectors
+        >>> torch.func.vmap(lambda t: f(torch.ones(3), flat_param=t))(thetas).shape
+        torch.Size([5, 2])
+        >>> with torch.no_grad():
+        ...     _ = f.flat_param.zero_()
+        >>> net.weight.abs().sum().item()                       # the model's storage is flat_param's
+        0.0
+    """
+    return FlatParam(model)

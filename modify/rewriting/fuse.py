@@ -1,0 +1,150 @@
+"""``modify.fuse``: a sibling for eager speed, adjacent pairs of leaves computed in one call.
+
+Pairs are found inside each plain ``Sequential`` by the classes of two neighbouring children, on
+the one tree walk (:func:`modify.rewriting.walk.transform`, whose ``post`` step sees a
+``Sequential`` after its children are done). The fused leaf takes the name of the child that
+holds the parameters and holds the very same parameter objects, so ``state_dict()`` keys and
+parameter identities are unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+from .._core.checks import typechecked
+from ..combinators import Sequential
+from ..primitives.activations import Dropout
+from ..primitives.arithmetic import Scale
+from ..primitives.layers import Linear
+from ..primitives.norms import ElementwiseAffine, GroupNorm, LayerNorm, RMSNorm
+from ..primitives.structure import Identity
+from .fused import AffineGroupNorm, AffineLayerNorm, AffineRMSNorm, ScaledLinear
+from .lora import LoRA
+from .walk import transform
+
+
+def _trailing(norm: nn.Module, affine: ElementwiseAffine) -> bool:
+    """The affine covers exactly the norm's trailing axes."""
+    return affine.dim == -1 and affine.shape == norm.normalized_shape
+
+
+def _channels(norm: GroupNorm, affine: ElementwiseAffine) -> bool:
+    return affine.dim == 1 and affine.shape == (norm.num_channels,)
+
+
+def _always(first: nn.Module, second: nn.Module) -> bool:
+    return True
+
+
+def _rescaled(linear: ScaledLinear, scale: Scale) -> ScaledLinear:
+    fused = ScaledLinear.from_pair(linear, scale)
+    fused.c = linear.c * scale.c
+    return fused
+
+
+FIRST, SECOND = 0, 1
+
+# (first class, second class, fits, build, which child's name the fused leaf takes)
+Rule = tuple[type, type, Callable[[nn.Module, nn.Module], bool], Callable[[nn.Module, nn.Module], nn.Module], int]
+RULES: tuple[Rule, ...] = (
+    (LayerNorm, ElementwiseAffine, _trailing, AffineLayerNorm.from_pair, SECOND),
+    (RMSNorm, ElementwiseAffine, _trailing, AffineRMSNorm.from_pair, SECOND),
+    (GroupNorm, ElementwiseAffine, _channels, AffineGroupNorm.from_pair, SECOND),
+    (Linear, Scale, _always, ScaledLinear.from_pair, FIRST),
+    (ScaledLinear, Scale, _always, _rescaled, FIRST),
+    (Scale, Scale, _always, lambda a, b: Scale(a.c * b.c), FIRST),
+)
+
+
+def _is_identity(module: nn.Module) -> bool:
+    """Leaves that return their input as is, in every mode."""
+    return type(module) is Identity or (type(module) is Dropout and module.p == 0.0)
+
+
+def _fuse_pair(first: tuple[str, nn.Module], second: tuple[str, nn.Module]) -> tuple[str, nn.Module] | None:
+    for first_cls, second_cls, fits, build, keep in RULES:
+        a, b = first[1], second[1]
+        if type(a) is first_cls and type(b) is second_cls and fits(a, b):
+            return ((first, second)[keep][0], build(a, b))
+    return None
+
+
+def _fused_children(children: dict[str, nn.Module]) -> list[tuple[str, nn.Module]]:
+    """The children with identities dropped and fusable neighbours merged, left to right."""
+    out: list[tuple[str, nn.Module]] = []
+    for item in children.items():
+        if _is_identity(item[1]):
+            continue
+        fused = _fuse_pair(out[-1], item) if out else None
+        if fused is None:
+            out.append(item)
+        else:
+            out[-1] = fused
+    return out
+
+
+@typechecked
+def fuse(model: nn.Module) -> nn.Module:
+    """A sibling of ``model`` for eager speed: adjacent leaves computed in one call; outputs equal.
+
+    Inside every plain ``Sequential`` (not a subclass such as ``Residual``, ``LoRA`` or a model
+    class, whose shape other code relies on; the inside of a :class:`~modify.LoRA` block is left
+    as is, so ``merge_lora`` still reads it), neighbouring children are merged by these rules:
+
+    | pair | fused leaf | named as |
+    |---|---|---|
+    | ``LayerNorm(s)``, ``ElementwiseAffine(s)`` | ``AffineLayerNorm`` (``F.layer_norm``) | the affine |
+    | ``RMSNorm(s)``, ``ElementwiseAffine(s)`` | ``AffineRMSNorm`` (``F.rms_norm``) | the affine |
+    | ``GroupNorm(G, C)``, ``ElementwiseAffine(C, dim=1)`` | ``AffineGroupNorm`` (``F.group_norm``) | the affine |
+    | ``Linear``, ``Scale(c)`` | ``ScaledLinear`` (output scaled in place) | the Linear |
+    | ``Scale(a)``, ``Scale(b)`` | ``Scale(a * b)`` | the first |
+
+    (the affine must cover exactly the normalised axes), and ``Identity`` / ``Dropout(p=0)``
+    children are dropped. Chains fuse left to right. A ``BatchNorm`` keeps its separate affine:
+    its buffers and the affine's parameters live at two paths, which one leaf cannot keep.
+
+    **State dict.** The fused leaf takes the name of the child that held the parameters and holds
+    the same parameter objects under the same names; only parameter-free children disappear. So
+    ``fuse(m).state_dict()`` has exactly ``m.state_dict()``'s keys and tensors, each loads into
+    the other, and training the fused sibling trains ``m``'s parameters.
+
+    Args:
+        model: the model to fuse; left unchanged (its structure, parameters and outputs).
+
+    Returns:
+        The fused sibling (``model`` itself when nothing fuses). Outputs equal ``model``'s up to
+        floating-point rounding (one kernel rounds differently from two).
+
+    Example:
+        >>> import torch, modify
+        >>> mlp = modify.Sequential(
+        ...     modify.LayerNorm(8), modify.ElementwiseAffine(8), modify.Linear(8, 8), modify.Scale(0.5))
+        >>> fused = modify.fuse(mlp)
+        >>> fused
+        Sequential(
+          (1): AffineLayerNorm((8,), eps=1e-05, bias=True)
+          (2): ScaledLinear(in_features=8, out_features=8, c=0.5, bias=True)
+        )
+        >>> list(fused.state_dict()) == list(mlp.state_dict()), fused[0].weight is mlp[1].weight
+        (True, True)
+        >>> x = torch.randn(3, 8)
+        >>> torch.allclose(fused(x), mlp(x), atol=1e-6)
+        True
+    """
+    done: dict[int, tuple[nn.Module, nn.Module]] = {}
+
+    def keep_lora(path: str, module: nn.Module) -> nn.Module | None:
+        return module if isinstance(module, LoRA) else None
+
+    def fuse_sequence(path: str, original: nn.Module, new: nn.Module) -> nn.Module:
+        if type(new) is not Sequential:
+            return new
+        if id(new) not in done:  # a Sequential placed twice is fused once, and stays shared
+            children = _fused_children(new._modules)
+            unchanged = children == list(new._modules.items())
+            done[id(new)] = (new, new if unchanged else Sequential(**dict(children)))
+        return done[id(new)][1]
+
+    return transform(model, keep_lora, fuse_sequence)
