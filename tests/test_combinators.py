@@ -226,11 +226,3 @@ def test_leaves_refuse_submodules():
     with pytest.raises(TypeError, match="leaf"):
         leaf.register_module("inner", nn.ReLU())
 
-
-def test_compiled_model_matches_eager(gen):
-    model = modify.Sequential(
-        modify.Linear(4, 4), modify.Residual(modify.Sequential(modify.ReLU(), modify.Linear(4, 4)))
-    )
-    x = torch.randn(2, 4, generator=gen)
-    compiled = torch.compile(model, backend="eager", fullgraph=True)
-    assert_close(compiled(x), model(x))

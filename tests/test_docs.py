@@ -13,6 +13,7 @@ page and the line inside it (``File "docs/how-to/lora.md", line 42``).
 from __future__ import annotations
 
 import contextlib
+import difflib
 import importlib
 import importlib.util
 import inspect
@@ -119,10 +120,11 @@ def run_page(page: Path) -> int:
                 exec(code, namespace)
         except Exception:
             raise AssertionError(f"{where} raised:\n{traceback.format_exc()}") from None
-        if block.expected is not None and _normalise(out.getvalue()) != _normalise(block.expected):
-            raise AssertionError(
-                f"{where} printed\n{out.getvalue()}\nbut the page shows\n{block.expected}"
-            )
+        printed, shown = _normalise(out.getvalue()), _normalise(block.expected or "")
+        if block.expected is not None and printed != shown:
+            lines = difflib.unified_diff(shown.splitlines(), printed.splitlines(), "page", "printed", lineterm="")
+            diff = "\n".join(lines)
+            raise AssertionError(f"{where} printed\n{printed}\nbut the page shows\n{shown}\n\n{diff}")
         ran += 1
     return ran
 
@@ -141,12 +143,17 @@ def test_page_snippets_run(page: Path, tmp_path: Path, monkeypatch: pytest.Monke
 
 @contextlib.contextmanager
 def _restore_torch_state():
+    """Undo what a page may leave behind: default dtype, threads, compiled graphs, a process group."""
     dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
     try:
         yield
     finally:
         torch.set_default_dtype(dtype)
         torch.set_num_threads(threads)
+        if "torch._dynamo" in sys.modules:
+            torch._dynamo.reset()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 def test_every_page_is_checked() -> None:
@@ -161,7 +168,8 @@ def test_harness_compares_output_and_names_the_line(tmp_path: Path) -> None:
     page = tmp_path / "page.md"
     page.write_text(
         "# t\n\n```python\nx = 2\nprint(x)\n```\n\n```text\n2\n```\n\n"
-        '```python title="Not executed: demo"\nraise SystemExit\n```\n\n```python\nprint(x + 1)\n```\n\n```text\n4\n```\n'
+        '```python title="Not executed: demo"\nraise SystemExit\n```\n\n'
+        "```python\nprint(x + 1)\n```\n\n```text\n4\n```\n"
     )
     with pytest.raises(AssertionError, match=r"(?s)block 3 of 3 \(line 17\) printed\n3\n.*shows\n4"):
         run_page(page)

@@ -134,8 +134,6 @@ def test_trait_queries_find_the_attention_and_mlp_layers():
 
 
 def test_lora_sibling_equals_base_at_init(ids):
-    if "lora" not in modify.rewriting.__all__:
-        pytest.skip("modify.lora is not implemented yet")
     gpt = GPT(GPTConfig(**OURS)).eval()
     before = state_snapshot(gpt)
     adapted = modify.lora(gpt, rank=4, where=(modify.Linear, "*.attn.*"))

@@ -165,8 +165,6 @@ def test_trait_queries_find_blocks_projections_and_norms():
 
 
 def test_lora_sibling_equals_base_at_init(images):
-    if "lora" not in modify.rewriting.__all__:
-        pytest.skip("modify.lora is not implemented yet")
     resnet = ResNet(ResNetConfig(**VARIANTS["basic"], num_classes=5)).eval()
     before = state_snapshot(resnet)
     adapted = modify.lora(resnet, rank=2)

@@ -27,7 +27,8 @@ LEAVES = [
 
 
 def _residual(children: list[nn.Module]) -> nn.Module:
-    return modify.Sequential(modify.Copy(2), modify.Parallel(children[0], modify.Sequential(*children[1:])), modify.Add())
+    branch = modify.Sequential(*children[1:])
+    return modify.Sequential(modify.Copy(2), modify.Parallel(children[0], branch), modify.Add())
 
 
 def _shared(children: list[nn.Module]) -> nn.Module:
@@ -51,7 +52,11 @@ CRITERIA = [
     (lambda path, m: path.count(".") == 1,),
     ("*1",),
 ]
-REPLACEMENTS = [lambda m: modify.Identity(), lambda m: modify.Scale(2.0), lambda m: modify.Sequential(m, modify.Identity())]
+REPLACEMENTS = [
+    lambda m: modify.Identity(),
+    lambda m: modify.Scale(2.0),
+    lambda m: modify.Sequential(m, modify.Identity()),
+]
 
 
 def snapshot(model: nn.Module, x: torch.Tensor):

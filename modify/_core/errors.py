@@ -80,11 +80,27 @@ def _rebuild_error(cls: type, module_name: str, detail: str, path: list[str]) ->
 
 
 class ModifyValueError(ModifyError, ValueError):
-    """A value of the right kind but the wrong size: tuple length, tensor shape."""
+    """A value of the right kind but the wrong size: tuple length, tensor shape.
+
+    Example:
+        >>> import torch, modify
+        >>> modify.Sequential(proj=modify.Linear(4, 2))(torch.zeros(3, 5))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        modify._core.errors.ModifyValueError: Linear at 'proj' expected last dimension 4, got a tensor of shape ...
+    """
 
 
 class ModifyTypeError(ModifyError, TypeError):
-    """A value of the wrong kind: a tensor where a tuple was expected, or the reverse."""
+    """A value of the wrong kind: a tensor where a tuple was expected, or the reverse.
+
+    Example:
+        >>> import torch, modify
+        >>> modify.Sequential(act=modify.ReLU())((torch.zeros(1), torch.zeros(1)))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        modify._core.errors.ModifyTypeError: ReLU at 'act' expected a tensor, got a tuple of 2 values ...
+    """
 
 
 def annotate(error: BaseException, child_name: str, child: torch.nn.Module) -> None:

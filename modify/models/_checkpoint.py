@@ -202,6 +202,8 @@ def _as_state_dict(loaded: object, owner: str, what: str) -> dict[str, torch.Ten
 def load_checkpoint(model: torch.nn.Module, state: Mapping[str, torch.Tensor], keys: KeyFormat, owner: str) -> None:
     """Copy ``state`` (reference key names) into ``model``'s parameters and buffers, in place.
 
+    Values are converted to the model's dtypes (a bfloat16 checkpoint fills a float32 model).
+
     Tied parameters (one ``Parameter`` object under several ``state_dict`` keys, such as GPT's
     ``lm_head.weight`` and token embedding) are one target: the checkpoint must hold at least
     one of their reference keys, and if it holds several their values must be equal.
@@ -281,7 +283,6 @@ def require(condition: bool, owner: str, message: str) -> None:
     """Raise ``ValueError(f"{owner}: {message}")`` unless ``condition``: unsupported config values."""
     if not condition:
         raise ValueError(f"{owner}: {message}")
-
 
 
 def build_pretrained(

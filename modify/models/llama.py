@@ -295,10 +295,10 @@ def _config_from_hf(hf: dict[str, Any], owner: str) -> dict[str, Any]:
     """``LlamaConfig`` fields from a Hugging Face ``config.json`` (transformers 4 or 5 layout)."""
     activation = hf_value(hf, "hidden_act", "silu")
     require(activation == "silu", owner, f"hidden_act {activation!r} is not supported (only 'silu')")
-    rope = {**(hf.get("rope_scaling") or {}), **(hf.get("rope_parameters") or {})}
+    rope = {**(hf.get("rope_scaling") or {}), **(hf.get("rope_parameters") or {})}  # 4.x, 5.x layouts
     require(rope.get("partial_rotary_factor", 1.0) == 1.0, owner, "partial rotary embeddings are not supported")
-    theta = hf.get("rope_theta") or rope.pop("rope_theta", None) or 10000.0
-    rope.pop("rope_theta", None)
+    theta_in_rope = rope.pop("rope_theta", None)
+    theta = hf.get("rope_theta") or theta_in_rope or 10000.0
     scaling = rope if rope.get("rope_type", rope.get("type", "default")) != "default" else None
     names = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
     names += ("num_key_value_heads", "rms_norm_eps", "max_position_embeddings", "tie_word_embeddings")

@@ -45,4 +45,5 @@ def describe_dtypes(groups: list[tuple[list[str], torch.Tensor]]) -> str:
     by_dtype: dict[torch.dtype, list[str]] = {}
     for names, tensor in groups:
         by_dtype.setdefault(tensor.dtype, []).append(names[0])
-    return "; ".join(f"{dtype}: {', '.join(names[:4])}{' ...' if len(names) > 4 else ''}" for dtype, names in by_dtype.items())
+    parts = [f"{dtype}: {', '.join(names[:4])}{' ...' if len(names) > 4 else ''}" for dtype, names in by_dtype.items()]
+    return "; ".join(parts)

@@ -46,7 +46,7 @@ def _check_uniform(groups: list[tuple[list[str], nn.Parameter]]) -> None:
     if not groups:
         raise ValueError("flat: the model has no parameters to flatten")
     if len({p.dtype for _, p in groups}) > 1:
-        raise ValueError(f"flat: all parameters must share one dtype to live in one vector; got {describe_dtypes(groups)}")
+        raise ValueError(f"flat: all parameters must share one dtype to fit one vector; got {describe_dtypes(groups)}")
     devices = {p.device for _, p in groups}
     if len(devices) > 1:
         raise ValueError(f"flat: all parameters must be on one device; got {sorted(map(str, devices))}")
@@ -104,6 +104,7 @@ class FlatParam(nn.Module):
         >>> f(x, flat_param=theta - 0.1 * g).square().sum().backward()   # second order
     """
 
+    @typechecked
     def __init__(self, model: nn.Module):
         super().__init__()
         groups = unique_parameters(model)

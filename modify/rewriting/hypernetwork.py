@@ -66,7 +66,7 @@ class HyperNetwork(nn.Module):
             raise ValueError(f"HyperNetwork: target {type(target).__name__} has no parameters to predict")
         sizes = [input_dim, *hidden_sizes]
         if min(sizes) < 1:
-            raise ValueError(f"HyperNetwork: sizes must be positive, got input_dim={input_dim}, hidden_sizes={hidden_sizes}")
+            raise ValueError(f"HyperNetwork: sizes must be positive, got {input_dim=}, {hidden_sizes=}")
         place = {"device": named[0][1].device, "dtype": named[0][1].dtype}
         self.input_dim = input_dim
         self.param_shapes = {name: p.shape for name, p in named}

@@ -58,6 +58,7 @@ class _Mutable(nn.Module):
     """Mixin of mutable siblings: parameter names read and write slots."""
 
     _slots: dict[str, _Slot]
+    _mutable_base: type = nn.Module
 
     def __getattr__(self, name: str):
         # ``_parameters`` first: ``torch.func.functional_call`` swaps tensors in there
@@ -143,7 +144,7 @@ class _Mutable(nn.Module):
             self.__dict__["_parameters"] = saved
 
     def __reduce_ex__(self, protocol: object) -> tuple:
-        base = type(self).__mro__[2]
+        base = type(self)._mutable_base
         opaque = issubclass(base, Opaque)
         return (_new_mutable, (base._opaque_base if opaque else base, opaque), self.__dict__)
 
@@ -169,7 +170,10 @@ _mutable_classes: dict[type, type] = {}
 def _mutable_class(base: type) -> type:
     cls = _mutable_classes.get(base)
     if cls is None:
-        namespace = {"__module__": base.__module__, "__doc__": base.__doc__, "__qualname__": base.__qualname__}
+        namespace = {
+            "__module__": base.__module__, "__doc__": base.__doc__, "__qualname__": base.__qualname__,
+            "_mutable_base": base,
+        }
         cls = type(base.__name__, (_Mutable, base), namespace)
         _mutable_classes[base] = cls
     return cls
@@ -185,7 +189,8 @@ def _sibling(module: nn.Module, slots: dict[int, _Slot], made: dict[int, nn.Modu
         return made[id(module)]
     clone = shallow_copy(module, _mutable_class(type(module)))
     made[id(module)] = clone
-    clone.__dict__["_modules"] = {n: None if c is None else _sibling(c, slots, made) for n, c in module._modules.items()}
+    children = module._modules.items()
+    clone.__dict__["_modules"] = {n: None if c is None else _sibling(c, slots, made) for n, c in children}
     clone.__dict__["_order"] = tuple(module._parameters)
     clone.__dict__["_slots"] = {}
     for name, parameter in module._parameters.items():

@@ -58,6 +58,19 @@ def transform(root: nn.Module, pre: Pre | None = None, post: Post | None = None)
 
     Returns:
         The new root.
+
+    Example:
+        >>> import modify
+        >>> from modify.rewriting.walk import transform
+        >>> net = modify.Sequential(modify.Scale(2.0), modify.Scale(3.0), modify.Residual(modify.ReLU()))
+        >>> def fold_scales(path, original, new):   # post: rebuild a Sequential's children
+        ...     children = list(new) if type(new) is modify.Sequential else []
+        ...     if len(children) < 2 or not all(isinstance(m, modify.Scale) for m in children[:2]):
+        ...         return new
+        ...     return modify.Sequential(modify.Scale(children[0].c * children[1].c), *children[2:])
+        >>> folded = transform(net, post=fold_scales)
+        >>> folded[0].c, folded[1] is net[2]
+        (6.0, True)
     """
     rebuilt: dict[tuple[int, ...], nn.Module] = {}
 
@@ -244,8 +257,7 @@ class Selection(list):
         enclosing = _enclosing_paths(selected)
 
         def pre(path: str, module: nn.Module) -> None:
-            if selected.get(path) is not module:
-                _check_reachable(path, module, selected, enclosing)
+            _check_reachable(path, module, selected, enclosing)  # selected or not: its inside is kept
 
         def post(path: str, original: nn.Module, new: nn.Module) -> nn.Module:
             if selected.get(path) is not original:
