@@ -35,5 +35,11 @@ demo: $(VENV)/.examples
 bench: $(VENV)/.all
 	$(VENV)/bin/python -m benchmarks
 
-docs: $(VENV)/.all
-	$(VENV)/bin/mkdocs build --strict
+$(VENV)/.docs: $(VENV)/bin/python setup.cfg constraints.txt
+	$(PIP) torch==2.13.0
+	$(PIP) -e ".[docs]"
+	touch $@
+
+# The site, built offline into site/; NO_MKDOCS_2_WARNING silences Material's banner (not a warning).
+docs: $(VENV)/.docs
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict

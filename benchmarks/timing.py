@@ -20,18 +20,25 @@ import torch
 
 @dataclass
 class Timing:
-    """Median seconds per call of each side, and the median per-round ratio of each side to the first."""
+    """Seconds per call of each side in each round (``rounds[name][r]``)."""
 
-    seconds: dict[str, float]
-    ratios: dict[str, float]
+    rounds: dict[str, list[float]]
+
+    def seconds(self, name: str) -> float:
+        """Median seconds per call of one side."""
+        return statistics.median(self.rounds[name])
+
+    def ratio(self, name: str, baseline: str) -> float:
+        """Median over rounds of ``name``'s time over ``baseline``'s time in the same round."""
+        return statistics.median(a / b for a, b in zip(self.rounds[name], self.rounds[baseline]))
 
 
 def compare(sides: dict[str, Callable[[], object]], rounds: int, number: int, warmup: int = 2) -> Timing:
     """Time each callable ``number`` times per round for ``rounds`` rounds, interleaved.
 
     Args:
-        sides: name -> zero-argument callable; the first is the baseline of the ratios.
-        rounds: rounds (each gives one ratio per side).
+        sides: name -> zero-argument callable.
+        rounds: rounds (each gives one ratio per pair of sides).
         number: calls per side per round (their mean is the round's time).
         warmup: untimed calls of each side first.
 
@@ -44,18 +51,13 @@ def compare(sides: dict[str, Callable[[], object]], rounds: int, number: int, wa
             sides[name]()
     per_round: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
-        order = names if r % 2 == 0 else names[::-1]
-        for name in order:
+        for name in names if r % 2 == 0 else names[::-1]:
             fn = sides[name]
             start = time.perf_counter()
             for _ in range(number):
                 fn()
             per_round[name].append((time.perf_counter() - start) / number)
-    base = per_round[names[0]]
-    return Timing(
-        seconds={n: statistics.median(t) for n, t in per_round.items()},
-        ratios={n: statistics.median(t / b for t, b in zip(per_round[n], base)) for n in names},
-    )
+    return Timing(per_round)
 
 
 def table(headers: list[str], rows: list[list[object]]) -> str:

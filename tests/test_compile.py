@@ -80,12 +80,12 @@ V, T = 32, 8
 
 
 def gpt() -> nn.Module:
-    return GPT(GPTConfig(block_size=T, vocab_size=V, n_layer=2, n_head=2, n_embd=16))
+    return GPT(GPTConfig(block_size=T, vocab_size=V, n_layer=1, n_head=2, n_embd=16))
 
 
 def llama() -> nn.Module:
     config = LlamaConfig(
-        vocab_size=V, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
+        vocab_size=V, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=16,
     )
     return Llama(config)

@@ -257,7 +257,9 @@ def test_site_builds_strict_without_warnings(tmp_path: Path) -> None:
     log = result.stdout + result.stderr
     assert result.returncode == 0, f"mkdocs build --strict failed:\n{log}"
     assert "WARNING" not in log, log
-    assert (tmp_path / "site" / "index.html").is_file()
+    index = (tmp_path / "site" / "index.html").read_text()
+    remote = re.findall(r'<(?:link|script)[^>]*(?:href|src)="(https?://[^"]*)"', index)
+    assert not remote, f"the site loads assets from the network: {remote}"
 
 
 def test_site_fetches_nothing_from_the_network() -> None:

@@ -221,3 +221,19 @@ def test_works_with_torch_func_functional_call(gen):
     hidden = torch.tanh(F.linear(x, params["0.weight"], params["0.bias"]))
     reference = F.linear(hidden, params["2.weight"], params["2.bias"])
     assert_close(got, reference)
+
+
+def test_torch_save_round_trip_including_wrapped_modules(gen):
+    import io
+
+    mut = modify.mutable(modify.Sequential(modify.Linear(2, 3), nn.Sequential(nn.Linear(3, 3), nn.ReLU())))
+    mut[0].weight = torch.randn(3, 2, generator=gen, requires_grad=True) * 2
+    buffer = io.BytesIO()
+    torch.save(mut, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    x = torch.randn(4, 2, generator=gen)
+    assert torch.equal(loaded(x), mut(x))
+    assert isinstance(loaded[1], nn.Sequential) and modify.mutable(loaded) is loaded
+    loaded[1][0].weight = torch.zeros(3, 3)
+    assert torch.count_nonzero(mut[1][0].weight) > 0

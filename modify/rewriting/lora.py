@@ -150,7 +150,8 @@ def lora(
     adapter parameters are new. Each call makes new adapters, so two calls on one base give two
     independent adapters over one set of base weights. The layers of existing adapters never
     match: on an already adapted model, ``lora`` adapts the base layers again (inside their
-    blocks), so the updates add up. Train the adapters with an optimizer over
+    blocks), so the updates add up. A layer placed at several paths gets one block, placed at each
+    of them (shared, as the layer was). Train the adapters with an optimizer over
     :func:`lora_parameters`; the base model's outputs then stay bit-identical.
 
     Args:

@@ -1,0 +1,109 @@
+"""1. Overhead of the algebra: ``modify.models.GPT`` against a plain-torch GPT-2 of the same size and weights.
+
+Both load one random ``GPT2LMHeadModel`` initialisation; each training step is forward + cross
+entropy + backward, eager (as built, and after :func:`modify.fuse`) and compiled with the default
+inductor backend. Two sizes: a tiny one, where Python overhead shows, and GPT-2-small width
+(768, 12 heads) with 2 layers, a 4096-token vocabulary and a short sequence, to run on 2 cores.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import modify
+from modify.models import GPT
+
+from .reference_gpt import ReferenceConfig, ReferenceGPT
+from .timing import compare, table, us
+
+
+@dataclass
+class Size:
+    name: str
+    n_layer: int
+    n_head: int
+    n_embd: int
+    vocab_size: int
+    batch: int
+    seq: int
+
+    def config(self) -> dict:
+        fields = ("n_layer", "n_head", "n_embd", "vocab_size")
+        return dict(block_size=self.seq, **{f: getattr(self, f) for f in fields})
+
+
+SIZES = (
+    Size("tiny", n_layer=2, n_head=4, n_embd=64, vocab_size=512, batch=4, seq=32),
+    Size("GPT-2 width", n_layer=2, n_head=12, n_embd=768, vocab_size=4096, batch=1, seq=64),
+)
+
+
+def hf_state(size: Size) -> dict[str, torch.Tensor]:
+    """A random ``GPT2LMHeadModel`` state_dict (dropout off), seeded."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(
+        n_positions=size.seq, vocab_size=size.vocab_size, n_layer=size.n_layer, n_head=size.n_head,
+        n_embd=size.n_embd, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0,
+    )
+    return GPT2LMHeadModel(config).state_dict()
+
+
+def models(size: Size) -> tuple[nn.Module, nn.Module]:
+    """The reference and ours, same weights, training mode; outputs checked equal."""
+    state = hf_state(size)
+    reference = ReferenceGPT(ReferenceConfig(**size.config())).load_hf_state_dict(state).train()
+    ours = GPT.from_pretrained(state, **size.config()).train()
+    x = torch.randint(0, size.vocab_size, (size.batch, size.seq))
+    with torch.no_grad():
+        error = (reference(x) - ours(x)).abs().max().item()
+    if error > 1e-4:
+        raise RuntimeError(f"overhead benchmark: modify GPT and the reference differ by {error}")
+    return reference, ours
+
+
+def training_step(model: nn.Module, size: Size):
+    """Forward, cross entropy and backward on a fixed batch (gradients accumulate, as both sides do)."""
+    gen = torch.Generator().manual_seed(1)
+    tokens = torch.randint(0, size.vocab_size, (size.batch, size.seq + 1), generator=gen)
+    x, y = tokens[:, :-1], tokens[:, 1:].reshape(-1)
+
+    def step():
+        F.cross_entropy(model(x).view(-1, size.vocab_size), y).backward()
+
+    return step
+
+
+def run(quick: bool) -> str:
+    rows = []
+    rounds = 5 if quick else 11
+    for size in SIZES:
+        reference, ours = models(size)
+        number = 10 if size.name == "tiny" else 2
+        sides = {"reference": reference, "as built": ours, "fused": modify.fuse(ours)}
+        timing = compare({k: training_step(m, size) for k, m in sides.items()}, rounds, number)
+        for name, target in (("as built", 1.05), ("fused", 1.02)):
+            rows.append(_row(size, f"eager, {name}", timing, name, target))
+        if quick and size.name != "tiny":
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # inductor's own torch.jit use
+            compiled = {k: torch.compile(sides[k]) for k in ("reference", "as built")}
+            timing = compare({k: training_step(m, size) for k, m in compiled.items()}, rounds, number, warmup=3)
+        rows.append(_row(size, "compiled (inductor)", timing, "as built", 1.00))
+    headers = ["size", "modify GPT", "plain torch", "modify", "ratio", "target", "met"]
+    return table(headers, rows)
+
+
+def _row(size: Size, mode: str, timing, name: str, target: float) -> list:
+    ratio = timing.ratio(name, "reference")
+    return [
+        size.name, mode, us(timing.seconds("reference")), us(timing.seconds(name)), f"{ratio:.3f}x", f"<= {target:.2f}x",
+        "yes" if ratio <= target else "no",
+    ]
