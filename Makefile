@@ -29,8 +29,9 @@ $(VENV)/.all: $(VENV)/bin/python setup.cfg constraints.txt
 test: $(VENV)/.test
 	$(VENV)/bin/python -m pytest -q
 
+# Options go through ARGS, e.g. make demo ARGS="--text notes.txt --steps 500" (see --help).
 demo: $(VENV)/.examples
-	$(VENV)/bin/python examples/gpt_lora.py
+	$(VENV)/bin/python examples/gpt_lora.py $(ARGS)
 
 bench: $(VENV)/.all
 	$(VENV)/bin/python -m benchmarks

@@ -70,8 +70,10 @@ def table(headers: list[str], rows: list[list[object]]) -> str:
 
 
 def us(seconds: float) -> str:
-    """Seconds as microseconds or milliseconds, 3 significant digits."""
-    return f"{seconds * 1e6:.3g} µs" if seconds < 1e-3 else f"{seconds * 1e3:.3g} ms"
+    """A duration in µs, ms or s, 3 significant digits."""
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.3g} µs"
+    return f"{seconds * 1e3:.3g} ms" if seconds < 1.0 else f"{seconds:.3g} s"
 
 
 def machine() -> str:

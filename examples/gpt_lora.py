@@ -118,7 +118,7 @@ def embedded_corpora(max_chars: int) -> tuple[str, str]:
     for path in source_files():
         try:
             file_code, docstrings = split_source(path.read_text(encoding="utf-8"))
-        except (SyntaxError, UnicodeDecodeError, ValueError):
+        except (SyntaxError, UnicodeDecodeError, ValueError, RecursionError):
             continue  # e.g. test data with deliberate syntax errors
         code.append(file_code)
         prose.extend(docstrings)
@@ -191,7 +191,7 @@ def has_tokenizer_files(folder: Path) -> bool:
 def as_splits(ids: list[int], cfg: DemoConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids -> (train, held-out) tensors: the held-out part is the corpus's tail."""
     data = torch.tensor(ids, dtype=torch.long)
-    n_val = int(len(data) * cfg.val_fraction)
+    n_val = max(1, int(len(data) * cfg.val_fraction))
     return data[:-n_val], data[-n_val:]
 
 
@@ -217,19 +217,19 @@ def lr_at(step: int, steps: int, peak: float) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def train(module, params: list, data: torch.Tensor, peak_lr: float, cfg: DemoConfig, env: dict, desc: str) -> list[float]:
-    """AdamW on ``params`` only, for ``cfg.steps`` steps; returns the loss of every step."""
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW(groups, lr=peak_lr, betas=(0.9, 0.99))
-    gen = torch.Generator().manual_seed(cfg.seed + 1000 * env["rank"] + len(desc))
+def train(module, params: list, data: torch.Tensor, cfg: DemoConfig, env: dict, *, lr: float, weight_decay: float,
+          seed: int, desc: str) -> list[float]:
+    """AdamW on ``params`` only (decaying matrices, not vectors), for ``cfg.steps`` steps; the loss of every step."""
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.99))
+    gen = torch.Generator().manual_seed(seed + 1000 * env["rank"])  # each process its own batches
     losses = []
     module.train()
     bar = tqdm(range(cfg.steps), desc=desc, disable=not env["main"], dynamic_ncols=True)
     for step in bar:
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, cfg.steps, peak_lr)
+            group["lr"] = lr_at(step, cfg.steps, lr)
         x, y = batch(data, cfg, gen, env["device"])
         loss = lm_loss(module, x, y)
         optimizer.zero_grad(set_to_none=True)
@@ -272,7 +272,9 @@ def fail(message: str):
 
 def parse_args(argv: list[str] | None) -> DemoConfig:
     """``--n-layer 2`` etc. for every ``DemoConfig`` field; ``--compile``/``--ddp`` are switches."""
-    parser = DemoArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = DemoArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     for f in dataclasses.fields(DemoConfig):
         flag, help = "--" + f.name.replace("_", "-"), f.metadata["help"]
         if f.type == "bool":
@@ -280,8 +282,9 @@ def parse_args(argv: list[str] | None) -> DemoConfig:
         elif f.name == "tokenizer":
             parser.add_argument(flag, choices=("auto", "bpe", "bytes"), default=f.default, help=help)
         else:
-            kind = {"int": int, "float": float}.get(f.type, str)
-            parser.add_argument(flag, type=kind, default=f.default, help=help, metavar=f.name.upper())
+            kind, metavar = {"int": (int, "N"), "float": (float, "X")}.get(f.type, (str, "PATH"))
+            metavar = "DEVICE" if f.name == "device" else metavar
+            parser.add_argument(flag, type=kind, default=f.default, help=help, metavar=metavar)
     return DemoConfig(**vars(parser.parse_args(argv)))
 
 
@@ -429,23 +432,32 @@ def run(cfg: DemoConfig, env: dict) -> None:
     base = base.to(env["device"])
     splits = tokenize(corpora, tokenizer, base.config.vocab_size, cfg)
     (name_a, train_a, _), (name_b, train_b, _) = splits
-    log(f"model:     modify.models.GPT, {count(base.parameters())} parameters, {cfg.n_layer if cfg.hf_checkpoint is None else base.config.n_layer} blocks, on {env['device']}")
-    log(f"tokenizer: {tokenizer.name}, {base.config.vocab_size} ids, context {cfg.block_size}")
+    log(f"model:     modify.models.GPT, {count(base.parameters())} parameters, {base.config.n_layer} blocks, "
+        f"on {env['device']}")
+    log(f"tokenizer: {tokenizer.name}, {base.config.vocab_size} ids, context {cfg.block_size} tokens")
     for name, train_ids, val_ids in splits:
         log(f"corpus {name}: {len(train_ids):,} training tokens, {len(val_ids):,} held out")
 
     pre_losses = []
     if cfg.hf_checkpoint is None:
-        pre_losses = train(wrap_for_training(base, cfg, env), list(base.parameters()), train_a, cfg.lr, cfg, env,
-                           f"pretrain on {name_a}")
+        pre_losses = train(wrap_for_training(base, cfg, env), list(base.parameters()), train_a, cfg, env,
+                           lr=cfg.lr, weight_decay=0.1, seed=cfg.seed, desc=f"pretrain on {name_a}")
     base.requires_grad_(False)  # phase 2 trains the adapters only
+    before = {key: value.clone() for key, value in base.state_dict().items()}
     adapted = modify.lora(base, rank=cfg.lora_rank, alpha=cfg.lora_alpha)
-    adapter_params = modify.lora_parameters(adapted)
-    ada_losses = train(wrap_for_training(adapted, cfg, env), adapter_params, train_b, cfg.lora_lr, cfg, env,
-                       f"LoRA on {name_b}")
+    ada_losses = train(wrap_for_training(adapted, cfg, env), modify.lora_parameters(adapted), train_b, cfg, env,
+                       lr=cfg.lora_lr, weight_decay=0.0, seed=cfg.seed + 1, desc=f"LoRA on {name_b}")
     if env["main"]:
-        held_out = report(cfg, env, splits, tokenizer, base, adapted)
-        path = plot(cfg, pre_losses, ada_losses, held_out, name_a, name_b)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        held_out = {name: [batch(val, cfg, gen, env["device"]) for _ in range(cfg.eval_batches)]
+                    for name, _, val in splits}
+        table = loss_table({"base": base, "adapted (LoRA)": adapted}, held_out, tokenizer)
+        unchanged = all(torch.equal(value, before[key]) for key, value in base.state_dict().items())
+        sharing(base, adapted, unchanged, name_b)
+        merging(base, adapted, held_out[name_b][0][0])
+        for label, model in (("base", base), ("adapted (LoRA)", adapted)):
+            log(f"\n--- sample from {label} (same prompt '\\n' and seed) ---\n{sample(model, tokenizer, cfg, env)}")
+        path = plot(cfg, pre_losses, ada_losses, table, name_a, name_b)
         log(f"\nloss plot: {path}\nwall time: {time.perf_counter() - start:.0f} s")
 
 
@@ -454,44 +466,42 @@ def count(params) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"
 
 
-def report(cfg: DemoConfig, env: dict, splits, tokenizer, base, adapted) -> dict[tuple[str, str], float]:
-    """The side-by-side comparison: losses, parameter sharing, merge check, samples.
-
-    Returns the table: held-out loss by (model label, corpus name).
-    """
-    gen = torch.Generator().manual_seed(cfg.seed)
-    held_out = {name: [batch(val, cfg, gen, env["device"]) for _ in range(cfg.eval_batches)] for name, _, val in splits}
-    rows = {"base": base, "adapted (LoRA)": adapted}
-    losses = {(label, name): evaluate(model, batches) for label, model in rows.items() for name, batches in held_out.items()}
+def loss_table(models: dict, held_out: dict, tokenizer) -> dict[tuple[str, str], float]:
+    """Print and return the held-out loss of each model on each corpus, by (model label, corpus name)."""
+    losses = {(label, name): evaluate(model, batches) for label, model in models.items()
+              for name, batches in held_out.items()}
     unit = "character" if isinstance(tokenizer, CharTokenizer) else "token"
     print(f"\nheld-out loss (cross-entropy, nats per {unit}), lower is better")
     print(f"{'':16}" + "".join(f"{name:>22}" for name in held_out))
-    for label in rows:
+    for label in models:
         print(f"{label:16}" + "".join(f"{losses[label, name]:22.3f}" for name in held_out))
+    return losses
 
+
+def sharing(base, adapted, unchanged: bool, name_b: str) -> None:
+    """Print which parameters the two models share: by identity, so no bytes were copied."""
     base_params, adapted_ids = list(base.parameters()), {id(p) for p in adapted.parameters()}
     shared = [p for p in base_params if id(p) in adapted_ids]  # p_base is p_adapted
     base_ids = {id(p) for p in base_params}
     adapters = [p for p in adapted.parameters() if id(p) not in base_ids]
-    print(f"\nbase parameters:     {count(base_params)} in {len(base_params)} tensors")
+    print(f"\nbase parameters:     {count(base_params)} in {len(base_params)} tensors, "
+          f"unchanged by the adaptation: {unchanged}")
     print(f"shared with adapted: {count(shared)} in {len(shared)} tensors (the same objects, p_base is p_adapted)")
     print(f"adapter parameters:  {count(adapters)} in {len(adapters)} tensors, "
-          f"{len(modify.select(adapted, modify.LoRA))} LoRA blocks, the only ones trained on {splits[1][0]}")
+          f"{len(modify.select(adapted, modify.LoRA))} LoRA blocks, the only ones trained on {name_b}")
 
-    x = held_out[splits[1][0]][0][0]
+
+@torch.no_grad()
+def merging(base, adapted, x: torch.Tensor) -> None:
+    """Print that ``merge_lora`` computes what the adapted model does, and ``strip_lora`` gives the base back."""
     merged = modify.merge_lora(adapted).eval()
-    with torch.no_grad():
-        diff = (merged(x) - adapted(x)).abs().max().item()
+    diff = (merged(x) - adapted.eval()(x)).abs().max().item()
     same_keys = list(merged.state_dict()) == list(base.state_dict())
     print(f"merge_lora(adapted): max |merged - adapted| logit difference {diff:.1e}; "
           f"state_dict keys equal the base's: {same_keys}")
-    stripped = list(modify.strip_lora(adapted).parameters())
-    print(f"strip_lora(adapted) gives back the base's own parameters: "
-          f"{len(stripped) == len(base_params) and all(p is q for p, q in zip(stripped, base_params))}")
-
-    for label, model in rows.items():
-        print(f"\n--- sample from {label} (same prompt '\\n' and seed) ---\n{sample(model, tokenizer, cfg, env)}")
-    return losses
+    stripped, base_params = list(modify.strip_lora(adapted).parameters()), list(base.parameters())
+    same = len(stripped) == len(base_params) and all(p is q for p, q in zip(stripped, base_params))
+    print(f"strip_lora(adapted) gives back the base's own parameters: {same}")
 
 
 @torch.no_grad()
@@ -502,7 +512,8 @@ def sample(model, tokenizer, cfg: DemoConfig, env: dict) -> str:
     return tokenizer.decode(out[0, prompt.shape[1] :].tolist())
 
 
-def plot(cfg: DemoConfig, pre_losses: list[float], ada_losses: list[float], held_out: dict, name_a: str, name_b: str) -> Path:
+def plot(cfg: DemoConfig, pre_losses: list[float], ada_losses: list[float], held_out: dict, name_a: str,
+         name_b: str) -> Path:
     """Training losses of both phases and the held-out losses, saved as a PNG (matplotlib's Agg canvas)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -515,7 +526,8 @@ def plot(cfg: DemoConfig, pre_losses: list[float], ada_losses: list[float], held
         ax.plot(range(1, len(losses) + 1), losses, lw=0.8, color="0.6", label="training loss")
         for (label, name), value in held_out.items():
             if name == corpus:
-                ax.axhline(value, ls="--", color="C0" if label == "base" else "C3", label=f"{label}, held out: {value:.3f}")
+                color = "C0" if label == "base" else "C3"
+                ax.axhline(value, ls="--", color=color, label=f"{label}, held out: {value:.3f}")
         ax.set(title=title, xlabel="step", ylabel="loss (nats per token)")
         ax.grid(alpha=0.3)
         ax.legend()
@@ -531,9 +543,10 @@ def main(argv: list[str] | None = None) -> int:
     env = setup(cfg)
     try:
         run(cfg, env)
+        if cfg.ddp:
+            torch.distributed.barrier()  # the other ranks wait while rank 0 reports
     finally:
         if cfg.ddp:
-            torch.distributed.barrier()
             torch.distributed.destroy_process_group()
     return 0
 

@@ -187,7 +187,8 @@ class Parallel(Combinator):
         if not isinstance(x, tuple):
             raise ModifyTypeError(self, f"expected a tuple of {count(branches, 'value')}, got {describe(x)}")
         if len(x) != branches:
-            raise ModifyValueError(self, f"got a tuple of {count(len(x), 'value')} for {count(branches, 'branch', 'branches')}")
+            got, want = count(len(x), "value"), count(branches, "branch", "branches")
+            raise ModifyValueError(self, f"got a tuple of {got} for {want}")
 
     def _infer_traits(self) -> frozenset[type]:
         own = next(self.parameters(recurse=False), None) is not None

@@ -7,9 +7,9 @@ import pickle
 
 import pytest
 import torch
+from helpers import assert_close, assert_state_equal, state_snapshot
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from helpers import assert_close, assert_state_equal, state_snapshot
 from torch import nn
 
 import modify
@@ -225,4 +225,3 @@ def test_leaves_refuse_submodules():
         leaf.inner = nn.ReLU()
     with pytest.raises(TypeError, match="leaf"):
         leaf.register_module("inner", nn.ReLU())
-

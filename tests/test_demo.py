@@ -53,6 +53,7 @@ def test_tiny_run_prints_table_plot_sharing_and_merge(demo, capsys, tmp_path):
     assert all(len(v) == 2 and all(0 < x < 20 for x in v) for v in rows.values())
     assert tensors(out, "shared with adapted") == tensors(out, "base parameters") > 0
     assert tensors(out, "adapter parameters") > 0
+    assert "unchanged by the adaptation: True" in out
     diff = float(re.search(r"logit difference (\S+);", out).group(1))
     assert diff < 1e-4
     assert "state_dict keys equal the base's: True" in out
@@ -129,10 +130,10 @@ def bad_inputs(tmp_path: Path) -> list[tuple[list[str], str]]:
         (["--text", str(tmp_path / "missing.txt")], "missing.txt: no such file"),
         (["--text", str(empty)], "empty.txt is empty"),
         (["--text", str(binary)], "data.bin is not UTF-8 text"),
-        (["--text", str(short), *TINY], "too short for --block-size 16"),
+        (["--text", str(short)], "too short for --block-size 16"),
         (["--hf-checkpoint", str(no_config)], "has no config.json"),
         (["--hf-checkpoint", str(tmp_path / "nowhere")], "nowhere: no such folder"),
-        (["--n-head", "3"], "--n-embd (128) must be divisible by --n-head (3)"),
+        (["--n-head", "3"], "--n-embd (16) must be divisible by --n-head (3)"),
         (["--device", "quantum"], "--device 'quantum' is not a device"),
         (["--ddp"], "--ddp needs the environment torchrun sets"),
     ]
@@ -143,7 +144,7 @@ def test_bad_input_exits_2_with_one_line(demo, capsys, tmp_path, monkeypatch):
         monkeypatch.delenv(var, raising=False)
     for argv, message in bad_inputs(tmp_path):
         with pytest.raises(SystemExit) as exit_info:
-            demo.main(argv)
+            demo.main([*TINY, *argv])  # tiny, so that a missed error costs seconds
         err = capsys.readouterr().err
         assert exit_info.value.code == 2, argv
         assert err.startswith("gpt_lora.py: error: ") and err.count("\n") == 1, err

@@ -225,3 +225,35 @@ def test_standalone_fused_leaves_initialise_as_torch_nn():
 def test_fuse_checks_its_argument():
     with pytest.raises(TypeError, match="fuse"):
         modify.fuse("not a module")
+
+
+def tiny_models() -> dict[str, tuple[nn.Module, torch.Tensor]]:
+    from modify.models import GPT, GPTConfig, Llama, LlamaConfig
+
+    llama = LlamaConfig(
+        vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=16,
+    )
+    tokens = torch.randint(0, 32, (2, 8))
+    return {
+        "gpt": (GPT(GPTConfig(block_size=8, vocab_size=32, n_layer=2, n_head=2, n_embd=16)), tokens),
+        "llama": (Llama(llama), tokens),
+    }
+
+
+@pytest.mark.parametrize("name", ["gpt", "llama"])
+def test_fused_models_equal_the_models_in_output_and_gradient(name, gen):
+    model, x = tiny_models()[name]
+    for affine in (m for m in model.modules() if isinstance(m, ElementwiseAffine)):
+        randomise(affine, gen)  # the fused parameters, away from their ones/zeros init
+    snapshot = state_snapshot(model)
+    fused = modify.fuse(model)
+    norms = [m for m in fused.modules() if isinstance(m, (AffineLayerNorm, AffineRMSNorm))]
+    assert len(norms) == 5 and not any(isinstance(m, (LayerNorm, RMSNorm)) for m in fused.modules())
+    assert list(fused.state_dict()) == list(model.state_dict())
+    expected, expected_grads, _ = output_and_grads(model, x)
+    actual, actual_grads, _ = output_and_grads(fused, x)
+    assert_close(actual, expected, atol=1e-5)
+    for a, e in zip(actual_grads, expected_grads, strict=True):
+        assert_close(a, e, atol=1e-4, rtol=1e-4)
+    assert_state_equal(model, snapshot)

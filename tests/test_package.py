@@ -27,5 +27,6 @@ def test_importing_every_module_pulls_in_no_optional_dependency():
         "heavy = {'transformers', 'peft', 'matplotlib', 'pytest', 'hypothesis'} & set(sys.modules)\n"
         "print(sorted(heavy))\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "[]"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"  # torch itself imports tqdm, so tqdm is not listed

@@ -1,0 +1,51 @@
+"""Run the benchmarks and print their tables: ``python -m benchmarks [--quick]`` (or ``make bench``).
+
+1. overhead: modify GPT vs plain-torch GPT-2, eager (as built and fused) and compiled.
+2. lora: ``modify.lora`` vs Hugging Face PEFT, each relative to its own base.
+3. functional: ``modify.functional_call`` / ``modify.flat`` vs ``torch.func.functional_call``.
+4. rewrite: ``select`` / ``rewrite`` / ``lora`` on 10,000 leaves, and the memory of a sibling.
+
+Ratios are measured in one process, the sides interleaved, medians over rounds; see
+``benchmarks/timing.py``. Never used as assertions in tests. Results: ``docs/benchmarks.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from . import functional, lora, overhead, rewrite_cost
+from .timing import machine
+
+BENCHMARKS = {
+    "overhead": ("1. Overhead of the algebra: training step, modify GPT vs plain-torch GPT-2", overhead.run),
+    "lora": ("2. LoRA: slowdown over its own base, modify.lora vs PEFT", lora.run),
+    "functional": ("3. Functional calls, per call", functional.run),
+    "rewrite": ("4. Rewrite cost and sibling memory", rewrite_cost.run),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer rounds; skip compiling the larger model")
+    parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), help="run only these benchmarks")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's own)")
+    args = parser.parse_args()
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path.cwd() / "build" / "inductor-cache"))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"machine: {machine()}")
+    print(f"command: python -m benchmarks{' --quick' if args.quick else ''}" + (f" --threads {args.threads}" if args.threads else ""))
+    for name in args.only or BENCHMARKS:
+        title, run = BENCHMARKS[name]
+        start = time.perf_counter()
+        result = run(args.quick)
+        print(f"\n{title} ({time.perf_counter() - start:.0f} s)\n\n{result}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
