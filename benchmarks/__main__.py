@@ -39,6 +39,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"machine: {machine()}")
+    if os.getloadavg()[0] > (os.cpu_count() or 1) / 2:
+        print("warning: other processes are using the CPU; timings (ratios less so) will be noisy")
     print(f"command: python -m benchmarks{' --quick' if args.quick else ''}" + (f" --threads {args.threads}" if args.threads else ""))
     for name in args.only or BENCHMARKS:
         title, run = BENCHMARKS[name]

@@ -110,6 +110,9 @@ def fuse(model: nn.Module) -> nn.Module:
     ``fuse(m).state_dict()`` has exactly ``m.state_dict()``'s keys and tensors, each loads into
     the other, and training the fused sibling trains ``m``'s parameters.
 
+    Like ``torch.fx.experimental.optimization.fuse`` (which folds batch norms into convolutions
+    for inference), but the fused leaves keep the parameters as they are, so they also train.
+
     Args:
         model: the model to fuse; left unchanged (its structure, parameters and outputs).
 
