@@ -23,6 +23,9 @@ pretraining. Text is then tokenized with the folder's own GPT-2 tokenizer if it 
 ``transformers`` is installed; otherwise with GPT-2's 256 single-byte tokens (exact GPT-2 tokens,
 unmerged, so the loss is per byte). ``--tokenizer`` forces one.
 
+``--ddp`` under ``torchrun`` trains with DistributedDataParallel (gloo on CPU, nccl on GPU); only
+rank 0 prints and plots. Bad input stops the run before any work with a one-line error, exit code 2.
+
 References:
     Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models", arXiv:2106.09685.
     Radford et al. 2019, "Language Models are Unsupervised Multitask Learners" (GPT-2).
@@ -83,6 +86,8 @@ class DemoConfig:
     hf_checkpoint: str | None = opt(None, "local Hugging Face GPT-2 folder to start from instead of pretraining")
     tokenizer: str = opt("auto", "with --hf-checkpoint: auto, bpe (the folder's, needs transformers) or bytes")
     device: str = opt("auto", "auto (cuda if available), cpu, cuda, cuda:N or mps")
+    threads: int = opt(0, "CPU threads; 0: one for the small default model (its matrices are too small to gain "
+                          "from more, and one thread is not stalled by other busy processes), all with --hf-checkpoint")
     compile: bool = opt(False, "train through torch.compile")
     ddp: bool = opt(False, "DistributedDataParallel; launch with torchrun (gloo on CPU, nccl on GPU)")
     out: str = opt("build/demo", "folder for the loss plot")
@@ -163,7 +168,7 @@ class GPT2ByteTokenizer:
         return [self.index[b] for b in text.encode("utf-8")]
 
     def decode(self, ids: list[int]) -> str:
-        return bytes(self.bytes[i] for i in ids if i < 256).decode("utf-8", errors="replace")
+        return bytes(self.bytes[i] for i in ids).decode("utf-8", errors="replace")
 
 
 class HFTokenizer:
@@ -297,6 +302,8 @@ def validate(cfg: DemoConfig) -> None:
     for name in ("lr", "lora_lr", "lora_alpha"):
         if not getattr(cfg, name) > 0:
             fail(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
+    if cfg.threads < 0:
+        fail(f"--threads must be 0 (automatic) or a positive integer, got {cfg.threads}")
     if cfg.n_embd % cfg.n_head:
         fail(f"--n-embd ({cfg.n_embd}) must be divisible by --n-head ({cfg.n_head})")
     if not 0 <= cfg.dropout < 1 or not 0 < cfg.val_fraction < 1:
@@ -374,6 +381,8 @@ def setup(cfg: DemoConfig) -> dict:
             torch.cuda.set_device(device)
         backend = "nccl" if device.type == "cuda" else "gloo"
         torch.distributed.init_process_group(backend)  # env://: RANK, WORLD_SIZE, MASTER_ADDR/PORT
+    if device.type == "cpu" and (cfg.threads or cfg.hf_checkpoint is None):
+        torch.set_num_threads(cfg.threads or 1)
     return {"rank": rank, "main": rank == 0, "device": device}
 
 
@@ -504,11 +513,24 @@ def merging(base, adapted, x: torch.Tensor) -> None:
     print(f"strip_lora(adapted) gives back the base's own parameters: {same}")
 
 
+class FirstLogits(torch.nn.Module):
+    """``model`` with only the logits of ids ``0 .. n - 1``, so that samples stay among them."""
+
+    def __init__(self, model: torch.nn.Module, n: int):
+        super().__init__()
+        self.model, self.n = model, n
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.model(idx)[..., : self.n]  # (B, T, n)
+
+
 @torch.no_grad()
 def sample(model, tokenizer, cfg: DemoConfig, env: dict) -> str:
     gen = torch.Generator(env["device"]).manual_seed(cfg.seed)
     prompt = torch.tensor([tokenizer.encode("\n")], device=env["device"])
-    out = generate(model.eval(), prompt, cfg.sample_tokens, temperature=0.8, generator=gen)
+    if isinstance(tokenizer, GPT2ByteTokenizer):
+        model = FirstLogits(model, 256)  # it cannot decode GPT-2's merged tokens, so none are sampled
+    out = generate(model.eval(), prompt, cfg.sample_tokens, temperature=0.8, block_size=cfg.block_size, generator=gen)
     return tokenizer.decode(out[0, prompt.shape[1] :].tolist())
 
 
@@ -540,12 +562,14 @@ def plot(cfg: DemoConfig, pre_losses: list[float], ada_losses: list[float], held
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
     validate(cfg)
+    threads = torch.get_num_threads()
     env = setup(cfg)
     try:
         run(cfg, env)
         if cfg.ddp:
             torch.distributed.barrier()  # the other ranks wait while rank 0 reports
     finally:
+        torch.set_num_threads(threads)
         if cfg.ddp:
             torch.distributed.destroy_process_group()
     return 0

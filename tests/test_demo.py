@@ -136,6 +136,8 @@ def bad_inputs(tmp_path: Path) -> list[tuple[list[str], str]]:
         (["--n-head", "3"], "--n-embd (16) must be divisible by --n-head (3)"),
         (["--device", "quantum"], "--device 'quantum' is not a device"),
         (["--ddp"], "--ddp needs the environment torchrun sets"),
+        (["--threads", "-1"], "--threads must be 0 (automatic) or a positive integer, got -1"),
+        (["--lora-lr", "0"], "--lora-lr must be positive, got 0.0"),
     ]
 
 
