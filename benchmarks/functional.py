@@ -36,7 +36,7 @@ def run(quick: bool) -> str:
     }
     for name, side in sides.items():
         torch.testing.assert_close(side(), model(x), msg=lambda m: f"functional benchmark, {name}: {m}")
-    rounds, number = (5, 200) if quick else (11, 1000)
+    rounds, number = (7, 100) if quick else (15, 200)
     timing = compare(sides, rounds, number)
     base = "torch.func.functional_call"
     rows = []

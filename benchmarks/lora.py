@@ -87,7 +87,7 @@ def run(quick: bool) -> str:
     if error > 1e-4:
         raise RuntimeError(f"lora benchmark: modify GPT and GPT2LMHeadModel differ by {error}")
     models = {"hf base": hf_base, "peft": peft_model, "modify base": our_base, "modify lora": ours}
-    rounds, number = (5, 3) if quick else (11, 5)
+    rounds, number = (7, 2) if quick else (15, 4)
     rows = []
     for mode, train in (("forward (no grad)", False), ("training step", True)):
         timing = compare({k: steps(m, train) for k, m in models.items()}, rounds, number)

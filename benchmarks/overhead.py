@@ -82,10 +82,10 @@ def training_step(model: nn.Module, size: Size):
 
 def run(quick: bool) -> str:
     rows = []
-    rounds = 5 if quick else 11
+    rounds = 7 if quick else 15
     for size in SIZES:
         reference, ours = models(size)
-        number = 10 if size.name == "tiny" else 2
+        number = 5 if size.name == "tiny" else 1
         sides = {"reference": reference, "as built": ours, "fused": modify.fuse(ours)}
         timing = compare({k: training_step(m, size) for k, m in sides.items()}, rounds, number)
         for name, target in (("as built", 1.05), ("fused", 1.02)):
