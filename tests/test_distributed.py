@@ -47,7 +47,7 @@ def run_job(out_dir: str) -> None:
 def results(tmp_path_factory) -> list[dict]:
     out_dir = tmp_path_factory.mktemp("distributed")
     run_job(str(out_dir))
-    return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    return [torch.load(out_dir / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 
 @pytest.mark.parametrize("wrapper, kind", job.SCENARIOS)

@@ -257,3 +257,21 @@ def test_fused_models_equal_the_models_in_output_and_gradient(name, gen):
     for a, e in zip(actual_grads, expected_grads, strict=True):
         assert_close(a, e, atol=1e-4, rtol=1e-4)
     assert_state_equal(model, snapshot)
+
+
+@pytest.mark.parametrize(
+    "cls, first, second",
+    [
+        (AffineLayerNorm, LayerNorm(4), ElementwiseAffine(5)),
+        (AffineLayerNorm, RMSNorm(4), ElementwiseAffine(4)),
+        (AffineRMSNorm, RMSNorm(4), ElementwiseAffine(4, dim=0)),
+        (AffineGroupNorm, GroupNorm(2, 4), ElementwiseAffine(4)),
+        (ScaledLinear, Linear(4, 4), ElementwiseAffine(4)),
+    ],
+)
+def test_from_pair_refuses_a_pair_it_does_not_compute(cls, first, second):
+    assert not cls.fits(first, second)
+    with pytest.raises(ValueError, match=rf"{cls.__name__}.from_pair expects"):
+        cls.from_pair(first, second)
+    with pytest.raises(TypeError, match="from_pair"):
+        cls.from_pair(first, "not a module")

@@ -17,44 +17,26 @@ from .._core.checks import typechecked
 from ..combinators import Sequential
 from ..primitives.activations import Dropout
 from ..primitives.arithmetic import Scale
-from ..primitives.layers import Linear
-from ..primitives.norms import ElementwiseAffine, GroupNorm, LayerNorm, RMSNorm
 from ..primitives.structure import Identity
 from .fused import AffineGroupNorm, AffineLayerNorm, AffineRMSNorm, ScaledLinear
 from .lora import LoRA
 from .walk import transform
 
 
-def _trailing(norm: nn.Module, affine: ElementwiseAffine) -> bool:
-    """The affine covers exactly the norm's trailing axes."""
-    return affine.dim == -1 and affine.shape == norm.normalized_shape
-
-
-def _channels(norm: GroupNorm, affine: ElementwiseAffine) -> bool:
-    return affine.dim == 1 and affine.shape == (norm.num_channels,)
-
-
-def _always(first: nn.Module, second: nn.Module) -> bool:
-    return True
-
-
-def _rescaled(linear: ScaledLinear, scale: Scale) -> ScaledLinear:
-    fused = ScaledLinear.from_pair(linear, scale)
-    fused.c = linear.c * scale.c
-    return fused
+def _scales(first: nn.Module, second: nn.Module) -> bool:
+    return type(first) is Scale and type(second) is Scale
 
 
 FIRST, SECOND = 0, 1
 
-# (first class, second class, fits, build, which child's name the fused leaf takes)
-Rule = tuple[type, type, Callable[[nn.Module, nn.Module], bool], Callable[[nn.Module, nn.Module], nn.Module], int]
+# (fits(first, second), build(first, second), which child's name the fused leaf takes)
+Rule = tuple[Callable[[nn.Module, nn.Module], bool], Callable[[nn.Module, nn.Module], nn.Module], int]
 RULES: tuple[Rule, ...] = (
-    (LayerNorm, ElementwiseAffine, _trailing, AffineLayerNorm.from_pair, SECOND),
-    (RMSNorm, ElementwiseAffine, _trailing, AffineRMSNorm.from_pair, SECOND),
-    (GroupNorm, ElementwiseAffine, _channels, AffineGroupNorm.from_pair, SECOND),
-    (Linear, Scale, _always, ScaledLinear.from_pair, FIRST),
-    (ScaledLinear, Scale, _always, _rescaled, FIRST),
-    (Scale, Scale, _always, lambda a, b: Scale(a.c * b.c), FIRST),
+    (AffineLayerNorm.fits, AffineLayerNorm.from_pair, SECOND),
+    (AffineRMSNorm.fits, AffineRMSNorm.from_pair, SECOND),
+    (AffineGroupNorm.fits, AffineGroupNorm.from_pair, SECOND),
+    (ScaledLinear.fits, ScaledLinear.from_pair, FIRST),
+    (_scales, lambda a, b: Scale(a.c * b.c), FIRST),
 )
 
 
@@ -64,10 +46,9 @@ def _is_identity(module: nn.Module) -> bool:
 
 
 def _fuse_pair(first: tuple[str, nn.Module], second: tuple[str, nn.Module]) -> tuple[str, nn.Module] | None:
-    for first_cls, second_cls, fits, build, keep in RULES:
-        a, b = first[1], second[1]
-        if type(a) is first_cls and type(b) is second_cls and fits(a, b):
-            return ((first, second)[keep][0], build(a, b))
+    for fits, build, keep in RULES:
+        if fits(first[1], second[1]):
+            return ((first, second)[keep][0], build(first[1], second[1]))
     return None
 
 
@@ -101,8 +82,9 @@ def fuse(model: nn.Module) -> nn.Module:
     | ``Linear``, ``Scale(c)`` | ``ScaledLinear`` (output scaled in place) | the Linear |
     | ``Scale(a)``, ``Scale(b)`` | ``Scale(a * b)`` | the first |
 
-    (the affine must cover exactly the normalised axes), and ``Identity`` / ``Dropout(p=0)``
-    children are dropped. Chains fuse left to right. A ``BatchNorm`` keeps its separate affine:
+    (the affine must cover exactly the normalised axes; each fused class's ``fits`` says when a
+    pair qualifies), and ``Identity`` / ``Dropout(p=0)`` children are dropped (the sibling does
+    not see a later change of ``p`` on the original's ``Dropout``). Chains fuse left to right. A ``BatchNorm`` keeps its separate affine:
     its buffers and the affine's parameters live at two paths, which one leaf cannot keep.
 
     **State dict.** The fused leaf takes the name of the child that held the parameters and holds

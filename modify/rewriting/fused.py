@@ -18,6 +18,8 @@ from torch import nn
 from .._core.checks import checks_enabled, expect_tensor, typechecked
 from .._core.errors import ModifyValueError, describe
 from .._core.module import Leaf
+from ..primitives.arithmetic import Scale
+from ..primitives.layers import Linear
 from ..primitives.norms import ElementwiseAffine, GroupNorm, LayerNorm, RMSNorm
 from ..traits import Linear as LinearTrait
 from ..traits import NonLinear, Param, Unary, Vector
@@ -38,8 +40,28 @@ def _optional(shape: tuple[int, ...], present: bool, device, dtype) -> nn.Parame
     return nn.Parameter(torch.empty(shape, device=device, dtype=dtype)) if present else None
 
 
+def _require(cls: type, first: nn.Module, second: nn.Module, expected: str) -> None:
+    if not cls.fits(first, second):
+        raise ValueError(
+            f"{cls.__name__}.from_pair expects {expected}, got {type(first).__name__} then {type(second).__name__} "
+            f"({first.extra_repr()}; {second.extra_repr()})"
+        )
+
+
 class _AffineNorm(Leaf):
     """A trailing-axes norm whose affine part lives in the leaf: parameters ``weight``, ``bias``."""
+
+    norm_class: type = LayerNorm
+
+    @classmethod
+    def fits(cls, norm: nn.Module, affine: nn.Module) -> bool:
+        """Whether ``norm`` then ``affine`` is this class's pair: the affine covers exactly the normalised axes."""
+        return (
+            type(norm) is cls.norm_class
+            and type(affine) is ElementwiseAffine
+            and affine.dim == -1
+            and affine.shape == norm.normalized_shape
+        )
 
     def __init__(self, normalized_shape, eps, bias: bool, device, dtype):
         super().__init__()
@@ -109,9 +131,17 @@ class AffineLayerNorm(_AffineNorm, Unary, Param, NonLinear, Vector):
     ):
         super().__init__(normalized_shape, float(eps), bias, device, dtype)
 
+    norm_class = LayerNorm
+
     @classmethod
-    def from_pair(cls, norm: LayerNorm, affine: ElementwiseAffine) -> AffineLayerNorm:
-        """The fused leaf of ``norm`` then ``affine``, holding ``affine``'s parameter objects."""
+    @typechecked
+    def from_pair(cls, norm: nn.Module, affine: nn.Module) -> AffineLayerNorm:
+        """The fused leaf of ``norm`` then ``affine``, holding ``affine``'s parameter objects.
+
+        Raises:
+            ValueError: not a ``LayerNorm(s)`` then an ``ElementwiseAffine(s)`` (``dim=-1``).
+        """
+        _require(cls, norm, affine, "LayerNorm(s) then ElementwiseAffine(s, dim=-1)")
         fused = cls(norm.normalized_shape, norm.eps, bias=False, device="meta")
         _share(fused, affine, "weight", "bias")
         return fused
@@ -161,9 +191,17 @@ class AffineRMSNorm(_AffineNorm, Unary, Param, NonLinear, Vector):
     ):
         super().__init__(normalized_shape, eps, bias, device, dtype)
 
+    norm_class = RMSNorm
+
     @classmethod
-    def from_pair(cls, norm: RMSNorm, affine: ElementwiseAffine) -> AffineRMSNorm:
-        """The fused leaf of ``norm`` then ``affine``, holding ``affine``'s parameter objects."""
+    @typechecked
+    def from_pair(cls, norm: nn.Module, affine: nn.Module) -> AffineRMSNorm:
+        """The fused leaf of ``norm`` then ``affine``, holding ``affine``'s parameter objects.
+
+        Raises:
+            ValueError: not an ``RMSNorm(s)`` then an ``ElementwiseAffine(s)`` (``dim=-1``).
+        """
+        _require(cls, norm, affine, "RMSNorm(s) then ElementwiseAffine(s, dim=-1)")
         fused = cls(norm.normalized_shape, norm.eps, device="meta")
         _share(fused, affine, "weight", "bias")
         return fused
@@ -230,8 +268,24 @@ class AffineGroupNorm(Leaf, Unary, Param, NonLinear):
             self.bias.zero_()
 
     @classmethod
-    def from_pair(cls, norm: GroupNorm, affine: ElementwiseAffine) -> AffineGroupNorm:
-        """The fused leaf of ``norm`` then ``affine``, holding ``affine``'s parameter objects."""
+    def fits(cls, norm: nn.Module, affine: nn.Module) -> bool:
+        """Whether ``norm`` then ``affine`` is a ``GroupNorm`` and its channel affine (``dim=1``)."""
+        return (
+            type(norm) is GroupNorm
+            and type(affine) is ElementwiseAffine
+            and affine.dim == 1
+            and affine.shape == (norm.num_channels,)
+        )
+
+    @classmethod
+    @typechecked
+    def from_pair(cls, norm: nn.Module, affine: nn.Module) -> AffineGroupNorm:
+        """The fused leaf of ``norm`` then ``affine``, holding ``affine``'s parameter objects.
+
+        Raises:
+            ValueError: not a ``GroupNorm(G, C)`` then an ``ElementwiseAffine(C, dim=1)``.
+        """
+        _require(cls, norm, affine, "GroupNorm(G, C) then ElementwiseAffine(C, dim=1)")
         fused = cls(norm.num_groups, norm.num_channels, norm.eps, bias=False, device="meta")
         _share(fused, affine, "weight", "bias")
         return fused
@@ -304,9 +358,23 @@ class ScaledLinear(Leaf, Unary, Param, LinearTrait, Vector):
             nn.init.uniform_(self.bias, -bound, bound)
 
     @classmethod
+    def fits(cls, linear: nn.Module, scale: nn.Module) -> bool:
+        """Whether ``linear`` then ``scale`` is a ``modify.Linear`` (or a ``ScaledLinear``) then a ``Scale``."""
+        return type(linear) in (Linear, ScaledLinear) and type(scale) is Scale
+
+    @classmethod
+    @typechecked
     def from_pair(cls, linear: nn.Module, scale: nn.Module) -> ScaledLinear:
-        """The fused leaf of a ``modify.Linear`` then a ``Scale``, holding the layer's parameter objects."""
-        fused = cls(linear.in_features, linear.out_features, scale.c, bias=False, device="meta")
+        """The fused leaf of ``linear`` then ``scale``, holding the layer's parameter objects.
+
+        A ``ScaledLinear`` then a ``Scale(c)`` gives one ``ScaledLinear`` with the product of the factors.
+
+        Raises:
+            ValueError: not a ``modify.Linear`` (or ``ScaledLinear``) then a ``Scale``.
+        """
+        _require(cls, linear, scale, "a modify.Linear (or ScaledLinear) then a Scale")
+        factor = scale.c * (linear.c if isinstance(linear, ScaledLinear) else 1.0)
+        fused = cls(linear.in_features, linear.out_features, factor, bias=False, device="meta")
         _share(fused, linear, "weight", "bias")
         return fused
 
