@@ -24,9 +24,16 @@ class Combinator(ModifyModule):
     """Base of :class:`Sequential` and :class:`Parallel`: an ordered set of named children.
 
     Children are given positionally (named ``"0"``, ``"1"``, ...) or by keyword (named, order
-    kept), not both. Plain ``torch.nn`` modules are wrapped as opaque leaves. Children are
-    reached by position, name or slice (``m[0]``, ``m["attn"]``, ``m[:-1]``), counted with
-    ``len`` and iterated in order.
+    kept), not both, as ``torch.nn.Sequential`` takes them (there, by an ``OrderedDict``). Plain
+    ``torch.nn`` modules are wrapped as opaque leaves. Children are reached by position, name or
+    slice (``m[0]``, ``m["attn"]``, ``m[:-1]``), counted with ``len`` and iterated in order.
+
+    Args:
+        *modules: children named ``"0"``, ``"1"``, ... in order.
+        **named: children by name, in the order given (instead of ``*modules``).
+
+    Shape:
+        ``forward`` is the subclass's: one value -> one value (see :class:`ModifyModule`).
 
     Raises:
         TypeError: a child that is not a ``torch.nn.Module``; both positional and named children.
@@ -59,8 +66,22 @@ class Combinator(ModifyModule):
         and every child object given; ``self`` is left unchanged. Rewriters use this to rebuild
         only the combinators on the way to a change.
 
+        Args:
+            children: ``{name: module}`` with exactly this combinator's child names, in order;
+                plain ``torch.nn`` modules are wrapped as opaque leaves.
+
+        Returns:
+            The new combinator (same class, attributes shared; hooks not copied).
+
         Raises:
             ValueError: if the names of ``children`` differ from this combinator's.
+
+        Example:
+            >>> import modify
+            >>> block = modify.Residual(modify.Linear(4, 4))
+            >>> new = block.rebuilt({"0": block[0], "1": block[1], "2": modify.Add()})
+            >>> type(new).__name__, new[0] is block[0], new[2] is block[2]
+            ('Residual', True, False)
         """
         if list(children) != list(self._modules):
             raise ValueError(
@@ -103,15 +124,18 @@ class Combinator(ModifyModule):
 
 
 class Sequential(Combinator):
-    """Compose modules: ``x -> m_n(...m_2(m_1(x)))``.
+    """Compose modules: ``x -> m_n(...m_2(m_1(x)))``, as ``torch.nn.Sequential``.
+
+    Children's ``state_dict`` keys are ``"<name>.<key>"`` as in ``torch.nn.Sequential``. An error
+    raised by a child names its dotted path (see :class:`ModifyError`).
 
     Args:
-        *modules: children named ``"0"``, ``"1"``, ...; or
-        **named: children by name, in the order given.
+        *modules: children named ``"0"``, ``"1"``, ... in order.
+        **named: children by name, in the order given (instead of ``*modules``).
 
     Shape:
-        Whatever flows: the input of the first child to the output of the last. An empty
-        ``Sequential`` is the identity.
+        Whatever flows: the input of the first child to the output of the last, e.g.
+        ``(B, T, C_in) -> (B, T, C_out)`` for an MLP. An empty ``Sequential`` is the identity.
 
     Raises:
         TypeError: a child that is not a ``torch.nn.Module``; both positional and named children.
@@ -148,17 +172,24 @@ class Sequential(Combinator):
 class Parallel(Combinator):
     """Apply modules side by side: ``(x_1, ..., x_n) -> (m_1(x_1), ..., m_n(x_n))``.
 
+    As Trax's ``Parallel`` combinator: branch ``i`` sees only element ``i`` of the input tuple.
+    With :class:`~modify.Copy` in front it fans one value out (:class:`Fork`).
+
     Args:
-        *modules: branches named ``"0"``, ``"1"``, ...; or
-        **named: branches by name, in the order given.
+        *modules: branches named ``"0"``, ``"1"``, ... in order.
+        **named: branches by name, in the order given (instead of ``*modules``).
 
     Shape:
-        Input: a tuple of exactly ``len(modules)`` values. Output: a tuple of as many values.
+        Input: a tuple of exactly ``len(modules)`` values. Output: a tuple of as many values,
+        e.g. ``((B, T, C), (B, T, C)) -> ((B, T, D_1), (B, T, D_2))`` for two projections.
 
     Raises:
+        TypeError: a branch that is not a ``torch.nn.Module``; both positional and named branches.
         ModifyTypeError: (a ``TypeError``) if the input is not a tuple.
         ModifyValueError: (a ``ValueError``) if its length differs from the number of branches,
             e.g. ``Parallel at 'blocks.0.attn' got a tuple of 2 values for 3 branches``.
+        Exception: errors from branches propagate with the branch's dotted path, as in
+            :class:`Sequential`.
 
     Example:
         >>> import torch, modify
@@ -205,7 +236,12 @@ class Residual(Sequential):
         block: any module whose output has the shape of its input.
 
     Shape:
-        ``(*) -> (*)``.
+        ``(*) -> (*)``, e.g. a transformer sub-block ``(B, T, C) -> (B, T, C)``.
+
+    Raises:
+        TypeError: ``block`` is not a ``torch.nn.Module``.
+        ModifyValueError: at run time, from the ``Add`` at path ``"2"``, a ``block`` whose output
+            shape differs from its input's.
 
     Example:
         >>> import torch, modify
@@ -222,15 +258,18 @@ class Residual(Sequential):
 class Fork(Sequential):
     """Feed one value to several modules: ``x -> (m_1(x), ..., m_n(x))``.
 
-    Exactly ``Sequential(Copy(len(modules)), Parallel(*modules))``.
+    Exactly ``Sequential(Copy(len(modules)), Parallel(*modules))``, as Trax's ``Branch``
+    combinator: the branches sit at paths ``"1.0"``, ``"1.1"``, ...
 
     Args:
         *modules: the branches (at least one).
 
     Shape:
-        Input: one value. Output: a tuple of ``len(modules)`` values.
+        Input: one value. Output: a tuple of ``len(modules)`` values, e.g. q/k/v projections
+        ``(B, T, C) -> ((B, T, C), (B, T, C), (B, T, C))``.
 
     Raises:
+        TypeError: a branch that is not a ``torch.nn.Module``.
         ValueError: if no module is given.
 
     Example:

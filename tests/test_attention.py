@@ -120,3 +120,8 @@ def test_rotary_equals_transformers_llama(gen):
     expected, _ = llama.apply_rotary_pos_emb(q, q, cos, sin)
     ours = modify.RotaryEmbedding(16, base=500000.0, scaling=config.rope_parameters)
     assert_close(ours(q), expected, atol=1e-5)
+
+
+def test_llama3_scaling_without_its_keys_is_a_value_error():
+    with pytest.raises(ValueError, match="low_freq_factor"):
+        modify.RotaryEmbedding(8, scaling={"rope_type": "llama3", "factor": 8.0})

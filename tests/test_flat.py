@@ -161,6 +161,9 @@ def test_substituted_forward_restores_state_even_when_it_raises(gen):
     with pytest.raises(ValueError):
         f(torch.randn(2, 7, 5, 6), flat_param=theta)  # wrong channel count inside the forward
     assert_state_equal(f, state)
+    shown = f.module[0].weight  # the sibling shows flat_param's values again, detached
+    assert torch.equal(shown, model[0].weight) and not shown.requires_grad
+    assert shown.data_ptr() == f.flat_param.data_ptr()
     x = torch.randn(1, 3, 5, 6, generator=gen)
     assert torch.equal(f(x), model(x))
     assert_close(f(x, flat_param=theta), torch.func.functional_call(model, unflatten(model, theta), (x,)))
@@ -201,6 +204,7 @@ def test_batchnorm_running_stats(gen):
     f(x, buffers=given)
     assert_close(given["1.running_mean"], 0.1 * h.mean(0))
     assert_state_equal(model, before)
+    assert f.module[1].running_mean is model[1].running_mean  # the sibling's own are back
     # eval mode is f's own; it normalises with the statistics in use
     f.eval()
     assert model.training and not f.module[1].training
@@ -248,3 +252,79 @@ def test_training_flat_param_trains_the_model(gen):
         F.mse_loss(f(x), y).backward()
         opt.step()
     assert F.mse_loss(model(x), y).item() < first
+
+
+class Reenter(nn.Module):
+    """Identity that runs ``pending.pop()`` on its input if one is pending (a nested flat call)."""
+
+    def __init__(self):
+        super().__init__()
+        self.pending: list = []  # a plain list: shared with the flat sibling's copy of this module
+        self.outputs: list = []
+
+    def forward(self, x):
+        if self.pending:
+            self.outputs.append(self.pending.pop()(x))
+        return x
+
+
+def test_flat_model_called_inside_its_own_forward_leaves_the_outer_call_intact(gen):
+    model = modify.Sequential(modify.Linear(3, 4), Reenter(), modify.Tanh(), modify.Linear(4, 2))
+    reference = copy.deepcopy(model)
+    f = modify.flat(model)
+    reenter = model[1]  # an opaque leaf sharing Reenter's lists
+    x = torch.randn(5, 3, generator=gen)
+    outer = torch.randn(f.param_numel, generator=gen, requires_grad=True)
+    inner = torch.randn(f.param_numel, generator=gen)
+    reenter.pending.append(lambda h: f(h[:, :3], flat_param=inner))
+    got = f(x, flat_param=outer)
+    grad, = torch.autograd.grad(got.sum(), outer)
+
+    ref_outer = outer.detach().clone().requires_grad_()
+    expected = torch.func.functional_call(reference, unflatten(reference, ref_outer), (x,))
+    expected_grad, = torch.autograd.grad(expected.sum(), ref_outer)
+    assert_close(got, expected)
+    assert_close(grad, expected_grad)
+    params = unflatten(reference, outer.detach())
+    h = F.linear(x, params["0.weight"], params["0.bias"])
+    inner_expected = torch.func.functional_call(reference, unflatten(reference, inner), (h[:, :3],))
+    assert_close(reenter.outputs.pop(), inner_expected)
+    assert torch.equal(f(x), model(x)) and torch.equal(f.module[0].weight, model[0].weight)
+
+
+def test_flat_of_a_model_holding_a_flat_model_runs_its_own_sibling(gen):
+    inner = modify.flat(modify.Linear(3, 4))
+    model = modify.Sequential(inner, modify.Tanh(), modify.Linear(4, 2))
+    f = modify.flat(model)
+    assert [name for name, _ in model.named_parameters()] == ["0.flat_param", "2.weight", "2.bias"]
+    theta = torch.randn(f.param_numel, generator=gen, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(5, 3, generator=gen, dtype=torch.float64)
+    f.double()
+
+    def reference(t):  # inner flat_param = its weight then its bias
+        h = torch.tanh(F.linear(x, t[:12].view(4, 3), t[12:16]))
+        return F.linear(h, t[16:24].view(2, 4), t[24:])
+
+    assert_close(f(x, flat_param=theta), reference(theta))
+    assert torch.autograd.gradgradcheck(lambda t: f(x, flat_param=t), (theta,))
+    assert_close(f(x), reference(f.flat_param))
+
+
+def test_compiled_with_a_substituted_vector_without_graph_breaks(gen):
+    model = modify.Sequential(modify.Linear(3, 4), modify.Tanh(), modify.Linear(4, 2))
+    f = modify.flat(model)
+    x = torch.randn(5, 3, generator=gen)
+    theta = torch.randn(f.param_numel, generator=gen, requires_grad=True)
+
+    def call(t, x):
+        return f(x, flat_param=t)
+
+    torch._dynamo.reset()
+    assert torch._dynamo.explain(call)(theta, x).graph_break_count == 0
+    compiled = torch.compile(call, backend="eager", fullgraph=True)
+    got, expected = compiled(theta, x), torch.func.functional_call(model, unflatten(model, theta), (x,))
+    assert_close(got, expected)
+    assert_close(torch.autograd.grad(got.sum(), theta)[0], torch.autograd.grad(expected.sum(), theta)[0])
+    shown = f.module[0].weight  # the compiled call put the detached views back too
+    assert torch.equal(shown, model[0].weight) and not shown.requires_grad
+    torch._dynamo.reset()

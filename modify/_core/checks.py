@@ -41,6 +41,11 @@ class _Restore:
 def set_checks(flag: bool) -> _Restore:
     """Turn runtime checks on or off, now; the result restores the previous setting on exit.
 
+    Works like ``torch.set_grad_enabled``: a plain call sets the flag until changed, and the
+    same call used as a context manager restores the previous value when the block ends. The
+    flag covers the O(1) value checks of ``forward`` (arity, tuple lengths, shapes) and the
+    argument checks of constructors and rewriters; it is global to the process, not per thread.
+
     Args:
         flag: ``True`` to check values and arguments (the default), ``False`` to skip checks.
 
@@ -69,8 +74,12 @@ def set_checks(flag: bool) -> _Restore:
 def checks_enabled() -> bool:
     """Whether runtime checks run now: on (see :func:`set_checks`), and not inside ``torch.compile``.
 
+    Like ``torch.is_grad_enabled`` for :func:`set_checks`'s flag. Takes no arguments and never
+    raises.
+
     Returns:
-        ``False`` while ``torch.compile`` traces, so compiled graphs contain no checks.
+        ``True`` when checks are on (the default); ``False`` after ``set_checks(False)``, and
+        while ``torch.compile`` traces, so compiled graphs contain no checks.
 
     Example:
         >>> import modify

@@ -39,6 +39,13 @@ def _short(value: object) -> str:
 class ModifyError(Exception):
     """Base of the errors raised by modules at run time; ``str`` names the module path.
 
+    Not raised itself: modules raise :class:`ModifyValueError` (a ``ValueError``) or
+    :class:`ModifyTypeError` (a ``TypeError``), so ``except ValueError`` works as with any Python
+    error, and ``except modify.ModifyError`` catches both. The path is filled in as the error
+    propagates up through :class:`~modify.Sequential` and :class:`~modify.Parallel`, which prepend
+    the child's name; the message reads ``"<class> at '<path>' <detail>"`` (``'<root>'`` when
+    the raising module was called directly). Errors pickle with their path (for DDP workers).
+
     Args:
         module: the module raising the error (its class name starts the message).
         detail: what went wrong, e.g. ``"got a tuple of 2 values for 3 branches"``.
@@ -46,6 +53,8 @@ class ModifyError(Exception):
     Attributes:
         path: the names from the root down to the raising module, filled in as the error
             propagates through combinators.
+        module_name: the class name of the raising module.
+        detail: the ``detail`` given.
 
     Example:
         >>> import torch, modify
@@ -82,6 +91,16 @@ def _rebuild_error(cls: type, module_name: str, detail: str, path: list[str]) ->
 class ModifyValueError(ModifyError, ValueError):
     """A value of the right kind but the wrong size: tuple length, tensor shape.
 
+    A :class:`ModifyError` and a ``ValueError`` (as Python raises for a right-typed argument
+    with a wrong value): ``except ValueError`` catches it.
+
+    Args:
+        module: the module raising the error (its class name starts the message).
+        detail: what went wrong, e.g. ``"expected last dimension 4, got a tensor of shape (3, 5)"``.
+
+    Attributes:
+        path: the names from the root down to the raising module (see :class:`ModifyError`).
+
     Example:
         >>> import torch, modify
         >>> modify.Sequential(proj=modify.Linear(4, 2))(torch.zeros(3, 5))  # doctest: +ELLIPSIS
@@ -93,6 +112,16 @@ class ModifyValueError(ModifyError, ValueError):
 
 class ModifyTypeError(ModifyError, TypeError):
     """A value of the wrong kind: a tensor where a tuple was expected, or the reverse.
+
+    A :class:`ModifyError` and a ``TypeError`` (as Python raises for an argument of the wrong
+    type): ``except TypeError`` catches it.
+
+    Args:
+        module: the module raising the error (its class name starts the message).
+        detail: what went wrong, e.g. ``"expected a tensor, got a tuple of 2 values"``.
+
+    Attributes:
+        path: the names from the root down to the raising module (see :class:`ModifyError`).
 
     Example:
         >>> import torch, modify

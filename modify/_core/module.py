@@ -12,11 +12,20 @@ class ModifyModule(torch.nn.Module):
 
     A *value* is a ``torch.Tensor`` or a (possibly nested) ``tuple`` of values. ``forward`` takes
     exactly one value and returns one value; ``__call__`` is ``torch.nn.Module``'s own, so
-    forward hooks, ``torch.compile``, DDP and FSDP see ordinary modules.
+    forward hooks, ``torch.compile``, DDP and FSDP see ordinary modules. Takes no constructor
+    arguments; subclasses define their own.
 
     Only the combinators :class:`~modify.Sequential` and :class:`~modify.Parallel` hold
     submodules; every other module is a :class:`Leaf`. :func:`modify.traits_of` answers what a
     module is (inherited traits for leaves, inferred ones for combinators).
+
+    Shape:
+        ``forward``: one value -> one value, e.g. a tensor ``(B, T, C)`` or a tuple
+        ``((B, H, T, D), (B, H, T, D), (B, H, T, D))``.
+
+    Raises:
+        NotImplementedError: calling a subclass that defines no ``forward`` (``torch.nn.Module``'s
+            rule).
 
     Example:
         >>> import torch, modify
@@ -33,7 +42,11 @@ class Leaf(ModifyModule):
     """A module that holds parameters and buffers, never submodules.
 
     Subclasses list their traits as mixins and keep random initialisation in
-    ``reset_parameters()``, so rewriters can rebuild a leaf without re-randomising it.
+    ``reset_parameters()`` (as ``torch.nn.Linear`` does), so rewriters can rebuild a leaf without
+    re-randomising it. Takes no constructor arguments; subclasses define their own.
+
+    Shape:
+        ``forward``: one value -> one value, as the subclass defines (see :class:`ModifyModule`).
 
     Raises:
         TypeError: on assigning a ``torch.nn.Module`` as an attribute, or ``add_module``.
@@ -51,7 +64,22 @@ class Leaf(ModifyModule):
     """
 
     def add_module(self, name: str, module: torch.nn.Module | None) -> None:
-        """Refused: a leaf holds no submodules (``register_module`` lands here too)."""
+        """Refused: a leaf holds no submodules (``register_module`` lands here too).
+
+        Args:
+            name: the submodule's name.
+            module: the submodule.
+
+        Raises:
+            TypeError: always, naming the leaf class and ``name``.
+
+        Example:
+            >>> import torch, modify
+            >>> modify.ReLU().add_module("inner", torch.nn.Linear(2, 2))  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ...
+            TypeError: ReLU is a leaf and cannot hold the submodule 'inner'; compose modules with ...
+        """
         raise TypeError(
             f"{type(self).__name__} is a leaf and cannot hold the submodule '{name}'; "
             f"compose modules with Sequential/Parallel instead"

@@ -1,4 +1,17 @@
-"""Models built from primitives only: GPT, Llama, ResNet."""
+"""Models built from primitives only: GPT, Llama, ResNet.
+
+Each model is a ``Sequential`` subclass whose tree holds only leaves, ``Sequential`` and
+``Parallel``, built from a config dataclass, with a ``from_pretrained`` classmethod that loads
+the reference implementation's weights: Hugging Face's ``GPT2LMHeadModel``,
+``LlamaForCausalLM`` and ``ResNetForImageClassification`` (and torchvision's ResNets).
+
+Example:
+    >>> import torch
+    >>> from modify.models import GPT, GPTConfig
+    >>> gpt = GPT(GPTConfig(block_size=8, vocab_size=16, n_layer=1, n_head=2, n_embd=8))
+    >>> gpt(torch.zeros(1, 8, dtype=torch.long)).shape
+    torch.Size([1, 8, 16])
+"""
 
 from ._checkpoint import CheckpointError
 from ._generate import generate

@@ -40,7 +40,9 @@ class CheckpointError(ValueError):
     """A checkpoint that does not fit the model, with every problem listed at once.
 
     Raised by the models' ``from_pretrained``/``from_torchvision`` before any weight is copied,
-    so the model is never left half loaded.
+    so the model is never left half loaded. The error ``torch.nn.Module.load_state_dict`` raises
+    for a strict load, as a ``ValueError`` and in the reference's key names (a model key is
+    added in parentheses where it helps).
 
     Args:
         owner: who raised it, e.g. ``"GPT.from_pretrained"``.
@@ -50,7 +52,9 @@ class CheckpointError(ValueError):
         note: an extra remark appended to the message.
 
     Attributes:
-        missing, unexpected, mismatched: the lists given, for programs to inspect.
+        missing: the missing keys given, as a list, for programs to inspect.
+        unexpected: the unexpected keys given, as a list.
+        mismatched: the mismatch lines given, as a list.
 
     Example:
         >>> import torch

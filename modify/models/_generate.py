@@ -39,10 +39,15 @@ def generate(
             (GPT) or ``model.config.max_position_embeddings`` (Llama). Required for other models.
         generator: a ``torch.Generator`` for reproducible samples.
 
+    Shape:
+        ``idx``: ``(B, T)`` -> ``(B, T + max_new_tokens)``; the model sees at most the last
+        ``block_size`` tokens, ``(B, min(T_now, block_size))``, at each step.
+
     Returns:
         ``(B, T + max_new_tokens)`` int64: ``idx`` followed by the sampled tokens.
 
     Raises:
+        TypeError: an argument of the wrong type.
         ValueError: ``temperature <= 0``, ``top_k < 1``, ``max_new_tokens < 0``, an ``idx`` that
             is not ``(B, T)`` with ``T >= 1``, or no known ``block_size``.
 

@@ -48,6 +48,11 @@ class BasicBlock(Sequential):
     Shape:
         ``(B, in_channels, H, W) -> (B, out_channels, H / stride, W / stride)`` (rounded up).
 
+    Raises:
+        TypeError: an argument of the wrong type.
+        ModifyValueError: at run time, images without ``in_channels`` channels at axis 1 (from
+            the first convolution, named by its path).
+
     Example:
         >>> import torch
         >>> from modify.models import BasicBlock
@@ -89,7 +94,10 @@ class Bottleneck(Sequential):
         ``(B, in_channels, H, W) -> (B, out_channels, H / stride, W / stride)`` (rounded up).
 
     Raises:
+        TypeError: an argument of the wrong type.
         ValueError: ``out_channels`` not a multiple of 4.
+        ModifyValueError: at run time, images without ``in_channels`` channels at axis 1 (from
+            the first convolution, named by its path).
 
     Example:
         >>> import torch

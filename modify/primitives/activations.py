@@ -11,7 +11,16 @@ from ..traits import Elementwise, Linear, NonLinear, ParamFree, Unary, Vector
 
 
 class ReLU(Leaf, Unary, ParamFree, NonLinear, Elementwise):
-    """``max(x, 0)``, as ``torch.relu``. Shape ``(*) -> (*)``.
+    """Rectified linear unit ``max(x, 0)``, elementwise, as ``torch.nn.ReLU`` (``torch.relu``).
+
+    Nair & Hinton 2010, "Rectified Linear Units Improve Restricted Boltzmann Machines". Takes no
+    arguments.
+
+    Shape:
+        ``(*) -> (*)``, any number of axes, e.g. ``(B, T, C) -> (B, T, C)``; same dtype.
+
+    Raises:
+        ModifyTypeError: the input is not a tensor (a tuple, say).
 
     Example:
         >>> import torch, modify
@@ -24,13 +33,22 @@ class ReLU(Leaf, Unary, ParamFree, NonLinear, Elementwise):
 
 
 class GELU(Leaf, Unary, ParamFree, NonLinear, Elementwise):
-    """Gaussian error linear unit, as ``F.gelu`` (Hendrycks & Gimpel 2016). Shape ``(*) -> (*)``.
+    """Gaussian error linear unit ``x * Phi(x)``, elementwise, as ``torch.nn.GELU`` (``F.gelu``).
+
+    Hendrycks & Gimpel 2016, "Gaussian Error Linear Units (GELUs)"; ``approximate="tanh"`` is
+    the approximation GPT-2 uses (Hugging Face's ``gelu_new``).
 
     Args:
-        approximate: ``"none"`` (exact, erf) or ``"tanh"`` (GPT-2's approximation).
+        approximate: ``"none"`` (exact, with ``erf``; the default) or ``"tanh"``.
+
+    Shape:
+        ``(*) -> (*)``, any number of axes, e.g. ``(B, T, C) -> (B, T, C)``.
 
     Raises:
+        TypeError: ``approximate`` not a str.
         ValueError: for another ``approximate``.
+        ModifyTypeError: the input is not a tensor.
+        NotImplementedError: at run time, from torch, an integer input.
 
     Example:
         >>> import torch, modify
@@ -53,7 +71,17 @@ class GELU(Leaf, Unary, ParamFree, NonLinear, Elementwise):
 
 
 class SiLU(Leaf, Unary, ParamFree, NonLinear, Elementwise):
-    """``x * sigmoid(x)``, as ``F.silu`` (Elfwing et al. 2017). Shape ``(*) -> (*)``.
+    """Sigmoid linear unit (swish) ``x * sigmoid(x)``, elementwise, as ``torch.nn.SiLU`` (``F.silu``).
+
+    Elfwing et al. 2017, "Sigmoid-Weighted Linear Units for Neural Network Function
+    Approximation in Reinforcement Learning"; the gate of Llama's SwiGLU MLP. Takes no arguments.
+
+    Shape:
+        ``(*) -> (*)``, any number of axes, e.g. ``(B, T, C) -> (B, T, C)``.
+
+    Raises:
+        ModifyTypeError: the input is not a tensor.
+        NotImplementedError: at run time, from torch, an integer input.
 
     Example:
         >>> import torch, modify
@@ -66,7 +94,15 @@ class SiLU(Leaf, Unary, ParamFree, NonLinear, Elementwise):
 
 
 class Tanh(Leaf, Unary, ParamFree, NonLinear, Elementwise):
-    """``torch.tanh``. Shape ``(*) -> (*)``.
+    """Hyperbolic tangent, elementwise, as ``torch.nn.Tanh`` (``torch.tanh``).
+
+    Takes no arguments. An integer input gives a floating-point output (torch's promotion).
+
+    Shape:
+        ``(*) -> (*)``, any number of axes, e.g. ``(B, T, C) -> (B, T, C)``.
+
+    Raises:
+        ModifyTypeError: the input is not a tensor (a tuple, say).
 
     Example:
         >>> import torch, modify
@@ -79,7 +115,15 @@ class Tanh(Leaf, Unary, ParamFree, NonLinear, Elementwise):
 
 
 class Sigmoid(Leaf, Unary, ParamFree, NonLinear, Elementwise):
-    """``torch.sigmoid``. Shape ``(*) -> (*)``.
+    """Logistic sigmoid ``1 / (1 + exp(-x))``, elementwise, as ``torch.nn.Sigmoid`` (``torch.sigmoid``).
+
+    Takes no arguments. An integer input gives a floating-point output (torch's promotion).
+
+    Shape:
+        ``(*) -> (*)``, any number of axes, e.g. ``(B, T, C) -> (B, T, C)``.
+
+    Raises:
+        ModifyTypeError: the input is not a tensor (a tuple, say).
 
     Example:
         >>> import torch, modify
@@ -92,7 +136,15 @@ class Sigmoid(Leaf, Unary, ParamFree, NonLinear, Elementwise):
 
 
 class Exp(Leaf, Unary, ParamFree, NonLinear, Elementwise):
-    """``torch.exp``. Shape ``(*) -> (*)``.
+    """Exponential ``e^x``, elementwise, as ``torch.exp``.
+
+    Takes no arguments. An integer input gives a floating-point output (torch's promotion).
+
+    Shape:
+        ``(*) -> (*)``, any number of axes, e.g. ``(B, T, C) -> (B, T, C)``.
+
+    Raises:
+        ModifyTypeError: the input is not a tensor (a tuple, say).
 
     Example:
         >>> import torch, modify
@@ -120,11 +172,24 @@ class _AlongDim(Leaf):
 
 
 class Softmax(_AlongDim, Unary, ParamFree, NonLinear, Vector):
-    """``torch.softmax(x, dim)``. Shape ``(*) -> (*)``.
+    """Softmax along ``dim``: ``exp(x) / sum(exp(x), dim)``, as ``torch.nn.Softmax`` (``torch.softmax``).
+
+    Unlike ``torch.nn.Softmax``, ``dim`` defaults to ``-1`` (the last dimension).
 
     Args:
         dim: the dimension normalised (default ``-1``). The class is tagged ``Vector``; for
             another ``dim``, ``modify.traits_of`` drops it for the instance.
+
+    Shape:
+        ``(*) -> (*)``, any number of axes, e.g. attention logits ``(B, H, T, S) -> (B, H, T, S)``,
+        each slice along ``dim`` summing to 1.
+
+    Raises:
+        TypeError: ``dim`` not an int.
+        ModifyTypeError: the input is not a tensor.
+        IndexError: at run time, from torch (with this module's path), ``dim`` out of range for
+            the input.
+        NotImplementedError: at run time, from torch, an integer input.
 
     Example:
         >>> import torch, modify
@@ -137,7 +202,23 @@ class Softmax(_AlongDim, Unary, ParamFree, NonLinear, Vector):
 
 
 class LogSoftmax(_AlongDim, Unary, ParamFree, NonLinear, Vector):
-    """``torch.log_softmax(x, dim)``. Shape ``(*) -> (*)``; ``dim`` as :class:`Softmax`.
+    """Log of the softmax along ``dim``, computed stably, as ``torch.nn.LogSoftmax`` (``torch.log_softmax``).
+
+    Unlike ``torch.nn.LogSoftmax``, ``dim`` defaults to ``-1`` (the last dimension).
+
+    Args:
+        dim: the dimension normalised (default ``-1``). The class is tagged ``Vector``; for
+            another ``dim``, ``modify.traits_of`` drops it for the instance.
+
+    Shape:
+        ``(*) -> (*)``, any number of axes, e.g. logits ``(B, T, V) -> (B, T, V)`` log-probabilities.
+
+    Raises:
+        TypeError: ``dim`` not an int.
+        ModifyTypeError: the input is not a tensor.
+        IndexError: at run time, from torch (with this module's path), ``dim`` out of range for
+            the input.
+        NotImplementedError: at run time, from torch, an integer input.
 
     Example:
         >>> import torch, modify
@@ -158,14 +239,22 @@ def _dropout(x, p: float, training: bool):
 class Dropout(Leaf, Unary, ParamFree, Linear, Elementwise):
     """Zero each element with probability ``p`` in training, scaling the rest by ``1 / (1 - p)``.
 
-    As ``F.dropout`` (Srivastava et al. 2014). In eval mode, or with ``p == 0``, the identity.
-    Passes any value: every tensor of a tuple gets its own mask.
+    As ``torch.nn.Dropout`` (``F.dropout``; Srivastava et al. 2014, "Dropout: A Simple Way to
+    Prevent Neural Networks from Overfitting"). In eval mode, or with ``p == 0``, the identity:
+    any value passes through as the same object. In training, every tensor of a (nested) tuple
+    gets its own mask.
 
     Args:
-        p: drop probability in ``[0, 1)``.
+        p: drop probability in ``[0, 1)`` (default ``0.5``).
+
+    Shape:
+        Any value -> the same structure: ``(*) -> (*)`` for a tensor, e.g. ``(B, T, C) -> (B, T, C)``;
+        a tuple of tensors gives a tuple of tensors of the same shapes.
 
     Raises:
+        TypeError: ``p`` not a number.
         ValueError: if ``p`` is outside ``[0, 1)``.
+        RuntimeError: at run time in training, from torch, an integer tensor.
 
     Example:
         >>> import torch, modify

@@ -31,17 +31,25 @@ class _Pairwise(Leaf):
 
 
 class Add(_Pairwise, Binary, ParamFree, Linear, Elementwise):
-    """``(a, b) -> a + b``.
+    """Elementwise sum of a pair: ``(a, b) -> a + b``.
+
+    As ``torch.add``, but strict about shapes: operands of different shapes raise unless
+    ``broadcast=True``. The join of :class:`~modify.Residual`.
 
     Args:
         broadcast: allow operands of different, broadcastable shapes (default ``False``: a shape
             mismatch raises instead of broadcasting silently).
 
     Shape:
-        ``((*), (*)) -> (*)``.
+        ``((*), (*)) -> (*)``, e.g. ``((B, T, C), (B, T, C)) -> (B, T, C)``; with
+        ``broadcast=True`` any broadcastable pair, e.g. ``((B, T, C), (C,)) -> (B, T, C)``.
 
     Raises:
-        ModifyValueError: shapes differ and ``broadcast=False``.
+        TypeError: ``broadcast`` not a bool.
+        ModifyTypeError: the input is not a tuple of tensors.
+        ModifyValueError: a tuple of other than 2 values; shapes differ and ``broadcast=False``.
+        RuntimeError: at run time, from torch (with this module's path), shapes that do not
+            broadcast (``broadcast=True``).
 
     Example:
         >>> import torch, modify
@@ -55,7 +63,25 @@ class Add(_Pairwise, Binary, ParamFree, Linear, Elementwise):
 
 
 class Sub(_Pairwise, Binary, ParamFree, Linear, Elementwise):
-    """``(a, b) -> a - b``; arguments and errors as :class:`Add`.
+    """Elementwise difference of a pair: ``(a, b) -> a - b``.
+
+    As ``torch.sub``, but strict about shapes: operands of different shapes raise unless
+    ``broadcast=True``.
+
+    Args:
+        broadcast: allow operands of different, broadcastable shapes (default ``False``: a shape
+            mismatch raises instead of broadcasting silently).
+
+    Shape:
+        ``((*), (*)) -> (*)``, e.g. ``((B, T, C), (B, T, C)) -> (B, T, C)``; with
+        ``broadcast=True`` any broadcastable pair, e.g. ``((B, T, C), (C,)) -> (B, T, C)``.
+
+    Raises:
+        TypeError: ``broadcast`` not a bool.
+        ModifyTypeError: the input is not a tuple of tensors.
+        ModifyValueError: a tuple of other than 2 values; shapes differ and ``broadcast=False``.
+        RuntimeError: at run time, from torch (with this module's path), shapes that do not
+            broadcast (``broadcast=True``).
 
     Example:
         >>> import torch, modify
@@ -69,7 +95,25 @@ class Sub(_Pairwise, Binary, ParamFree, Linear, Elementwise):
 
 
 class Mul(_Pairwise, Binary, ParamFree, NonLinear, Elementwise):
-    """``(a, b) -> a * b`` (elementwise); arguments and errors as :class:`Add`.
+    """Elementwise product of a pair: ``(a, b) -> a * b``.
+
+    As ``torch.mul``, but strict about shapes: operands of different shapes raise unless
+    ``broadcast=True``. Llama's SwiGLU multiplies its gate and up branches with it.
+
+    Args:
+        broadcast: allow operands of different, broadcastable shapes (default ``False``: a shape
+            mismatch raises instead of broadcasting silently).
+
+    Shape:
+        ``((*), (*)) -> (*)``, e.g. ``((B, T, C), (B, T, C)) -> (B, T, C)``; with
+        ``broadcast=True`` any broadcastable pair, e.g. ``((B, T, C), (C,)) -> (B, T, C)``.
+
+    Raises:
+        TypeError: ``broadcast`` not a bool.
+        ModifyTypeError: the input is not a tuple of tensors.
+        ModifyValueError: a tuple of other than 2 values; shapes differ and ``broadcast=False``.
+        RuntimeError: at run time, from torch (with this module's path), shapes that do not
+            broadcast (``broadcast=True``).
 
     Example:
         >>> import torch, modify
@@ -83,7 +127,25 @@ class Mul(_Pairwise, Binary, ParamFree, NonLinear, Elementwise):
 
 
 class Div(_Pairwise, Binary, ParamFree, NonLinear, Elementwise):
-    """``(a, b) -> a / b`` (true division); arguments and errors as :class:`Add`.
+    """Elementwise true division of a pair: ``(a, b) -> a / b``.
+
+    As ``torch.div``, but strict about shapes: operands of different shapes raise unless
+    ``broadcast=True``. Integer operands give a floating-point result (true division).
+
+    Args:
+        broadcast: allow operands of different, broadcastable shapes (default ``False``: a shape
+            mismatch raises instead of broadcasting silently).
+
+    Shape:
+        ``((*), (*)) -> (*)``, e.g. ``((B, T, C), (B, T, C)) -> (B, T, C)``; with
+        ``broadcast=True`` any broadcastable pair, e.g. ``((B, T, C), (C,)) -> (B, T, C)``.
+
+    Raises:
+        TypeError: ``broadcast`` not a bool.
+        ModifyTypeError: the input is not a tuple of tensors.
+        ModifyValueError: a tuple of other than 2 values; shapes differ and ``broadcast=False``.
+        RuntimeError: at run time, from torch (with this module's path), shapes that do not
+            broadcast (``broadcast=True``).
 
     Example:
         >>> import torch, modify
@@ -97,10 +159,19 @@ class Div(_Pairwise, Binary, ParamFree, NonLinear, Elementwise):
 
 
 class MatMul(Leaf, Binary, ParamFree, NonLinear, Matrix):
-    """``(a, b) -> torch.matmul(a, b)``, batched over leading dimensions.
+    """Matrix product of a pair: ``(a, b) -> torch.matmul(a, b)``, batched over leading dimensions.
+
+    As ``torch.matmul``; leading (batch) dimensions broadcast as there. Takes no arguments.
 
     Shape:
-        ``((*, n, k), (*, k, m)) -> (*, n, m)``.
+        ``((*, N, K), (*, K, M)) -> (*, N, M)``, e.g. attention scores
+        ``((B, H, T, D), (B, H, D, S)) -> (B, H, T, S)``.
+
+    Raises:
+        ModifyTypeError: the input is not a tuple of tensors.
+        ModifyValueError: a tuple of other than 2 values.
+        RuntimeError: at run time, from torch (with this module's path), inner sizes that differ
+            (``K``) or batch dimensions that do not broadcast.
 
     Example:
         >>> import torch, modify
@@ -116,11 +187,18 @@ class MatMul(Leaf, Binary, ParamFree, NonLinear, Matrix):
 class Scale(Leaf, Unary, ParamFree, Linear, Elementwise):
     """Multiply by a constant: ``x -> c * x``. ``c`` is a Python number, not a parameter.
 
+    As ``torch.mul`` by a scalar; LoRA's ``alpha / rank`` factor (Hu et al. 2021) is one.
+    :func:`~modify.fuse` merges consecutive ``Scale``s, and a ``Linear`` followed by one.
+
     Args:
-        c: the factor.
+        c: the factor (stored as a float).
 
     Shape:
-        ``(*) -> (*)``.
+        ``(*) -> (*)``, any number of axes, e.g. ``(B, T, C) -> (B, T, C)``.
+
+    Raises:
+        TypeError: ``c`` not a number.
+        ModifyTypeError: the input is not a tensor.
 
     Example:
         >>> import torch, modify

@@ -30,8 +30,12 @@ class ScaledDotProductAttention(Leaf, Ternary, ParamFree, NonLinear, Matrix):
         ``H`` a multiple of ``H_kv``.
 
     Raises:
-        ModifyTypeError / ModifyValueError: not a tuple of three tensors.
-        ModifyValueError: ``H`` not a multiple of ``H_kv``.
+        TypeError: an argument of the wrong type.
+        ValueError: ``dropout`` outside ``[0, 1)``.
+        ModifyTypeError: the input is not a tuple of tensors.
+        ModifyValueError: a tuple of other than three values; ``H`` not a multiple of ``H_kv``.
+        RuntimeError: at run time, from torch (with this module's path), ``q`` and ``k`` with
+            different ``E``.
 
     Example:
         >>> import torch, modify
@@ -66,6 +70,9 @@ class ScaledDotProductAttention(Leaf, Ternary, ParamFree, NonLinear, Matrix):
         return f"causal={self.causal}, dropout={self.dropout:g}, scale={self.scale}"
 
 
+_LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+
+
 def rope_inverse_frequencies(dim: int, base: float, scaling: dict | None = None) -> torch.Tensor:
     """Rotary inverse frequencies ``base^(-2i/dim)``, optionally with Llama 3's rescaling.
 
@@ -80,7 +87,7 @@ def rope_inverse_frequencies(dim: int, base: float, scaling: dict | None = None)
         ``(dim // 2,)`` float32.
 
     Raises:
-        ValueError: an unsupported ``rope_type``.
+        ValueError: an unsupported ``rope_type``; a ``"llama3"`` dict without one of its four keys.
     """
     inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
     kind = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
@@ -88,6 +95,9 @@ def rope_inverse_frequencies(dim: int, base: float, scaling: dict | None = None)
         return inv_freq
     if kind != "llama3":
         raise ValueError(f"RotaryEmbedding: unsupported rope_type {kind!r} (supported: 'default', 'llama3')")
+    missing = [key for key in _LLAMA3_KEYS if key not in scaling]
+    if missing:
+        raise ValueError(f"RotaryEmbedding: llama3 rope_scaling lacks {missing}, got {scaling}")
     factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
     old_context = scaling["original_max_position_embeddings"]
     wavelen = 2 * math.pi / inv_freq
@@ -117,7 +127,11 @@ class RotaryEmbedding(Leaf, Unary, ParamFree, Linear, Vector):
         inv_freq: ``(dim // 2,)`` float32 buffer, not persistent (not in ``state_dict``).
 
     Raises:
-        ValueError: odd ``dim``. ModifyValueError: last dimension not ``dim``.
+        TypeError: an argument of the wrong type.
+        ValueError: odd ``dim``; a ``scaling`` whose ``rope_type`` is not ``"default"`` or
+            ``"llama3"``, or a ``"llama3"`` one without one of its four keys.
+        ModifyTypeError: the input is not a tensor.
+        ModifyValueError: last dimension not ``dim``, or fewer than two dimensions.
 
     Example:
         >>> import torch, modify

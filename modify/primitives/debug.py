@@ -37,8 +37,17 @@ class _Tap(Leaf, Unary, ParamFree, Linear):
 class Print(_Tap):
     """Print the value flowing through (to stdout) and pass it on unchanged.
 
+    Python's ``print(x)`` as a leaf, to place anywhere in a composed model. Any value passes
+    through, as the very same object: a tensor, a (nested) tuple, anything; nothing is checked.
+
     Args:
-        label: printed before the value.
+        label: printed before the value, followed by ``": "`` (default ``""``: no label).
+
+    Shape:
+        Any value -> the same value; for a tensor ``(*) -> (*)``, e.g. ``(B, T, C) -> (B, T, C)``.
+
+    Raises:
+        TypeError: ``label`` not a str.
 
     Example:
         >>> import torch, modify
@@ -54,8 +63,18 @@ class Print(_Tap):
 class PrintShape(_Tap):
     """Print the nested shape of the value (tuples shown as tuples) and pass it on unchanged.
 
+    Like ``print(x.shape)``, for tuples too: a tensor prints as its shape, a tuple as the tuple
+    of its elements' shapes. Any value passes through, as the very same object; nothing is
+    checked (a value that is neither prints its type's name).
+
     Args:
-        label: printed before the shape.
+        label: printed before the shape, followed by ``": "`` (default ``""``: no label).
+
+    Shape:
+        Any value -> the same value; for a tensor ``(*) -> (*)``, e.g. ``(B, T, C) -> (B, T, C)``.
+
+    Raises:
+        TypeError: ``label`` not a str.
 
     Example:
         >>> import torch, modify
@@ -71,10 +90,20 @@ class PrintShape(_Tap):
 class Breakpoint(Leaf, Unary, ParamFree, Linear):
     """Stop in ``pdb`` with the value bound to ``x``, then pass it on unchanged.
 
-    Skipped under ``torch.compile`` (tracing cannot stop) and when ``enabled=False``.
+    Python's ``breakpoint()`` as a leaf: the debugger opens in this module's ``forward``, where
+    ``x`` is the value flowing through; ``c`` continues. Any value passes through, as the very
+    same object; nothing is checked. Skipped under ``torch.compile`` (tracing cannot stop) and
+    when ``enabled=False``.
 
     Args:
         enabled: whether to stop (default ``True``).
+
+    Shape:
+        Any value -> the same value; for a tensor ``(*) -> (*)``, e.g. ``(B, T, C) -> (B, T, C)``.
+
+    Raises:
+        TypeError: ``enabled`` not a bool.
+        bdb.BdbQuit: quitting the debugger (``q``), as with any ``pdb`` session.
 
     Example:
         >>> import torch, modify

@@ -21,7 +21,10 @@ from .init import Init, apply_init
 
 
 class Linear(Leaf, Unary, Param, LinearTrait, Vector):
-    """``y = x W^T + b``, as ``torch.nn.Linear``.
+    """Affine map ``y = x W^T + b`` of the last dimension, as ``torch.nn.Linear`` (``F.linear``).
+
+    Same parameter names, layout and default init as ``torch.nn.Linear``, so its
+    ``state_dict`` loads as is.
 
     Args:
         in_features: size of each input vector.
@@ -31,17 +34,23 @@ class Linear(Leaf, Unary, Param, LinearTrait, Vector):
             callable ``init(tensor) -> None``; default ``torch.nn.Linear``'s
             ``kaiming_uniform_(a=sqrt(5))``.
         bias_init: likewise for the bias; default ``U(-1/sqrt(in_features), 1/sqrt(in_features))``.
-        device, dtype: of the parameters.
+        device: where the parameters are allocated (default: torch's default device).
+        dtype: the parameters' floating-point dtype (default: torch's default dtype).
 
     Shape:
-        ``(*, in_features) -> (*, out_features)``.
+        ``(*, in_features) -> (*, out_features)``, e.g. ``(B, T, in_features) -> (B, T, out_features)``.
 
     Attributes:
         weight: ``(out_features, in_features)``.
-        bias: ``(out_features,)`` or ``None``.
+        bias: ``(out_features,)``, or ``None`` with ``bias=False``.
 
     Raises:
+        TypeError: an argument of the wrong type.
+        ValueError: a weight or bias distribution that is not scalar (batch and event shape ``()``).
+        ModifyTypeError: the input is not a tensor.
         ModifyValueError: input whose last dimension is not ``in_features``.
+        RuntimeError: at run time, from torch (with this module's path), an input of another
+            dtype than the weight (integer ids, say).
 
     Example:
         >>> import torch, modify
@@ -185,22 +194,50 @@ class _ConvNd(Leaf, Unary, Param, LinearTrait):
 
 
 class Conv1d(_ConvNd):
-    """1-D convolution, as ``torch.nn.Conv1d`` (same arguments, parameter names and init).
+    """1-D convolution, as ``torch.nn.Conv1d`` (same arguments, parameter names, layout and init).
+
+    Runs ``F.conv1d``; a ``padding_mode`` other than ``"zeros"`` pads with ``F.pad`` first, as
+    ``torch.nn.Conv1d`` does, so a ``torch.nn.Conv1d`` ``state_dict`` loads as is.
 
     Args:
-        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode: as
-            ``torch.nn.Conv1d``.
-        weight_init, bias_init: as :class:`Linear`.
+        in_channels: channels ``C_in`` of the input.
+        out_channels: channels ``C_out`` of the output.
+        kernel_size: size of the kernel, an int or a 1-tuple.
+        stride: step of the kernel, an int or a 1-tuple (default ``1``).
+        padding: added on both sides of each spatial axis, an int or a 1-tuple, or
+            ``"valid"`` (none) or ``"same"`` (output as long as the input; stride 1 only)
+            (default ``0``).
+        dilation: spacing between kernel elements, an int or a 1-tuple (default ``1``).
+        groups: blocked connections from input to output channels; ``in_channels`` and
+            ``out_channels`` must be divisible by it (default ``1``).
+        bias: learn an additive bias (default ``True``).
+        padding_mode: ``"zeros"`` (default), ``"reflect"``, ``"replicate"`` or ``"circular"``.
+        weight_init: a ``torch.distributions.Distribution`` sampled to the weight's shape, or a
+            callable ``init(tensor) -> None``; default ``torch.nn.Conv1d``'s
+            ``kaiming_uniform_(a=sqrt(5))``.
+        bias_init: likewise for the bias; default ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``,
+            ``fan_in = C_in / groups * kernel_size``.
+        device: where the parameters are allocated (default: torch's default device).
+        dtype: the parameters' floating-point dtype (default: torch's default dtype).
 
     Shape:
-        ``(N, C_in, L_in) -> (N, C_out, L_out)`` (``N`` optional).
+        ``(N, C_in, L_in) -> (N, C_out, L_out)`` (``N`` optional), with
+        ``L_out = floor((L_in + 2 padding - dilation (kernel_size - 1) - 1) / stride + 1)``;
+        e.g. ``Conv1d(C, C, 3, padding=1)``: ``(B, C, T) -> (B, C, T)``.
 
     Attributes:
-        weight: ``(C_out, C_in / groups, kernel_size)``. bias: ``(C_out,)`` or ``None``.
+        weight: ``(C_out, C_in / groups, kernel_size)``.
+        bias: ``(C_out,)``, or ``None`` with ``bias=False``.
 
     Raises:
-        ValueError: channels not divisible by ``groups``; unknown padding or padding_mode.
-        ModifyValueError: input with the wrong channel count.
+        TypeError: an argument of the wrong type.
+        ValueError: channels not divisible by ``groups``; a size tuple of the wrong length; an
+            unknown padding or ``padding_mode``; ``padding="same"`` with a stride; a weight or
+            bias distribution that is not scalar.
+        ModifyTypeError: the input is not a tensor.
+        ModifyValueError: an input without ``in_channels`` channels at axis -2.
+        RuntimeError: at run time, from torch (with this module's path), an input smaller than
+            the (dilated) kernel after padding, or of another dtype than the weight.
 
     Example:
         >>> import torch, modify
@@ -212,22 +249,49 @@ class Conv1d(_ConvNd):
 
 
 class Conv2d(_ConvNd):
-    """2-D convolution, as ``torch.nn.Conv2d`` (same arguments, parameter names and init).
+    """2-D convolution, as ``torch.nn.Conv2d`` (same arguments, parameter names, layout and init).
+
+    Runs ``F.conv2d``; a ``padding_mode`` other than ``"zeros"`` pads with ``F.pad`` first, as
+    ``torch.nn.Conv2d`` does, so a ``torch.nn.Conv2d`` ``state_dict`` loads as is.
 
     Args:
-        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode: as
-            ``torch.nn.Conv2d``.
-        weight_init, bias_init: as :class:`Linear`.
+        in_channels: channels ``C_in`` of the input.
+        out_channels: channels ``C_out`` of the output.
+        kernel_size: size of the kernel, an int or a pair ``(kH, kW)``.
+        stride: step of the kernel, an int or a pair (default ``1``).
+        padding: added on both sides of each spatial axis, an int or a pair, or ``"valid"`` (none) or
+            ``"same"`` (output as long as the input; stride 1 only) (default ``0``).
+        dilation: spacing between kernel elements, an int or a pair (default ``1``).
+        groups: blocked connections from input to output channels; ``in_channels`` and
+            ``out_channels`` must be divisible by it (default ``1``).
+        bias: learn an additive bias (default ``True``).
+        padding_mode: ``"zeros"`` (default), ``"reflect"``, ``"replicate"`` or ``"circular"``.
+        weight_init: a ``torch.distributions.Distribution`` sampled to the weight's shape, or a
+            callable ``init(tensor) -> None``; default ``torch.nn.Conv2d``'s
+            ``kaiming_uniform_(a=sqrt(5))``.
+        bias_init: likewise for the bias; default ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``,
+            ``fan_in = C_in / groups * kH * kW``.
+        device: where the parameters are allocated (default: torch's default device).
+        dtype: the parameters' floating-point dtype (default: torch's default dtype).
 
     Shape:
-        ``(N, C_in, H_in, W_in) -> (N, C_out, H_out, W_out)`` (``N`` optional).
+        ``(N, C_in, H_in, W_in) -> (N, C_out, H_out, W_out)`` (``N`` optional), with
+        ``H_out = floor((H_in + 2 pH - dH (kH - 1) - 1) / sH + 1)`` and ``W_out`` likewise;
+        e.g. ``Conv2d(3, 64, 7, stride=2, padding=3)``: ``(B, 3, 224, 224) -> (B, 64, 112, 112)``.
 
     Attributes:
-        weight: ``(C_out, C_in / groups, kH, kW)``. bias: ``(C_out,)`` or ``None``.
+        weight: ``(C_out, C_in / groups, kH, kW)``.
+        bias: ``(C_out,)``, or ``None`` with ``bias=False``.
 
     Raises:
-        ValueError: channels not divisible by ``groups``; unknown padding or padding_mode.
-        ModifyValueError: input with the wrong channel count.
+        TypeError: an argument of the wrong type.
+        ValueError: channels not divisible by ``groups``; a size tuple of the wrong length; an
+            unknown padding or ``padding_mode``; ``padding="same"`` with a stride; a weight or
+            bias distribution that is not scalar.
+        ModifyTypeError: the input is not a tensor.
+        ModifyValueError: an input without ``in_channels`` channels at axis -3.
+        RuntimeError: at run time, from torch (with this module's path), an input smaller than
+            the (dilated) kernel after padding, or of another dtype than the weight.
 
     Example:
         >>> import torch, modify
@@ -239,23 +303,33 @@ class Conv2d(_ConvNd):
 
 
 class Embedding(Leaf, Unary, Param, NonLinear):
-    """Look up rows of a table by integer index, as ``torch.nn.Embedding``.
+    """Look up rows of a table by integer index, as ``torch.nn.Embedding`` (``F.embedding``).
+
+    Same parameter name, layout and default init (``N(0, 1)``) as ``torch.nn.Embedding``, so its
+    ``state_dict`` loads as is.
 
     Args:
-        num_embeddings: rows in the table.
+        num_embeddings: rows in the table (the vocabulary size).
         embedding_dim: size of each row.
-        padding_idx: a row kept at zero and given no gradient (as ``torch.nn.Embedding``).
-        weight_init: as :class:`Linear`; default ``N(0, 1)``.
-        device, dtype: of the weight.
+        padding_idx: a row kept at zero and given no gradient, as ``torch.nn.Embedding``;
+            negative counts from the end (default ``None``: no such row).
+        weight_init: a ``torch.distributions.Distribution`` sampled to the weight's shape, or a
+            callable ``init(tensor) -> None``; default ``N(0, 1)`` (the padding row is then zeroed).
+        device: where the weight is allocated (default: torch's default device).
+        dtype: the weight's floating-point dtype (default: torch's default dtype).
 
     Shape:
-        ``(*)`` int64/int32 -> ``(*, embedding_dim)``.
+        ``(*)`` integer ids -> ``(*, embedding_dim)``, e.g. token ids ``(B, T) -> (B, T, embedding_dim)``.
 
     Attributes:
         weight: ``(num_embeddings, embedding_dim)``.
 
     Raises:
-        ModifyTypeError: a floating-point input.
+        TypeError: an argument of the wrong type.
+        ValueError: ``padding_idx`` out of range; a weight distribution that is not scalar.
+        ModifyTypeError: an input that is not a tensor, or a floating-point one.
+        IndexError: at run time, from torch (with this module's path), an id outside
+            ``[0, num_embeddings)``.
 
     Example:
         >>> import torch, modify

@@ -40,6 +40,8 @@ def _trailing_scope(traits: frozenset[type], normalized_shape: tuple[int, ...]) 
 class ElementwiseAffine(Leaf, Unary, Param, Linear, Elementwise):
     """``x * weight + bias`` with parameters of shape ``shape`` placed at dimension ``dim``.
 
+    The affine part of ``torch.nn.LayerNorm``, ``RMSNorm``, ``GroupNorm`` and ``BatchNorm*``
+    (their ``weight`` and ``bias``, with the same names, shapes and init), as a leaf of its own.
     For ``dim >= 0`` the parameters' first axis lines up with input axis ``dim``; for ``dim < 0``
     their last axis lines up with input axis ``dim`` (so the default ``dim=-1`` is trailing,
     like broadcasting). BatchNorm2d's affine is ``ElementwiseAffine(C, dim=1)``.
@@ -48,15 +50,21 @@ class ElementwiseAffine(Leaf, Unary, Param, Linear, Elementwise):
         shape: the parameters' shape (int or tuple).
         bias: learn a bias (default ``True``).
         dim: where the parameters sit (default ``-1``).
-        device, dtype: of the parameters.
+        device: where the parameters are allocated (default: torch's default device).
+        dtype: the parameters' floating-point dtype (default: torch's default dtype).
 
     Shape:
-        ``(*) -> (*)``; the input's axes at ``dim`` must equal ``shape`` exactly.
+        ``(*) -> (*)``; the input's axes at ``dim`` must equal ``shape`` exactly, e.g.
+        ``ElementwiseAffine(C)``: ``(B, T, C) -> (B, T, C)``; ``ElementwiseAffine(C, dim=1)``:
+        ``(N, C, H, W) -> (N, C, H, W)``.
 
     Attributes:
-        weight: ``shape``, initialised to ones. bias: ``shape``, zeros, or ``None``.
+        weight: ``shape``, initialised to ones.
+        bias: ``shape``, initialised to zeros, or ``None`` with ``bias=False``.
 
     Raises:
+        TypeError: an argument of the wrong type.
+        ModifyTypeError: the input is not a tensor.
         ModifyValueError: the input's axes at ``dim`` differ from ``shape`` (never broadcast).
 
     Example:
@@ -89,7 +97,19 @@ class ElementwiseAffine(Leaf, Unary, Param, Linear, Elementwise):
             self.bias.zero_()
 
     def span(self, ndim: int) -> tuple[int, int]:
-        """The input axes ``[start, stop)`` the parameters cover for an input of ``ndim`` dims."""
+        """The input axes ``[start, stop)`` the parameters cover for an input of ``ndim`` dims.
+
+        Args:
+            ndim: the input's number of dimensions.
+
+        Returns:
+            ``(start, stop)``; ``start`` is negative when ``ndim`` is too small for ``shape``.
+
+        Example:
+            >>> import modify
+            >>> modify.ElementwiseAffine(3, dim=1).span(4), modify.ElementwiseAffine((4, 5)).span(3)
+            ((1, 2), (1, 3))
+        """
         k = len(self.shape)
         start = self.dim if self.dim >= 0 else ndim + self.dim - k + 1
         return start, start + k
@@ -111,20 +131,26 @@ class ElementwiseAffine(Leaf, Unary, Param, Linear, Elementwise):
 
 
 class LayerNorm(Leaf, Unary, ParamFree, NonLinear, Vector):
-    """Normalise over the trailing ``normalized_shape`` axes, as ``F.layer_norm`` without affine.
+    """Normalise over the trailing ``normalized_shape`` axes, as ``torch.nn.LayerNorm`` without affine.
 
-    Ba et al. 2016, "Layer Normalization".
+    Ba et al. 2016, "Layer Normalization"; runs ``F.layer_norm`` with no weight or bias.
+    ``LayerNorm(n)`` followed by ``ElementwiseAffine(n)`` equals ``torch.nn.LayerNorm(n)``.
 
     Args:
         normalized_shape: the trailing shape normalised over (int or tuple). The class is
             tagged ``Vector``; ``modify.traits_of`` says ``Matrix`` for two trailing axes.
         eps: added to the variance (default ``1e-5``).
+        elementwise_affine: not accepted (keyword only): passing it raises ``TypeError``; follow
+            the norm with :class:`ElementwiseAffine`.
+        bias: not accepted either (keyword only): passing it raises ``TypeError``.
 
     Shape:
-        ``(*, *normalized_shape) -> same``.
+        ``(*, *normalized_shape) -> same``, e.g. ``LayerNorm(C)``: ``(B, T, C) -> (B, T, C)``.
 
     Raises:
-        TypeError: ``elementwise_affine=`` or ``bias=`` given (use :class:`ElementwiseAffine`).
+        TypeError: ``elementwise_affine=`` or ``bias=`` given (use :class:`ElementwiseAffine`);
+            an argument of the wrong type.
+        ModifyTypeError: the input is not a tensor.
         ModifyValueError: trailing shape differs from ``normalized_shape``.
 
     Example:
@@ -160,19 +186,25 @@ class LayerNorm(Leaf, Unary, ParamFree, NonLinear, Vector):
 
 
 class RMSNorm(Leaf, Unary, ParamFree, NonLinear, Vector):
-    """``x / sqrt(mean(x^2) + eps)`` over the trailing axes, as ``F.rms_norm`` without weight.
+    """``x / sqrt(mean(x^2) + eps)`` over the trailing axes, as ``torch.nn.RMSNorm`` without weight.
 
-    Zhang & Sennrich 2019, "Root Mean Square Layer Normalization"; used by Llama.
+    Zhang & Sennrich 2019, "Root Mean Square Layer Normalization"; used by Llama. Runs
+    ``F.rms_norm`` with no weight; ``RMSNorm(n)`` followed by ``ElementwiseAffine(n, bias=False)``
+    equals ``torch.nn.RMSNorm(n)``.
 
     Args:
         normalized_shape: the trailing shape normalised over (int or tuple).
-        eps: added to the mean square; ``None`` uses ``torch.finfo(x.dtype).eps``.
+        eps: added to the mean square; ``None`` (default) uses ``torch.finfo(x.dtype).eps``.
+        elementwise_affine: not accepted (keyword only): passing it raises ``TypeError``; follow
+            the norm with ``ElementwiseAffine(n, bias=False)``.
 
     Shape:
-        ``(*, *normalized_shape) -> same``.
+        ``(*, *normalized_shape) -> same``, e.g. ``RMSNorm(C)``: ``(B, T, C) -> (B, T, C)``.
 
     Raises:
-        TypeError: ``elementwise_affine=`` given (use :class:`ElementwiseAffine` with ``bias=False``).
+        TypeError: ``elementwise_affine=`` given (use :class:`ElementwiseAffine` with
+            ``bias=False``); an argument of the wrong type.
+        ModifyTypeError: the input is not a tensor.
         ModifyValueError: trailing shape differs from ``normalized_shape``.
 
     Example:
@@ -207,18 +239,27 @@ class RMSNorm(Leaf, Unary, ParamFree, NonLinear, Vector):
 
 
 class GroupNorm(Leaf, Unary, ParamFree, NonLinear):
-    """Normalise over groups of channels, as ``F.group_norm`` without affine (Wu & He 2018).
+    """Normalise over groups of channels, as ``torch.nn.GroupNorm`` without affine.
+
+    Wu & He 2018, "Group Normalization"; runs ``F.group_norm`` with no weight or bias.
+    ``GroupNorm(G, C)`` followed by ``ElementwiseAffine(C, dim=1)`` equals
+    ``torch.nn.GroupNorm(G, C)``.
 
     Args:
         num_groups: groups the channels are split into.
         num_channels: channels ``C`` (axis 1), divisible by ``num_groups``.
         eps: added to the variance (default ``1e-5``).
+        affine: not accepted (keyword only): passing it raises ``TypeError``; follow the norm
+            with ``ElementwiseAffine(C, dim=1)``.
 
     Shape:
-        ``(N, C, *) -> same``.
+        ``(N, C, *) -> same``, e.g. ``(B, C, H, W) -> (B, C, H, W)``; statistics per sample and
+        group of ``C / num_groups`` channels.
 
     Raises:
-        TypeError: ``affine=`` given. ValueError: ``num_channels % num_groups != 0``.
+        TypeError: ``affine=`` given; an argument of the wrong type.
+        ValueError: ``num_channels % num_groups != 0``.
+        ModifyTypeError: the input is not a tensor.
         ModifyValueError: input whose axis 1 is not ``num_channels``.
 
     Example:
@@ -311,17 +352,39 @@ class _BatchNorm(Leaf, Unary, ParamFree, NonLinear):
 class BatchNorm1d(_BatchNorm):
     """Batch normalisation over ``(N, C)`` or ``(N, C, L)``, as ``torch.nn.BatchNorm1d`` without affine.
 
-    Ioffe & Szegedy 2015. Keeps ``running_mean``, ``running_var``, ``num_batches_tracked`` as
-    buffers with ``torch.nn``'s names, so its ``state_dict`` loads as is.
+    Ioffe & Szegedy 2015, "Batch Normalization"; runs ``F.batch_norm``. In training (or without
+    running statistics) it normalises with the batch's statistics and updates the running ones;
+    in eval mode it uses the running ones. Keeps ``running_mean``, ``running_var`` and
+    ``num_batches_tracked`` as buffers with ``torch.nn``'s names, so its ``state_dict`` loads as
+    is. The affine part is a separate ``ElementwiseAffine(C, dim=1)``.
 
     Args:
-        num_features: channels ``C``.
-        eps, momentum, track_running_stats: as ``torch.nn.BatchNorm1d`` (``momentum=None`` is a
-            cumulative average).
+        num_features: channels ``C`` (axis 1).
+        eps: added to the variance (default ``1e-5``).
+        momentum: weight of the new batch in the running statistics (default ``0.1``); ``None``
+            means a cumulative average over all batches seen, as ``torch.nn.BatchNorm1d``.
+        track_running_stats: keep running statistics as buffers (default ``True``); ``False``
+            uses the batch's statistics in eval mode too and stores ``None`` buffers.
+        affine: not accepted (keyword only): passing it raises ``TypeError``; follow the norm
+            with ``ElementwiseAffine(C, dim=1)``.
+        device: where the buffers are allocated (default: torch's default device).
+        dtype: the running statistics' dtype (default: torch's default dtype).
+
+    Shape:
+        ``(N, C)`` or ``(N, C, L)`` -> the same shape, e.g. ``(B, C, T) -> (B, C, T)``; statistics per
+        channel ``C`` over ``N`` (and ``L``).
+
+    Attributes:
+        running_mean: ``(C,)`` buffer, zeros at first.
+        running_var: ``(C,)`` buffer, ones at first.
+        num_batches_tracked: ``()`` int64 buffer, the training batches seen.
 
     Raises:
-        TypeError: ``affine=`` given (use ``ElementwiseAffine(C, dim=1)``).
+        TypeError: ``affine=`` given; an argument of the wrong type.
+        ModifyTypeError: the input is not a tensor.
         ModifyValueError: input not 2-d/3-d with ``C`` channels at axis 1.
+        ValueError: at run time in training, from torch (with this module's path), a batch with
+            one value per channel.
 
     Example:
         >>> import torch, modify
@@ -335,7 +398,38 @@ class BatchNorm1d(_BatchNorm):
 class BatchNorm2d(_BatchNorm):
     """Batch normalisation over ``(N, C, H, W)``, as ``torch.nn.BatchNorm2d`` without affine.
 
-    Arguments, buffers and errors as :class:`BatchNorm1d`; input must be 4-d.
+    Ioffe & Szegedy 2015, "Batch Normalization"; runs ``F.batch_norm``. In training (or without
+    running statistics) it normalises with the batch's statistics and updates the running ones;
+    in eval mode it uses the running ones. Keeps ``running_mean``, ``running_var`` and
+    ``num_batches_tracked`` as buffers with ``torch.nn``'s names, so its ``state_dict`` loads as
+    is. The affine part is a separate ``ElementwiseAffine(C, dim=1)``.
+
+    Args:
+        num_features: channels ``C`` (axis 1).
+        eps: added to the variance (default ``1e-5``).
+        momentum: weight of the new batch in the running statistics (default ``0.1``); ``None``
+            means a cumulative average over all batches seen, as ``torch.nn.BatchNorm2d``.
+        track_running_stats: keep running statistics as buffers (default ``True``); ``False``
+            uses the batch's statistics in eval mode too and stores ``None`` buffers.
+        affine: not accepted (keyword only): passing it raises ``TypeError``; follow the norm
+            with ``ElementwiseAffine(C, dim=1)``.
+        device: where the buffers are allocated (default: torch's default device).
+        dtype: the running statistics' dtype (default: torch's default dtype).
+
+    Shape:
+        ``(N, C, H, W) -> (N, C, H, W)``; statistics per channel ``C`` over ``N``, ``H`` and ``W``.
+
+    Attributes:
+        running_mean: ``(C,)`` buffer, zeros at first.
+        running_var: ``(C,)`` buffer, ones at first.
+        num_batches_tracked: ``()`` int64 buffer, the training batches seen.
+
+    Raises:
+        TypeError: ``affine=`` given; an argument of the wrong type.
+        ModifyTypeError: the input is not a tensor.
+        ModifyValueError: input not 4-d with ``C`` channels at axis 1.
+        ValueError: at run time in training, from torch (with this module's path), a batch with
+            one value per channel.
 
     Example:
         >>> import torch, modify

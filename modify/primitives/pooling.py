@@ -12,10 +12,30 @@ Size2 = int | tuple[int, int]
 
 
 class MaxPool2d(Leaf, Unary, ParamFree, NonLinear, Reduction, Matrix):
-    """2-D max pooling, as ``torch.nn.MaxPool2d`` (same arguments; ``stride`` defaults to ``kernel_size``).
+    """2-D max pooling over each ``(H, W)`` plane, as ``torch.nn.MaxPool2d`` (``F.max_pool2d``).
+
+    Takes ``torch.nn.MaxPool2d``'s arguments (but not ``return_indices``): ``stride`` defaults
+    to ``kernel_size``. An int stands for the same value along ``H`` and ``W``.
+
+    Args:
+        kernel_size: the window size, an int or ``(kH, kW)``.
+        stride: the window step, an int or ``(sH, sW)``; ``None`` (default) means ``kernel_size``.
+        padding: implicit ``-inf`` padding on both sides, an int or ``(pH, pW)``, at most half the
+            kernel size (default ``0``).
+        dilation: the spacing between window elements, an int or ``(dH, dW)`` (default ``1``).
+        ceil_mode: round the output size up instead of down (default ``False``).
 
     Shape:
-        ``(N, C, H, W) -> (N, C, H_out, W_out)`` (``N`` optional).
+        ``(N, C, H, W) -> (N, C, H_out, W_out)`` (``N`` optional), with
+        ``H_out = floor((H + 2 pH - dH (kH - 1) - 1) / sH + 1)`` (``ceil`` with ``ceil_mode``) and
+        ``W_out`` likewise; e.g. ResNet's stem ``MaxPool2d(3, stride=2, padding=1)``:
+        ``(B, 64, 112, 112) -> (B, 64, 56, 56)``.
+
+    Raises:
+        TypeError: an argument that is not an int or a pair of ints (``ceil_mode``: a bool).
+        ModifyTypeError: the input is not a tensor.
+        RuntimeError: at run time, from torch (with this module's path), an input that is not 3-d
+            or 4-d, an output size below 1, padding above half the kernel, or a zero stride.
 
     Example:
         >>> import torch, modify
@@ -45,10 +65,32 @@ class MaxPool2d(Leaf, Unary, ParamFree, NonLinear, Reduction, Matrix):
 
 
 class AvgPool2d(Leaf, Unary, ParamFree, Linear, Reduction, Matrix):
-    """2-D average pooling, as ``torch.nn.AvgPool2d`` (same arguments).
+    """2-D average pooling over each ``(H, W)`` plane, as ``torch.nn.AvgPool2d`` (``F.avg_pool2d``).
+
+    Takes ``torch.nn.AvgPool2d``'s arguments: ``stride`` defaults to ``kernel_size``. An int
+    stands for the same value along ``H`` and ``W``.
+
+    Args:
+        kernel_size: the window size, an int or ``(kH, kW)``.
+        stride: the window step, an int or ``(sH, sW)``; ``None`` (default) means ``kernel_size``.
+        padding: implicit zero padding on both sides, an int or ``(pH, pW)``, at most half the
+            kernel size (default ``0``).
+        ceil_mode: round the output size up instead of down (default ``False``).
+        count_include_pad: count the zero padding in the average's divisor (default ``True``).
+        divisor_override: divide every window's sum by this number instead (default ``None``).
 
     Shape:
-        ``(N, C, H, W) -> (N, C, H_out, W_out)`` (``N`` optional).
+        ``(N, C, H, W) -> (N, C, H_out, W_out)`` (``N`` optional), with
+        ``H_out = floor((H + 2 pH - kH) / sH + 1)`` (``ceil`` with ``ceil_mode``) and ``W_out``
+        likewise; e.g. ``AvgPool2d(2)``: ``(B, C, 32, 32) -> (B, C, 16, 16)``.
+
+    Raises:
+        TypeError: an argument that is not an int or a pair of ints (``ceil_mode``,
+            ``count_include_pad``: bools; ``divisor_override``: an int or ``None``).
+        ModifyTypeError: the input is not a tensor.
+        RuntimeError: at run time, from torch (with this module's path), an output size below 1,
+            padding above half the kernel, a zero stride, or ``divisor_override=0``.
+        IndexError: at run time, from torch, an input with fewer than 3 dimensions.
 
     Example:
         >>> import torch, modify
@@ -81,10 +123,25 @@ class AvgPool2d(Leaf, Unary, ParamFree, Linear, Reduction, Matrix):
 
 
 class AdaptiveAvgPool2d(Leaf, Unary, ParamFree, Linear, Reduction, Matrix):
-    """Average-pool to a fixed ``output_size``, as ``torch.nn.AdaptiveAvgPool2d``.
+    """Average-pool each ``(H, W)`` plane to a fixed ``output_size``, as ``torch.nn.AdaptiveAvgPool2d``.
+
+    Runs ``F.adaptive_avg_pool2d``: the windows are chosen to fit any input size. ResNet's head
+    uses ``AdaptiveAvgPool2d(1)`` (global average pooling; He et al. 2016).
+
+    Args:
+        output_size: the target ``(H_out, W_out)``; an int means a square, and ``None`` in the
+            pair keeps the input's size along that axis.
 
     Shape:
-        ``(N, C, H, W) -> (N, C, *output_size)`` (``N`` optional).
+        ``(N, C, H, W) -> (N, C, H_out, W_out)`` (``N`` optional), e.g. ``AdaptiveAvgPool2d(1)``:
+        ``(B, 512, 7, 7) -> (B, 512, 1, 1)``.
+
+    Raises:
+        TypeError: ``output_size`` not an int or a pair of ints/``None``.
+        ModifyTypeError: the input is not a tensor.
+        RuntimeError: at run time, from torch (with this module's path), an input that is not 3-d
+            or 4-d.
+        NotImplementedError: at run time, from torch, an integer input.
 
     Example:
         >>> import torch, modify

@@ -23,11 +23,23 @@ class _Reduce(Leaf):
 
 
 class Sum(_Reduce, Unary, ParamFree, Linear, Reduction):
-    """``torch.sum(x, dim, keepdim)``; ``dim=None`` sums everything.
+    """Sum over dimensions: ``torch.sum(x, dim, keepdim)``; ``dim=None`` sums everything.
+
+    As ``torch.sum``.
 
     Args:
-        dim: a dimension, a tuple of them, or ``None`` for all.
-        keepdim: keep reduced dimensions with size 1.
+        dim: a dimension, a tuple of them, or ``None`` for all (default).
+        keepdim: keep the reduced dimensions with size 1 (default ``False``).
+
+    Shape:
+        ``(*)`` -> the input's shape without the dimensions in ``dim`` (size 1 with ``keepdim``),
+        e.g. ``Sum(dim=1)``: ``(B, T, C) -> (B, C)``; with ``dim=None``: ``(*) -> ()``.
+
+    Raises:
+        TypeError: ``dim`` not an int, a tuple of ints or ``None``; ``keepdim`` not a bool.
+        ModifyTypeError: the input is not a tensor.
+        IndexError: at run time, from torch (with this module's path), a dimension out of range
+            for the input.
 
     Example:
         >>> import torch, modify
@@ -41,7 +53,25 @@ class Sum(_Reduce, Unary, ParamFree, Linear, Reduction):
 
 
 class Mean(_Reduce, Unary, ParamFree, Linear, Reduction):
-    """``torch.mean(x, dim, keepdim)``; arguments as :class:`Sum`.
+    """Average over dimensions: ``torch.mean(x, dim, keepdim)``; ``dim=None`` averages everything.
+
+    As ``torch.mean``; the input must be floating point (or complex), as for ``torch.mean``.
+
+    Args:
+        dim: a dimension, a tuple of them, or ``None`` for all (default).
+        keepdim: keep the reduced dimensions with size 1 (default ``False``).
+
+    Shape:
+        ``(*)`` -> the input's shape without the dimensions in ``dim`` (size 1 with ``keepdim``),
+        e.g. ``Mean(dim=1)``: ``(B, T, C) -> (B, C)`` (mean over the sequence); with ``dim=None``:
+        ``(*) -> ()``.
+
+    Raises:
+        TypeError: ``dim`` not an int, a tuple of ints or ``None``; ``keepdim`` not a bool.
+        ModifyTypeError: the input is not a tensor.
+        IndexError: at run time, from torch (with this module's path), a dimension out of range
+            for the input.
+        RuntimeError: at run time, from torch, an integer input.
 
     Example:
         >>> import torch, modify
@@ -55,9 +85,26 @@ class Mean(_Reduce, Unary, ParamFree, Linear, Reduction):
 
 
 class Max(_Reduce, Unary, ParamFree, NonLinear, Reduction):
-    """Maximum values (not indices): ``torch.amax(x, dim, keepdim)``; ``dim=None`` over everything.
+    """Maximum values (not indices) over dimensions: ``torch.amax(x, dim, keepdim)``.
 
-    Gradients go to the maximal elements, split evenly among ties (``torch.amax``'s rule).
+    As ``torch.amax``; ``dim=None`` takes the maximum over everything. Gradients go to the
+    maximal elements, split evenly among ties (``torch.amax``'s rule).
+
+    Args:
+        dim: a dimension, a tuple of them, or ``None`` for all (default).
+        keepdim: keep the reduced dimensions with size 1 (default ``False``).
+
+    Shape:
+        ``(*)`` -> the input's shape without the dimensions in ``dim`` (size 1 with ``keepdim``),
+        e.g. ``Max(dim=1)``: ``(B, T, C) -> (B, C)`` (max-pooling over the sequence); with
+        ``dim=None``: ``(*) -> ()``.
+
+    Raises:
+        TypeError: ``dim`` not an int, a tuple of ints or ``None``; ``keepdim`` not a bool.
+        ModifyTypeError: the input is not a tensor.
+        IndexError: at run time, from torch (with this module's path), a dimension out of range
+            for the input, or a reduced dimension of size 0 (a maximum of nothing).
+        RuntimeError: at run time, from torch, ``dim=None`` on an empty input.
 
     Example:
         >>> import torch, modify

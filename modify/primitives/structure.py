@@ -12,12 +12,22 @@ from ..traits import Elementwise, Linear, ParamFree, Restructure, Tuple, Unary
 
 
 class Identity(Leaf, Unary, ParamFree, Linear, Elementwise):
-    """Return the input unchanged; passes any value (tensor or tuple) through.
+    """Return the input unchanged: ``x -> x``, as ``torch.nn.Identity``.
+
+    Passes any value through as the very same object, a tensor or a (nested) tuple: it is tagged
+    ``Unary`` like the other identity-like leaves (``Dropout``, ``Print``, ``PrintShape``,
+    ``Breakpoint``) but checks nothing. Takes no arguments and never raises.
+
+    Shape:
+        Any value -> the same value; for a tensor ``(*) -> (*)``, e.g. ``(B, T, C) -> (B, T, C)``.
 
     Example:
         >>> import torch, modify
         >>> modify.Identity()(torch.ones(2)).tolist()
         [1.0, 1.0]
+        >>> pair = (torch.zeros(1), torch.ones(1))
+        >>> modify.Identity()(pair) is pair
+        True
     """
 
     def forward(self, x):
@@ -27,15 +37,18 @@ class Identity(Leaf, Unary, ParamFree, Linear, Elementwise):
 class Copy(Leaf, Unary, ParamFree, Linear, Restructure):
     """Copy one value into a tuple of ``n`` references to it: ``x -> (x, ..., x)``.
 
-    No memory is copied: every element is the input object itself.
+    No memory is copied: every element is the input object itself. Any value (a tensor or a
+    tuple) may be copied. The first step of :class:`~modify.Fork` and :class:`~modify.Residual`.
 
     Args:
         n: number of copies, at least 1.
 
     Shape:
-        ``(*) -> ((*), ..., (*))`` with ``n`` elements.
+        ``(*) -> ((*), ..., (*))`` with ``n`` elements, e.g. ``Copy(3)``:
+        ``(B, T, C) -> ((B, T, C), (B, T, C), (B, T, C))``.
 
     Raises:
+        TypeError: ``n`` not an int.
         ValueError: if ``n < 1``.
 
     Example:
@@ -69,18 +82,21 @@ def _sizes(owner: str, args: tuple) -> tuple[int, ...]:
 
 
 class Reshape(Leaf, Unary, ParamFree, Linear, Restructure):
-    """``x.reshape(*shape)``; one entry may be ``-1`` (inferred).
+    """``x.reshape(*shape)``, as ``torch.Tensor.reshape``; one entry may be ``-1`` (inferred).
+
+    A view where torch can make one, else a copy (torch's rule).
 
     Args:
         *shape: the target shape, as ``torch.Tensor.reshape`` takes it: ``Reshape(2, 3)`` or
             ``Reshape((2, 3))``.
 
     Shape:
-        ``(*) -> shape``, with as many elements.
+        ``(*) -> shape``, with as many elements, e.g. ``Reshape(-1, C)``: ``(B, T, C) -> (B * T, C)``.
 
     Raises:
         TypeError: entries that are not ints.
         ValueError: more than one ``-1``, or an entry below ``-1``.
+        ModifyTypeError: the input is not a tensor.
         RuntimeError: at run time, from torch (with this module's path), if the element count
             differs.
 
@@ -105,10 +121,25 @@ class Reshape(Leaf, Unary, ParamFree, Linear, Restructure):
 
 
 class Flatten(Leaf, Unary, ParamFree, Linear, Restructure):
-    """``torch.flatten(x, start_dim, end_dim)``.
+    """Flatten dimensions ``start_dim`` to ``end_dim`` into one: ``torch.flatten(x, start_dim, end_dim)``.
 
-    The defaults are ``torch.flatten``'s (``0, -1``), not ``nn.Flatten``'s (``1, -1``): use
-    ``Flatten(1)`` to keep the batch dimension.
+    As ``torch.flatten``, whose defaults (``0, -1``) it keeps; ``torch.nn.Flatten``'s are
+    ``(1, -1)``: use ``Flatten(1)`` to keep the batch dimension. A view where torch can make one.
+
+    Args:
+        start_dim: the first dimension to flatten (default ``0``; negative counts from the end).
+        end_dim: the last dimension to flatten, inclusive (default ``-1``).
+
+    Shape:
+        ``(d_0, ..., d_start, ..., d_end, ...) -> (d_0, ..., d_start * ... * d_end, ...)``,
+        e.g. ``Flatten(1)``: ``(N, C, H, W) -> (N, C * H * W)``.
+
+    Raises:
+        TypeError: ``start_dim`` or ``end_dim`` not an int.
+        ModifyTypeError: the input is not a tensor.
+        IndexError: at run time, from torch (with this module's path), a dimension out of range
+            for the input.
+        RuntimeError: at run time, from torch, ``start_dim`` after ``end_dim``.
 
     Example:
         >>> import torch, modify
@@ -129,7 +160,23 @@ class Flatten(Leaf, Unary, ParamFree, Linear, Restructure):
 
 
 class Transpose(Leaf, Unary, ParamFree, Linear, Restructure):
-    """``x.transpose(dim0, dim1)``.
+    """Swap two dimensions: ``x.transpose(dim0, dim1)``, as ``torch.transpose``.
+
+    A view, as in torch: no memory is copied.
+
+    Args:
+        dim0: the first dimension to swap (negative counts from the end).
+        dim1: the second dimension to swap.
+
+    Shape:
+        The input's shape with sizes ``dim0`` and ``dim1`` exchanged, e.g. ``Transpose(1, 2)``:
+        ``(B, T, C) -> (B, C, T)``.
+
+    Raises:
+        TypeError: ``dim0`` or ``dim1`` not an int.
+        ModifyTypeError: the input is not a tensor.
+        IndexError: at run time, from torch (with this module's path), ``dim0`` or ``dim1`` out of
+            range for the input.
 
     Example:
         >>> import torch, modify
@@ -150,16 +197,20 @@ class Transpose(Leaf, Unary, ParamFree, Linear, Restructure):
 
 
 class Permute(Leaf, Unary, ParamFree, Linear, Restructure):
-    """``x.permute(*dims)``.
+    """Reorder all dimensions: ``x.permute(*dims)``, as ``torch.permute``.
+
+    A view, as in torch: no memory is copied.
 
     Args:
         *dims: the new order of the input's axes, ``Permute(2, 0, 1)`` or ``Permute((2, 0, 1))``.
 
     Shape:
-        ``(d_0, ..., d_n) -> (d_dims[0], ..., d_dims[n])``.
+        ``(d_0, ..., d_n) -> (d_dims[0], ..., d_dims[n])``, e.g. ``Permute(0, 2, 3, 1)``:
+        ``(N, C, H, W) -> (N, H, W, C)``.
 
     Raises:
         TypeError: entries that are not ints.
+        ModifyTypeError: the input is not a tensor.
         RuntimeError: at run time, from torch (with this module's path), if ``dims`` is not a
             permutation of the input's axes.
 
@@ -182,16 +233,24 @@ class Permute(Leaf, Unary, ParamFree, Linear, Restructure):
 
 
 class Rearrange(Leaf, Unary, ParamFree, Linear, Restructure):
-    """``einops.rearrange(x, pattern, **axes_lengths)``.
+    """Reshape and permute by a readable pattern: ``einops.rearrange(x, pattern, **axes_lengths)``.
+
+    As ``einops.layers.torch.Rearrange`` (Rogozhnikov 2022, "Einops: Clear and Reliable Tensor
+    Manipulations with Einstein-like Notation").
 
     Args:
         pattern: an einops pattern, e.g. ``"b t (h d) -> b h t d"``.
         **axes_lengths: sizes of axes the pattern cannot infer, e.g. ``h=12``.
 
-    Raises:
-        ValueError: (from einops, with this module's path) if the input does not fit the pattern.
+    Shape:
+        The left side of ``pattern`` -> its right side, e.g. ``"b t (h d) -> b h t d"`` with
+        ``h=H``: ``(B, T, H * D) -> (B, H, T, D)``.
 
-    Reference: Rogozhnikov 2022, "Einops: Clear and Reliable Tensor Manipulations".
+    Raises:
+        TypeError: ``pattern`` not a str, or an axis length not an int.
+        ModifyTypeError: the input is not a tensor.
+        einops.EinopsError: (a ``RuntimeError``, at run time, with this module's path) if the
+            input does not fit the pattern.
 
     Example:
         >>> import torch, modify
@@ -213,14 +272,25 @@ class Rearrange(Leaf, Unary, ParamFree, Linear, Restructure):
 
 
 class Split(Leaf, Unary, ParamFree, Linear, Restructure):
-    """``torch.split(x, split_size_or_sections, dim)`` returned as a tuple.
+    """Split a tensor into chunks along ``dim``: ``torch.split(x, split_size_or_sections, dim)`` as a tuple.
+
+    As ``torch.split``: the chunks are views of the input.
 
     Args:
-        split_size_or_sections: size of each chunk, or a list of chunk sizes.
+        split_size_or_sections: size of each chunk (the last may be smaller), or a list of chunk
+            sizes that sum to the input's size along ``dim``.
         dim: dimension to split (default 0, as ``torch.split``).
 
     Shape:
-        ``(*) -> ((*), ..., (*))``.
+        ``(*, D, *) -> ((*, D_1, *), ..., (*, D_k, *))``, ``D_1 + ... + D_k = D``; e.g.
+        ``Split(C, dim=-1)``: ``(B, T, 3 C) -> ((B, T, C), (B, T, C), (B, T, C))``.
+
+    Raises:
+        TypeError: ``split_size_or_sections`` not an int or a list/tuple of ints; ``dim`` not an int.
+        ModifyTypeError: the input is not a tensor.
+        RuntimeError: at run time, from torch (with this module's path), sections that do not
+            sum to the size of ``dim``, or a chunk size of 0.
+        IndexError: at run time, from torch, ``dim`` out of range for the input.
 
     Example:
         >>> import torch, modify
@@ -244,7 +314,25 @@ class Split(Leaf, Unary, ParamFree, Linear, Restructure):
 
 
 class Cat(Leaf, Tuple, ParamFree, Linear, Restructure):
-    """``torch.cat(xs, dim)`` of a tuple of tensors.
+    """Concatenate a tuple of tensors along ``dim``: ``torch.cat(xs, dim)``.
+
+    As ``torch.cat``; the inverse of :class:`Split`.
+
+    Args:
+        dim: the dimension to concatenate along (default ``0``, as ``torch.cat``; negative counts
+            from the end).
+
+    Shape:
+        ``((*, D_1, *), ..., (*, D_k, *)) -> (*, D_1 + ... + D_k, *)``: the tensors agree except
+        along ``dim``; e.g. ``Cat(dim=-1)``: ``((B, T, C_1), (B, T, C_2)) -> (B, T, C_1 + C_2)``.
+
+    Raises:
+        TypeError: ``dim`` not an int; at run time, from torch, an element that is not a tensor.
+        ModifyTypeError: the input is not a tuple.
+        ValueError: at run time, from torch, an empty tuple.
+        RuntimeError: at run time, from torch (with this module's path), shapes that differ
+            outside ``dim``.
+        IndexError: at run time, from torch, ``dim`` out of range for the tensors.
 
     Example:
         >>> import torch, modify
@@ -265,7 +353,24 @@ class Cat(Leaf, Tuple, ParamFree, Linear, Restructure):
 
 
 class Stack(Leaf, Tuple, ParamFree, Linear, Restructure):
-    """``torch.stack(xs, dim)`` of a tuple of tensors.
+    """Stack a tuple of same-shaped tensors along a new dimension ``dim``: ``torch.stack(xs, dim)``.
+
+    As ``torch.stack``.
+
+    Args:
+        dim: where the new dimension goes in the output (default ``0``, as ``torch.stack``;
+            negative counts from the end of the output's dimensions).
+
+    Shape:
+        ``k`` tensors of one shape ``(*)`` -> the shape with ``k`` inserted at ``dim``; e.g.
+        ``Stack(0)``: ``((B, C), ..., (B, C)) -> (k, B, C)``.
+
+    Raises:
+        TypeError: ``dim`` not an int; at run time, from torch, an element that is not a tensor.
+        ModifyTypeError: the input is not a tuple.
+        RuntimeError: at run time, from torch (with this module's path), tensors of different
+            shapes, or an empty tuple.
+        IndexError: at run time, from torch, ``dim`` out of range.
 
     Example:
         >>> import torch, modify
@@ -286,12 +391,18 @@ class Stack(Leaf, Tuple, ParamFree, Linear, Restructure):
 
 
 class Index(Leaf, Tuple, ParamFree, Linear, Restructure):
-    """Pick element ``index`` of a tuple value: ``x -> x[index]``.
+    """Pick element ``index`` of a tuple value: ``x -> x[index]``, as Python indexing.
+
+    The element is returned as is (a tensor or a nested tuple); the others are dropped.
 
     Args:
         index: position in the tuple (negative counts from the end).
 
+    Shape:
+        ``(x_0, ..., x_{n-1}) -> x_index``, e.g. ``Index(0)``: ``((B, T, C), (B, T)) -> (B, T, C)``.
+
     Raises:
+        TypeError: ``index`` not an int.
         ModifyTypeError: if the input is not a tuple.
         ModifyValueError: if the tuple has no element ``index``.
 

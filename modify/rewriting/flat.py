@@ -4,10 +4,11 @@ Follows PyTorch-Reparam-Module (T. Wang): ``flat_param`` is the only parameter, 
 its size, ``f(x, flat_param=theta)`` runs the model on any vector (differentiably, so MAML's
 second-order gradients flow), ``buffers=`` substitutes buffers. Unlike it, the wrapped model is
 not stripped of its parameters: it keeps its ``Parameter`` objects and values, whose storage
-becomes views of ``flat_param``; a substituted forward goes through ``torch.func.functional_call``
-on a parameter-free sibling, so nothing is left changed when it raises; tied weights are stored
-once; mixed dtypes raise a clear error instead of an ``assert``; BatchNorm statistics and
-``torch.func.vmap`` over a batch of flat vectors work.
+becomes views of ``flat_param``; the forward runs a parameter-free sibling, into which each call
+writes the views of its vector as plain attributes and puts the previous ones back afterwards
+(also when it raises, and nested calls unwind in order); tied weights are stored once; mixed
+dtypes raise a clear error instead of an ``assert``; BatchNorm statistics, ``torch.func.vmap``
+over a batch of flat vectors and ``torch.compile(fullgraph=True)`` work.
 """
 
 from __future__ import annotations
@@ -19,6 +20,31 @@ from .._core.checks import typechecked
 from ..combinators import Combinator
 from .clone import describe_dtypes, shallow_copy, unique_parameters
 from .walk import transform
+
+
+_Write = tuple[dict, str, torch.Tensor]  # (a sibling module's __dict__ or _buffers, key, value)
+
+
+def _split_name(name: str) -> tuple[tuple[str, ...], str]:
+    """``"0.lin.weight"`` -> ``(("0", "lin"), "weight")``: the submodule path and the attribute."""
+    *path, attr = name.split(".")
+    return tuple(path), attr
+
+
+def _owner(root: nn.Module, path: tuple[str, ...]) -> nn.Module:
+    """The submodule of ``root`` at ``path`` (plain dict look-ups: this runs on every call)."""
+    for name in path:
+        root = root._modules[name]
+    return root
+
+
+def _swap(writes: list[_Write]) -> list[_Write]:
+    """Make each write, in order; returns the writes that undo them, last first."""
+    undo = []
+    for place, key, value in writes:
+        undo.append((place, key, place[key]))
+        place[key] = value
+    return undo[::-1]
 
 
 def _stateless(module: nn.Module, made: dict[int, nn.Module]) -> nn.Module:
@@ -65,8 +91,11 @@ class FlatParam(nn.Module):
     ``.double()``, ``.cuda()``...) on either ends that sharing (each side then has its own
     storage). ``f.module`` is a sibling of ``model`` without registered parameters (shown with
     detached views of ``flat_param``); its buffers start shared with ``model``'s and its
-    train/eval mode is its own. A substituted forward leaves ``state_dict()`` unchanged and
-    restores everything even when it raises.
+    train/eval mode is its own. A call writes the views of its vector (and its ``buffers=``) into
+    ``f.module`` as plain attributes for the duration of the forward, then puts back what was there,
+    even when it raises: ``state_dict()`` is left unchanged, and a flat model called inside another
+    one's forward (or its own) leaves the outer call's tensors in place. Like any module that swaps
+    its tensors (``torch.func.functional_call`` does too), one ``f`` is not for concurrent threads.
 
     BatchNorm: in training mode the running statistics in use are updated in place, i.e.
     ``model``'s own (shared) unless ``buffers=`` gives others; under ``torch.func.vmap`` pass
@@ -111,7 +140,7 @@ class FlatParam(nn.Module):
         _check_uniform(groups)
         flat = torch.cat([p.detach().reshape(-1) for _, p in groups])
         self.flat_param = nn.Parameter(flat, requires_grad=any(p.requires_grad for _, p in groups))
-        self._names = tuple(tuple(names) for names, _ in groups)
+        self._names = tuple(tuple(map(_split_name, names)) for names, _ in groups)
         self._shapes = tuple(p.shape for _, p in groups)
         self._numels = tuple(p.numel() for _, p in groups)
         self.param_numel = flat.numel()
@@ -127,14 +156,27 @@ class FlatParam(nn.Module):
         self._refresh_views()
 
     def _views(self, theta: torch.Tensor) -> list[torch.Tensor]:
-        return [piece.view(shape) for piece, shape in zip(torch.split(theta, self._numels), self._shapes)]
+        """``theta`` cut into the parameters' shapes; 1-D pieces as they are (each view is an autograd node)."""
+        pieces = theta.split_with_sizes(self._numels)
+        return [piece if len(shape) == 1 else piece.view(shape) for piece, shape in zip(pieces, self._shapes)]
 
     def _refresh_views(self) -> None:
         """Show detached views of ``flat_param`` as the sibling's plain (unregistered) attributes."""
-        for names, view in zip(self._names, self._views(self.flat_param.detach())):
-            for name in names:
-                path, _, attr = name.rpartition(".")
-                self.module.get_submodule(path).__dict__[attr] = view
+        for place, key, view in self._parameter_writes(self.flat_param.detach()):
+            place[key] = view
+
+    def _parameter_writes(self, theta: torch.Tensor) -> list[_Write]:
+        """Each view of ``theta`` as a plain attribute of the sibling, at every name it goes by.
+
+        The owners are looked up on each call, not cached: a copy of this module (another
+        rewriter's, or ``flat`` of a model holding it) runs its own sibling.
+        """
+        root = self.module
+        return [
+            (_owner(root, path).__dict__, attr, view)
+            for names, view in zip(self._names, self._views(theta))
+            for path, attr in names
+        ]
 
     def _apply(self, fn, recurse: bool = True):
         super()._apply(fn, recurse)
@@ -147,10 +189,24 @@ class FlatParam(nn.Module):
 
     def forward(self, x, flat_param: torch.Tensor | None = None, buffers: dict[str, torch.Tensor] | None = None):
         theta = self.flat_param if flat_param is None else self._checked(flat_param)
-        tensors = {name: view for names, view in zip(self._names, self._views(theta)) for name in names}
+        writes = self._parameter_writes(theta)
         if buffers is not None:
-            tensors.update(self._checked_buffers(buffers))
-        return torch.func.functional_call(self.module, tensors, (x,), tie_weights=False)
+            writes += self._buffer_writes(self._checked_buffers(buffers))
+        # Written straight into the sibling (torch.func.functional_call's checks and bookkeeping
+        # cost a third of a small model's call). The previous values come back, not the detached
+        # views: a call nested in another's forward leaves the outer call's tensors in place.
+        undo = _swap(writes)
+        try:
+            return self.module(x)
+        finally:
+            _swap(undo)
+
+    def _buffer_writes(self, buffers: dict[str, torch.Tensor]) -> list[_Write]:
+        root, writes = self.module, []
+        for name, value in buffers.items():
+            path, attr = _split_name(name)
+            writes.append((_owner(root, path)._buffers, attr, value))
+        return writes
 
     def _checked(self, theta: object) -> torch.Tensor:
         if not isinstance(theta, torch.Tensor):

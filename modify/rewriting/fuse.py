@@ -102,6 +102,9 @@ def fuse(model: nn.Module) -> nn.Module:
         The fused sibling (``model`` itself when nothing fuses). Outputs equal ``model``'s up to
         floating-point rounding (one kernel rounds differently from two).
 
+    Raises:
+        TypeError: ``model`` not a ``torch.nn.Module``.
+
     Example:
         >>> import torch, modify
         >>> mlp = modify.Sequential(

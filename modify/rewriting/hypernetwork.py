@@ -42,6 +42,7 @@ class HyperNetwork(nn.Module):
         head: ``Linear(hidden_sizes[-1] or input_dim, total parameter count)``.
 
     Raises:
+        TypeError: an argument of the wrong type.
         ValueError: a target without parameters, a non-positive size; on a call, ``z`` that is
             not ``(input_dim,)`` or ``(B, input_dim)``.
 

@@ -41,7 +41,8 @@ class LoRA(Sequential):
     Shaped ``Sequential(Copy(2), Parallel(W, Sequential(Dropout(dropout), down, up,
     Scale(alpha / rank))), Add())``: the base layer sits at path ``"1.0"``, ``down`` (``A``) at
     ``"1.1.1"`` and ``up`` (``B``) at ``"1.1.2"``. The base layer is the given object, not a copy.
-    Dropout acts on the adapter's input only, as in PEFT.
+    Hu et al. 2021 (arXiv:2106.09685), initialised and scaled as PEFT's ``LoraLayer``; dropout
+    acts on the adapter's input only, as in PEFT.
 
     Args:
         base: the layer to adapt, a ``modify.Linear`` or ``torch.nn.Linear``.
@@ -50,16 +51,17 @@ class LoRA(Sequential):
         dropout: drop probability on the adapter's input, in ``[0, 1)``.
 
     Shape:
-        ``(*, in_features) -> (*, out_features)``.
+        ``(*, in_features) -> (*, out_features)``, e.g. ``(B, T, in_features) -> (B, T, out_features)``.
 
     Attributes:
         down: ``Linear(in_features, rank, bias=False)``, Kaiming-uniform (``a = sqrt(5)``) as
             PEFT's ``lora_A``; on the base weight's device and dtype.
         up: ``Linear(rank, out_features, bias=False)``, zeros, so the block starts equal to ``base``.
-        rank, alpha: as given (``alpha`` a float).
+        rank: as given.
+        alpha: as given, as a float (``rank`` when ``None`` was given).
 
     Raises:
-        TypeError: ``base`` is not a Linear layer.
+        TypeError: ``base`` is not a Linear layer; an argument of the wrong type.
         ValueError: ``rank < 1``; ``dropout`` outside ``[0, 1)``.
 
     Example:
@@ -166,7 +168,7 @@ def lora(
         The adapted sibling (a :class:`LoRA` block itself if ``model`` is a matched layer).
 
     Raises:
-        TypeError: a match that is not a Linear layer.
+        TypeError: a match that is not a Linear layer; an argument of the wrong type.
         ValueError: ``rank < 1``; bad ``dropout``; a match inside an opaque leaf.
 
     Example:
@@ -192,11 +194,17 @@ def lora(
 def lora_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The adapter parameters (``down`` and ``up`` of every :class:`LoRA` block), each once.
 
+    The parameters PEFT leaves trainable after ``get_peft_model`` (its ``lora_A``/``lora_B``),
+    here handed to the optimizer instead of freezing the rest (Hu et al. 2021).
+
     Args:
         model: any model; one without LoRA blocks gives ``[]``.
 
     Returns:
-        The parameters to give an optimizer to train only the adapters.
+        The parameters to give an optimizer to train only the adapters, in model order.
+
+    Raises:
+        TypeError: ``model`` not a ``torch.nn.Module``.
 
     Example:
         >>> import torch, modify
@@ -234,7 +242,8 @@ def merge_lora(model: nn.Module) -> nn.Module:
     float64 weights) and cast back to ``W``'s dtype: a new tensor; the bias and everything outside
     the blocks are shared. Stacked blocks (``lora`` applied twice) are merged inner first. The
     result's ``state_dict()`` keys equal the base model's, and its outputs equal the adapted
-    model's in eval mode (or with ``dropout=0``).
+    model's in eval mode (or with ``dropout=0``). The merge of Hu et al. 2021 (section 4.1,
+    ``W = W_0 + BA``), as PEFT's ``merge_and_unload``, without touching the adapted model.
 
     Args:
         model: an adapted model; left unchanged.
@@ -243,7 +252,8 @@ def merge_lora(model: nn.Module) -> nn.Module:
         The merged model (``model`` itself if it holds no LoRA block).
 
     Raises:
-        TypeError: a block whose adapter was rewritten out of its LoRA shape.
+        TypeError: ``model`` not a ``torch.nn.Module``; a block whose adapter was rewritten out
+            of its LoRA shape, or whose base is not a Linear layer.
 
     Example:
         >>> import torch, modify
@@ -264,11 +274,17 @@ def merge_lora(model: nn.Module) -> nn.Module:
 def strip_lora(model: nn.Module) -> nn.Module:
     """The base model again: every :class:`LoRA` block replaced by its base layer (the same object).
 
+    As PEFT's ``unload()`` (Hu et al. 2021's adapters dropped), without touching the adapted
+    model. Stacked blocks (``lora`` applied twice) are stripped down to the innermost base.
+
     Args:
         model: an adapted model; left unchanged.
 
     Returns:
         A model built from the very same base leaves (``model`` itself if it has no LoRA block).
+
+    Raises:
+        TypeError: ``model`` not a ``torch.nn.Module``.
 
     Example:
         >>> import modify

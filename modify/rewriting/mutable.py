@@ -233,8 +233,9 @@ def mutable(model: nn.Module) -> nn.Module:
         The mutable sibling (``model`` itself if it is already mutable).
 
     Raises:
+        TypeError: ``model`` not a ``torch.nn.Module``; on assignment, a value that is not a
+            tensor; ``del m.weight`` (assign another tensor instead).
         ValueError: on assignment, a tensor whose shape differs from the parameter's.
-        TypeError: on assignment, a value that is not a tensor.
 
     Example:
         >>> import torch, modify

@@ -132,19 +132,30 @@ def _checked_predicate(predicate: Callable) -> Match:
 class Selection(list):
     """The ``(path, module)`` pairs of a model that match some criteria, in ``named_modules`` order.
 
-    Returned by :func:`select`. A module placed at several paths appears once per matching path.
-    The methods build a **new** model (the model itself when nothing matched) and never touch the
-    selected model: unmatched subtrees are shared by identity and only the combinators on the way
-    to a change are rebuilt. They use the pairs the list holds when called.
+    Returned by :func:`select`; after Penzai's ``penzai.core.selectors.Selection``, for
+    ``torch.nn`` trees. A plain ``list`` of pairs that remembers its model. A module placed at
+    several paths appears once per matching path. The methods build a **new** model (the model
+    itself when nothing matched) and never touch the selected model: unmatched subtrees are
+    shared by identity and only the combinators on the way to a change are rebuilt. They use the
+    pairs the list holds when called. The constructor checks nothing; the methods raise as each
+    documents.
+
+    Args:
+        model: the model the selection was made from.
+        pairs: the selected ``(path, module)`` pairs, paths as in ``model.named_modules()``.
 
     Attributes:
         model: the model the selection was made from.
 
     Example:
         >>> import modify
-        >>> mlp = modify.Sequential(modify.Linear(4, 8), modify.ReLU(), modify.Linear(8, 2))
-        >>> modify.select(mlp, modify.Linear)
+        >>> lin = modify.Linear(4, 4)
+        >>> mlp = modify.Sequential(lin, modify.ReLU(), lin)              # one layer at two paths
+        >>> chosen = modify.select(mlp, modify.Linear)
+        >>> chosen
         Selection([('0', 'Linear'), ('2', 'Linear')])
+        >>> chosen.paths(), chosen.modules() == [lin], len(chosen.parameters())
+        (['0', '2'], True, 2)
     """
 
     def __init__(self, model: nn.Module, pairs: list[tuple[str, nn.Module]]):
@@ -155,15 +166,27 @@ class Selection(list):
         return f"Selection({[(path, type(module).__name__) for path, module in self]!r})"
 
     def paths(self) -> list[str]:
-        """The selected dotted paths (``""`` is the root)."""
+        """The selected dotted paths (``""`` is the root), one per pair, in order.
+
+        Returns:
+            A list of str.
+        """
         return [path for path, _ in self]
 
     def modules(self) -> list[nn.Module]:
-        """The selected modules, once each (a module at several paths is listed once)."""
+        """The selected modules, once each (a module at several paths is listed once).
+
+        Returns:
+            A list of the model's own module objects, in order of first appearance.
+        """
         return list({id(module): module for _, module in self}.values())
 
     def parameters(self) -> list[nn.Parameter]:
-        """The parameters of the selected modules, each parameter object once, in model order."""
+        """The parameters of the selected modules, each parameter object once, in model order.
+
+        Returns:
+            A list of ``nn.Parameter`` (the model's own, not copies), e.g. for an optimizer.
+        """
         found: dict[int, nn.Parameter] = {}
         for module in self.modules():
             for parameter in module.parameters():
@@ -241,7 +264,20 @@ class Selection(list):
     def insert_after(self, make: nn.Module | Callable[[nn.Module], nn.Module]) -> nn.Module:
         """Put a module after every selected one: ``m`` becomes ``Sequential(m, make(m))``.
 
-        As :meth:`insert_before`; the selected module moves to path ``<path>.0``.
+        As :meth:`insert_before`, on the other side; the selected module moves to path
+        ``<path>.0``.
+
+        Args:
+            make: ``module -> module``, called once per distinct selected module; or a module,
+                inserted as that same object at every selected path (shared: pass a callable for
+                one fresh module per position).
+
+        Returns:
+            The new model.
+
+        Raises:
+            TypeError: ``make`` returned something that is not a ``torch.nn.Module``.
+            ValueError: a selected module lies inside a leaf (see :meth:`apply`).
 
         Example:
             >>> import torch, modify
@@ -297,6 +333,9 @@ def _checked_module(value: object, path: str, what: str) -> nn.Module:
 def select(model: nn.Module, *where: Criterion) -> Selection:
     """Find the modules of ``model`` that match every criterion in ``where``.
 
+    After Penzai's ``pz.select(...).at_instances_of(...)``, for ``torch.nn`` trees, with
+    ``fnmatch`` globs over ``named_modules`` paths.
+
     Args:
         model: any ``torch.nn.Module``; left unchanged.
         *where: criteria, all of which must hold (none: every module matches):
@@ -337,9 +376,10 @@ def select(model: nn.Module, *where: Criterion) -> Selection:
 def rewrite(model: nn.Module, fn: Callable[[nn.Module], nn.Module], *where: Criterion) -> nn.Module:
     """A new model where every module matching ``where`` is replaced by ``fn(module)``.
 
-    Exactly ``select(model, *where).apply(fn)``: outermost matches first, a replaced subtree is
-    not descended, unmatched subtrees are shared by identity, and only the combinators on the way
-    to a change are rebuilt. ``model``, its ``state_dict``, outputs and parameters are unchanged.
+    Exactly ``select(model, *where).apply(fn)`` (Penzai's ``select(...).apply(fn)``, for
+    ``torch.nn`` trees): outermost matches first, a replaced subtree is not descended, unmatched
+    subtrees are shared by identity, and only the combinators on the way to a change are
+    rebuilt. ``model``, its ``state_dict``, outputs and parameters are unchanged.
 
     Args:
         model: the model to rewrite.
@@ -350,7 +390,8 @@ def rewrite(model: nn.Module, fn: Callable[[nn.Module], nn.Module], *where: Crit
         The new model (``model`` itself when nothing matches).
 
     Raises:
-        TypeError: a bad criterion, or ``fn`` returning a non-module.
+        TypeError: ``model`` not a module, a bad criterion, a predicate returning a non-``bool``,
+            or ``fn`` returning a non-module.
         ValueError: a match inside an opaque leaf (see :meth:`Selection.apply`).
 
     Example:
@@ -367,12 +408,19 @@ def rewrite(model: nn.Module, fn: Callable[[nn.Module], nn.Module], *where: Crit
 def parameters(model: nn.Module, *where: Criterion) -> list[nn.Parameter]:
     """The parameters of the modules matching ``where``, each parameter once, for an optimizer.
 
+    As ``list(model.parameters())`` restricted to the selected modules: exactly
+    ``select(model, *where).parameters()``.
+
     Args:
         model: any module.
         *where: criteria as in :func:`select` (none: all of ``model``'s parameters).
 
     Returns:
         A list of ``nn.Parameter`` objects (the model's own, not copies), in model order.
+
+    Raises:
+        TypeError: ``model`` not a module, a bad criterion, or a predicate returning a
+            non-``bool``.
 
     Example:
         >>> import torch, modify
