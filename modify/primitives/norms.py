@@ -27,7 +27,20 @@ def _no_affine(cls_name: str, **given: object) -> None:
             )
 
 
-def _shape(value: int | tuple[int, ...] | list[int]) -> tuple[int, ...]:
+def expect_trailing(module: torch.nn.Module, x: object, shape: tuple[int, ...]) -> torch.Tensor:
+    """Check that ``module`` got a tensor whose trailing axes are ``shape``; return it.
+
+    Raises:
+        ModifyTypeError: not a tensor. ModifyValueError: other trailing axes (never broadcast).
+    """
+    x = expect_tensor(module, x)
+    if checks_enabled() and x.shape[x.dim() - len(shape) :] != shape:
+        raise ModifyValueError(module, f"expected trailing shape {shape}, got {describe(x)}")
+    return x
+
+
+def as_shape(value: int | tuple[int, ...] | list[int]) -> tuple[int, ...]:
+    """``n`` as ``(n,)``; a tuple or list of ints as a tuple."""
     return (value,) if isinstance(value, int) else tuple(value)
 
 
@@ -84,7 +97,7 @@ class ElementwiseAffine(Leaf, Unary, Param, Linear, Elementwise):
         dtype: torch.dtype | None = None,
     ):
         super().__init__()
-        self.shape, self.dim = _shape(shape), dim
+        self.shape, self.dim = as_shape(shape), dim
         self.weight = nn.Parameter(torch.empty(self.shape, device=device, dtype=dtype))
         self.bias = nn.Parameter(torch.empty(self.shape, device=device, dtype=dtype)) if bias else None
         self.reset_parameters()
@@ -170,12 +183,10 @@ class LayerNorm(Leaf, Unary, ParamFree, NonLinear, Vector):
     ):
         super().__init__()
         _no_affine("LayerNorm", elementwise_affine=elementwise_affine, bias=bias)
-        self.normalized_shape, self.eps = _shape(normalized_shape), float(eps)
+        self.normalized_shape, self.eps = as_shape(normalized_shape), float(eps)
 
     def forward(self, x):
-        x = expect_tensor(self, x)
-        if checks_enabled() and x.shape[x.dim() - len(self.normalized_shape) :] != self.normalized_shape:
-            raise ModifyValueError(self, f"expected trailing shape {self.normalized_shape}, got {describe(x)}")
+        x = expect_trailing(self, x, self.normalized_shape)
         return F.layer_norm(x, self.normalized_shape, None, None, self.eps)
 
     def _infer_traits(self) -> frozenset[type]:
@@ -223,12 +234,10 @@ class RMSNorm(Leaf, Unary, ParamFree, NonLinear, Vector):
     ):
         super().__init__()
         _no_affine("RMSNorm", elementwise_affine=elementwise_affine)
-        self.normalized_shape, self.eps = _shape(normalized_shape), eps
+        self.normalized_shape, self.eps = as_shape(normalized_shape), eps
 
     def forward(self, x):
-        x = expect_tensor(self, x)
-        if checks_enabled() and x.shape[x.dim() - len(self.normalized_shape) :] != self.normalized_shape:
-            raise ModifyValueError(self, f"expected trailing shape {self.normalized_shape}, got {describe(x)}")
+        x = expect_trailing(self, x, self.normalized_shape)
         return F.rms_norm(x, self.normalized_shape, None, self.eps)
 
     def _infer_traits(self) -> frozenset[type]:

@@ -20,13 +20,9 @@ from .._core.errors import ModifyValueError, describe
 from .._core.module import Leaf
 from ..primitives.arithmetic import Scale
 from ..primitives.layers import Linear
-from ..primitives.norms import ElementwiseAffine, GroupNorm, LayerNorm, RMSNorm
+from ..primitives.norms import ElementwiseAffine, GroupNorm, LayerNorm, RMSNorm, as_shape, expect_trailing
 from ..traits import Linear as LinearTrait
 from ..traits import NonLinear, Param, Unary, Vector
-
-
-def _shape(value: int | tuple[int, ...] | list[int]) -> tuple[int, ...]:
-    return (value,) if isinstance(value, int) else tuple(value)
 
 
 def _share(leaf: nn.Module, source: nn.Module, *names: str) -> None:
@@ -65,7 +61,7 @@ class _AffineNorm(Leaf):
 
     def __init__(self, normalized_shape, eps, bias: bool, device, dtype):
         super().__init__()
-        self.normalized_shape, self.eps = _shape(normalized_shape), eps
+        self.normalized_shape, self.eps = as_shape(normalized_shape), eps
         self.weight = nn.Parameter(torch.empty(self.normalized_shape, device=device, dtype=dtype))
         self.register_parameter("bias", _optional(self.normalized_shape, bias, device, dtype))
         self.reset_parameters()
@@ -76,12 +72,6 @@ class _AffineNorm(Leaf):
         self.weight.fill_(1.0)
         if self.bias is not None:
             self.bias.zero_()
-
-    def _checked(self, x) -> torch.Tensor:
-        x = expect_tensor(self, x)
-        if checks_enabled() and x.shape[x.dim() - len(self.normalized_shape) :] != self.normalized_shape:
-            raise ModifyValueError(self, f"expected trailing shape {self.normalized_shape}, got {describe(x)}")
-        return x
 
     def extra_repr(self) -> str:
         return f"{self.normalized_shape}, eps={self.eps}, bias={self.bias is not None}"
@@ -147,7 +137,7 @@ class AffineLayerNorm(_AffineNorm, Unary, Param, NonLinear, Vector):
         return fused
 
     def forward(self, x):
-        return F.layer_norm(self._checked(x), self.normalized_shape, self.weight, self.bias, self.eps)
+        return F.layer_norm(expect_trailing(self, x, self.normalized_shape), self.normalized_shape, self.weight, self.bias, self.eps)
 
 
 class AffineRMSNorm(_AffineNorm, Unary, Param, NonLinear, Vector):
@@ -207,7 +197,7 @@ class AffineRMSNorm(_AffineNorm, Unary, Param, NonLinear, Vector):
         return fused
 
     def forward(self, x):
-        y = F.rms_norm(self._checked(x), self.normalized_shape, self.weight, self.eps)
+        y = F.rms_norm(expect_trailing(self, x, self.normalized_shape), self.normalized_shape, self.weight, self.eps)
         return y if self.bias is None else y + self.bias
 
 
