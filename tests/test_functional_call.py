@@ -157,3 +157,14 @@ def test_plain_torch_module_and_tuple_inputs(gen):
     a, b = modify.functional_call(pair, p, (x, x))
     assert_close(a, F.linear(x, params["weight"], params["bias"]))
     assert b is x
+
+
+def test_one_error_lists_every_kind_of_problem(gen):
+    model = modify.Sequential(modify.Linear(3, 2), modify.ReLU(), modify.Linear(2, 2))
+    params = {"0.weight": torch.zeros(3, 3), "2.weight": torch.zeros(2, 2), "oops": torch.zeros(1)}
+    with pytest.raises(ValueError) as error:
+        modify.functional_call(model, params, torch.zeros(1, 3))
+    message = str(error.value)
+    assert "mis-shaped parameters '0.weight': expected (2, 3), got (3, 3)" in message
+    assert "no parameter or buffer 'oops'" in message
+    assert "missing parameters '0.bias', '2.bias'" in message

@@ -36,8 +36,8 @@ def _tied(reference: dict[str, torch.Tensor]) -> dict[str, list[str]]:
     return {name: names for names in by_tensor.values() if len(names) > 1 for name in names}
 
 
-def _check(params: dict, reference: dict[str, torch.Tensor], kind: str) -> None:
-    """Every given tensor of this kind is a tensor of the reference's shape."""
+def _misshaped(params: dict, reference: dict[str, torch.Tensor], kind: str) -> list[str]:
+    """The problem with the given tensors of this kind whose shape differs from the model's."""
     misshaped = []
     for name, tensor in reference.items():
         if name not in params:
@@ -47,29 +47,48 @@ def _check(params: dict, reference: dict[str, torch.Tensor], kind: str) -> None:
             raise TypeError(f"functional_call: params[{name!r}] must be a tensor, got {type(value).__name__}")
         if value.shape != tensor.shape:
             misshaped.append(f"{name!r}: expected {tuple(tensor.shape)}, got {tuple(value.shape)}")
-    if misshaped:
-        hint = " (for per-sample parameters, call it under torch.func.vmap)" if kind == "parameter" else ""
-        raise ValueError(f"functional_call: mis-shaped {kind}s {'; '.join(misshaped[:_MAX_LISTED])}{hint}")
+    if not misshaped:
+        return []
+    hint = " (for per-sample parameters, call it under torch.func.vmap)" if kind == "parameter" else ""
+    return [f"mis-shaped {kind}s {'; '.join(misshaped[:_MAX_LISTED])}{hint}"]
 
 
-def _untie(params: dict, reference: dict[str, torch.Tensor], kind: str, require: bool) -> dict[str, torch.Tensor]:
-    """Give every name of a tied tensor the value given for one of them; list what is missing."""
+def _missing(params: dict, parameters: dict[str, torch.Tensor]) -> list[str]:
+    """The problem with parameters not given (a tied group counts as given if one name is)."""
+    absent = parameters.keys() - params.keys()
+    if not absent:
+        return []
+    tied = _tied(parameters)
+    missing = [n for n in absent if not any(t in params for t in tied.get(n, ()))]
+    if not missing:
+        return []
+    order = list(parameters)
+    first_names = sorted({min(tied.get(n, [n]), key=order.index) for n in missing}, key=order.index)
+    return [f"missing parameters {_listing(first_names)} (pass every parameter)"]
+
+
+def _problems(model: nn.Module, params: dict, parameters: dict, buffers: dict) -> None:
+    """Raise one ``ValueError`` listing every mis-shaped, unknown and missing name."""
+    unexpected = [name for name in params if name not in parameters and name not in buffers]
+    problems = _misshaped(params, parameters, "parameter") + _misshaped(params, buffers, "buffer")
+    if unexpected:
+        problems.append(f"{type(model).__name__} has no parameter or buffer {_listing(unexpected)}")
+    problems += _missing(params, parameters)
+    if problems:
+        raise ValueError("functional_call: " + "; and ".join(problems))
+
+
+def _untie(params: dict, reference: dict[str, torch.Tensor], kind: str) -> dict[str, torch.Tensor]:
+    """Give every name of a tied tensor the value given for one of them."""
     tied = _tied(reference)
     out = {name: value for name, value in params.items() if name in reference}
-    missing = []
     for name in reference.keys() - params.keys():
         given = [params[n] for n in tied.get(name, ()) if n in params]
         if given:
             out[name] = given[0]
-        elif require:
-            missing.append(name)
     for name in out.keys() & tied.keys():
         if any(out[n] is not out[name] for n in tied[name]):
             raise ValueError(f"functional_call: tied {kind}s {_listing(tied[name])} were given different tensors")
-    if missing:
-        order = list(reference)
-        first_names = sorted({min(tied.get(n, [n]), key=order.index) for n in missing}, key=order.index)
-        raise ValueError(f"functional_call: missing {kind}s {_listing(first_names)} (pass every parameter)")
     return out
 
 
@@ -102,8 +121,8 @@ def functional_call(model: nn.Module, params: dict[str, torch.Tensor], x):
 
     Raises:
         TypeError: ``model`` not a module, ``params`` not a dict, a value that is not a tensor.
-        ValueError: missing parameters, unknown names, mis-shaped tensors (all listed), or
-            different tensors for names of one tied parameter.
+        ValueError: missing parameters, unknown names, mis-shaped tensors (all listed in one
+            error), or different tensors for names of one tied parameter.
 
     Example:
         >>> import torch, modify
@@ -120,14 +139,11 @@ def functional_call(model: nn.Module, params: dict[str, torch.Tensor], x):
     if not isinstance(params, dict):
         raise TypeError(f"functional_call: params must be a dict of tensors, got {type(params).__name__}")
     parameters, buffers = _tensors(model)
-    _check(params, parameters, "parameter")
     untied = len(set(map(id, parameters.values()))) == len(parameters)
     if untied and params.keys() == parameters.keys():  # the common case: every name, nothing else
+        _problems(model, params, parameters, {})
         return torch.func.functional_call(model, params, (x,), tie_weights=False)
-    unexpected = [name for name in params if name not in parameters and name not in buffers]
-    if unexpected:
-        raise ValueError(f"functional_call: {type(model).__name__} has no parameter or buffer {_listing(unexpected)}")
-    _check(params, buffers, "buffer")
-    tensors = _untie(params, parameters, "parameter", require=True)
-    tensors.update(_untie(params, buffers, "buffer", require=False))
+    _problems(model, params, parameters, buffers)
+    tensors = _untie(params, parameters, "parameter")
+    tensors.update(_untie(params, buffers, "buffer"))
     return torch.func.functional_call(model, tensors, (x,), tie_weights=False)
