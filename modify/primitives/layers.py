@@ -82,13 +82,22 @@ class Linear(Leaf, Unary, Param, LinearTrait, Vector):
         _reset_like_torch(self)
 
     def forward(self, x):
-        x = expect_tensor(self, x)
-        if checks_enabled() and (x.dim() == 0 or x.shape[-1] != self.in_features):
-            raise ModifyValueError(self, f"expected last dimension {self.in_features}, got {describe(x)}")
-        return F.linear(x, self.weight, self.bias)
+        return F.linear(expect_last_dim(self, x, self.in_features), self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+def expect_last_dim(module: nn.Module, x: object, size: int) -> torch.Tensor:
+    """Check that ``module`` got a tensor whose last dimension is ``size``; return it.
+
+    Raises:
+        ModifyTypeError: not a tensor. ModifyValueError: another last dimension.
+    """
+    x = expect_tensor(module, x)
+    if checks_enabled() and (x.dim() == 0 or x.shape[-1] != size):
+        raise ModifyValueError(module, f"expected last dimension {size}, got {describe(x)}")
+    return x
 
 
 def _reset_like_torch(layer: Linear | _ConvNd) -> None:

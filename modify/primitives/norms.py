@@ -39,6 +39,26 @@ def expect_trailing(module: torch.nn.Module, x: object, shape: tuple[int, ...]) 
     return x
 
 
+def expect_channels(module: torch.nn.Module, x: object, channels: int) -> torch.Tensor:
+    """Check that ``module`` got a ``(N, channels, *)`` tensor; return it.
+
+    Raises:
+        ModifyTypeError: not a tensor. ModifyValueError: fewer than 2 axes, or another axis 1.
+    """
+    x = expect_tensor(module, x)
+    if checks_enabled() and (x.dim() < 2 or x.shape[1] != channels):
+        raise ModifyValueError(module, f"expected (N, {channels}, *), got {describe(x)}")
+    return x
+
+
+@torch.no_grad()
+def reset_affine(weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """Weight to ones, bias (if any) to zeros: ``torch.nn`` norms' affine init."""
+    weight.fill_(1.0)
+    if bias is not None:
+        bias.zero_()
+
+
 def as_shape(value: int | tuple[int, ...] | list[int]) -> tuple[int, ...]:
     """``n`` as ``(n,)``; a tuple or list of ints as a tuple."""
     return (value,) if isinstance(value, int) else tuple(value)
@@ -105,9 +125,7 @@ class ElementwiseAffine(Leaf, Unary, Param, Linear, Elementwise):
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """Weight to ones, bias to zeros (``torch.nn`` norms' affine init)."""
-        self.weight.fill_(1.0)
-        if self.bias is not None:
-            self.bias.zero_()
+        reset_affine(self.weight, self.bias)
 
     def span(self, ndim: int) -> tuple[int, int]:
         """The input axes ``[start, stop)`` the parameters cover for an input of ``ndim`` dims.
@@ -286,10 +304,7 @@ class GroupNorm(Leaf, Unary, ParamFree, NonLinear):
         self.num_groups, self.num_channels, self.eps = num_groups, num_channels, float(eps)
 
     def forward(self, x):
-        x = expect_tensor(self, x)
-        if checks_enabled() and (x.dim() < 2 or x.shape[1] != self.num_channels):
-            raise ModifyValueError(self, f"expected (N, {self.num_channels}, *), got {describe(x)}")
-        return F.group_norm(x, self.num_groups, None, None, self.eps)
+        return F.group_norm(expect_channels(self, x, self.num_channels), self.num_groups, None, None, self.eps)
 
     def extra_repr(self) -> str:
         return f"{self.num_groups}, {self.num_channels}, eps={self.eps:g}"

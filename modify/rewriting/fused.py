@@ -15,12 +15,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._core.checks import checks_enabled, expect_tensor, typechecked
-from .._core.errors import ModifyValueError, describe
+from .._core.checks import typechecked
 from .._core.module import Leaf
 from ..primitives.arithmetic import Scale
-from ..primitives.layers import Linear
-from ..primitives.norms import ElementwiseAffine, GroupNorm, LayerNorm, RMSNorm, as_shape, expect_trailing
+from ..primitives.layers import Linear, expect_last_dim
+from ..primitives.norms import (
+    ElementwiseAffine,
+    GroupNorm,
+    LayerNorm,
+    RMSNorm,
+    as_shape,
+    expect_channels,
+    expect_trailing,
+    reset_affine,
+)
 from ..traits import Linear as LinearTrait
 from ..traits import NonLinear, Param, Unary, Vector
 
@@ -69,9 +77,7 @@ class _AffineNorm(Leaf):
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """Weight to ones, bias to zeros (``torch.nn``'s init)."""
-        self.weight.fill_(1.0)
-        if self.bias is not None:
-            self.bias.zero_()
+        reset_affine(self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return f"{self.normalized_shape}, eps={self.eps}, bias={self.bias is not None}"
@@ -253,9 +259,7 @@ class AffineGroupNorm(Leaf, Unary, Param, NonLinear):
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """Weight to ones, bias to zeros (``torch.nn``'s init)."""
-        self.weight.fill_(1.0)
-        if self.bias is not None:
-            self.bias.zero_()
+        reset_affine(self.weight, self.bias)
 
     @classmethod
     def fits(cls, norm: nn.Module, affine: nn.Module) -> bool:
@@ -281,9 +285,7 @@ class AffineGroupNorm(Leaf, Unary, Param, NonLinear):
         return fused
 
     def forward(self, x):
-        x = expect_tensor(self, x)
-        if checks_enabled() and (x.dim() < 2 or x.shape[1] != self.num_channels):
-            raise ModifyValueError(self, f"expected (N, {self.num_channels}, *), got {describe(x)}")
+        x = expect_channels(self, x, self.num_channels)
         return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
@@ -369,10 +371,7 @@ class ScaledLinear(Leaf, Unary, Param, LinearTrait, Vector):
         return fused
 
     def forward(self, x):
-        x = expect_tensor(self, x)
-        if checks_enabled() and (x.dim() == 0 or x.shape[-1] != self.in_features):
-            raise ModifyValueError(self, f"expected last dimension {self.in_features}, got {describe(x)}")
-        return F.linear(x, self.weight, self.bias).mul_(self.c)
+        return F.linear(expect_last_dim(self, x, self.in_features), self.weight, self.bias).mul_(self.c)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, c={self.c:g}, bias={self.bias is not None}"
