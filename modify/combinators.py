@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from ._core.checks import checks_enabled, typechecked
-from ._core.errors import ModifyTypeError, ModifyValueError, annotate, count, describe
+from ._core.checks import check_child_name, checks_enabled, expect_tuple, typechecked
+from ._core.errors import annotate
 from ._core.module import ModifyModule
 from ._core.opaque import wrap
 from .primitives.arithmetic import Add
@@ -53,6 +53,7 @@ class Combinator(ModifyModule):
             raise TypeError(f"{type(self).__name__} takes children positionally or by name, not both")
         items = named.items() if named else ((str(i), m) for i, m in enumerate(modules))
         for name, module in items:
+            check_child_name(self, name)
             if not isinstance(module, nn.Module):
                 raise TypeError(
                     f"{type(self).__name__} child '{name}' must be a torch.nn.Module, got {type(module).__name__}"
@@ -214,12 +215,7 @@ class Parallel(Combinator):
         return tuple(out)
 
     def _check(self, x: object) -> None:
-        branches = len(self._modules)
-        if not isinstance(x, tuple):
-            raise ModifyTypeError(self, f"expected a tuple of {count(branches, 'value')}, got {describe(x)}")
-        if len(x) != branches:
-            got, want = count(len(x), "value"), count(branches, "branch", "branches")
-            raise ModifyValueError(self, f"got a tuple of {got} for {want}")
+        expect_tuple(self, x, len(self._modules), ("branch", "branches"))
 
     def _infer_traits(self) -> frozenset[type]:
         own = next(self.parameters(recurse=False), None) is not None

@@ -22,6 +22,8 @@ import modify
 Value = torch.Tensor | tuple
 # Leaves that pass any value through (documented as Unary all the same).
 IDENTITY_LIKE = (modify.Identity, modify.Dropout, modify.Print, modify.PrintShape, modify.Breakpoint)
+# Leaves whose output is not differentiable (integer positions): tested in tests/test_structure.py.
+INTEGER_OUTPUT = (modify.Positions,)
 
 
 @dataclass(frozen=True)
@@ -376,6 +378,26 @@ def _attention() -> list[Case]:
     ]
 
 
+def _fused() -> list[Case]:
+    """The leaves ``modify.fuse`` builds, each against the ``torch.nn`` module it computes."""
+    return [
+        Case("AffineLayerNorm", lambda: randomised(modify.AffineLayerNorm(4)), randn(2, 3, 4), torch_nn(lambda: nn.LayerNorm(4))),
+        Case(
+            "AffineRMSNorm",
+            lambda: randomised(modify.AffineRMSNorm(4, eps=1e-6)),
+            randn(2, 3, 4),
+            torch_nn(lambda: nn.RMSNorm(4, eps=1e-6)),
+        ),
+        Case("AffineGroupNorm", lambda: randomised(modify.AffineGroupNorm(2, 4)), randn(2, 4, 3), torch_nn(lambda: nn.GroupNorm(2, 4))),
+        Case(
+            "ScaledLinear",
+            lambda: modify.ScaledLinear(4, 3, 0.5),
+            randn(2, 5, 4),
+            lambda ours: lambda x: 0.5 * F.linear(x, ours.weight, ours.bias),
+        ),
+    ]
+
+
 @torch.no_grad()
 def randomised(module: nn.Module) -> nn.Module:
     """Give default-initialised (ones/zeros) parameters random values, so tests see them."""
@@ -393,6 +415,7 @@ CASES: list[Case] = [
     *_norms(),
     *_layers(),
     *_attention(),
+    *_fused(),
 ]
 
 

@@ -13,7 +13,7 @@ from modify import (
     BatchNorm2d, Dropout, ElementwiseAffine, GroupNorm, Identity, LayerNorm, Linear, ReLU, Residual, RMSNorm,
     Scale, Sequential,
 )
-from modify.rewriting.fused import AffineGroupNorm, AffineLayerNorm, AffineRMSNorm, ScaledLinear
+from modify.primitives.fused import AffineGroupNorm, AffineLayerNorm, AffineRMSNorm, ScaledLinear
 
 from helpers import assert_close, assert_state_equal, state_snapshot
 

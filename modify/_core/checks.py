@@ -8,6 +8,7 @@ their annotations with typeguard.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import inspect
 import types
@@ -19,7 +20,8 @@ from typeguard import TypeCheckError, check_type
 
 from .errors import ModifyTypeError, ModifyValueError, count, describe
 
-_enabled = True
+# The flag of the calling thread (or asyncio task): a new thread starts with checks on.
+_enabled: contextvars.ContextVar[bool] = contextvars.ContextVar("modify_checks", default=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -34,8 +36,7 @@ class _Restore:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        global _enabled
-        _enabled = self.previous
+        _enabled.set(self.previous)
 
 
 def set_checks(flag: bool) -> _Restore:
@@ -44,7 +45,9 @@ def set_checks(flag: bool) -> _Restore:
     Works like ``torch.set_grad_enabled``: a plain call sets the flag until changed, and the
     same call used as a context manager restores the previous value when the block ends. The
     flag covers the O(1) value checks of ``forward`` (arity, tuple lengths, shapes) and the
-    argument checks of constructors and rewriters; it is global to the process, not per thread.
+    argument checks of constructors and rewriters. It belongs to the calling thread (a
+    ``contextvars`` context): one thread turning checks off never turns them off for another, and
+    a new thread starts with checks on.
 
     Args:
         flag: ``True`` to check values and arguments (the default), ``False`` to skip checks.
@@ -64,10 +67,10 @@ def set_checks(flag: bool) -> _Restore:
         >>> modify.checks_enabled()
         True
     """
-    global _enabled
     if not isinstance(flag, bool):
         raise TypeError(f"set_checks expects a bool, got {type(flag).__name__}")
-    previous, _enabled = _enabled, flag
+    previous = _enabled.get()
+    _enabled.set(flag)
     return _Restore(previous)
 
 
@@ -86,7 +89,7 @@ def checks_enabled() -> bool:
         >>> modify.checks_enabled()
         True
     """
-    return _enabled and not torch.compiler.is_compiling()
+    return not torch.compiler.is_compiling() and _enabled.get()
 
 
 def expect_tensor(module: torch.nn.Module, x: object) -> torch.Tensor:
@@ -95,23 +98,30 @@ def expect_tensor(module: torch.nn.Module, x: object) -> torch.Tensor:
     Raises:
         ModifyTypeError: (a ``TypeError``) naming the module and what arrived.
     """
-    if _enabled and not isinstance(x, torch.Tensor) and not torch.compiler.is_compiling():
+    if not isinstance(x, torch.Tensor) and checks_enabled():
         raise ModifyTypeError(module, f"expected a tensor, got {describe(x)}")
     return x  # type: ignore[return-value]
 
 
-def expect_tuple(module: torch.nn.Module, x: object, length: int | None = None) -> tuple:
+def expect_tuple(
+    module: torch.nn.Module, x: object, length: int | None = None, slots: tuple[str, str] | None = None
+) -> tuple:
     """Check that a module got a tuple (of ``length`` values, when given); return it.
+
+    ``slots`` names what the values feed (``("branch", "branches")``), for a length error that
+    reads ``got a tuple of 2 values for 3 branches``.
 
     Raises:
         ModifyTypeError: (a ``TypeError``) if ``x`` is not a tuple.
         ModifyValueError: (a ``ValueError``) if its length differs.
     """
-    if _enabled and not torch.compiler.is_compiling():
+    if checks_enabled():
         if not isinstance(x, tuple):
             want = f"a tuple of {count(length, 'value')}" if length is not None else "a tuple"
             raise ModifyTypeError(module, f"expected {want}, got {describe(x)}")
         if length is not None and len(x) != length:
+            if slots is not None:
+                raise ModifyValueError(module, f"got a tuple of {count(len(x), 'value')} for {count(length, *slots)}")
             raise ModifyValueError(module, f"expected a tuple of {count(length, 'value')}, got {describe(x)}")
     return x  # type: ignore[return-value]
 
@@ -119,11 +129,115 @@ def expect_tuple(module: torch.nn.Module, x: object, length: int | None = None) 
 def expect_tensors(module: torch.nn.Module, x: object, length: int) -> tuple:
     """Like :func:`expect_tuple`, and every element must be a tensor."""
     values = expect_tuple(module, x, length)
-    if _enabled and not torch.compiler.is_compiling():
+    if checks_enabled():
         for i, v in enumerate(values):
             if not isinstance(v, torch.Tensor):
                 raise ModifyTypeError(module, f"expected tensors, element {i} of {describe(x)} is not")
     return values
+
+
+def expect_value(module: torch.nn.Module, x: object) -> object:
+    """Check that a module got a value: a tensor or a (nested) tuple of values; return it.
+
+    Raises:
+        ModifyTypeError: (a ``TypeError``) naming what arrived (``None``, a list, a dict, ...).
+    """
+    if checks_enabled() and not _is_value(x):
+        raise ModifyTypeError(module, f"expected a tensor or a tuple of them, got {describe(x)}")
+    return x
+
+
+def _is_value(x: object) -> bool:
+    if isinstance(x, torch.Tensor):
+        return True
+    return isinstance(x, tuple) and all(_is_value(v) for v in x)
+
+
+def expect_last_dim(module: torch.nn.Module, x: object, size: int) -> torch.Tensor:
+    """Check that ``module`` got a tensor whose last dimension is ``size``; return it.
+
+    Raises:
+        ModifyTypeError: not a tensor. ModifyValueError: another last dimension.
+    """
+    x = expect_tensor(module, x)
+    if checks_enabled() and (x.dim() == 0 or x.shape[-1] != size):
+        raise ModifyValueError(module, f"expected last dimension {size}, got {describe(x)}")
+    return x
+
+
+def expect_trailing(module: torch.nn.Module, x: object, shape: tuple[int, ...]) -> torch.Tensor:
+    """Check that ``module`` got a tensor whose trailing axes are ``shape``; return it.
+
+    Raises:
+        ModifyTypeError: not a tensor. ModifyValueError: other trailing axes (never broadcast).
+    """
+    x = expect_tensor(module, x)
+    if checks_enabled() and x.shape[x.dim() - len(shape) :] != shape:
+        raise ModifyValueError(module, f"expected trailing shape {shape}, got {describe(x)}")
+    return x
+
+
+def expect_channels(module: torch.nn.Module, x: object, channels: int) -> torch.Tensor:
+    """Check that ``module`` got a ``(N, channels, *)`` tensor; return it.
+
+    Raises:
+        ModifyTypeError: not a tensor. ModifyValueError: fewer than 2 axes, or another axis 1.
+    """
+    x = expect_tensor(module, x)
+    if checks_enabled() and (x.dim() < 2 or x.shape[1] != channels):
+        raise ModifyValueError(module, f"expected (N, {channels}, *), got {describe(x)}")
+    return x
+
+
+def expect_floating(module: torch.nn.Module, x: object) -> torch.Tensor:
+    """Check that ``module`` got a floating-point tensor; return it.
+
+    Raises:
+        ModifyTypeError: not a tensor, or one of an integer, bool or complex dtype.
+    """
+    x = expect_tensor(module, x)
+    if checks_enabled() and not x.is_floating_point():
+        raise ModifyTypeError(module, f"expected a floating-point tensor, got {describe(x)}")
+    return x
+
+
+def check_sizes(owner: str, **sizes: int) -> None:
+    """Raise ``ValueError`` naming ``owner`` and the first of ``sizes`` that is not positive."""
+    for name, value in sizes.items():
+        if value < 1:
+            raise ValueError(f"{owner}: {name} must be at least 1, got {value}")
+
+
+def check_floating_dtype(owner: str, dtype: torch.dtype | None) -> None:
+    """Raise ``TypeError`` naming ``owner`` unless ``dtype`` is ``None`` or a floating-point dtype."""
+    if dtype is not None and not dtype.is_floating_point:
+        raise TypeError(f"{owner}: dtype must be a floating-point dtype, got {dtype}")
+
+
+def check_child_name(parent: torch.nn.Module, name: object) -> None:
+    """Raise if ``name`` cannot name a new child of the combinator ``parent``.
+
+    A child name is a non-empty ``str`` without ``"."`` (paths are dotted) that is not already an
+    attribute of ``parent`` (``"training"``, ``"forward"``, ``"state_dict"``, ...).
+
+    Raises:
+        TypeError: a name that is not a ``str``. ValueError: an empty, dotted or reserved name.
+    """
+    owner = type(parent).__name__
+    if not isinstance(name, str):
+        raise TypeError(f"{owner}: child names are str, got {type(name).__name__} {name!r}")
+    if not name or "." in name or (hasattr(parent, name) and name not in parent._modules):
+        why = "empty" if not name else "dotted" if "." in name else f"an attribute of {owner}"
+        raise ValueError(f"{owner}: child name {name!r} is {why}; use a plain identifier such as 'attn'")
+
+
+def refuse_bool(value: Any, hint: Any) -> None:
+    """Raise ``TypeCheckError`` for a ``bool`` where ``hint`` asks for a number.
+
+    ``bool`` subclasses ``int``, but ``Copy(True)`` or ``n_layer=True`` is a mistake.
+    """
+    if isinstance(value, bool) and not _admits_bool(hint):
+        raise TypeCheckError("is a bool, not a number")
 
 
 _SIMPLE = {int: (int,), float: (int, float), bool: (bool,), str: (str,)}
@@ -147,11 +261,9 @@ def _checker(hint: Any) -> Callable[[Any], None]:
     although ``bool`` subclasses ``int``).
     """
     simple = _SIMPLE.get(hint)
-    no_bool = not _admits_bool(hint)
 
     def check(value: Any) -> None:
-        if no_bool and isinstance(value, bool):
-            raise TypeCheckError("is a bool, not a number")
+        refuse_bool(value, hint)
         if simple is None:
             check_type(value, hint)
         elif not isinstance(value, simple):
@@ -173,7 +285,7 @@ def typechecked(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         nonlocal resolved
-        if _enabled:
+        if _enabled.get():
             if not resolved:
                 hints = typing.get_type_hints(fn)
                 for name, param in signature.parameters.items():
@@ -187,10 +299,13 @@ def typechecked(fn: F) -> F:
 
 
 def _check_arguments(fn: Callable, signature: inspect.Signature, checkers: dict, args: tuple, kwargs: dict) -> None:
-    bound = signature.bind(*args, **kwargs)
     name = fn.__qualname__.removesuffix(".__init__")
     if fn.__name__ == "__init__" and args:
         name = type(args[0]).__name__  # the public subclass, not a private base such as _ConvNd
+    try:
+        bound = signature.bind(*args, **kwargs)
+    except TypeError as error:
+        raise TypeError(f"{name}() {error}") from None
     for arg, value in bound.arguments.items():
         entry = checkers.get(arg)
         if entry is None:

@@ -15,7 +15,7 @@ Example:
 
 from ._checkpoint import CheckpointError
 from ._generate import generate
-from ._layers import Positions
+from ..primitives import Positions  # documented with the primitives; kept here for old imports
 from ._resnet_blocks import BasicBlock, Bottleneck
 from .gpt import GPT, GPTConfig
 from .llama import Llama, LlamaConfig

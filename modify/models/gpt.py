@@ -23,12 +23,13 @@ from ..primitives import (
     Dropout,
     Embedding,
     Linear,
+    Positions,
     Rearrange,
     ScaledDotProductAttention,
     Split,
 )
 from ._checkpoint import KeyFormat, Source, build_pretrained, hf_value, require
-from ._layers import Positions, check_fields, check_positive, layer_norm
+from ._layers import check_fields, check_positive, layer_norm
 
 
 @dataclass

@@ -25,10 +25,9 @@ from ..primitives import (
     ScaledDotProductAttention,
     SiLU,
 )
+from ..primitives.attention import check_rope_scaling
 from ._checkpoint import KeyFormat, Source, build_pretrained, hf_value, require
 from ._layers import check_fields, check_positive, rms_norm
-
-_LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 
 
 @dataclass
@@ -104,18 +103,7 @@ class LlamaConfig:
             raise ValueError(f"LlamaConfig: head_dim must be even for rotary embeddings, got {self.head_dim}")
         if not 0.0 <= self.attention_dropout < 1.0:
             raise ValueError(f"LlamaConfig: attention_dropout must be in [0, 1), got {self.attention_dropout}")
-        _check_rope_scaling(self.rope_scaling)
-
-
-def _check_rope_scaling(scaling: dict[str, Any] | None) -> None:
-    if scaling is None:
-        return
-    kind = scaling.get("rope_type", scaling.get("type", "default"))
-    if kind not in ("default", "llama3"):
-        raise ValueError(f"LlamaConfig: rope_scaling type {kind!r} is not supported (supported: 'default', 'llama3')")
-    missing = [key for key in _LLAMA3_KEYS if key not in scaling] if kind == "llama3" else []
-    if missing:
-        raise ValueError(f"LlamaConfig: llama3 rope_scaling lacks {missing}")
+        check_rope_scaling("LlamaConfig", self.rope_scaling)
 
 
 class Llama(Sequential):

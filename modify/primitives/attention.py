@@ -70,7 +70,45 @@ class ScaledDotProductAttention(Leaf, Ternary, ParamFree, NonLinear, Matrix):
         return f"causal={self.causal}, dropout={self.dropout:g}, scale={self.scale}"
 
 
-_LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+
+
+def rope_kind(scaling: dict | None) -> str:
+    """The ``rope_type`` (or older ``type``) of a Hugging Face ``rope_scaling`` dict; ``"default"`` if none."""
+    return (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
+
+
+def check_rope_scaling(owner: str, scaling: dict | None) -> None:
+    """Check a ``rope_scaling`` dict: ``None``, ``"default"``, or a complete, numeric ``"llama3"`` one.
+
+    Llama 3's four values must be real numbers (not bools, finite), ``factor`` and
+    ``low_freq_factor`` positive, ``high_freq_factor`` above ``low_freq_factor`` (the smoothing
+    divides by their difference) and ``original_max_position_embeddings`` at least 1.
+
+    Raises:
+        ValueError: naming ``owner``: an unsupported ``rope_type``, a missing key or a bad value.
+        TypeError: naming ``owner``: a value that is not a real number.
+    """
+    kind = rope_kind(scaling)
+    if kind == "default":
+        return
+    if kind != "llama3":
+        raise ValueError(f"{owner}: rope_type {kind!r} is not supported (supported: 'default', 'llama3')")
+    missing = [key for key in LLAMA3_KEYS if key not in scaling]
+    if missing:
+        raise ValueError(f"{owner}: llama3 rope_scaling lacks {missing}, got {scaling}")
+    for key in LLAMA3_KEYS:
+        value = scaling[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{owner}: llama3 rope_scaling[{key!r}] must be a number, got {value!r}")
+    factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+    if not (math.isfinite(factor) and factor > 0 and math.isfinite(low) and low > 0 and math.isfinite(high)):
+        raise ValueError(f"{owner}: llama3 factor and low_freq_factor must be positive and finite, got {scaling}")
+    if not high > low or not scaling["original_max_position_embeddings"] >= 1:
+        raise ValueError(
+            f"{owner}: llama3 needs high_freq_factor > low_freq_factor and original_max_position_embeddings >= 1, "
+            f"got {scaling}"
+        )
 
 
 def rope_inverse_frequencies(dim: int, base: float, scaling: dict | None = None) -> torch.Tensor:
@@ -87,17 +125,12 @@ def rope_inverse_frequencies(dim: int, base: float, scaling: dict | None = None)
         ``(dim // 2,)`` float32.
 
     Raises:
-        ValueError: an unsupported ``rope_type``; a ``"llama3"`` dict without one of its four keys.
+        ValueError, TypeError: a ``scaling`` that :func:`check_rope_scaling` refuses.
     """
+    check_rope_scaling("RotaryEmbedding", scaling)
     inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
-    kind = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
-    if kind == "default":
+    if rope_kind(scaling) == "default":
         return inv_freq
-    if kind != "llama3":
-        raise ValueError(f"RotaryEmbedding: unsupported rope_type {kind!r} (supported: 'default', 'llama3')")
-    missing = [key for key in _LLAMA3_KEYS if key not in scaling]
-    if missing:
-        raise ValueError(f"RotaryEmbedding: llama3 rope_scaling lacks {missing}, got {scaling}")
     factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
     old_context = scaling["original_max_position_embeddings"]
     wavelen = 2 * math.pi / inv_freq

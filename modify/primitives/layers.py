@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._core.checks import checks_enabled, expect_tensor, typechecked
+from .._core.checks import checks_enabled, expect_last_dim, expect_tensor, typechecked
 from .._core.errors import ModifyTypeError, ModifyValueError, describe
 from .._core.module import Leaf
 from ..traits import Linear as LinearTrait
@@ -79,7 +79,7 @@ class Linear(Leaf, Unary, Param, LinearTrait, Vector):
 
     def reset_parameters(self) -> None:
         """Initialise as ``torch.nn.Linear`` does, then apply ``weight_init``/``bias_init``."""
-        _reset_like_torch(self)
+        reset_like_torch(self.weight, self.bias, self.weight_init, self.bias_init, type(self).__name__)
 
     def forward(self, x):
         return F.linear(expect_last_dim(self, x, self.in_features), self.weight, self.bias)
@@ -88,28 +88,25 @@ class Linear(Leaf, Unary, Param, LinearTrait, Vector):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
-def expect_last_dim(module: nn.Module, x: object, size: int) -> torch.Tensor:
-    """Check that ``module`` got a tensor whose last dimension is ``size``; return it.
+def reset_like_torch(
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    weight_init: Init = None,
+    bias_init: Init = None,
+    owner: str = "",
+) -> None:
+    """``torch.nn.Linear``/``Conv*``'s init, then ``weight_init``/``bias_init`` if given.
 
-    Raises:
-        ModifyTypeError: not a tensor. ModifyValueError: another last dimension.
+    Kaiming-uniform weight (``a = sqrt(5)``) and a bias uniform in ``±1/sqrt(fan_in)``.
     """
-    x = expect_tensor(module, x)
-    if checks_enabled() and (x.dim() == 0 or x.shape[-1] != size):
-        raise ModifyValueError(module, f"expected last dimension {size}, got {describe(x)}")
-    return x
-
-
-def _reset_like_torch(layer: Linear | _ConvNd) -> None:
-    nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5))
-    if layer.bias is not None:
-        fan_in, _ = nn.init._calculate_fan_in_and_fan_out(layer.weight)
+    nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+    if bias is not None:
+        fan_in, _ = nn.init._calculate_fan_in_and_fan_out(weight)
         bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
-        nn.init.uniform_(layer.bias, -bound, bound)
-    name = type(layer).__name__
-    apply_init(layer.weight, layer.weight_init, f"{name}.weight")
-    if layer.bias is not None:
-        apply_init(layer.bias, layer.bias_init, f"{name}.bias")
+        nn.init.uniform_(bias, -bound, bound)
+    apply_init(weight, weight_init, f"{owner}.weight")
+    if bias is not None:
+        apply_init(bias, bias_init, f"{owner}.bias")
 
 
 def _tuple(value: int | tuple[int, ...], n: int, owner: str, name: str) -> tuple[int, ...]:
@@ -166,7 +163,7 @@ class _ConvNd(Leaf, Unary, Param, LinearTrait):
 
     def reset_parameters(self) -> None:
         """Initialise as ``torch.nn.Conv*`` does, then apply ``weight_init``/``bias_init``."""
-        _reset_like_torch(self)
+        reset_like_torch(self.weight, self.bias, self.weight_init, self.bias_init, type(self).__name__)
 
     def _conv(self, x: torch.Tensor) -> torch.Tensor:
         x = expect_tensor(self, x)

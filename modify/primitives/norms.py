@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._core.checks import checks_enabled, expect_tensor, typechecked
+from .._core.checks import checks_enabled, expect_channels, expect_tensor, expect_trailing, typechecked
 from .._core.errors import ModifyValueError, describe
 from .._core.module import Leaf
 from ..traits import Elementwise, Linear, Matrix, NonLinear, Param, ParamFree, Unary, Vector
@@ -25,30 +25,6 @@ def _no_affine(cls_name: str, **given: object) -> None:
                 f"{cls_name} has no affine part, so '{name}=' is not accepted; follow it with "
                 f"modify.ElementwiseAffine(...) (see its docstring)"
             )
-
-
-def expect_trailing(module: torch.nn.Module, x: object, shape: tuple[int, ...]) -> torch.Tensor:
-    """Check that ``module`` got a tensor whose trailing axes are ``shape``; return it.
-
-    Raises:
-        ModifyTypeError: not a tensor. ModifyValueError: other trailing axes (never broadcast).
-    """
-    x = expect_tensor(module, x)
-    if checks_enabled() and x.shape[x.dim() - len(shape) :] != shape:
-        raise ModifyValueError(module, f"expected trailing shape {shape}, got {describe(x)}")
-    return x
-
-
-def expect_channels(module: torch.nn.Module, x: object, channels: int) -> torch.Tensor:
-    """Check that ``module`` got a ``(N, channels, *)`` tensor; return it.
-
-    Raises:
-        ModifyTypeError: not a tensor. ModifyValueError: fewer than 2 axes, or another axis 1.
-    """
-    x = expect_tensor(module, x)
-    if checks_enabled() and (x.dim() < 2 or x.shape[1] != channels):
-        raise ModifyValueError(module, f"expected (N, {channels}, *), got {describe(x)}")
-    return x
 
 
 @torch.no_grad()
@@ -337,13 +313,6 @@ class _BatchNorm(Leaf, Unary, ParamFree, NonLinear):
             self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device))
         else:
             self.running_mean = self.running_var = self.num_batches_tracked = None
-
-    def reset_running_stats(self) -> None:
-        """Zero the mean, one the variance, zero the batch count."""
-        if self.track_running_stats:
-            self.running_mean.zero_()
-            self.running_var.fill_(1)
-            self.num_batches_tracked.zero_()
 
     def forward(self, x):
         x = expect_tensor(self, x)

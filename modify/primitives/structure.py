@@ -72,6 +72,50 @@ class Copy(Leaf, Unary, ParamFree, Linear, Restructure):
         return f"n={self.n}"
 
 
+class Positions(Leaf, Unary, ParamFree, Linear):
+    """Replace every element by its position along the last axis: ``x -> arange(T)`` broadcast.
+
+    Feeds a learned position embedding from the token ids themselves, so that GPT's input
+    stage is pure algebra: ``Fork(Embedding(vocab, C), Sequential(Positions(), Embedding(T_max, C)))``
+    followed by ``Add()`` (Radford et al. 2019, GPT-2; nanoGPT's ``pos = torch.arange(0, t)``).
+    The output depends on the input's shape only, never its values (a constant map, hence
+    tagged ``Linear``).
+
+    Args:
+        limit: when given, the number of positions available (``block_size``): a longer
+            sequence raises instead of indexing past the position table.
+
+    Shape:
+        ``(*, T)`` any dtype -> ``(*, T)`` int64 on the input's device (an expanded view of
+        ``arange(T)``; no memory per batch element).
+
+    Raises:
+        ModifyValueError: ``T > limit``, or a 0-d input.
+
+    Example:
+        >>> import torch
+        >>> import modify
+        >>> modify.Positions()(torch.tensor([[7, 3, 9], [1, 1, 1]])).tolist()
+        [[0, 1, 2], [0, 1, 2]]
+    """
+
+    @typechecked
+    def __init__(self, limit: int | None = None):
+        super().__init__()
+        if limit is not None and limit < 1:
+            raise ValueError(f"Positions limit must be at least 1, got {limit}")
+        self.limit = limit
+
+    def forward(self, x):
+        x = expect_tensor(self, x)
+        if checks_enabled() and (x.dim() == 0 or (self.limit is not None and x.shape[-1] > self.limit)):
+            raise ModifyValueError(self, f"expected (*, T) with T <= {self.limit}, got {describe(x)}")
+        return torch.arange(x.shape[-1], device=x.device).expand(x.shape)
+
+    def extra_repr(self) -> str:
+        return f"limit={self.limit}" if self.limit is not None else ""
+
+
 def _sizes(owner: str, args: tuple) -> tuple[int, ...]:
     """``(2, 3)`` from ``(2, 3)`` or ``((2, 3),)``, as ``torch.Tensor.reshape``/``permute`` take it."""
     if len(args) == 1 and isinstance(args[0], (tuple, list)):

@@ -18,7 +18,7 @@ from ..combinators import Sequential
 from ..primitives.activations import Dropout
 from ..primitives.arithmetic import Scale
 from ..primitives.structure import Identity
-from .fused import AffineGroupNorm, AffineLayerNorm, AffineRMSNorm, ScaledLinear
+from ..primitives.fused import AffineGroupNorm, AffineLayerNorm, AffineRMSNorm, ScaledLinear
 from .lora import LoRA
 from .walk import transform
 

@@ -9,26 +9,15 @@ built on its own (fresh parameters, ``torch.nn``'s initialisation).
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._core.checks import typechecked
+from .._core.checks import expect_channels, expect_last_dim, expect_trailing, typechecked
 from .._core.module import Leaf
-from ..primitives.arithmetic import Scale
-from ..primitives.layers import Linear, expect_last_dim
-from ..primitives.norms import (
-    ElementwiseAffine,
-    GroupNorm,
-    LayerNorm,
-    RMSNorm,
-    as_shape,
-    expect_channels,
-    expect_trailing,
-    reset_affine,
-)
+from .arithmetic import Scale
+from .layers import Linear, reset_like_torch
+from .norms import ElementwiseAffine, GroupNorm, LayerNorm, RMSNorm, as_shape, reset_affine
 from ..traits import Linear as LinearTrait
 from ..traits import NonLinear, Param, Unary, Vector
 
@@ -106,7 +95,7 @@ class AffineLayerNorm(_AffineNorm, Unary, Param, NonLinear, Vector):
 
     Example:
         >>> import torch, modify
-        >>> from modify.rewriting.fused import AffineLayerNorm
+        >>> from modify.primitives import AffineLayerNorm
         >>> pair = modify.Sequential(modify.LayerNorm(4), modify.ElementwiseAffine(4))
         >>> fused = AffineLayerNorm.from_pair(pair[0], pair[1])
         >>> fused.weight is pair[1].weight
@@ -169,7 +158,7 @@ class AffineRMSNorm(_AffineNorm, Unary, Param, NonLinear, Vector):
 
     Example:
         >>> import torch
-        >>> from modify.rewriting.fused import AffineRMSNorm
+        >>> from modify.primitives import AffineRMSNorm
         >>> norm = AffineRMSNorm(4, eps=1e-6)
         >>> x = torch.randn(2, 4)
         >>> torch.allclose(norm(x), torch.nn.RMSNorm(4, eps=1e-6)(x), atol=1e-6)
@@ -232,7 +221,7 @@ class AffineGroupNorm(Leaf, Unary, Param, NonLinear):
 
     Example:
         >>> import torch
-        >>> from modify.rewriting.fused import AffineGroupNorm
+        >>> from modify.primitives import AffineGroupNorm
         >>> x = torch.randn(2, 4, 3)
         >>> torch.allclose(AffineGroupNorm(2, 4)(x), torch.nn.GroupNorm(2, 4)(x), atol=1e-6)
         True
@@ -318,7 +307,7 @@ class ScaledLinear(Leaf, Unary, Param, LinearTrait, Vector):
 
     Example:
         >>> import torch, modify
-        >>> from modify.rewriting.fused import ScaledLinear
+        >>> from modify.primitives import ScaledLinear
         >>> pair = modify.Sequential(modify.Linear(3, 2), modify.Scale(0.5))
         >>> fused = ScaledLinear.from_pair(pair[0], pair[1])
         >>> x = torch.randn(4, 3)
@@ -344,10 +333,7 @@ class ScaledLinear(Leaf, Unary, Param, LinearTrait, Vector):
 
     def reset_parameters(self) -> None:
         """As ``torch.nn.Linear``: Kaiming-uniform weight (``a = sqrt(5)``), uniform bias."""
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if self.bias is not None:
-            bound = 1 / math.sqrt(self.in_features) if self.in_features > 0 else 0
-            nn.init.uniform_(self.bias, -bound, bound)
+        reset_like_torch(self.weight, self.bias)
 
     @classmethod
     def fits(cls, linear: nn.Module, scale: nn.Module) -> bool:
