@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import threading
 
 import pytest
 import torch
@@ -125,6 +126,80 @@ def test_set_checks_restores_the_previous_value_and_works_as_a_call():
     assert modify.checks_enabled()
     with pytest.raises(TypeError, match="bool"):
         modify.set_checks(1)
+
+
+def _in_thread(target) -> list:
+    """Run ``target(record)`` in a thread; return what it recorded (exceptions included)."""
+    seen: list = []
+
+    def run():
+        try:
+            target(seen.append)
+        except BaseException as error:  # noqa: BLE001 - reported to the test thread
+            seen.append(error)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return [thread, seen]
+
+
+def test_set_checks_belongs_to_the_calling_thread():
+    turned_off, checked = threading.Event(), threading.Event()
+
+    def other(record):
+        modify.set_checks(False)  # a plain call, never restored: this thread only
+        record(modify.checks_enabled())
+        turned_off.set()
+        checked.wait(5)
+
+    thread, seen = _in_thread(other)
+    assert turned_off.wait(5)
+    assert modify.checks_enabled()
+    with pytest.raises(ValueError, match="expected last dimension 4"):
+        modify.Linear(4, 3)(torch.zeros(2, 5))
+    checked.set()
+    thread.join(5)
+    assert seen == [False]
+    assert modify.checks_enabled()
+
+
+def test_set_checks_context_managers_interleaved_across_threads():
+    """A enters, B enters, A exits, B exits: each thread sees only its own flag, both restored."""
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+
+    def thread_a(record):
+        with modify.set_checks(False):
+            a_in.set()
+            b_in.wait(5)
+            record(("A inside", modify.checks_enabled()))
+        a_out.set()
+        record(("A after", modify.checks_enabled()))
+
+    def thread_b(record):
+        a_in.wait(5)
+        record(("B before", modify.checks_enabled()))
+        with modify.set_checks(False):
+            b_in.set()
+            a_out.wait(5)
+            record(("B inside", modify.checks_enabled()))
+        record(("B after", modify.checks_enabled()))
+
+    (ta, seen_a), (tb, seen_b) = _in_thread(thread_a), _in_thread(thread_b)
+    ta.join(5), tb.join(5)
+    assert seen_a == [("A inside", False), ("A after", True)]
+    assert seen_b == [("B before", True), ("B inside", False), ("B after", True)]
+    assert modify.checks_enabled()
+
+
+def test_set_checks_flag_does_not_break_a_fullgraph_compile():
+    model = modify.Sequential(modify.Linear(4, 3), modify.Copy(2), modify.Add())
+    x = torch.randn(2, 4)
+    expected = model(x)
+    for flag in (True, False):
+        with modify.set_checks(flag):
+            compiled = torch.compile(model, backend="eager", fullgraph=True)
+            assert torch.equal(compiled(x), expected)
+        torch._dynamo.reset()
 
 
 def test_checks_are_off_while_torch_compile_traces():
