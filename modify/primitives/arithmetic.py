@@ -10,6 +10,15 @@ from .._core.module import Leaf
 from ..traits import Binary, Elementwise, Linear, Matrix, NonLinear, ParamFree, Unary
 
 
+def _advice(a: torch.Tensor, b: torch.Tensor) -> str:
+    """Suggest ``broadcast=True`` only where it would help: shapes that broadcast."""
+    try:
+        torch.broadcast_shapes(a.shape, b.shape)
+    except RuntimeError:
+        return " (they do not broadcast either)"
+    return "; pass broadcast=True to broadcast"
+
+
 class _Pairwise(Leaf):
     """A binary elementwise op on ``(a, b)``; shapes must match unless ``broadcast=True``."""
 
@@ -21,9 +30,7 @@ class _Pairwise(Leaf):
     def pair(self, x: object) -> tuple[torch.Tensor, torch.Tensor]:
         a, b = expect_tensors(self, x, 2)
         if not self.broadcast and a.shape != b.shape and checks_enabled():
-            raise ModifyValueError(
-                self, f"got operands of different shapes, {describe(x)}; pass broadcast=True to broadcast"
-            )
+            raise ModifyValueError(self, f"got operands of different shapes, {describe(x)}{_advice(a, b)}")
         return a, b
 
     def extra_repr(self) -> str:

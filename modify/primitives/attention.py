@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .._core.checks import checks_enabled, expect_tensor, expect_tensors, typechecked
+from .._core.checks import check_sizes, checks_enabled, expect_floating, expect_tensors, typechecked
 from .._core.errors import ModifyValueError, describe
 from .._core.module import Leaf
 from ..traits import Linear, Matrix, NonLinear, ParamFree, Ternary, Unary, Vector
@@ -33,7 +33,9 @@ class ScaledDotProductAttention(Leaf, Ternary, ParamFree, NonLinear, Matrix):
         TypeError: an argument of the wrong type.
         ValueError: ``dropout`` outside ``[0, 1)``.
         ModifyTypeError: the input is not a tuple of tensors.
-        ModifyValueError: a tuple of other than three values; ``H`` not a multiple of ``H_kv``.
+        ModifyValueError: a tuple of other than three values; ``q``, ``k``, ``v`` of different
+            ranks (or fewer than 2 dims); ``k`` and ``v`` of different lengths ``S``; ``H`` not a
+            multiple of ``H_kv`` (or ``H_kv = 0``).
         RuntimeError: at run time, from torch (with this module's path), ``q`` and ``k`` with
             different ``E``.
 
@@ -53,6 +55,10 @@ class ScaledDotProductAttention(Leaf, Ternary, ParamFree, NonLinear, Matrix):
 
     def forward(self, x):
         q, k, v = expect_tensors(self, x, 3)
+        if checks_enabled() and not (q.dim() == k.dim() == v.dim() >= 2 and k.shape[-2] == v.shape[-2]):
+            raise ModifyValueError(
+                self, f"expected q (*, H, L, E), k (*, H_kv, S, E), v (*, H_kv, S, E_v) of one rank, got {describe(x)}"
+            )
         if q.dim() >= 3 and k.shape[-3] != q.shape[-3]:
             k, v = self._repeat_kv(q, k, v)
         dropout = self.dropout if self.training else 0.0
@@ -60,8 +66,8 @@ class ScaledDotProductAttention(Leaf, Ternary, ParamFree, NonLinear, Matrix):
 
     def _repeat_kv(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         heads, kv_heads = q.shape[-3], k.shape[-3]
-        if checks_enabled() and (heads % kv_heads or v.shape[-3] != kv_heads):
-            detail = f"query heads must be a multiple of key/value heads, got {describe((q, k, v))}"
+        if checks_enabled() and (kv_heads == 0 or heads % kv_heads or v.shape[-3] != kv_heads):
+            detail = f"query heads must be a multiple of key/value heads (at least 1), got {describe((q, k, v))}"
             raise ModifyValueError(self, detail)
         groups = heads // kv_heads
         return k.repeat_interleave(groups, dim=-3), v.repeat_interleave(groups, dim=-3)
@@ -161,9 +167,10 @@ class RotaryEmbedding(Leaf, Unary, ParamFree, Linear, Vector):
 
     Raises:
         TypeError: an argument of the wrong type.
-        ValueError: odd ``dim``; a ``scaling`` whose ``rope_type`` is not ``"default"`` or
-            ``"llama3"``, or a ``"llama3"`` one without one of its four keys.
-        ModifyTypeError: the input is not a tensor.
+        ValueError: odd or non-positive ``dim``; ``base`` not positive and finite; a ``scaling``
+            whose ``rope_type`` is not ``"default"`` or ``"llama3"``, or a ``"llama3"`` one
+            without one of its four keys or with a value that is zero or not a number.
+        ModifyTypeError: the input is not a floating-point tensor.
         ModifyValueError: last dimension not ``dim``, or fewer than two dimensions.
 
     Example:
@@ -177,13 +184,16 @@ class RotaryEmbedding(Leaf, Unary, ParamFree, Linear, Vector):
     @typechecked
     def __init__(self, dim: int, base: float = 10000.0, scaling: dict | None = None):
         super().__init__()
+        check_sizes("RotaryEmbedding", dim=dim)
         if dim % 2:
             raise ValueError(f"RotaryEmbedding dim must be even, got {dim}")
+        if not (math.isfinite(base) and base > 0):
+            raise ValueError(f"RotaryEmbedding: base must be positive and finite, got {base}")
         self.dim, self.base, self.scaling = dim, float(base), scaling
         self.register_buffer("inv_freq", rope_inverse_frequencies(dim, self.base, scaling), persistent=False)
 
     def forward(self, x):
-        x = expect_tensor(self, x)
+        x = expect_floating(self, x)
         if checks_enabled() and (x.dim() < 2 or x.shape[-1] != self.dim):
             raise ModifyValueError(self, f"expected (*, T, {self.dim}), got {describe(x)}")
         positions = torch.arange(x.shape[-2], device=x.device, dtype=torch.float32)

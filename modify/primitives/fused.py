@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._core.checks import expect_channels, expect_last_dim, expect_trailing, typechecked
+from .._core.checks import check_sizes, expect_channels, expect_last_dim, expect_trailing, typechecked
 from .._core.module import Leaf
 from .arithmetic import Scale
 from .layers import Linear, reset_like_torch
@@ -58,7 +58,7 @@ class _AffineNorm(Leaf):
 
     def __init__(self, normalized_shape, eps, bias: bool, device, dtype):
         super().__init__()
-        self.normalized_shape, self.eps = as_shape(normalized_shape), eps
+        self.normalized_shape, self.eps = as_shape(normalized_shape, type(self).__name__), eps
         self.weight = nn.Parameter(torch.empty(self.normalized_shape, device=device, dtype=dtype))
         self.register_parameter("bias", _optional(self.normalized_shape, bias, device, dtype))
         self.reset_parameters()
@@ -238,7 +238,8 @@ class AffineGroupNorm(Leaf, Unary, Param, NonLinear):
         dtype: torch.dtype | None = None,
     ):
         super().__init__()
-        if num_groups < 1 or num_channels % num_groups:
+        check_sizes("AffineGroupNorm", num_groups=num_groups, num_channels=num_channels)
+        if num_channels % num_groups:
             raise ValueError(f"AffineGroupNorm: num_channels {num_channels} not divisible by num_groups {num_groups}")
         self.num_groups, self.num_channels, self.eps = num_groups, num_channels, float(eps)
         self.weight = nn.Parameter(torch.empty(num_channels, device=device, dtype=dtype))
@@ -326,6 +327,7 @@ class ScaledLinear(Leaf, Unary, Param, LinearTrait, Vector):
         dtype: torch.dtype | None = None,
     ):
         super().__init__()
+        check_sizes("ScaledLinear", in_features=in_features, out_features=out_features)
         self.in_features, self.out_features, self.c = in_features, out_features, float(c)
         self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=dtype))
         self.register_parameter("bias", _optional((out_features,), bias, device, dtype))

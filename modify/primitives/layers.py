@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._core.checks import checks_enabled, expect_last_dim, expect_tensor, typechecked
+from .._core.checks import check_floating_dtype, check_sizes, checks_enabled, expect_last_dim, expect_tensor, typechecked
 from .._core.errors import ModifyTypeError, ModifyValueError, describe
 from .._core.module import Leaf
 from ..traits import Linear as LinearTrait
@@ -71,6 +71,8 @@ class Linear(Leaf, Unary, Param, LinearTrait, Vector):
         dtype: torch.dtype | None = None,
     ):
         super().__init__()
+        check_sizes(type(self).__name__, in_features=in_features, out_features=out_features)
+        check_floating_dtype(type(self).__name__, dtype)
         self.in_features, self.out_features = in_features, out_features
         self.weight_init, self.bias_init = weight_init, bias_init
         self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=dtype))
@@ -109,13 +111,12 @@ def reset_like_torch(
         apply_init(bias, bias_init, f"{owner}.bias")
 
 
-def _tuple(value: int | tuple[int, ...], n: int, owner: str, name: str) -> tuple[int, ...]:
-    """``value`` as ``n`` ints: an int is repeated, a tuple must have length ``n``."""
-    if isinstance(value, int):
-        return (value,) * n
-    if len(value) != n:
-        raise ValueError(f"{owner}: {name} needs 1 or {n} values, got {value}")
-    return tuple(value)
+def _tuple(value: int | tuple[int, ...], n: int, owner: str, name: str, least: int = 1) -> tuple[int, ...]:
+    """``value`` as ``n`` ints of at least ``least``: an int is repeated, a tuple must have length ``n``."""
+    values = (value,) * n if isinstance(value, int) else tuple(value)
+    if len(values) != n or any(v < least for v in values):
+        raise ValueError(f"{owner}: {name} needs 1 or {n} values of at least {least}, got {value}")
+    return values
 
 
 class _ConvNd(Leaf, Unary, Param, LinearTrait):
@@ -142,6 +143,8 @@ class _ConvNd(Leaf, Unary, Param, LinearTrait):
     ):
         super().__init__()
         n, owner = self.spatial_dims, type(self).__name__
+        check_sizes(owner, in_channels=in_channels, out_channels=out_channels, groups=groups)
+        check_floating_dtype(owner, dtype)
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"{owner}: channels {in_channels}, {out_channels} not divisible by groups {groups}")
         if padding_mode not in ("zeros", "reflect", "replicate", "circular"):
@@ -151,7 +154,7 @@ class _ConvNd(Leaf, Unary, Param, LinearTrait):
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size = _tuple(kernel_size, n, owner, "kernel_size")
         self.stride = _tuple(stride, n, owner, "stride")
-        self.padding = padding if isinstance(padding, str) else _tuple(padding, n, owner, "padding")
+        self.padding = padding if isinstance(padding, str) else _tuple(padding, n, owner, "padding", 0)
         self.dilation, self.padding_mode = _tuple(dilation, n, owner, "dilation"), padding_mode
         if padding == "same" and any(s != 1 for s in self.stride):
             raise ValueError(f"{owner}: padding='same' is not supported for strided convolutions")
@@ -354,6 +357,8 @@ class Embedding(Leaf, Unary, Param, NonLinear):
         dtype: torch.dtype | None = None,
     ):
         super().__init__()
+        check_sizes("Embedding", num_embeddings=num_embeddings, embedding_dim=embedding_dim)
+        check_floating_dtype("Embedding", dtype)
         if padding_idx is not None and not -num_embeddings <= padding_idx < num_embeddings:
             raise ValueError(f"Embedding padding_idx {padding_idx} out of range for {num_embeddings} rows")
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim

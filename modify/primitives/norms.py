@@ -12,7 +12,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._core.checks import checks_enabled, expect_channels, expect_tensor, expect_trailing, typechecked
+from .._core.checks import (
+    check_floating_dtype,
+    check_sizes,
+    checks_enabled,
+    expect_channels,
+    expect_tensor,
+    expect_trailing,
+    typechecked,
+)
 from .._core.errors import ModifyValueError, describe
 from .._core.module import Leaf
 from ..traits import Elementwise, Linear, Matrix, NonLinear, Param, ParamFree, Unary, Vector
@@ -35,9 +43,16 @@ def reset_affine(weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         bias.zero_()
 
 
-def as_shape(value: int | tuple[int, ...] | list[int]) -> tuple[int, ...]:
-    """``n`` as ``(n,)``; a tuple or list of ints as a tuple."""
-    return (value,) if isinstance(value, int) else tuple(value)
+def as_shape(value: int | tuple[int, ...] | list[int], owner: str) -> tuple[int, ...]:
+    """``n`` as ``(n,)``; a tuple or list of ints as a tuple.
+
+    Raises:
+        ValueError: naming ``owner``: an empty shape or a size below 1.
+    """
+    shape = (value,) if isinstance(value, int) else tuple(value)
+    if not shape or any(size < 1 for size in shape):
+        raise ValueError(f"{owner}: shape must be non-empty sizes of at least 1, got {value}")
+    return shape
 
 
 def _trailing_scope(traits: frozenset[type], normalized_shape: tuple[int, ...]) -> frozenset[type]:
@@ -93,7 +108,8 @@ class ElementwiseAffine(Leaf, Unary, Param, Linear, Elementwise):
         dtype: torch.dtype | None = None,
     ):
         super().__init__()
-        self.shape, self.dim = as_shape(shape), dim
+        check_floating_dtype("ElementwiseAffine", dtype)
+        self.shape, self.dim = as_shape(shape, "ElementwiseAffine"), dim
         self.weight = nn.Parameter(torch.empty(self.shape, device=device, dtype=dtype))
         self.bias = nn.Parameter(torch.empty(self.shape, device=device, dtype=dtype)) if bias else None
         self.reset_parameters()
@@ -177,7 +193,7 @@ class LayerNorm(Leaf, Unary, ParamFree, NonLinear, Vector):
     ):
         super().__init__()
         _no_affine("LayerNorm", elementwise_affine=elementwise_affine, bias=bias)
-        self.normalized_shape, self.eps = as_shape(normalized_shape), float(eps)
+        self.normalized_shape, self.eps = as_shape(normalized_shape, "LayerNorm"), float(eps)
 
     def forward(self, x):
         x = expect_trailing(self, x, self.normalized_shape)
@@ -228,7 +244,7 @@ class RMSNorm(Leaf, Unary, ParamFree, NonLinear, Vector):
     ):
         super().__init__()
         _no_affine("RMSNorm", elementwise_affine=elementwise_affine)
-        self.normalized_shape, self.eps = as_shape(normalized_shape), eps
+        self.normalized_shape, self.eps = as_shape(normalized_shape, "RMSNorm"), eps
 
     def forward(self, x):
         x = expect_trailing(self, x, self.normalized_shape)
@@ -275,6 +291,7 @@ class GroupNorm(Leaf, Unary, ParamFree, NonLinear):
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, *, affine: object = None):
         super().__init__()
         _no_affine("GroupNorm", affine=affine)
+        check_sizes("GroupNorm", num_groups=num_groups, num_channels=num_channels)
         if num_channels % num_groups:
             raise ValueError(f"GroupNorm: num_channels {num_channels} not divisible by num_groups {num_groups}")
         self.num_groups, self.num_channels, self.eps = num_groups, num_channels, float(eps)
@@ -305,6 +322,8 @@ class _BatchNorm(Leaf, Unary, ParamFree, NonLinear):
     ):
         super().__init__()
         _no_affine(type(self).__name__, affine=affine)
+        check_sizes(type(self).__name__, num_features=num_features)
+        check_floating_dtype(type(self).__name__, dtype)
         self.num_features, self.eps, self.momentum = num_features, float(eps), momentum
         self.track_running_stats = track_running_stats
         if track_running_stats:

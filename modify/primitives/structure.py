@@ -5,7 +5,7 @@ from __future__ import annotations
 import einops
 import torch
 
-from .._core.checks import checks_enabled, expect_tensor, expect_tuple, typechecked
+from .._core.checks import checks_enabled, expect_tensor, expect_tuple, expect_value, typechecked
 from .._core.errors import ModifyValueError, describe
 from .._core.module import Leaf
 from ..traits import Elementwise, Linear, ParamFree, Restructure, Tuple, Unary
@@ -38,7 +38,7 @@ class Copy(Leaf, Unary, ParamFree, Linear, Restructure):
     """Copy one value into a tuple of ``n`` references to it: ``x -> (x, ..., x)``.
 
     No memory is copied: every element is the input object itself. Any value (a tensor or a
-    tuple) may be copied. The first step of :class:`~modify.Fork` and :class:`~modify.Residual`.
+    nested tuple of tensors) may be copied; anything else (``None``, a list, a dict) is refused. The first step of :class:`~modify.Fork` and :class:`~modify.Residual`.
 
     Args:
         n: number of copies, at least 1.
@@ -50,6 +50,7 @@ class Copy(Leaf, Unary, ParamFree, Linear, Restructure):
     Raises:
         TypeError: ``n`` not an int.
         ValueError: if ``n < 1``.
+        ModifyTypeError: the input is not a value (a tensor or nested tuple of tensors).
 
     Example:
         >>> import torch, modify
@@ -66,7 +67,7 @@ class Copy(Leaf, Unary, ParamFree, Linear, Restructure):
         self.n = n
 
     def forward(self, x):
-        return (x,) * self.n
+        return (expect_value(self, x),) * self.n
 
     def extra_repr(self) -> str:
         return f"n={self.n}"
