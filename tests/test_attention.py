@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from helpers import assert_close
 
 import modify
+from modify.models import LlamaConfig
 from modify.primitives.attention import rope_inverse_frequencies
 
 LLAMA3 = {
@@ -125,3 +126,67 @@ def test_rotary_equals_transformers_llama(gen):
 def test_llama3_scaling_without_its_keys_is_a_value_error():
     with pytest.raises(ValueError, match="low_freq_factor"):
         modify.RotaryEmbedding(8, scaling={"rope_type": "llama3", "factor": 8.0})
+
+
+LLAMA3_OK = dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=64)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "fragment"),
+    [
+        (dict(dim=-8), ValueError, "RotaryEmbedding: dim must be at least 1, got -8"),
+        (dict(dim=0), ValueError, "RotaryEmbedding: dim must be at least 1, got 0"),
+        (dict(dim=8, base=0.0), ValueError, "RotaryEmbedding: base must be positive and finite, got 0.0"),
+        (dict(dim=8, base=-10.0), ValueError, "base must be positive and finite, got -10.0"),
+        (dict(dim=8, base=float("nan")), ValueError, "base must be positive and finite, got nan"),
+        (dict(dim=8, base=float("inf")), ValueError, "base must be positive and finite, got inf"),
+        (dict(dim=8, scaling={**LLAMA3_OK, "factor": "8"}), TypeError, "rope_scaling['factor'] must be a number, got '8'"),
+        (dict(dim=8, scaling={**LLAMA3_OK, "low_freq_factor": None}), TypeError, "['low_freq_factor'] must be a number"),
+        (dict(dim=8, scaling={**LLAMA3_OK, "factor": True}), TypeError, "['factor'] must be a number, got True"),
+        (dict(dim=8, scaling={**LLAMA3_OK, "factor": 0}), ValueError, "factor and low_freq_factor must be positive"),
+        (dict(dim=8, scaling={**LLAMA3_OK, "low_freq_factor": 0.0}), ValueError, "must be positive and finite"),
+        (dict(dim=8, scaling={**LLAMA3_OK, "factor": float("nan")}), ValueError, "must be positive and finite"),
+        (dict(dim=8, scaling={**LLAMA3_OK, "high_freq_factor": 1.0}), ValueError, "high_freq_factor > low_freq_factor"),
+        (dict(dim=8, scaling={**LLAMA3_OK, "original_max_position_embeddings": 0}), ValueError, "original_max_position_embeddings >= 1"),
+    ],
+)
+def test_rotary_constructor_refuses_bad_sizes_bases_and_scalings(kwargs, error, fragment):
+    with pytest.raises(error) as info:
+        modify.RotaryEmbedding(**kwargs)
+    assert fragment in str(info.value) and str(info.value).startswith("RotaryEmbedding")
+
+
+def test_llama_config_shares_the_rotary_scaling_check():
+    small = dict(vocab_size=8, hidden_size=8, intermediate_size=8, num_hidden_layers=1, num_attention_heads=2)
+    with pytest.raises(ValueError, match=r"^LlamaConfig: llama3 factor and low_freq_factor must be positive"):
+        LlamaConfig(**small, rope_scaling={**LLAMA3_OK, "factor": 0.0})
+    assert LlamaConfig(**small, rope_scaling=LLAMA3_OK).rope_scaling == LLAMA3_OK
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool])
+def test_rotary_refuses_integer_input_naming_the_path(dtype):
+    model = modify.Sequential(attn=modify.Sequential(rope=modify.RotaryEmbedding(4)))
+    with pytest.raises(TypeError, match=r"RotaryEmbedding at 'attn\.rope' expected a floating-point tensor, got .*"):
+        model(torch.ones(2, 3, 4, dtype=dtype))
+
+
+@pytest.mark.parametrize(
+    ("shapes", "fragment"),
+    [
+        (((1, 2, 3, 4), (1, 2, 5, 4), (1, 2, 3, 4)), "of one rank"),  # k and v of different lengths
+        (((1, 2, 3, 4), (1, 2, 3, 4), (1, 2, 6, 4)), "of one rank"),
+        (((1, 2, 3, 4), (3, 4), (3, 4)), "of one rank"),  # k with fewer dims than q
+        (((1, 2, 3, 4), (1, 2, 3, 4), (2, 3, 4)), "of one rank"),
+        (((4,), (4,), (4,)), "of one rank"),  # fewer than 2 dims
+        (((1, 2, 3, 4), (1, 0, 3, 4), (1, 0, 3, 4)), "multiple of key/value heads (at least 1)"),  # zero kv heads
+    ],
+)
+def test_attention_refuses_inconsistent_q_k_v_naming_the_path(shapes, fragment):
+    model = modify.Sequential(blocks=modify.Sequential(attn=modify.ScaledDotProductAttention()))
+    q, k, v = (torch.zeros(s) for s in shapes)
+    with pytest.raises(ValueError) as info:
+        model((q, k, v))
+    message = str(info.value)
+    assert message.startswith("ScaledDotProductAttention at 'blocks.attn'") and fragment in message
+    assert str(tuple(shapes[1])).replace(" ", "") in message.replace(" ", "")  # what arrived
+

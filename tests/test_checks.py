@@ -267,3 +267,34 @@ def test_errors_pickle_with_their_path_and_notes():
     assert type(clone) is modify.ModifyValueError and isinstance(clone, ValueError)
     assert str(clone) == str(info.value) == "Parallel at 'blocks.0.op' got a tuple of 3 values for 2 branches"
     assert clone.path == ["blocks", "0", "op"] and clone.__notes__ == ["extra"]
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "fragment"),
+    [
+        (lambda: modify.Sequential(**{"a.b": modify.Identity()}), ValueError, "Sequential: child name 'a.b' is dotted"),
+        (lambda: modify.Parallel(**{"": modify.Identity()}), ValueError, "Parallel: child name '' is empty"),
+        (lambda: modify.Sequential(training=modify.Identity()), ValueError, "child name 'training' is an attribute of Sequential"),
+        (lambda: modify.Parallel(forward=modify.Identity()), ValueError, "child name 'forward' is an attribute of Parallel"),
+        (lambda: modify.Sequential(rebuilt=modify.Identity()), ValueError, "child name 'rebuilt' is an attribute of Sequential"),
+    ],
+)
+def test_combinators_refuse_child_names_that_cannot_be_paths(make, error, fragment):
+    with pytest.raises(error) as info:
+        make()
+    assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("make", "fragment"),
+    [
+        (lambda: modify.Linear(4), "Linear() missing a required argument: 'out_features'"),
+        (lambda: modify.Conv1d(2, 4), "Conv1d() missing a required argument: 'kernel_size'"),
+        (lambda: modify.Copy(), "Copy() missing a required argument: 'n'"),
+        (lambda: modify.Scale(1.0, 2.0), "Scale() too many positional arguments"),
+    ],
+)
+def test_argument_binding_errors_name_the_callable(make, fragment):
+    with pytest.raises(TypeError) as info:
+        make()
+    assert str(info.value) == fragment

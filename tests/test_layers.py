@@ -1,4 +1,4 @@
-"""Parametrised layers and norms against torch.nn: state dicts both ways, norm + affine, init."""
+"""Parametrised layers against torch.nn: state dicts both ways, init, constructor errors."""
 
 from __future__ import annotations
 
@@ -34,113 +34,6 @@ def test_torch_nn_state_dict_loads_as_is_and_back(name, ours, theirs, shape, gen
     other.load_state_dict(mine.state_dict(), strict=True)
     assert {k: v.shape for k, v in other.state_dict().items()} == {k: v.shape for k, v in mine.state_dict().items()}
     assert_close(other(x), mine(x))
-
-
-def _check_training_steps(ours: nn.Module, reference: nn.Module, shape: tuple[int, ...], gen, steps: int = 3) -> None:
-    """Outputs, parameter gradients and state agree over a few train steps, then in eval."""
-    for _ in range(steps):
-        x = torch.randn(shape, generator=gen) * 3 + 1
-        out, ref = ours(x), reference(x)
-        assert_close(out, ref, atol=1e-5)
-        out.square().sum().backward()
-        ref.square().sum().backward()
-        mine = dict(ours.named_parameters())
-        for key, p in reference.named_parameters():
-            assert_close(mine[key].grad, p.grad, atol=1e-4)
-    for key, value in reference.state_dict().items():
-        assert_close(ours.state_dict()[key], value)
-    ours.eval(), reference.eval()
-    x = torch.randn(shape, generator=gen)
-    assert_close(ours(x), reference(x), atol=1e-5)
-
-
-def test_layernorm_then_affine_is_torch_layernorm(gen):
-    reference = nn.LayerNorm(6)
-    ours = modify.Sequential(modify.LayerNorm(6), modify.ElementwiseAffine(6))
-    _check_paired(ours, reference, (2, 3, 6), gen)
-
-
-def test_layernorm_over_two_axes_then_affine_is_torch_layernorm(gen):
-    reference = nn.LayerNorm((3, 6), eps=1e-3)
-    ours = modify.Sequential(modify.LayerNorm((3, 6), eps=1e-3), modify.ElementwiseAffine((3, 6)))
-    _check_paired(ours, reference, (2, 3, 6), gen)
-
-
-def test_batchnorm2d_then_affine_is_torch_batchnorm2d_with_running_stats(gen):
-    reference = nn.BatchNorm2d(3, momentum=0.3)
-    ours = modify.Sequential(modify.BatchNorm2d(3, momentum=0.3), modify.ElementwiseAffine(3, dim=1))
-    _check_paired(ours, reference, (4, 3, 5, 5), gen)
-
-
-def test_batchnorm1d_cumulative_average_then_affine_is_torch(gen):
-    reference = nn.BatchNorm1d(3, momentum=None)
-    ours = modify.Sequential(modify.BatchNorm1d(3, momentum=None), modify.ElementwiseAffine(3, dim=1))
-    _check_paired(ours, reference, (6, 3, 4), gen)
-
-
-def test_rmsnorm_then_affine_without_bias_is_torch_rmsnorm(gen):
-    reference = nn.RMSNorm(5, eps=1e-6)
-    ours = modify.Sequential(modify.RMSNorm(5, eps=1e-6), modify.ElementwiseAffine(5, bias=False))
-    _check_paired(ours, reference, (2, 3, 5), gen)
-
-
-def test_groupnorm_then_affine_is_torch_groupnorm(gen):
-    reference = nn.GroupNorm(2, 4)
-    ours = modify.Sequential(modify.GroupNorm(2, 4), modify.ElementwiseAffine(4, dim=1))
-    _check_paired(ours, reference, (3, 4, 2, 2), gen)
-
-
-def _check_paired(ours: modify.Sequential, reference: nn.Module, shape, gen) -> None:
-    """``ours`` is (norm, affine); the reference's weight/bias go to the affine, buffers to the norm."""
-    with torch.no_grad():
-        for p in reference.parameters():
-            p.copy_(torch.randn_like(p))
-    state = {("1." if k in ("weight", "bias") else "0.") + k: v for k, v in reference.state_dict().items()}
-    ours.load_state_dict(state, strict=True)
-    _check_training_steps(_Flat(ours), reference, shape, gen)
-
-
-class _Flat(nn.Module):
-    """A (norm, affine) Sequential seen with the reference's flat names (``weight``, ``running_mean``)."""
-
-    def __init__(self, inner: modify.Sequential):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x):
-        return self.inner(x)
-
-    def named_parameters(self, *args, **kwargs):
-        return ((k.split(".", 1)[1], p) for k, p in self.inner.named_parameters())
-
-    def state_dict(self, *args, **kwargs):
-        return {k.split(".", 1)[1]: v for k, v in self.inner.state_dict().items()}
-
-
-def test_norms_refuse_an_affine_argument():
-    for make in (
-        lambda: modify.LayerNorm(4, elementwise_affine=True),
-        lambda: modify.LayerNorm(4, elementwise_affine=False),
-        lambda: modify.LayerNorm(4, bias=True),
-        lambda: modify.RMSNorm(4, elementwise_affine=True),
-        lambda: modify.GroupNorm(2, 4, affine=True),
-        lambda: modify.BatchNorm1d(4, affine=True),
-        lambda: modify.BatchNorm2d(4, affine=False),
-    ):
-        with pytest.raises(TypeError, match="no affine part.*ElementwiseAffine"):
-            make()
-
-
-def test_batchnorm_buffers_load_from_torch_state_dict(gen):
-    reference = nn.BatchNorm2d(3, affine=False)
-    reference(torch.randn(4, 3, 2, 2, generator=gen))
-    ours = modify.BatchNorm2d(3)
-    ours.load_state_dict(reference.state_dict(), strict=True)
-    assert int(ours.num_batches_tracked) == 1
-    assert [name for name, _ in ours.named_buffers()] == ["running_mean", "running_var", "num_batches_tracked"]
-    ours.eval(), reference.eval()
-    x = torch.randn(2, 3, 2, 2, generator=gen)
-    assert_close(ours(x), reference(x))
 
 
 INIT_LAYERS = [
@@ -195,3 +88,37 @@ def test_init_rejects_non_scalar_distributions_and_other_objects():
         modify.Linear(3, 2, weight_init=torch.distributions.Normal(torch.zeros(2), 1.0))
     with pytest.raises(TypeError, match="weight_init"):
         modify.Linear(3, 2, weight_init=0.02)
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "fragment"),
+    [
+        (lambda: modify.Linear(0, 3), ValueError, "Linear: in_features must be at least 1, got 0"),
+        (lambda: modify.Linear(4, -1), ValueError, "Linear: out_features must be at least 1, got -1"),
+        (lambda: modify.Linear(4, 3, dtype=torch.int64), TypeError, "Linear: dtype must be a floating-point dtype, got torch.int64"),
+        (lambda: modify.Linear(4), TypeError, "Linear() missing a required argument: 'out_features'"),
+        (lambda: modify.Linear(4, 3, colour=1), TypeError, "Linear() got an unexpected keyword argument 'colour'"),
+        (lambda: modify.Embedding(0, 3), ValueError, "Embedding: num_embeddings must be at least 1, got 0"),
+        (lambda: modify.Embedding(5, -3), ValueError, "Embedding: embedding_dim must be at least 1, got -3"),
+        (lambda: modify.Embedding(5, 3, dtype=torch.int32), TypeError, "Embedding: dtype must be a floating-point"),
+        (lambda: modify.Conv2d(0, 4, 3), ValueError, "Conv2d: in_channels must be at least 1, got 0"),
+        (lambda: modify.Conv1d(2, -4, 3), ValueError, "Conv1d: out_channels must be at least 1, got -4"),
+        (lambda: modify.Conv2d(2, 4, 3, groups=0), ValueError, "Conv2d: groups must be at least 1, got 0"),
+        (lambda: modify.Conv2d(2, 4, (3, 0)), ValueError, "Conv2d: kernel_size needs 1 or 2 values of at least 1, got (3, 0)"),
+        (lambda: modify.Conv1d(2, 4, 3, stride=0), ValueError, "Conv1d: stride needs 1 or 1 values of at least 1, got 0"),
+        (lambda: modify.Conv1d(2, 4, 3, padding=-1), ValueError, "Conv1d: padding needs 1 or 1 values of at least 0, got -1"),
+        (lambda: modify.Conv2d(2, 4, 3, dilation=0), ValueError, "Conv2d: dilation needs 1 or 2 values of at least 1"),
+        (lambda: modify.Conv2d(2, 4, 3, dtype=torch.bool), TypeError, "Conv2d: dtype must be a floating-point"),
+    ],
+)
+def test_constructors_refuse_bad_sizes_and_dtypes_naming_the_class(make, error, fragment):
+    with pytest.raises(error) as info:
+        make()
+    assert fragment in str(info.value)
+    assert type(info.value) is error  # a plain TypeError/ValueError, raised before any allocation
+
+
+def test_sizes_at_the_boundary_are_accepted():
+    assert modify.Linear(1, 1)(torch.ones(2, 1)).shape == (2, 1)
+    assert modify.Conv1d(1, 1, 1, padding=0)(torch.ones(1, 1, 3)).shape == (1, 1, 3)
+    assert modify.Embedding(1, 1)(torch.zeros(2, dtype=torch.long)).shape == (2, 1)
