@@ -6,6 +6,9 @@
   indented block after it renders as code either way.
 - ``Example:`` (torch.nn's singular heading) becomes ``Examples:``, so the ``>>>`` lines render
   as a Python console block instead of nested quotes.
+- a family's shared story is written once, on its private base (``_ConvNd``, ``_BatchNorm``), which
+  the reference does not list: each public class's page shows its own summary, then the base's
+  text (Args, Attributes, Raises, ...), then its own sections (Shape, Example).
 """
 
 from __future__ import annotations
@@ -33,3 +36,38 @@ class TorchStyleDocstrings(griffe.Extension):
             text = _ROLE.sub(_as_code, obj.docstring.value)
             text = _LITERAL.sub(":\n\n", text)
             obj.docstring.value = _EXAMPLE.sub(r"\1Examples:", text)
+
+    def on_package(self, *, pkg: griffe.Module, **kwargs: Any) -> None:
+        for cls in _classes(pkg):
+            for base in _private_bases(cls):
+                _merge_family_text(cls, base)
+
+
+def _classes(module: griffe.Module) -> list[griffe.Class]:
+    found: list[griffe.Class] = []
+    for member in module.members.values():
+        if member.is_alias:
+            continue
+        if member.is_module:
+            found.extend(_classes(member))
+        elif member.is_class:
+            found.append(member)
+    return found
+
+
+def _private_bases(cls: griffe.Class) -> list[griffe.Class]:
+    """The documented private bases of a public class (the family's shared text)."""
+    if cls.name.startswith("_") or cls.docstring is None:
+        return []
+    try:
+        bases = cls.resolved_bases
+    except Exception:  # noqa: BLE001 - a base outside the package (torch) cannot be resolved
+        return []
+    return [b for b in bases if b.name.startswith("_") and b.docstring is not None and "\n\n" in b.docstring.value]
+
+
+def _merge_family_text(cls: griffe.Class, base: griffe.Class) -> None:
+    """Insert ``base``'s docstring, less its summary line, after ``cls``'s summary paragraph."""
+    own_summary, _, own_rest = cls.docstring.value.partition("\n\n")
+    _, _, family = base.docstring.value.partition("\n\n")
+    cls.docstring.value = "\n\n".join(part for part in (own_summary, family.strip(), own_rest) if part)

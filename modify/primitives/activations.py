@@ -10,17 +10,24 @@ from .._core.module import Leaf
 from ..traits import Elementwise, Linear, NonLinear, ParamFree, Unary, Vector
 
 
-class ReLU(Leaf, Unary, ParamFree, NonLinear, Elementwise):
-    """Rectified linear unit ``max(x, 0)``, elementwise, as ``torch.nn.ReLU`` (``torch.relu``).
+class _Activation(Leaf, Unary, ParamFree, NonLinear, Elementwise):
+    """An elementwise nonlinearity: the family of ``ReLU``, ``GELU``, ``SiLU``, ``Tanh``, ``Sigmoid``, ``Exp``.
 
-    Nair & Hinton 2010, "Rectified Linear Units Improve Restricted Boltzmann Machines". Takes no
-    arguments.
+    Each runs the torch function it is named after on one tensor, element by element. An integer
+    input gives what torch gives (a floating-point output for ``Tanh``, ``Sigmoid``, ``Exp``).
 
     Shape:
-        ``(*) -> (*)``, any number of axes, e.g. ``(B, T, C) -> (B, T, C)``; same dtype.
+        ``(*) -> (*)``, any number of axes, e.g. ``(B, T, C) -> (B, T, C)``.
 
     Raises:
         ModifyTypeError: the input is not a tensor (a tuple, say).
+    """
+
+
+class ReLU(_Activation):
+    """Rectified linear unit ``max(x, 0)``, as ``torch.nn.ReLU`` (``torch.relu``).
+
+    Nair & Hinton 2010, "Rectified Linear Units Improve Restricted Boltzmann Machines".
 
     Example:
         >>> import torch, modify
@@ -32,23 +39,15 @@ class ReLU(Leaf, Unary, ParamFree, NonLinear, Elementwise):
         return torch.relu(expect_tensor(self, x))
 
 
-class GELU(Leaf, Unary, ParamFree, NonLinear, Elementwise):
-    """Gaussian error linear unit ``x * Phi(x)``, elementwise, as ``torch.nn.GELU`` (``F.gelu``).
+class GELU(_Activation):
+    """Gaussian error linear unit ``x * Phi(x)``, as ``torch.nn.GELU`` (``F.gelu``).
 
     Hendrycks & Gimpel 2016, "Gaussian Error Linear Units (GELUs)"; ``approximate="tanh"`` is
     the approximation GPT-2 uses (Hugging Face's ``gelu_new``).
 
     Args:
-        approximate: ``"none"`` (exact, with ``erf``; the default) or ``"tanh"``.
-
-    Shape:
-        ``(*) -> (*)``, any number of axes, e.g. ``(B, T, C) -> (B, T, C)``.
-
-    Raises:
-        TypeError: ``approximate`` not a str.
-        ValueError: for another ``approximate``.
-        ModifyTypeError: the input is not a tensor.
-        NotImplementedError: at run time, from torch, an integer input.
+        approximate: ``"none"`` (exact, with ``erf``; the default) or ``"tanh"``; another value
+            is a ``ValueError``.
 
     Example:
         >>> import torch, modify
@@ -70,18 +69,11 @@ class GELU(Leaf, Unary, ParamFree, NonLinear, Elementwise):
         return f"approximate={self.approximate!r}"
 
 
-class SiLU(Leaf, Unary, ParamFree, NonLinear, Elementwise):
-    """Sigmoid linear unit (swish) ``x * sigmoid(x)``, elementwise, as ``torch.nn.SiLU`` (``F.silu``).
+class SiLU(_Activation):
+    """Sigmoid linear unit (swish) ``x * sigmoid(x)``, as ``torch.nn.SiLU`` (``F.silu``).
 
     Elfwing et al. 2017, "Sigmoid-Weighted Linear Units for Neural Network Function
-    Approximation in Reinforcement Learning"; the gate of Llama's SwiGLU MLP. Takes no arguments.
-
-    Shape:
-        ``(*) -> (*)``, any number of axes, e.g. ``(B, T, C) -> (B, T, C)``.
-
-    Raises:
-        ModifyTypeError: the input is not a tensor.
-        NotImplementedError: at run time, from torch, an integer input.
+    Approximation in Reinforcement Learning"; the gate of Llama's SwiGLU MLP.
 
     Example:
         >>> import torch, modify
@@ -93,16 +85,8 @@ class SiLU(Leaf, Unary, ParamFree, NonLinear, Elementwise):
         return F.silu(expect_tensor(self, x))
 
 
-class Tanh(Leaf, Unary, ParamFree, NonLinear, Elementwise):
-    """Hyperbolic tangent, elementwise, as ``torch.nn.Tanh`` (``torch.tanh``).
-
-    Takes no arguments. An integer input gives a floating-point output (torch's promotion).
-
-    Shape:
-        ``(*) -> (*)``, any number of axes, e.g. ``(B, T, C) -> (B, T, C)``.
-
-    Raises:
-        ModifyTypeError: the input is not a tensor (a tuple, say).
+class Tanh(_Activation):
+    """Hyperbolic tangent, as ``torch.nn.Tanh`` (``torch.tanh``).
 
     Example:
         >>> import torch, modify
@@ -114,16 +98,8 @@ class Tanh(Leaf, Unary, ParamFree, NonLinear, Elementwise):
         return torch.tanh(expect_tensor(self, x))
 
 
-class Sigmoid(Leaf, Unary, ParamFree, NonLinear, Elementwise):
-    """Logistic sigmoid ``1 / (1 + exp(-x))``, elementwise, as ``torch.nn.Sigmoid`` (``torch.sigmoid``).
-
-    Takes no arguments. An integer input gives a floating-point output (torch's promotion).
-
-    Shape:
-        ``(*) -> (*)``, any number of axes, e.g. ``(B, T, C) -> (B, T, C)``.
-
-    Raises:
-        ModifyTypeError: the input is not a tensor (a tuple, say).
+class Sigmoid(_Activation):
+    """Logistic sigmoid ``1 / (1 + exp(-x))``, as ``torch.nn.Sigmoid`` (``torch.sigmoid``).
 
     Example:
         >>> import torch, modify
@@ -135,16 +111,8 @@ class Sigmoid(Leaf, Unary, ParamFree, NonLinear, Elementwise):
         return torch.sigmoid(expect_tensor(self, x))
 
 
-class Exp(Leaf, Unary, ParamFree, NonLinear, Elementwise):
-    """Exponential ``e^x``, elementwise, as ``torch.exp``.
-
-    Takes no arguments. An integer input gives a floating-point output (torch's promotion).
-
-    Shape:
-        ``(*) -> (*)``, any number of axes, e.g. ``(B, T, C) -> (B, T, C)``.
-
-    Raises:
-        ModifyTypeError: the input is not a tensor (a tuple, say).
+class Exp(_Activation):
+    """Exponential ``e^x``, as ``torch.exp``.
 
     Example:
         >>> import torch, modify
@@ -157,6 +125,19 @@ class Exp(Leaf, Unary, ParamFree, NonLinear, Elementwise):
 
 
 class _AlongDim(Leaf):
+    """A normalisation along one dimension: the family of ``Softmax`` and ``LogSoftmax``.
+
+    Unlike ``torch.nn.Softmax``/``LogSoftmax``, ``dim`` defaults to ``-1`` (the last dimension).
+
+    Args:
+        dim: the dimension normalised (default ``-1``). The class is tagged ``Vector``; for
+            another ``dim``, ``modify.traits_of`` drops it for the instance.
+
+    Raises:
+        TypeError: ``dim`` not an int.
+        ModifyTypeError: the input is not a tensor.
+    """
+
     @typechecked
     def __init__(self, dim: int = -1):
         super().__init__()
@@ -174,22 +155,9 @@ class _AlongDim(Leaf):
 class Softmax(_AlongDim, Unary, ParamFree, NonLinear, Vector):
     """Softmax along ``dim``: ``exp(x) / sum(exp(x), dim)``, as ``torch.nn.Softmax`` (``torch.softmax``).
 
-    Unlike ``torch.nn.Softmax``, ``dim`` defaults to ``-1`` (the last dimension).
-
-    Args:
-        dim: the dimension normalised (default ``-1``). The class is tagged ``Vector``; for
-            another ``dim``, ``modify.traits_of`` drops it for the instance.
-
     Shape:
         ``(*) -> (*)``, any number of axes, e.g. attention logits ``(B, H, T, S) -> (B, H, T, S)``,
         each slice along ``dim`` summing to 1.
-
-    Raises:
-        TypeError: ``dim`` not an int.
-        ModifyTypeError: the input is not a tensor.
-        IndexError: at run time, from torch (with this module's path), ``dim`` out of range for
-            the input.
-        NotImplementedError: at run time, from torch, an integer input.
 
     Example:
         >>> import torch, modify
@@ -204,21 +172,8 @@ class Softmax(_AlongDim, Unary, ParamFree, NonLinear, Vector):
 class LogSoftmax(_AlongDim, Unary, ParamFree, NonLinear, Vector):
     """Log of the softmax along ``dim``, computed stably, as ``torch.nn.LogSoftmax`` (``torch.log_softmax``).
 
-    Unlike ``torch.nn.LogSoftmax``, ``dim`` defaults to ``-1`` (the last dimension).
-
-    Args:
-        dim: the dimension normalised (default ``-1``). The class is tagged ``Vector``; for
-            another ``dim``, ``modify.traits_of`` drops it for the instance.
-
     Shape:
         ``(*) -> (*)``, any number of axes, e.g. logits ``(B, T, V) -> (B, T, V)`` log-probabilities.
-
-    Raises:
-        TypeError: ``dim`` not an int.
-        ModifyTypeError: the input is not a tensor.
-        IndexError: at run time, from torch (with this module's path), ``dim`` out of range for
-            the input.
-        NotImplementedError: at run time, from torch, an integer input.
 
     Example:
         >>> import torch, modify
@@ -254,7 +209,6 @@ class Dropout(Leaf, Unary, ParamFree, Linear, Elementwise):
     Raises:
         TypeError: ``p`` not a number.
         ValueError: if ``p`` is outside ``[0, 1)``.
-        RuntimeError: at run time in training, from torch, an integer tensor.
 
     Example:
         >>> import torch, modify

@@ -20,7 +20,24 @@ def _advice(a: torch.Tensor, b: torch.Tensor) -> str:
 
 
 class _Pairwise(Leaf):
-    """A binary elementwise op on ``(a, b)``; shapes must match unless ``broadcast=True``."""
+    """A binary elementwise op on ``(a, b)``: the family of ``Add``, ``Sub``, ``Mul``, ``Div``.
+
+    Each runs its torch operator but is strict about shapes: operands of different shapes raise
+    unless ``broadcast=True`` (the error advises it only for shapes that do broadcast).
+
+    Args:
+        broadcast: allow operands of different, broadcastable shapes (default ``False``: a shape
+            mismatch raises instead of broadcasting silently).
+
+    Shape:
+        ``((*), (*)) -> (*)``, e.g. ``((B, T, C), (B, T, C)) -> (B, T, C)``; with
+        ``broadcast=True`` any broadcastable pair, e.g. ``((B, T, C), (C,)) -> (B, T, C)``.
+
+    Raises:
+        TypeError: ``broadcast`` not a bool.
+        ModifyTypeError: the input is not a tuple of tensors.
+        ModifyValueError: a tuple of other than 2 values; shapes differ and ``broadcast=False``.
+    """
 
     @typechecked
     def __init__(self, broadcast: bool = False):
@@ -40,23 +57,8 @@ class _Pairwise(Leaf):
 class Add(_Pairwise, Binary, ParamFree, Linear, Elementwise):
     """Elementwise sum of a pair: ``(a, b) -> a + b``.
 
-    As ``torch.add``, but strict about shapes: operands of different shapes raise unless
-    ``broadcast=True``. The join of :class:`~modify.Residual`.
-
-    Args:
-        broadcast: allow operands of different, broadcastable shapes (default ``False``: a shape
-            mismatch raises instead of broadcasting silently).
-
-    Shape:
-        ``((*), (*)) -> (*)``, e.g. ``((B, T, C), (B, T, C)) -> (B, T, C)``; with
-        ``broadcast=True`` any broadcastable pair, e.g. ``((B, T, C), (C,)) -> (B, T, C)``.
-
-    Raises:
-        TypeError: ``broadcast`` not a bool.
-        ModifyTypeError: the input is not a tuple of tensors.
-        ModifyValueError: a tuple of other than 2 values; shapes differ and ``broadcast=False``.
-        RuntimeError: at run time, from torch (with this module's path), shapes that do not
-            broadcast (``broadcast=True``).
+    As ``torch.add``; ``broadcast``, shapes and errors as the family
+    (``_Pairwise``). The join of :class:`~modify.Residual`.
 
     Example:
         >>> import torch, modify
@@ -72,23 +74,8 @@ class Add(_Pairwise, Binary, ParamFree, Linear, Elementwise):
 class Sub(_Pairwise, Binary, ParamFree, Linear, Elementwise):
     """Elementwise difference of a pair: ``(a, b) -> a - b``.
 
-    As ``torch.sub``, but strict about shapes: operands of different shapes raise unless
-    ``broadcast=True``.
-
-    Args:
-        broadcast: allow operands of different, broadcastable shapes (default ``False``: a shape
-            mismatch raises instead of broadcasting silently).
-
-    Shape:
-        ``((*), (*)) -> (*)``, e.g. ``((B, T, C), (B, T, C)) -> (B, T, C)``; with
-        ``broadcast=True`` any broadcastable pair, e.g. ``((B, T, C), (C,)) -> (B, T, C)``.
-
-    Raises:
-        TypeError: ``broadcast`` not a bool.
-        ModifyTypeError: the input is not a tuple of tensors.
-        ModifyValueError: a tuple of other than 2 values; shapes differ and ``broadcast=False``.
-        RuntimeError: at run time, from torch (with this module's path), shapes that do not
-            broadcast (``broadcast=True``).
+    As ``torch.sub``; ``broadcast``, shapes and errors as the family
+    (``_Pairwise``).
 
     Example:
         >>> import torch, modify
@@ -104,23 +91,8 @@ class Sub(_Pairwise, Binary, ParamFree, Linear, Elementwise):
 class Mul(_Pairwise, Binary, ParamFree, NonLinear, Elementwise):
     """Elementwise product of a pair: ``(a, b) -> a * b``.
 
-    As ``torch.mul``, but strict about shapes: operands of different shapes raise unless
-    ``broadcast=True``. Llama's SwiGLU multiplies its gate and up branches with it.
-
-    Args:
-        broadcast: allow operands of different, broadcastable shapes (default ``False``: a shape
-            mismatch raises instead of broadcasting silently).
-
-    Shape:
-        ``((*), (*)) -> (*)``, e.g. ``((B, T, C), (B, T, C)) -> (B, T, C)``; with
-        ``broadcast=True`` any broadcastable pair, e.g. ``((B, T, C), (C,)) -> (B, T, C)``.
-
-    Raises:
-        TypeError: ``broadcast`` not a bool.
-        ModifyTypeError: the input is not a tuple of tensors.
-        ModifyValueError: a tuple of other than 2 values; shapes differ and ``broadcast=False``.
-        RuntimeError: at run time, from torch (with this module's path), shapes that do not
-            broadcast (``broadcast=True``).
+    As ``torch.mul``; ``broadcast``, shapes and errors as the family
+    (``_Pairwise``). Llama's SwiGLU multiplies its gate and up branches with it.
 
     Example:
         >>> import torch, modify
@@ -136,23 +108,8 @@ class Mul(_Pairwise, Binary, ParamFree, NonLinear, Elementwise):
 class Div(_Pairwise, Binary, ParamFree, NonLinear, Elementwise):
     """Elementwise true division of a pair: ``(a, b) -> a / b``.
 
-    As ``torch.div``, but strict about shapes: operands of different shapes raise unless
-    ``broadcast=True``. Integer operands give a floating-point result (true division).
-
-    Args:
-        broadcast: allow operands of different, broadcastable shapes (default ``False``: a shape
-            mismatch raises instead of broadcasting silently).
-
-    Shape:
-        ``((*), (*)) -> (*)``, e.g. ``((B, T, C), (B, T, C)) -> (B, T, C)``; with
-        ``broadcast=True`` any broadcastable pair, e.g. ``((B, T, C), (C,)) -> (B, T, C)``.
-
-    Raises:
-        TypeError: ``broadcast`` not a bool.
-        ModifyTypeError: the input is not a tuple of tensors.
-        ModifyValueError: a tuple of other than 2 values; shapes differ and ``broadcast=False``.
-        RuntimeError: at run time, from torch (with this module's path), shapes that do not
-            broadcast (``broadcast=True``).
+    As ``torch.div``; ``broadcast``, shapes and errors as the family
+    (``_Pairwise``). Integer operands give a floating-point result (true division).
 
     Example:
         >>> import torch, modify

@@ -22,6 +22,22 @@ def structure(value: object) -> str:
 
 
 class _Tap(Leaf, Unary, ParamFree, Linear):
+    """Print something about the value flowing through: the family of ``Print`` and ``PrintShape``.
+
+    An identity with a side effect, to place anywhere in a composed model: any value passes
+    through as the very same object (a tensor, a (nested) tuple, anything); nothing is checked.
+    Output goes to stdout, after ``label: `` when a label is given.
+
+    Args:
+        label: printed first, followed by ``": "`` (default ``""``: no label).
+
+    Shape:
+        Any value -> the same value; for a tensor ``(*) -> (*)``, e.g. ``(B, T, C) -> (B, T, C)``.
+
+    Raises:
+        TypeError: ``label`` not a str.
+    """
+
     @typechecked
     def __init__(self, label: str = ""):
         super().__init__()
@@ -35,19 +51,7 @@ class _Tap(Leaf, Unary, ParamFree, Linear):
 
 
 class Print(_Tap):
-    """Print the value flowing through (to stdout) and pass it on unchanged.
-
-    Python's ``print(x)`` as a leaf, to place anywhere in a composed model. Any value passes
-    through, as the very same object: a tensor, a (nested) tuple, anything; nothing is checked.
-
-    Args:
-        label: printed before the value, followed by ``": "`` (default ``""``: no label).
-
-    Shape:
-        Any value -> the same value; for a tensor ``(*) -> (*)``, e.g. ``(B, T, C) -> (B, T, C)``.
-
-    Raises:
-        TypeError: ``label`` not a str.
+    """Print the value flowing through and pass it on unchanged: Python's ``print(x)`` as a leaf.
 
     Example:
         >>> import torch, modify
@@ -64,17 +68,7 @@ class PrintShape(_Tap):
     """Print the nested shape of the value (tuples shown as tuples) and pass it on unchanged.
 
     Like ``print(x.shape)``, for tuples too: a tensor prints as its shape, a tuple as the tuple
-    of its elements' shapes. Any value passes through, as the very same object; nothing is
-    checked (a value that is neither prints its type's name).
-
-    Args:
-        label: printed before the shape, followed by ``": "`` (default ``""``: no label).
-
-    Shape:
-        Any value -> the same value; for a tensor ``(*) -> (*)``, e.g. ``(B, T, C) -> (B, T, C)``.
-
-    Raises:
-        TypeError: ``label`` not a str.
+    of its elements' shapes, any other value as its type's name.
 
     Example:
         >>> import torch, modify
@@ -99,11 +93,10 @@ class Breakpoint(Leaf, Unary, ParamFree, Linear):
         enabled: whether to stop (default ``True``).
 
     Shape:
-        Any value -> the same value; for a tensor ``(*) -> (*)``, e.g. ``(B, T, C) -> (B, T, C)``.
+        Any value -> the same value, as ``Print``.
 
     Raises:
         TypeError: ``enabled`` not a bool.
-        bdb.BdbQuit: quitting the debugger (``q``), as with any ``pdb`` session.
 
     Example:
         >>> import torch, modify

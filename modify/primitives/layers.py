@@ -45,12 +45,11 @@ class Linear(Leaf, Unary, Param, LinearTrait, Vector):
         bias: ``(out_features,)``, or ``None`` with ``bias=False``.
 
     Raises:
-        TypeError: an argument of the wrong type.
-        ValueError: a weight or bias distribution that is not scalar (batch and event shape ``()``).
+        TypeError: an argument of the wrong type; a non-floating ``dtype``.
+        ValueError: a size below 1; a weight or bias distribution that is not scalar (batch and
+            event shape ``()``).
         ModifyTypeError: the input is not a tensor.
         ModifyValueError: input whose last dimension is not ``in_features``.
-        RuntimeError: at run time, from torch (with this module's path), an input of another
-            dtype than the weight (integer ids, say).
 
     Example:
         >>> import torch, modify
@@ -120,7 +119,44 @@ def _tuple(value: int | tuple[int, ...], n: int, owner: str, name: str, least: i
 
 
 class _ConvNd(Leaf, Unary, Param, LinearTrait):
-    """Shared body of ``Conv1d``/``Conv2d`` (``torch.nn.Conv*``'s arguments and layout)."""
+    """Convolution over ``spatial_dims`` axes: the family of ``Conv1d`` and ``Conv2d``.
+
+    Same arguments, parameter names, layout and init as ``torch.nn.Conv*``, so its ``state_dict``
+    loads as is. Runs ``F.conv1d``/``F.conv2d``; a ``padding_mode`` other than ``"zeros"`` pads
+    with ``F.pad`` first, as ``torch.nn.Conv*`` does. Sizes below take an int (repeated over the
+    spatial axes) or a tuple of one int per spatial axis.
+
+    Args:
+        in_channels: channels ``C_in`` of the input.
+        out_channels: channels ``C_out`` of the output.
+        kernel_size: size of the kernel.
+        stride: step of the kernel (default ``1``).
+        padding: added on both sides of each spatial axis, or ``"valid"`` (none) or ``"same"``
+            (output as long as the input; stride 1 only) (default ``0``).
+        dilation: spacing between kernel elements (default ``1``).
+        groups: blocked connections from input to output channels; ``in_channels`` and
+            ``out_channels`` must be divisible by it (default ``1``).
+        bias: learn an additive bias (default ``True``).
+        padding_mode: ``"zeros"`` (default), ``"reflect"``, ``"replicate"`` or ``"circular"``.
+        weight_init: a ``torch.distributions.Distribution`` sampled to the weight's shape, or a
+            callable ``init(tensor) -> None``; default ``kaiming_uniform_(a=sqrt(5))``.
+        bias_init: likewise for the bias; default ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``,
+            ``fan_in = C_in / groups * prod(kernel_size)``.
+        device: where the parameters are allocated (default: torch's default device).
+        dtype: the parameters' floating-point dtype (default: torch's default dtype).
+
+    Attributes:
+        weight: ``(C_out, C_in / groups, *kernel_size)``.
+        bias: ``(C_out,)``, or ``None`` with ``bias=False``.
+
+    Raises:
+        TypeError: an argument of the wrong type; a non-floating ``dtype``.
+        ValueError: channels or ``groups`` below 1; channels not divisible by ``groups``; a size
+            tuple of the wrong length or a size below 1 (padding below 0); an unknown padding or
+            ``padding_mode``; ``padding="same"`` with a stride; a non-scalar init distribution.
+        ModifyTypeError: the input is not a tensor.
+        ModifyValueError: an input without ``in_channels`` channels before its spatial axes.
+    """
 
     spatial_dims = 0
 
@@ -203,50 +239,12 @@ class _ConvNd(Leaf, Unary, Param, LinearTrait):
 
 
 class Conv1d(_ConvNd):
-    """1-D convolution, as ``torch.nn.Conv1d`` (same arguments, parameter names, layout and init).
-
-    Runs ``F.conv1d``; a ``padding_mode`` other than ``"zeros"`` pads with ``F.pad`` first, as
-    ``torch.nn.Conv1d`` does, so a ``torch.nn.Conv1d`` ``state_dict`` loads as is.
-
-    Args:
-        in_channels: channels ``C_in`` of the input.
-        out_channels: channels ``C_out`` of the output.
-        kernel_size: size of the kernel, an int or a 1-tuple.
-        stride: step of the kernel, an int or a 1-tuple (default ``1``).
-        padding: added on both sides of each spatial axis, an int or a 1-tuple, or
-            ``"valid"`` (none) or ``"same"`` (output as long as the input; stride 1 only)
-            (default ``0``).
-        dilation: spacing between kernel elements, an int or a 1-tuple (default ``1``).
-        groups: blocked connections from input to output channels; ``in_channels`` and
-            ``out_channels`` must be divisible by it (default ``1``).
-        bias: learn an additive bias (default ``True``).
-        padding_mode: ``"zeros"`` (default), ``"reflect"``, ``"replicate"`` or ``"circular"``.
-        weight_init: a ``torch.distributions.Distribution`` sampled to the weight's shape, or a
-            callable ``init(tensor) -> None``; default ``torch.nn.Conv1d``'s
-            ``kaiming_uniform_(a=sqrt(5))``.
-        bias_init: likewise for the bias; default ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``,
-            ``fan_in = C_in / groups * kernel_size``.
-        device: where the parameters are allocated (default: torch's default device).
-        dtype: the parameters' floating-point dtype (default: torch's default dtype).
+    """1-D convolution, as ``torch.nn.Conv1d``: sizes are ints or 1-tuples.
 
     Shape:
         ``(N, C_in, L_in) -> (N, C_out, L_out)`` (``N`` optional), with
         ``L_out = floor((L_in + 2 padding - dilation (kernel_size - 1) - 1) / stride + 1)``;
         e.g. ``Conv1d(C, C, 3, padding=1)``: ``(B, C, T) -> (B, C, T)``.
-
-    Attributes:
-        weight: ``(C_out, C_in / groups, kernel_size)``.
-        bias: ``(C_out,)``, or ``None`` with ``bias=False``.
-
-    Raises:
-        TypeError: an argument of the wrong type.
-        ValueError: channels not divisible by ``groups``; a size tuple of the wrong length; an
-            unknown padding or ``padding_mode``; ``padding="same"`` with a stride; a weight or
-            bias distribution that is not scalar.
-        ModifyTypeError: the input is not a tensor.
-        ModifyValueError: an input without ``in_channels`` channels at axis -2.
-        RuntimeError: at run time, from torch (with this module's path), an input smaller than
-            the (dilated) kernel after padding, or of another dtype than the weight.
 
     Example:
         >>> import torch, modify
@@ -258,49 +256,12 @@ class Conv1d(_ConvNd):
 
 
 class Conv2d(_ConvNd):
-    """2-D convolution, as ``torch.nn.Conv2d`` (same arguments, parameter names, layout and init).
-
-    Runs ``F.conv2d``; a ``padding_mode`` other than ``"zeros"`` pads with ``F.pad`` first, as
-    ``torch.nn.Conv2d`` does, so a ``torch.nn.Conv2d`` ``state_dict`` loads as is.
-
-    Args:
-        in_channels: channels ``C_in`` of the input.
-        out_channels: channels ``C_out`` of the output.
-        kernel_size: size of the kernel, an int or a pair ``(kH, kW)``.
-        stride: step of the kernel, an int or a pair (default ``1``).
-        padding: added on both sides of each spatial axis, an int or a pair, or ``"valid"`` (none) or
-            ``"same"`` (output as long as the input; stride 1 only) (default ``0``).
-        dilation: spacing between kernel elements, an int or a pair (default ``1``).
-        groups: blocked connections from input to output channels; ``in_channels`` and
-            ``out_channels`` must be divisible by it (default ``1``).
-        bias: learn an additive bias (default ``True``).
-        padding_mode: ``"zeros"`` (default), ``"reflect"``, ``"replicate"`` or ``"circular"``.
-        weight_init: a ``torch.distributions.Distribution`` sampled to the weight's shape, or a
-            callable ``init(tensor) -> None``; default ``torch.nn.Conv2d``'s
-            ``kaiming_uniform_(a=sqrt(5))``.
-        bias_init: likewise for the bias; default ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``,
-            ``fan_in = C_in / groups * kH * kW``.
-        device: where the parameters are allocated (default: torch's default device).
-        dtype: the parameters' floating-point dtype (default: torch's default dtype).
+    """2-D convolution, as ``torch.nn.Conv2d``: sizes are ints or pairs ``(height, width)``.
 
     Shape:
         ``(N, C_in, H_in, W_in) -> (N, C_out, H_out, W_out)`` (``N`` optional), with
         ``H_out = floor((H_in + 2 pH - dH (kH - 1) - 1) / sH + 1)`` and ``W_out`` likewise;
         e.g. ``Conv2d(3, 64, 7, stride=2, padding=3)``: ``(B, 3, 224, 224) -> (B, 64, 112, 112)``.
-
-    Attributes:
-        weight: ``(C_out, C_in / groups, kH, kW)``.
-        bias: ``(C_out,)``, or ``None`` with ``bias=False``.
-
-    Raises:
-        TypeError: an argument of the wrong type.
-        ValueError: channels not divisible by ``groups``; a size tuple of the wrong length; an
-            unknown padding or ``padding_mode``; ``padding="same"`` with a stride; a weight or
-            bias distribution that is not scalar.
-        ModifyTypeError: the input is not a tensor.
-        ModifyValueError: an input without ``in_channels`` channels at axis -3.
-        RuntimeError: at run time, from torch (with this module's path), an input smaller than
-            the (dilated) kernel after padding, or of another dtype than the weight.
 
     Example:
         >>> import torch, modify
@@ -334,11 +295,10 @@ class Embedding(Leaf, Unary, Param, NonLinear):
         weight: ``(num_embeddings, embedding_dim)``.
 
     Raises:
-        TypeError: an argument of the wrong type.
-        ValueError: ``padding_idx`` out of range; a weight distribution that is not scalar.
+        TypeError: an argument of the wrong type; a non-floating ``dtype``.
+        ValueError: a size below 1; ``padding_idx`` out of range; a weight distribution that is
+            not scalar.
         ModifyTypeError: an input that is not a tensor, or a floating-point one.
-        IndexError: at run time, from torch (with this module's path), an id outside
-            ``[0, num_embeddings)``.
 
     Example:
         >>> import torch, modify

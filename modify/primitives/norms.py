@@ -304,7 +304,37 @@ class GroupNorm(Leaf, Unary, ParamFree, NonLinear):
 
 
 class _BatchNorm(Leaf, Unary, ParamFree, NonLinear):
-    """Batch normalisation without affine; running statistics as ``torch.nn``'s buffers."""
+    """Batch normalisation without affine: the family of ``BatchNorm1d`` and ``BatchNorm2d``.
+
+    Ioffe & Szegedy 2015, "Batch Normalization"; runs ``F.batch_norm``. In training (or without
+    running statistics) it normalises with the batch's statistics and updates the running ones;
+    in eval mode it uses the running ones. Keeps ``running_mean``, ``running_var`` and
+    ``num_batches_tracked`` as buffers with ``torch.nn``'s names, so its ``state_dict`` loads as
+    is. The affine part is a separate ``ElementwiseAffine(C, dim=1)``.
+
+    Args:
+        num_features: channels ``C`` (axis 1).
+        eps: added to the variance (default ``1e-5``).
+        momentum: weight of the new batch in the running statistics (default ``0.1``); ``None``
+            means a cumulative average over all batches seen, as ``torch.nn``.
+        track_running_stats: keep running statistics as buffers (default ``True``); ``False``
+            uses the batch's statistics in eval mode too and stores ``None`` buffers.
+        affine: not accepted (keyword only): passing it raises ``TypeError``; follow the norm
+            with ``ElementwiseAffine(C, dim=1)``.
+        device: where the buffers are allocated (default: torch's default device).
+        dtype: the running statistics' floating-point dtype (default: torch's default dtype).
+
+    Attributes:
+        running_mean: ``(C,)`` buffer, zeros at first.
+        running_var: ``(C,)`` buffer, ones at first.
+        num_batches_tracked: ``()`` int64 buffer, the training batches seen.
+
+    Raises:
+        TypeError: ``affine=`` given; an argument of the wrong type; a non-floating ``dtype``.
+        ValueError: ``num_features`` below 1.
+        ModifyTypeError: the input is not a tensor.
+        ModifyValueError: an input of another rank, or without ``C`` channels at axis 1.
+    """
 
     input_dims: tuple[int, ...] = ()
 
@@ -364,39 +394,9 @@ class _BatchNorm(Leaf, Unary, ParamFree, NonLinear):
 class BatchNorm1d(_BatchNorm):
     """Batch normalisation over ``(N, C)`` or ``(N, C, L)``, as ``torch.nn.BatchNorm1d`` without affine.
 
-    Ioffe & Szegedy 2015, "Batch Normalization"; runs ``F.batch_norm``. In training (or without
-    running statistics) it normalises with the batch's statistics and updates the running ones;
-    in eval mode it uses the running ones. Keeps ``running_mean``, ``running_var`` and
-    ``num_batches_tracked`` as buffers with ``torch.nn``'s names, so its ``state_dict`` loads as
-    is. The affine part is a separate ``ElementwiseAffine(C, dim=1)``.
-
-    Args:
-        num_features: channels ``C`` (axis 1).
-        eps: added to the variance (default ``1e-5``).
-        momentum: weight of the new batch in the running statistics (default ``0.1``); ``None``
-            means a cumulative average over all batches seen, as ``torch.nn.BatchNorm1d``.
-        track_running_stats: keep running statistics as buffers (default ``True``); ``False``
-            uses the batch's statistics in eval mode too and stores ``None`` buffers.
-        affine: not accepted (keyword only): passing it raises ``TypeError``; follow the norm
-            with ``ElementwiseAffine(C, dim=1)``.
-        device: where the buffers are allocated (default: torch's default device).
-        dtype: the running statistics' dtype (default: torch's default dtype).
-
     Shape:
         ``(N, C)`` or ``(N, C, L)`` -> the same shape, e.g. ``(B, C, T) -> (B, C, T)``; statistics per
         channel ``C`` over ``N`` (and ``L``).
-
-    Attributes:
-        running_mean: ``(C,)`` buffer, zeros at first.
-        running_var: ``(C,)`` buffer, ones at first.
-        num_batches_tracked: ``()`` int64 buffer, the training batches seen.
-
-    Raises:
-        TypeError: ``affine=`` given; an argument of the wrong type.
-        ModifyTypeError: the input is not a tensor.
-        ModifyValueError: input not 2-d/3-d with ``C`` channels at axis 1.
-        ValueError: at run time in training, from torch (with this module's path), a batch with
-            one value per channel.
 
     Example:
         >>> import torch, modify
@@ -410,38 +410,8 @@ class BatchNorm1d(_BatchNorm):
 class BatchNorm2d(_BatchNorm):
     """Batch normalisation over ``(N, C, H, W)``, as ``torch.nn.BatchNorm2d`` without affine.
 
-    Ioffe & Szegedy 2015, "Batch Normalization"; runs ``F.batch_norm``. In training (or without
-    running statistics) it normalises with the batch's statistics and updates the running ones;
-    in eval mode it uses the running ones. Keeps ``running_mean``, ``running_var`` and
-    ``num_batches_tracked`` as buffers with ``torch.nn``'s names, so its ``state_dict`` loads as
-    is. The affine part is a separate ``ElementwiseAffine(C, dim=1)``.
-
-    Args:
-        num_features: channels ``C`` (axis 1).
-        eps: added to the variance (default ``1e-5``).
-        momentum: weight of the new batch in the running statistics (default ``0.1``); ``None``
-            means a cumulative average over all batches seen, as ``torch.nn.BatchNorm2d``.
-        track_running_stats: keep running statistics as buffers (default ``True``); ``False``
-            uses the batch's statistics in eval mode too and stores ``None`` buffers.
-        affine: not accepted (keyword only): passing it raises ``TypeError``; follow the norm
-            with ``ElementwiseAffine(C, dim=1)``.
-        device: where the buffers are allocated (default: torch's default device).
-        dtype: the running statistics' dtype (default: torch's default dtype).
-
     Shape:
         ``(N, C, H, W) -> (N, C, H, W)``; statistics per channel ``C`` over ``N``, ``H`` and ``W``.
-
-    Attributes:
-        running_mean: ``(C,)`` buffer, zeros at first.
-        running_var: ``(C,)`` buffer, ones at first.
-        num_batches_tracked: ``()`` int64 buffer, the training batches seen.
-
-    Raises:
-        TypeError: ``affine=`` given; an argument of the wrong type.
-        ModifyTypeError: the input is not a tensor.
-        ModifyValueError: input not 4-d with ``C`` channels at axis 1.
-        ValueError: at run time in training, from torch (with this module's path), a batch with
-            one value per channel.
 
     Example:
         >>> import torch, modify

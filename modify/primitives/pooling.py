@@ -11,31 +11,43 @@ from ..traits import Linear, Matrix, NonLinear, ParamFree, Reduction, Unary
 Size2 = int | tuple[int, int]
 
 
-class MaxPool2d(Leaf, Unary, ParamFree, NonLinear, Reduction, Matrix):
-    """2-D max pooling over each ``(H, W)`` plane, as ``torch.nn.MaxPool2d`` (``F.max_pool2d``).
+class _Pool2d(Leaf):
+    """Sliding-window pooling over each ``(H, W)`` plane: the family of ``MaxPool2d`` and ``AvgPool2d``.
 
-    Takes ``torch.nn.MaxPool2d``'s arguments (but not ``return_indices``): ``stride`` defaults
-    to ``kernel_size``. An int stands for the same value along ``H`` and ``W``.
+    Takes ``torch.nn``'s arguments: ``stride`` defaults to ``kernel_size``, and an int stands
+    for the same value along ``H`` and ``W``.
 
     Args:
         kernel_size: the window size, an int or ``(kH, kW)``.
         stride: the window step, an int or ``(sH, sW)``; ``None`` (default) means ``kernel_size``.
-        padding: implicit ``-inf`` padding on both sides, an int or ``(pH, pW)``, at most half the
-            kernel size (default ``0``).
-        dilation: the spacing between window elements, an int or ``(dH, dW)`` (default ``1``).
+        padding: implicit padding on both sides (``-inf`` for the maximum, zeros for the
+            average), an int or ``(pH, pW)``, at most half the kernel size (default ``0``).
         ceil_mode: round the output size up instead of down (default ``False``).
+
+    Raises:
+        TypeError: an argument that is not an int or a pair of ints (flags: not a bool).
+        ModifyTypeError: the input is not a tensor.
+    """
+
+    def _window(self, kernel_size: Size2, stride: Size2 | None, padding: Size2, ceil_mode: bool) -> None:
+        self.kernel_size, self.stride = kernel_size, stride if stride is not None else kernel_size
+        self.padding, self.ceil_mode = padding, ceil_mode
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class MaxPool2d(_Pool2d, Unary, ParamFree, NonLinear, Reduction, Matrix):
+    """2-D max pooling, as ``torch.nn.MaxPool2d`` (``F.max_pool2d``; no ``return_indices``).
+
+    Args:
+        dilation: the spacing between window elements, an int or ``(dH, dW)`` (default ``1``).
 
     Shape:
         ``(N, C, H, W) -> (N, C, H_out, W_out)`` (``N`` optional), with
         ``H_out = floor((H + 2 pH - dH (kH - 1) - 1) / sH + 1)`` (``ceil`` with ``ceil_mode``) and
         ``W_out`` likewise; e.g. ResNet's stem ``MaxPool2d(3, stride=2, padding=1)``:
         ``(B, 64, 112, 112) -> (B, 64, 56, 56)``.
-
-    Raises:
-        TypeError: an argument that is not an int or a pair of ints (``ceil_mode``: a bool).
-        ModifyTypeError: the input is not a tensor.
-        RuntimeError: at run time, from torch (with this module's path), an input that is not 3-d
-            or 4-d, an output size below 1, padding above half the kernel, or a zero stride.
 
     Example:
         >>> import torch, modify
@@ -53,29 +65,18 @@ class MaxPool2d(Leaf, Unary, ParamFree, NonLinear, Reduction, Matrix):
         ceil_mode: bool = False,
     ):
         super().__init__()
-        self.kernel_size, self.stride = kernel_size, stride if stride is not None else kernel_size
-        self.padding, self.dilation, self.ceil_mode = padding, dilation, ceil_mode
+        self._window(kernel_size, stride, padding, ceil_mode)
+        self.dilation = dilation
 
     def forward(self, x):
         x = expect_tensor(self, x)
         return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
 
-    def extra_repr(self) -> str:
-        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
 
-
-class AvgPool2d(Leaf, Unary, ParamFree, Linear, Reduction, Matrix):
-    """2-D average pooling over each ``(H, W)`` plane, as ``torch.nn.AvgPool2d`` (``F.avg_pool2d``).
-
-    Takes ``torch.nn.AvgPool2d``'s arguments: ``stride`` defaults to ``kernel_size``. An int
-    stands for the same value along ``H`` and ``W``.
+class AvgPool2d(_Pool2d, Unary, ParamFree, Linear, Reduction, Matrix):
+    """2-D average pooling, as ``torch.nn.AvgPool2d`` (``F.avg_pool2d``).
 
     Args:
-        kernel_size: the window size, an int or ``(kH, kW)``.
-        stride: the window step, an int or ``(sH, sW)``; ``None`` (default) means ``kernel_size``.
-        padding: implicit zero padding on both sides, an int or ``(pH, pW)``, at most half the
-            kernel size (default ``0``).
-        ceil_mode: round the output size up instead of down (default ``False``).
         count_include_pad: count the zero padding in the average's divisor (default ``True``).
         divisor_override: divide every window's sum by this number instead (default ``None``).
 
@@ -83,14 +84,6 @@ class AvgPool2d(Leaf, Unary, ParamFree, Linear, Reduction, Matrix):
         ``(N, C, H, W) -> (N, C, H_out, W_out)`` (``N`` optional), with
         ``H_out = floor((H + 2 pH - kH) / sH + 1)`` (``ceil`` with ``ceil_mode``) and ``W_out``
         likewise; e.g. ``AvgPool2d(2)``: ``(B, C, 32, 32) -> (B, C, 16, 16)``.
-
-    Raises:
-        TypeError: an argument that is not an int or a pair of ints (``ceil_mode``,
-            ``count_include_pad``: bools; ``divisor_override``: an int or ``None``).
-        ModifyTypeError: the input is not a tensor.
-        RuntimeError: at run time, from torch (with this module's path), an output size below 1,
-            padding above half the kernel, a zero stride, or ``divisor_override=0``.
-        IndexError: at run time, from torch, an input with fewer than 3 dimensions.
 
     Example:
         >>> import torch, modify
@@ -109,17 +102,13 @@ class AvgPool2d(Leaf, Unary, ParamFree, Linear, Reduction, Matrix):
         divisor_override: int | None = None,
     ):
         super().__init__()
-        self.kernel_size, self.stride = kernel_size, stride if stride is not None else kernel_size
-        self.padding, self.ceil_mode = padding, ceil_mode
+        self._window(kernel_size, stride, padding, ceil_mode)
         self.count_include_pad, self.divisor_override = count_include_pad, divisor_override
 
     def forward(self, x):
         x = expect_tensor(self, x)
         pool = (self.kernel_size, self.stride, self.padding)
         return F.avg_pool2d(x, *pool, self.ceil_mode, self.count_include_pad, self.divisor_override)
-
-    def extra_repr(self) -> str:
-        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
 
 
 class AdaptiveAvgPool2d(Leaf, Unary, ParamFree, Linear, Reduction, Matrix):
@@ -139,9 +128,6 @@ class AdaptiveAvgPool2d(Leaf, Unary, ParamFree, Linear, Reduction, Matrix):
     Raises:
         TypeError: ``output_size`` not an int or a pair of ints/``None``.
         ModifyTypeError: the input is not a tensor.
-        RuntimeError: at run time, from torch (with this module's path), an input that is not 3-d
-            or 4-d.
-        NotImplementedError: at run time, from torch, an integer input.
 
     Example:
         >>> import torch, modify
