@@ -9,13 +9,27 @@ from .layers import Conv1d, Conv2d, Embedding, Linear
 from .norms import BatchNorm1d, BatchNorm2d, ElementwiseAffine, GroupNorm, LayerNorm, RMSNorm
 from .pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 from .reductions import Max, Mean, Sum
-from .structure import Cat, Copy, Flatten, Identity, Index, Permute, Positions, Rearrange, Reshape, Split, Stack, Transpose
+from .structure import (
+    Cat,
+    Copy,
+    Flatten,
+    Identity,
+    Index,
+    Permute,
+    Positions,
+    Rearrange,
+    Reshape,
+    Split,
+    Stack,
+    Transpose,
+)
 
 __all__ = [
-    "AdaptiveAvgPool2d", "Add", "AffineGroupNorm", "AffineLayerNorm", "AffineRMSNorm", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Breakpoint", "Cat", "Conv1d",
-    "Conv2d", "Copy", "Div", "Dropout", "ElementwiseAffine", "Embedding", "Exp", "Flatten", "GELU",
-    "GroupNorm", "Identity", "Index", "LayerNorm", "Linear", "LogSoftmax", "MatMul", "Max", "MaxPool2d",
-    "Mean", "Mul", "Permute", "Positions", "Print", "PrintShape", "RMSNorm", "Rearrange", "ReLU", "Reshape",
-    "RotaryEmbedding", "Scale", "ScaledDotProductAttention", "ScaledLinear", "Sigmoid", "SiLU", "Softmax", "Split",
-    "Stack", "Sub", "Sum", "Tanh", "Transpose",
+    "AdaptiveAvgPool2d", "Add", "AffineGroupNorm", "AffineLayerNorm", "AffineRMSNorm", "AvgPool2d",
+    "BatchNorm1d", "BatchNorm2d", "Breakpoint", "Cat", "Conv1d", "Conv2d", "Copy", "Div", "Dropout",
+    "ElementwiseAffine", "Embedding", "Exp", "Flatten", "GELU", "GroupNorm", "Identity", "Index", "LayerNorm",
+    "Linear", "LogSoftmax", "MatMul", "Max", "MaxPool2d", "Mean", "Mul", "Permute", "Positions", "Print",
+    "PrintShape", "RMSNorm", "Rearrange", "ReLU", "Reshape", "RotaryEmbedding", "Scale",
+    "ScaledDotProductAttention", "ScaledLinear", "Sigmoid", "SiLU", "Softmax", "Split", "Stack", "Sub", "Sum",
+    "Tanh", "Transpose",
 ]

@@ -42,7 +42,26 @@ def _require(cls: type, first: nn.Module, second: nn.Module, expected: str) -> N
 
 
 class _AffineNorm(Leaf):
-    """A trailing-axes norm whose affine part lives in the leaf: parameters ``weight``, ``bias``."""
+    """A trailing-axes norm with its affine part: the family of ``AffineLayerNorm`` and ``AffineRMSNorm``.
+
+    :func:`modify.fuse` builds one with :meth:`from_pair` from a norm followed by its
+    ``ElementwiseAffine(normalized_shape)``, holding the affine's parameter objects.
+
+    Args:
+        normalized_shape: the trailing shape normalised over (int or tuple).
+        bias: learn a bias.
+        device, dtype: of the parameters.
+
+    Shape:
+        ``(*, *normalized_shape) -> same``.
+
+    Attributes:
+        weight: ``normalized_shape``, ones. bias: ``normalized_shape``, zeros, or ``None``.
+
+    Raises:
+        ValueError: a size below 1.
+        ModifyValueError: the input's trailing shape differs from ``normalized_shape``.
+    """
 
     norm_class: type = LayerNorm
 
@@ -56,7 +75,7 @@ class _AffineNorm(Leaf):
             and affine.shape == norm.normalized_shape
         )
 
-    def __init__(self, normalized_shape, eps, bias: bool, device, dtype):
+    def __init__(self, normalized_shape, eps, bias: bool, device, dtype):  # the subclasses check the types
         super().__init__()
         self.normalized_shape, self.eps = as_shape(normalized_shape, type(self).__name__), eps
         self.weight = nn.Parameter(torch.empty(self.normalized_shape, device=device, dtype=dtype))
@@ -68,6 +87,20 @@ class _AffineNorm(Leaf):
         """Weight to ones, bias to zeros (``torch.nn``'s init)."""
         reset_affine(self.weight, self.bias)
 
+    @classmethod
+    @typechecked
+    def from_pair(cls, norm: nn.Module, affine: nn.Module) -> _AffineNorm:
+        """The fused leaf of ``norm`` then ``affine``, holding ``affine``'s parameter objects.
+
+        Raises:
+            ValueError: not this class's norm (``LayerNorm(s)``, ``RMSNorm(s)``) then an
+                ``ElementwiseAffine(s)`` with ``dim=-1``.
+        """
+        _require(cls, norm, affine, f"{cls.norm_class.__name__}(s) then ElementwiseAffine(s, dim=-1)")
+        fused = cls(norm.normalized_shape, norm.eps, bias=False, device="meta")
+        _share(fused, affine, "weight", "bias")
+        return fused
+
     def extra_repr(self) -> str:
         return f"{self.normalized_shape}, eps={self.eps}, bias={self.bias is not None}"
 
@@ -76,22 +109,10 @@ class AffineLayerNorm(_AffineNorm, Unary, Param, NonLinear, Vector):
     """``LayerNorm`` followed by its ``ElementwiseAffine``, in one ``F.layer_norm`` call.
 
     Computes exactly what ``torch.nn.LayerNorm`` computes (Ba et al. 2016, "Layer
-    Normalization"). :func:`modify.fuse` builds it with :meth:`from_pair`.
+    Normalization").
 
     Args:
-        normalized_shape: the trailing shape normalised over (int or tuple).
-        eps: added to the variance (default ``1e-5``).
-        bias: learn a bias (default ``True``).
-        device, dtype: of the parameters.
-
-    Shape:
-        ``(*, *normalized_shape) -> same``.
-
-    Attributes:
-        weight: ``normalized_shape``, ones. bias: ``normalized_shape``, zeros, or ``None``.
-
-    Raises:
-        ModifyValueError: the input's trailing shape differs from ``normalized_shape``.
+        eps: added to the variance (default ``1e-5``). ``bias`` defaults to ``True``.
 
     Example:
         >>> import torch, modify
@@ -118,43 +139,20 @@ class AffineLayerNorm(_AffineNorm, Unary, Param, NonLinear, Vector):
 
     norm_class = LayerNorm
 
-    @classmethod
-    @typechecked
-    def from_pair(cls, norm: nn.Module, affine: nn.Module) -> AffineLayerNorm:
-        """The fused leaf of ``norm`` then ``affine``, holding ``affine``'s parameter objects.
-
-        Raises:
-            ValueError: not a ``LayerNorm(s)`` then an ``ElementwiseAffine(s)`` (``dim=-1``).
-        """
-        _require(cls, norm, affine, "LayerNorm(s) then ElementwiseAffine(s, dim=-1)")
-        fused = cls(norm.normalized_shape, norm.eps, bias=False, device="meta")
-        _share(fused, affine, "weight", "bias")
-        return fused
-
     def forward(self, x):
-        return F.layer_norm(expect_trailing(self, x, self.normalized_shape), self.normalized_shape, self.weight, self.bias, self.eps)
+        x = expect_trailing(self, x, self.normalized_shape)
+        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
 
 
 class AffineRMSNorm(_AffineNorm, Unary, Param, NonLinear, Vector):
     """``RMSNorm`` followed by its ``ElementwiseAffine``: ``F.rms_norm`` with the weight (+ bias).
 
     Computes what ``torch.nn.RMSNorm`` computes (Zhang & Sennrich 2019), plus the bias when there
-    is one. :func:`modify.fuse` builds it with :meth:`from_pair`.
+    is one.
 
     Args:
-        normalized_shape: the trailing shape normalised over (int or tuple).
-        eps: added to the mean square; ``None`` uses ``torch.finfo(x.dtype).eps``.
-        bias: learn a bias (default ``False``, as Llama).
-        device, dtype: of the parameters.
-
-    Shape:
-        ``(*, *normalized_shape) -> same``.
-
-    Attributes:
-        weight: ``normalized_shape``, ones. bias: ``normalized_shape``, zeros, or ``None``.
-
-    Raises:
-        ModifyValueError: the input's trailing shape differs from ``normalized_shape``.
+        eps: added to the mean square; ``None`` uses ``torch.finfo(x.dtype).eps``. ``bias``
+            defaults to ``False``, as Llama.
 
     Example:
         >>> import torch
@@ -177,19 +175,6 @@ class AffineRMSNorm(_AffineNorm, Unary, Param, NonLinear, Vector):
         super().__init__(normalized_shape, eps, bias, device, dtype)
 
     norm_class = RMSNorm
-
-    @classmethod
-    @typechecked
-    def from_pair(cls, norm: nn.Module, affine: nn.Module) -> AffineRMSNorm:
-        """The fused leaf of ``norm`` then ``affine``, holding ``affine``'s parameter objects.
-
-        Raises:
-            ValueError: not an ``RMSNorm(s)`` then an ``ElementwiseAffine(s)`` (``dim=-1``).
-        """
-        _require(cls, norm, affine, "RMSNorm(s) then ElementwiseAffine(s, dim=-1)")
-        fused = cls(norm.normalized_shape, norm.eps, device="meta")
-        _share(fused, affine, "weight", "bias")
-        return fused
 
     def forward(self, x):
         y = F.rms_norm(expect_trailing(self, x, self.normalized_shape), self.normalized_shape, self.weight, self.eps)

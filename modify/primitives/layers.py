@@ -12,7 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._core.checks import check_floating_dtype, check_sizes, checks_enabled, expect_last_dim, expect_tensor, typechecked
+from .._core.checks import (
+    check_floating_dtype,
+    check_sizes,
+    checks_enabled,
+    expect_last_dim,
+    expect_tensor,
+    typechecked,
+)
 from .._core.errors import ModifyTypeError, ModifyValueError, describe
 from .._core.module import Leaf
 from ..traits import Linear as LinearTrait

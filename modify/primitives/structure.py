@@ -38,7 +38,8 @@ class Copy(Leaf, Unary, ParamFree, Linear, Restructure):
     """Copy one value into a tuple of ``n`` references to it: ``x -> (x, ..., x)``.
 
     No memory is copied: every element is the input object itself. Any value (a tensor or a
-    nested tuple of tensors) may be copied; anything else (``None``, a list, a dict) is refused. The first step of :class:`~modify.Fork` and :class:`~modify.Residual`.
+    nested tuple of tensors) may be copied; anything else (``None``, a list, a dict) is refused.
+    The first step of :class:`~modify.Fork` and :class:`~modify.Residual`.
 
     Args:
         n: number of copies, at least 1.
