@@ -5,24 +5,14 @@ from .arithmetic import Add, Div, MatMul, Mul, Scale, Sub
 from .attention import RotaryEmbedding, ScaledDotProductAttention
 from .debug import Breakpoint, Print, PrintShape
 from .fused import AffineGroupNorm, AffineLayerNorm, AffineRMSNorm, ScaledLinear
+from .joins import Cat, Split, Stack
 from .layers import Conv1d, Conv2d, Embedding, Linear
-from .norms import BatchNorm1d, BatchNorm2d, ElementwiseAffine, GroupNorm, LayerNorm, RMSNorm
+from .batchnorm import BatchNorm1d, BatchNorm2d
+from .norms import ElementwiseAffine, GroupNorm, LayerNorm, RMSNorm
 from .pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 from .reductions import Max, Mean, Sum
-from .structure import (
-    Cat,
-    Copy,
-    Flatten,
-    Identity,
-    Index,
-    Permute,
-    Positions,
-    Rearrange,
-    Reshape,
-    Split,
-    Stack,
-    Transpose,
-)
+from .shape import Flatten, Permute, Rearrange, Reshape, Transpose
+from .structure import Copy, Identity, Index, Positions
 
 __all__ = [
     "AdaptiveAvgPool2d", "Add", "AffineGroupNorm", "AffineLayerNorm", "AffineRMSNorm", "AvgPool2d",

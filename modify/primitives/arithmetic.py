@@ -134,8 +134,6 @@ class MatMul(Leaf, Binary, ParamFree, NonLinear, Matrix):
     Raises:
         ModifyTypeError: the input is not a tuple of tensors.
         ModifyValueError: a tuple of other than 2 values.
-        RuntimeError: at run time, from torch (with this module's path), inner sizes that differ
-            (``K``) or batch dimensions that do not broadcast.
 
     Example:
         >>> import torch, modify

@@ -36,8 +36,6 @@ class ScaledDotProductAttention(Leaf, Ternary, ParamFree, NonLinear, Matrix):
         ModifyValueError: a tuple of other than three values; ``q``, ``k``, ``v`` of different
             ranks (or fewer than 2 dims); ``k`` and ``v`` of different lengths ``S``; ``H`` not a
             multiple of ``H_kv`` (or ``H_kv = 0``).
-        RuntimeError: at run time, from torch (with this module's path), ``q`` and ``k`` with
-            different ``E``.
 
     Example:
         >>> import torch, modify

@@ -38,8 +38,6 @@ class Sum(_Reduce, Unary, ParamFree, Linear, Reduction):
     Raises:
         TypeError: ``dim`` not an int, a tuple of ints or ``None``; ``keepdim`` not a bool.
         ModifyTypeError: the input is not a tensor.
-        IndexError: at run time, from torch (with this module's path), a dimension out of range
-            for the input.
 
     Example:
         >>> import torch, modify
@@ -69,9 +67,6 @@ class Mean(_Reduce, Unary, ParamFree, Linear, Reduction):
     Raises:
         TypeError: ``dim`` not an int, a tuple of ints or ``None``; ``keepdim`` not a bool.
         ModifyTypeError: the input is not a tensor.
-        IndexError: at run time, from torch (with this module's path), a dimension out of range
-            for the input.
-        RuntimeError: at run time, from torch, an integer input.
 
     Example:
         >>> import torch, modify
@@ -102,9 +97,6 @@ class Max(_Reduce, Unary, ParamFree, NonLinear, Reduction):
     Raises:
         TypeError: ``dim`` not an int, a tuple of ints or ``None``; ``keepdim`` not a bool.
         ModifyTypeError: the input is not a tensor.
-        IndexError: at run time, from torch (with this module's path), a dimension out of range
-            for the input, or a reduced dimension of size 0 (a maximum of nothing).
-        RuntimeError: at run time, from torch, ``dim=None`` on an empty input.
 
     Example:
         >>> import torch, modify
