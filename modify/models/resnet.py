@@ -266,25 +266,7 @@ def resnet34(num_classes: int = 1000, **config_overrides: Any) -> ResNet:
     """ResNet-34: basic blocks, stages of (3, 4, 6, 3), widths 64 to 512, randomly initialised.
 
     He et al. 2016, "Deep Residual Learning for Image Recognition"; torchvision's ``resnet34``
-    (same layers, parameter count and init; weights load with :meth:`ResNet.from_torchvision`).
-    The architecture's :class:`ResNetConfig` fields (``layer_type``, ``hidden_sizes``,
-    ``depths``) with ``num_classes`` and ``config_overrides`` on top.
-
-    Args:
-        num_classes: outputs of the classifier (default ``1000``, ImageNet's classes).
-        **config_overrides: other :class:`ResNetConfig` fields (e.g. ``num_channels=1``); they
-            win over the architecture's own.
-
-    Shape:
-        ``(B, num_channels, H, W)`` images (``num_channels`` 3 unless overridden) ->
-        ``(B, num_classes)`` logits, e.g. ``(B, 3, 224, 224) -> (B, 1000)``.
-
-    Returns:
-        A :class:`ResNet` in training mode (call ``.eval()`` for inference).
-
-    Raises:
-        TypeError: ``num_classes`` not an int; an unknown or mistyped config field.
-        ValueError: a config value :class:`ResNetConfig` refuses (``num_classes < 1``, say).
+    (same layers, parameter count and init). Arguments, shape, result and errors as :func:`resnet18`.
 
     Example:
         >>> from modify.models import resnet34
@@ -299,25 +281,7 @@ def resnet50(num_classes: int = 1000, **config_overrides: Any) -> ResNet:
     """ResNet-50: bottleneck blocks, stages of (3, 4, 6, 3), widths 256 to 2048, randomly initialised.
 
     He et al. 2016, "Deep Residual Learning for Image Recognition"; torchvision's ``resnet50``
-    (same layers, parameter count and init; weights load with :meth:`ResNet.from_torchvision`).
-    The architecture's :class:`ResNetConfig` fields (``layer_type``, ``hidden_sizes``,
-    ``depths``) with ``num_classes`` and ``config_overrides`` on top.
-
-    Args:
-        num_classes: outputs of the classifier (default ``1000``, ImageNet's classes).
-        **config_overrides: other :class:`ResNetConfig` fields (e.g. ``num_channels=1``); they
-            win over the architecture's own.
-
-    Shape:
-        ``(B, num_channels, H, W)`` images (``num_channels`` 3 unless overridden) ->
-        ``(B, num_classes)`` logits, e.g. ``(B, 3, 224, 224) -> (B, 1000)``.
-
-    Returns:
-        A :class:`ResNet` in training mode (call ``.eval()`` for inference).
-
-    Raises:
-        TypeError: ``num_classes`` not an int; an unknown or mistyped config field.
-        ValueError: a config value :class:`ResNetConfig` refuses (``num_classes < 1``, say).
+    (same layers, parameter count and init). Arguments, shape, result and errors as :func:`resnet18`.
 
     Example:
         >>> from modify.models import resnet50
