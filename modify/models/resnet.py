@@ -281,7 +281,9 @@ def resnet50(num_classes: int = 1000, **config_overrides: Any) -> ResNet:
     """ResNet-50: bottleneck blocks, stages of (3, 4, 6, 3), widths 256 to 2048, randomly initialised.
 
     He et al. 2016, "Deep Residual Learning for Image Recognition"; torchvision's ``resnet50``
-    (same layers, parameter count and init). Arguments, shape, result and errors as :func:`resnet18`.
+    (same layers, parameter count and init). Each bottleneck narrows the width 4x with a 1x1
+    convolution, runs its 3x3 convolution there and widens back with another 1x1 convolution.
+    Arguments, shape, result and errors as :func:`resnet18`.
 
     Example:
         >>> from modify.models import resnet50

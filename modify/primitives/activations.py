@@ -86,12 +86,13 @@ class SiLU(_Activation):
 
 
 class Tanh(_Activation):
-    """Hyperbolic tangent, as ``torch.nn.Tanh`` (``torch.tanh``).
+    """Hyperbolic tangent, as ``torch.nn.Tanh`` (``torch.tanh``): odd, with values in ``(-1, 1)``.
 
     Example:
         >>> import torch, modify
-        >>> modify.Tanh()(torch.zeros(1)).tolist()
-        [0.0]
+        >>> x = torch.tensor([-30.0, 0.0, 30.0])
+        >>> modify.Tanh()(x).tolist()
+        [-1.0, 0.0, 1.0]
     """
 
     def forward(self, x):
@@ -101,10 +102,13 @@ class Tanh(_Activation):
 class Sigmoid(_Activation):
     """Logistic sigmoid ``1 / (1 + exp(-x))``, as ``torch.nn.Sigmoid`` (``torch.sigmoid``).
 
+    Equal to ``(1 + tanh(x / 2)) / 2``; :class:`SiLU` is ``x * sigmoid(x)``.
+
     Example:
         >>> import torch, modify
-        >>> modify.Sigmoid()(torch.zeros(1)).tolist()
-        [0.5]
+        >>> x = torch.randn(4)
+        >>> torch.allclose(modify.Sigmoid()(x), (1 + torch.tanh(x / 2)) / 2, atol=1e-6)
+        True
     """
 
     def forward(self, x):
@@ -112,12 +116,12 @@ class Sigmoid(_Activation):
 
 
 class Exp(_Activation):
-    """Exponential ``e^x``, as ``torch.exp``.
+    """Exponential ``e^x``, as ``torch.exp``; the numerator of :class:`Softmax`.
 
     Example:
         >>> import torch, modify
-        >>> modify.Exp()(torch.zeros(1)).tolist()
-        [1.0]
+        >>> modify.Exp()(torch.tensor([0.0, 1.0]))
+        tensor([1.0000, 2.7183])
     """
 
     def forward(self, x):

@@ -22,8 +22,9 @@ def _advice(a: torch.Tensor, b: torch.Tensor) -> str:
 class _Pairwise(Leaf):
     """A binary elementwise op on ``(a, b)``: the family of ``Add``, ``Sub``, ``Mul``, ``Div``.
 
-    Each runs its torch operator but is strict about shapes: operands of different shapes raise
-    unless ``broadcast=True`` (the error advises it only for shapes that do broadcast).
+    Each runs the torch operator it is named after, but is strict about shapes: operands of
+    different shapes raise unless ``broadcast=True`` (the error advises it only for shapes that
+    do broadcast).
 
     Args:
         broadcast: allow operands of different, broadcastable shapes (default ``False``: a shape
@@ -55,10 +56,7 @@ class _Pairwise(Leaf):
 
 
 class Add(_Pairwise, Binary, ParamFree, Linear, Elementwise):
-    """Elementwise sum of a pair: ``(a, b) -> a + b``.
-
-    As ``torch.add``; ``broadcast``, shapes and errors as the family
-    (``_Pairwise``). The join of :class:`~modify.Residual`.
+    """Elementwise sum of a pair: ``(a, b) -> a + b``, as ``torch.add``; the join of :class:`~modify.Residual`.
 
     Example:
         >>> import torch, modify
@@ -72,15 +70,13 @@ class Add(_Pairwise, Binary, ParamFree, Linear, Elementwise):
 
 
 class Sub(_Pairwise, Binary, ParamFree, Linear, Elementwise):
-    """Elementwise difference of a pair: ``(a, b) -> a - b``.
-
-    As ``torch.sub``; ``broadcast``, shapes and errors as the family
-    (``_Pairwise``).
+    """Elementwise difference of a pair: ``(a, b) -> a - b``, as ``torch.sub``.
 
     Example:
         >>> import torch, modify
-        >>> modify.Sub()((torch.ones(2), torch.ones(2))).tolist()
-        [0.0, 0.0]
+        >>> a, b = torch.tensor([3.0, 1.0]), torch.tensor([1.0, 1.0])
+        >>> modify.Sub()((a, b)).tolist()
+        [2.0, 0.0]
     """
 
     def forward(self, x):
@@ -89,10 +85,10 @@ class Sub(_Pairwise, Binary, ParamFree, Linear, Elementwise):
 
 
 class Mul(_Pairwise, Binary, ParamFree, NonLinear, Elementwise):
-    """Elementwise product of a pair: ``(a, b) -> a * b``.
+    """Elementwise product of a pair: ``(a, b) -> a * b``, as ``torch.mul``.
 
-    As ``torch.mul``; ``broadcast``, shapes and errors as the family
-    (``_Pairwise``). Llama's SwiGLU multiplies its gate and up branches with it.
+    Bilinear in the pair, hence ``NonLinear``; Llama's SwiGLU multiplies its gate and up
+    branches with it.
 
     Example:
         >>> import torch, modify
@@ -106,15 +102,15 @@ class Mul(_Pairwise, Binary, ParamFree, NonLinear, Elementwise):
 
 
 class Div(_Pairwise, Binary, ParamFree, NonLinear, Elementwise):
-    """Elementwise true division of a pair: ``(a, b) -> a / b``.
+    """Elementwise true division of a pair: ``(a, b) -> a / b``, as ``torch.div``.
 
-    As ``torch.div``; ``broadcast``, shapes and errors as the family
-    (``_Pairwise``). Integer operands give a floating-point result (true division).
+    Integer operands give a floating-point result (true division).
 
     Example:
         >>> import torch, modify
-        >>> modify.Div()((torch.full((2,), 3.0), torch.full((2,), 2.0))).tolist()
-        [1.5, 1.5]
+        >>> a, b = torch.tensor([3, 1]), torch.tensor([2, 2])
+        >>> modify.Div()((a, b))
+        tensor([1.5000, 0.5000])
     """
 
     def forward(self, x):

@@ -347,4 +347,5 @@ class ScaledLinear(Leaf, Unary, Param, LinearTrait, Vector):
         return F.linear(expect_last_dim(self, x, self.in_features), self.weight, self.bias).mul_(self.c)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, c={self.c:g}, bias={self.bias is not None}"
+        sizes = f"in_features={self.in_features}, out_features={self.out_features}"
+        return f"{sizes}, c={self.c:g}, bias={self.bias is not None}"
