@@ -67,7 +67,28 @@ def _private_bases(cls: griffe.Class) -> list[griffe.Class]:
 
 
 def _merge_family_text(cls: griffe.Class, base: griffe.Class) -> None:
-    """Insert ``base``'s docstring, less its summary line, after ``cls``'s summary paragraph."""
-    own_summary, _, own_rest = cls.docstring.value.partition("\n\n")
-    _, _, family = base.docstring.value.partition("\n\n")
-    cls.docstring.value = "\n\n".join(part for part in (own_summary, family.strip(), own_rest) if part)
+    """``cls``'s summary, the family's paragraphs, its own, then each section once (family entries first)."""
+    own_text, own_sections = _split(cls.docstring.value)
+    family_text, family_sections = _split(base.docstring.value)
+    summary, _, own_rest = own_text.partition("\n\n")
+    _, _, family_rest = family_text.partition("\n\n")
+    sections: dict[str, list[str]] = {}
+    for header, body in (*family_sections, *own_sections):
+        sections.setdefault(header, []).append(body)
+    parts = [summary, family_rest.strip(), own_rest.strip()]
+    parts += [f"{header}:\n" + "\n".join(bodies) for header, bodies in sections.items()]
+    cls.docstring.value = "\n\n".join(part for part in parts if part)
+
+
+_HEADER = re.compile(r"^([A-Z][A-Za-z ]*):\s*$")
+
+
+def _split(text: str) -> tuple[str, list[tuple[str, str]]]:
+    """The paragraphs before the first section, and ``(header, indented body)`` per section."""
+    lines = text.strip().split("\n")
+    starts = [i for i, line in enumerate(lines) if _HEADER.match(line)]
+    if not starts:
+        return text.strip(), []
+    ends = [*starts[1:], len(lines)]
+    sections = [(_HEADER.match(lines[a]).group(1), "\n".join(lines[a + 1 : b]).rstrip()) for a, b in zip(starts, ends)]
+    return "\n".join(lines[: starts[0]]).strip(), sections
