@@ -300,7 +300,7 @@ def typechecked(fn: F) -> F:
 
 def _check_arguments(fn: Callable, signature: inspect.Signature, checkers: dict, args: tuple, kwargs: dict) -> None:
     name = fn.__qualname__.removesuffix(".__init__")
-    if args and "." in fn.__qualname__ and "<locals>" not in fn.__qualname__:
+    if args and next(iter(signature.parameters), None) in ("self", "cls"):
         # a method: name the class it was called on (Conv2d, not a private base such as _ConvNd)
         owner = args[0] if isinstance(args[0], type) else type(args[0])
         name = owner.__name__ if fn.__name__ == "__init__" else f"{owner.__name__}.{fn.__name__}"
