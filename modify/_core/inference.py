@@ -56,8 +56,8 @@ _AVG_POOLS = {1: (nn.AvgPool1d, nn.AdaptiveAvgPool1d), 2: (nn.AvgPool2d, nn.Adap
               3: (nn.AvgPool3d, nn.AdaptiveAvgPool3d)}
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
-#: Documented traits of ``torch.nn`` classes (subclasses, such as the ``Lazy*`` layers, inherit
-#: them); ``Param``/``ParamFree`` are read off each instance.
+#: Documented traits of ``torch.nn`` classes: subclasses inherit them, a ``Lazy*`` layer takes
+#: those of the class it turns into; ``Param``/``ParamFree`` are read off each instance.
 KNOWN: dict[type, tuple[type, ...]] = {
     **{cls: (Unary, NonLinear, Elementwise) for cls in _ELEMENTWISE_ACTIVATIONS},
     **{cls: (Unary, Linear, Elementwise) for cls in _IDENTITY_LIKE},
@@ -149,11 +149,16 @@ def torch_traits(module: nn.Module) -> frozenset[type]:
     ``Param``/``ParamFree`` come from the instance's parameters unless its class declares one.
     """
     own = class_traits(type(module))
-    documented = next((KNOWN[c] for c in type(module).__mro__ if c in KNOWN), ())
+    documented = next((KNOWN[c] for c in _documented_as(type(module)).__mro__ if c in KNOWN), ())
     found = set(own) | set(_for_instance(module, documented))
     if not own & {Param, ParamFree}:
         found.add(Param if next(module.parameters(), None) is not None else ParamFree)
     return frozenset(found)
+
+
+def _documented_as(cls: type) -> type:
+    """The class whose documented traits apply: a ``Lazy*`` layer's future class, else ``cls``."""
+    return getattr(cls, "cls_to_become", None) or cls
 
 
 def _for_instance(module: nn.Module, documented: tuple[type, ...]) -> tuple[type, ...]:

@@ -7,11 +7,14 @@ its parameters), so ``isinstance(w, trait)`` and ``traits_of(w)`` agree. It shar
 parameter, buffer and child with the given module by identity. So ``state_dict`` keys stay
 those of ``torch.nn`` (``0.weight``, not ``0.module.weight``), ``isinstance(w, nn.Linear)``
 still holds, and the given module itself is left untouched. Rewriters treat the result as a leaf.
+A ``Lazy*`` layer is wrapped once initialised (its first forward turns it into its plain class);
+before that wrapping it raises ``TypeError``.
 """
 
 from __future__ import annotations
 
 from torch import nn
+from torch.nn.parameter import is_lazy
 
 from ..traits import ARITY, KIND, LINEARITY, PARAMETERS
 from .inference import class_traits, torch_traits
@@ -38,14 +41,17 @@ def _wrapper_class(base: type, traits: frozenset[type]) -> type:
     if cls is None:
         extra = [t for t in _TRAIT_ORDER if t in traits - class_traits(base)]
         namespace = {"__module__": base.__module__, "__doc__": base.__doc__, "_opaque_base": base}
-        if getattr(base, "cls_to_become", None) is not None:  # a Lazy* layer turns into its class
-            namespace["cls_to_become"] = _wrapper_class(base.cls_to_become, traits)
         cls = type(base.__name__, (Opaque, base, *extra), namespace)
         _wrapper_classes[(base, traits)] = cls
     return cls
 
 
 def _rebuild(base: type, state: dict) -> nn.Module:
+    if any(is_lazy(t) for t in (*state["_parameters"].values(), *state["_buffers"].values())):
+        raise TypeError(
+            f"cannot wrap {base.__name__} with uninitialized parameters: run one forward through it "
+            f"first (it turns into {getattr(base, 'cls_to_become', base).__name__}), then compose it"
+        )
     module = object.__new__(base)
     module.__dict__.update(state)
     module.__class__ = _wrapper_class(base, torch_traits(module))
