@@ -30,6 +30,7 @@ class Opaque(ModifyModule):
     """Marker base of wrapped ``torch.nn`` modules: a leaf whose inside the algebra does not see."""
 
     _opaque_base: type = nn.Module
+    _opaque_traits: frozenset[type] = frozenset()
 
     def __reduce_ex__(self, protocol: object) -> tuple:
         return (_rebuild, (self._opaque_base, self.__dict__))
@@ -40,7 +41,8 @@ def _wrapper_class(base: type, traits: frozenset[type]) -> type:
     cls = _wrapper_classes.get((base, traits))
     if cls is None:
         extra = [t for t in _TRAIT_ORDER if t in traits - class_traits(base)]
-        namespace = {"__module__": base.__module__, "__doc__": base.__doc__, "_opaque_base": base}
+        namespace = {"__module__": base.__module__, "__doc__": base.__doc__, "_opaque_base": base,
+                     "_opaque_traits": traits}
         cls = type(base.__name__, (Opaque, base, *extra), namespace)
         _wrapper_classes[(base, traits)] = cls
     return cls
