@@ -41,6 +41,7 @@ import importlib.util
 import json
 import math
 import os
+import pickle
 import sys
 import sysconfig
 import time
@@ -49,45 +50,67 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from tqdm import tqdm
 
 import modify
 from modify.models import GPT, GPTConfig, generate
 
 
-def opt(default, help: str):
-    """A config field whose help text doubles as its comment."""
-    return field(default=default, metadata={"help": help})
+def opt(default, help: str, parse=None):
+    """A config field whose help text doubles as its comment; ``parse`` reads its command-line value."""
+    return field(default=default, metadata={"help": help, "parse": parse})
+
+
+def number(kind: type, low: float, high: float = math.inf, *, closed: bool = True, what: str = ""):
+    """An argparse ``type=``: a finite ``kind`` in ``[low, high)`` (``(low, high)`` if not ``closed``)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}") from None
+        if not (math.isfinite(value) and (low <= value if closed else low < value) and value < high):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return value
+
+    return parse
+
+
+POSITIVE_INT = number(int, 1, what="a positive integer")
+POSITIVE = number(float, 0, closed=False, what="a positive finite number")
 
 
 @dataclass
 class DemoConfig:
     # model: nanoGPT's "baby GPT", scaled down to train in about a minute on 2 CPU cores
-    n_layer: int = opt(4, "transformer blocks")
-    n_head: int = opt(4, "attention heads per block")
-    n_embd: int = opt(96, "embedding width")
-    block_size: int = opt(64, "context length in tokens (characters)")
-    dropout: float = opt(0.0, "dropout probability while pretraining")
+    n_layer: int = opt(4, "transformer blocks", POSITIVE_INT)
+    n_head: int = opt(4, "attention heads per block", POSITIVE_INT)
+    n_embd: int = opt(96, "embedding width", POSITIVE_INT)
+    block_size: int = opt(64, "context length in tokens (characters)", POSITIVE_INT)
+    dropout: float = opt(0.0, "dropout probability while pretraining", number(float, 0, 1, what="in [0, 1)"))
     # data
-    corpus_chars: int = opt(200_000, "characters taken from each corpus (first ones, sorted files)")
-    val_fraction: float = opt(0.1, "held-out tail of each corpus, for the loss table")
+    corpus_chars: int = opt(200_000, "characters taken from each corpus (first ones, sorted files)", POSITIVE_INT)
+    val_fraction: float = opt(0.1, "held-out tail of each corpus, for the loss table",
+                             number(float, 0, 1, closed=False, what="in (0, 1)"))
     text: str | None = opt(None, "your own UTF-8 text file: replaces corpus B (the adaptation corpus)")
     # training, the same number of steps in each phase
-    steps: int = opt(300, "optimizer steps for pretraining, and again for adaptation")
-    batch_size: int = opt(32, "sequences per step (per process with --ddp)")
-    lr: float = opt(3e-3, "peak AdamW learning rate for pretraining (warmup, then cosine decay)")
-    lora_rank: int = opt(8, "rank r of each adapter B @ A")
-    lora_alpha: float = opt(16.0, "adapter scale is alpha / rank")
-    lora_lr: float = opt(1e-2, "peak learning rate for the adapters")
-    eval_batches: int = opt(8, "held-out batches per loss in the table")
-    sample_tokens: int = opt(240, "tokens sampled from each model")
+    steps: int = opt(300, "optimizer steps for pretraining, and again for adaptation", POSITIVE_INT)
+    batch_size: int = opt(32, "sequences per step (per process with --ddp)", POSITIVE_INT)
+    lr: float = opt(3e-3, "peak AdamW learning rate for pretraining (warmup, then cosine decay)", POSITIVE)
+    lora_rank: int = opt(8, "rank r of each adapter B @ A", POSITIVE_INT)
+    lora_alpha: float = opt(16.0, "adapter scale is alpha / rank", POSITIVE)
+    lora_lr: float = opt(1e-2, "peak learning rate for the adapters", POSITIVE)
+    eval_batches: int = opt(8, "held-out batches per loss in the table", POSITIVE_INT)
+    sample_tokens: int = opt(240, "tokens sampled from each model", POSITIVE_INT)
     seed: int = opt(1337, "seed for initialisation, batches and samples")
     # where and how
     hf_checkpoint: str | None = opt(None, "local Hugging Face GPT-2 folder to start from instead of pretraining")
     tokenizer: str = opt("auto", "with --hf-checkpoint: auto, bpe (the folder's, needs transformers) or bytes")
     device: str = opt("auto", "auto (cuda if available), cpu, cuda, cuda:N or mps")
     threads: int = opt(0, "CPU threads; 0: one for the small default model (its matrices are too small to gain "
-                          "from more, and one thread is not stalled by other busy processes), all with --hf-checkpoint")
+                          "from more, and one thread is not stalled by other busy processes), all with --hf-checkpoint",
+                       number(int, 0, what="0 (automatic) or a positive integer"))
     compile: bool = opt(False, "train through torch.compile")
     ddp: bool = opt(False, "DistributedDataParallel; launch with torchrun (gloo on CPU, nccl on GPU)")
     out: str = opt("build/demo", "folder for the loss plot")
@@ -289,25 +312,14 @@ def parse_args(argv: list[str] | None) -> DemoConfig:
         else:
             kind, metavar = {"int": (int, "N"), "float": (float, "X")}.get(f.type, (str, "PATH"))
             metavar = "DEVICE" if f.name == "device" else metavar
-            parser.add_argument(flag, type=kind, default=f.default, help=help, metavar=metavar)
+            parser.add_argument(flag, type=f.metadata["parse"] or kind, default=f.default, help=help, metavar=metavar)
     return DemoConfig(**vars(parser.parse_args(argv)))
 
 
 def validate(cfg: DemoConfig) -> None:
-    """Check every option before any work starts; ``fail`` with the first problem."""
-    for name in ("n_layer", "n_head", "n_embd", "block_size", "corpus_chars", "steps", "batch_size",
-                 "lora_rank", "eval_batches", "sample_tokens"):
-        if getattr(cfg, name) < 1:
-            fail(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(cfg, name)}")
-    for name in ("lr", "lora_lr", "lora_alpha"):
-        if not getattr(cfg, name) > 0:
-            fail(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
-    if cfg.threads < 0:
-        fail(f"--threads must be 0 (automatic) or a positive integer, got {cfg.threads}")
+    """Check the options together before any work starts (each alone was checked while parsing)."""
     if cfg.n_embd % cfg.n_head:
         fail(f"--n-embd ({cfg.n_embd}) must be divisible by --n-head ({cfg.n_head})")
-    if not 0 <= cfg.dropout < 1 or not 0 < cfg.val_fraction < 1:
-        fail(f"--dropout must be in [0, 1) and --val-fraction in (0, 1), got {cfg.dropout} and {cfg.val_fraction}")
     if cfg.text is not None:
         read_text(cfg.text)
     if cfg.hf_checkpoint is not None:
@@ -322,6 +334,8 @@ def validate(cfg: DemoConfig) -> None:
 def read_text(path: str) -> str:
     """The UTF-8 text of ``--text``, or ``fail``."""
     file = Path(path)
+    if file.is_dir():
+        fail(f"--text {path} is a folder, not a text file")
     if not file.is_file():
         fail(f"--text {path}: no such file")
     try:
@@ -351,6 +365,10 @@ def check_checkpoint(folder: Path, tokenizer: str) -> None:
         fail(f"--tokenizer bpe: {folder} has no tokenizer.json nor vocab.json + merges.txt")
     if tokenizer == "bpe" and importlib.util.find_spec("transformers") is None:
         fail("--tokenizer bpe needs transformers (pip install transformers), or use --tokenizer bytes")
+
+
+# What reading a damaged weights file raises: torch.load's pickle and archive errors, OS errors.
+LOAD_ERRORS = (ValueError, TypeError, KeyError, OSError, EOFError, RuntimeError, pickle.UnpicklingError)
 
 
 def resolve_device(spec: str, local_rank: int) -> torch.device:
@@ -412,8 +430,9 @@ def make_base(cfg: DemoConfig, texts: list[str]):
     tokenizer = HFTokenizer(str(folder)) if use_bpe else GPT2ByteTokenizer()
     try:
         base = GPT.from_pretrained(str(folder))
-    except (ValueError, TypeError, KeyError, OSError) as error:
-        fail(f"--hf-checkpoint {folder} could not be loaded: {error}")
+    except (*LOAD_ERRORS, SafetensorError) as error:  # e.g. a truncated model.safetensors, an empty .bin
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else "the file ends early"
+        fail(f"--hf-checkpoint {folder} could not be loaded: {type(error).__name__}: {reason}")
     cfg.block_size = min(cfg.block_size, base.config.block_size)
     return tokenizer, base
 

@@ -15,7 +15,7 @@ from .primitives import __all__ as _primitives
 from .rewriting import *  # noqa: F403
 from .rewriting import __all__ as _rewriting
 from . import models
-from .traits import traits_of
+from ._core.inference import traits_of
 
 __version__ = "0.1.0"
 

@@ -13,11 +13,11 @@ from torch import nn
 
 from ._core.checks import check_child_name, checks_enabled, expect_tuple, typechecked
 from ._core.errors import annotate
+from ._core.inference import combine_parallel, combine_sequence, traits_of
 from ._core.module import ModifyModule
 from ._core.opaque import wrap
 from .primitives.arithmetic import Add
 from .primitives.structure import Copy, Identity
-from .traits import combine_parallel, combine_sequence, traits_of
 
 
 class Combinator(ModifyModule):

@@ -125,7 +125,7 @@ def bad_inputs(tmp_path: Path) -> list[tuple[list[str], str]]:
     no_config = tmp_path / "no_config"
     no_config.mkdir()
     return [
-        (["--steps", "0"], "--steps must be a positive integer, got 0"),
+        (["--steps", "0"], "argument --steps: must be a positive integer, got 0"),
         (["--steps", "many"], "argument --steps: invalid int value: 'many'"),
         (["--text", str(tmp_path / "missing.txt")], "missing.txt: no such file"),
         (["--text", str(empty)], "empty.txt is empty"),
@@ -136,8 +136,10 @@ def bad_inputs(tmp_path: Path) -> list[tuple[list[str], str]]:
         (["--n-head", "3"], "--n-embd (16) must be divisible by --n-head (3)"),
         (["--device", "quantum"], "--device 'quantum' is not a device"),
         (["--ddp"], "--ddp needs the environment torchrun sets"),
-        (["--threads", "-1"], "--threads must be 0 (automatic) or a positive integer, got -1"),
-        (["--lora-lr", "0"], "--lora-lr must be positive, got 0.0"),
+        (["--threads", "-1"], "argument --threads: must be 0 (automatic) or a positive integer, got -1"),
+        (["--lora-lr", "0"], "argument --lora-lr: must be a positive finite number, got 0"),
+        (["--dropout", "1"], "argument --dropout: must be in [0, 1), got 1"),
+        (["--val-fraction", "nan"], "argument --val-fraction: must be in (0, 1), got nan"),
     ]
 
 
@@ -161,6 +163,41 @@ def test_bad_input_from_the_command_line_has_no_traceback(tmp_path):
     assert result.returncode == 2
     assert result.stderr == f"gpt_lora.py: error: --text {tmp_path / 'missing.txt'}: no such file\n"
     assert result.stdout == ""
+
+
+def damaged_checkpoint(tmp_path: Path, name: str, content: bytes) -> Path:
+    """A GPT-2 folder whose weights file ``name`` holds ``content`` (and no other weights file)."""
+    folder = tmp_path / name.replace(".", "_")
+    write_tiny_gpt2(folder, with_tokenizer=False)
+    (folder / "model.safetensors").unlink()
+    (folder / name).write_bytes(content)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("corrupt-safetensors", "could not be loaded: "),
+        ("empty-bin", "could not be loaded: "),
+        ("lr-inf", "argument --lr: must be a positive finite number, got inf"),
+        ("lora-lr-inf", "argument --lora-lr: must be a positive finite number, got inf"),
+        ("text-folder", "is a folder, not a text file"),
+    ],
+)
+def test_bad_input_from_the_command_line_exits_2_with_one_line(tmp_path, case, message):
+    """Issue 11's inputs, each in a fresh process: exit code 2, one line on stderr, nothing on stdout."""
+    argv = {
+        "corrupt-safetensors": lambda: ["--hf-checkpoint", str(damaged_checkpoint(tmp_path, "model.safetensors",
+                                                                                  b"\x08" + b"garbage" * 20))],
+        "empty-bin": lambda: ["--hf-checkpoint", str(damaged_checkpoint(tmp_path, "pytorch_model.bin", b""))],
+        "lr-inf": lambda: ["--lr", "inf"],
+        "lora-lr-inf": lambda: ["--lora-lr", "inf"],
+        "text-folder": lambda: ["--text", str(tmp_path)],
+    }[case]()
+    result = subprocess.run([sys.executable, str(EXAMPLE), *TINY, *argv], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.startswith("gpt_lora.py: error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert message in result.stderr and result.stdout == ""
 
 
 def test_ddp_under_torchrun_with_gloo(tmp_path):

@@ -17,7 +17,8 @@ import modify
 from modify import traits
 from modify.traits import (
     ARITY,
-    EXCLUSIVE_GROUPS,
+    LINEARITY,
+    PARAMETERS,
     Binary,
     Elementwise,
     Matrix,
@@ -32,6 +33,8 @@ from modify.traits import (
     Vector,
 )
 from modify.traits import Linear as LinearTrait
+
+EXCLUSIVE_GROUPS = (ARITY, PARAMETERS, LINEARITY)
 
 IDS = [case.id for case in CASES]
 PUBLIC_LEAVES = sorted(

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from ..traits import class_traits
+from .inference import Traited
 
 
-class ModifyModule(torch.nn.Module):
+class ModifyModule(torch.nn.Module, Traited):
     """Base of every module in the algebra: a ``torch.nn.Module`` from one value to one value.
 
     A *value* is a ``torch.Tensor`` or a (possibly nested) ``tuple`` of values. ``forward`` takes
@@ -34,8 +34,6 @@ class ModifyModule(torch.nn.Module):
         (True, True)
     """
 
-    def _infer_traits(self) -> frozenset[type]:
-        return class_traits(type(self))
 
 
 class Leaf(ModifyModule):

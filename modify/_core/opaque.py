@@ -1,99 +1,62 @@
 """Plain ``torch.nn`` modules inside the algebra: wrapped as opaque leaves.
 
 ``wrap(nn.ReLU())`` returns a sibling of the module whose class derives from both the module's
-own class and :class:`ModifyModule` (plus the traits documented for that class), sharing every
-parameter, buffer and child with the given module by identity. So ``state_dict`` keys stay those
-of ``torch.nn`` (``0.weight``, not ``0.module.weight``), ``isinstance(w, nn.Linear)`` still holds,
-and the given module itself is left untouched. Rewriters treat the result as a leaf.
+own class and :class:`ModifyModule`, plus the traits :func:`~modify.traits_of` gives the
+module (documented for its class, refined for the instance, ``Param``/``ParamFree`` read off
+its parameters), so ``isinstance(w, trait)`` and ``traits_of(w)`` agree. It shares every
+parameter, buffer and child with the given module by identity. So ``state_dict`` keys stay
+those of ``torch.nn`` (``0.weight``, not ``0.module.weight``), ``isinstance(w, nn.Linear)``
+still holds, and the given module itself is left untouched. Rewriters treat the result as a leaf.
+A ``Lazy*`` layer is wrapped once initialised (its first forward turns it into its plain class);
+before that wrapping it raises ``TypeError``.
 """
 
 from __future__ import annotations
 
 from torch import nn
+from torch.nn.parameter import is_lazy
 
-from ..traits import (
-    Elementwise,
-    Linear,
-    Matrix,
-    NonLinear,
-    Param,
-    ParamFree,
-    Reduction,
-    Restructure,
-    Unary,
-    Vector,
-    class_traits,
-)
+from ..traits import ARITY, KIND, LINEARITY, PARAMETERS
+from .inference import class_traits, torch_traits
 from .module import ModifyModule
 
-# Documented traits of torch.nn classes (parameters are read off the instance).
-_KNOWN: dict[type, tuple[type, ...]] = {
-    nn.Identity: (Unary, Linear, Elementwise),
-    nn.Dropout: (Unary, Linear, Elementwise),
-    nn.ReLU: (Unary, NonLinear, Elementwise),
-    nn.GELU: (Unary, NonLinear, Elementwise),
-    nn.SiLU: (Unary, NonLinear, Elementwise),
-    nn.Tanh: (Unary, NonLinear, Elementwise),
-    nn.Sigmoid: (Unary, NonLinear, Elementwise),
-    nn.LeakyReLU: (Unary, NonLinear, Elementwise),
-    nn.Softmax: (Unary, NonLinear, Vector),
-    nn.LogSoftmax: (Unary, NonLinear, Vector),
-    nn.Linear: (Unary, Linear, Vector),
-    nn.Conv1d: (Unary, Linear),
-    nn.Conv2d: (Unary, Linear),
-    nn.Embedding: (Unary, NonLinear),
-    nn.LayerNorm: (Unary, NonLinear, Vector),
-    nn.RMSNorm: (Unary, NonLinear, Vector),
-    nn.GroupNorm: (Unary, NonLinear),
-    nn.BatchNorm1d: (Unary, NonLinear),
-    nn.BatchNorm2d: (Unary, NonLinear),
-    nn.Flatten: (Unary, Linear, Restructure),
-    nn.MaxPool2d: (Unary, NonLinear, Reduction, Matrix),
-    nn.AvgPool2d: (Unary, Linear, Reduction, Matrix),
-    nn.AdaptiveAvgPool2d: (Unary, Linear, Reduction, Matrix),
-}
+_TRAIT_ORDER = (*ARITY, *PARAMETERS, *LINEARITY, *KIND)
 
-_wrapper_classes: dict[type, type] = {}
+# One wrapper class per (torch.nn class, traits of the instance).
+_wrapper_classes: dict[tuple[type, frozenset[type]], type] = {}
 
 
 class Opaque(ModifyModule):
     """Marker base of wrapped ``torch.nn`` modules: a leaf whose inside the algebra does not see."""
 
-    def _infer_traits(self) -> frozenset[type]:
-        return torch_traits(self)
-
     _opaque_base: type = nn.Module
+    _opaque_traits: frozenset[type] = frozenset()
 
     def __reduce_ex__(self, protocol: object) -> tuple:
         return (_rebuild, (self._opaque_base, self.__dict__))
 
 
-def _documented(cls: type) -> tuple[type, ...]:
-    for parent in cls.__mro__:
-        if parent in _KNOWN:
-            return _KNOWN[parent]
-    return ()
-
-
-def torch_traits(module: nn.Module) -> frozenset[type]:
-    """Traits of a plain ``torch.nn`` module: its documented ones, ``Param`` from its parameters."""
-    has_params = next(module.parameters(), None) is not None
-    own = class_traits(type(module)) - {Param, ParamFree}
-    return frozenset(own | set(_documented(type(module))) | {Param if has_params else ParamFree})
-
-
-def _wrapper_class(base: type) -> type:
-    cls = _wrapper_classes.get(base)
+def _wrapper_class(base: type, traits: frozenset[type]) -> type:
+    """``base`` with :class:`Opaque` and the ``traits`` it does not inherit yet as bases."""
+    cls = _wrapper_classes.get((base, traits))
     if cls is None:
-        namespace = {"__module__": base.__module__, "__doc__": base.__doc__, "_opaque_base": base}
-        cls = type(base.__name__, (Opaque, base, *_documented(base)), namespace)
-        _wrapper_classes[base] = cls
+        extra = [t for t in _TRAIT_ORDER if t in traits - class_traits(base)]
+        namespace = {"__module__": base.__module__, "__doc__": base.__doc__, "_opaque_base": base,
+                     "_opaque_traits": traits}
+        cls = type(base.__name__, (Opaque, base, *extra), namespace)
+        _wrapper_classes[(base, traits)] = cls
     return cls
 
 
 def _rebuild(base: type, state: dict) -> nn.Module:
-    module = object.__new__(_wrapper_class(base))
+    if any(is_lazy(t) for t in (*state["_parameters"].values(), *state["_buffers"].values())):
+        raise TypeError(
+            f"cannot wrap {base.__name__} with uninitialized parameters: run one forward through it "
+            f"first (it turns into {getattr(base, 'cls_to_become', base).__name__}), then compose it"
+        )
+    module = object.__new__(base)
     module.__dict__.update(state)
+    module.__class__ = _wrapper_class(base, torch_traits(module))
     return module
 
 

@@ -145,8 +145,9 @@ class _Mutable(nn.Module):
 
     def __reduce_ex__(self, protocol: object) -> tuple:
         base = type(self)._mutable_base
-        opaque = issubclass(base, Opaque)
-        return (_new_mutable, (base._opaque_base if opaque else base, opaque), self.__dict__)
+        if issubclass(base, Opaque):
+            return (_new_mutable, (base._opaque_base, base._opaque_traits), self.__dict__)
+        return (_new_mutable, (base, None), self.__dict__)
 
 
 def _converted(tensor: torch.Tensor, fn) -> torch.Tensor:
@@ -179,8 +180,10 @@ def _mutable_class(base: type) -> type:
     return cls
 
 
-def _new_mutable(base: type, opaque: bool) -> nn.Module:
-    return object.__new__(_mutable_class(_wrapper_class(base) if opaque else base))
+def _new_mutable(base: type, opaque_traits: frozenset[type] | None) -> nn.Module:
+    """An empty mutable sibling of ``base``, wrapped as an opaque leaf with ``opaque_traits``."""
+    wrapped = base if opaque_traits is None else _wrapper_class(base, opaque_traits)
+    return object.__new__(_mutable_class(wrapped))
 
 
 def _sibling(module: nn.Module, slots: dict[int, _Slot], made: dict[int, nn.Module]) -> nn.Module:

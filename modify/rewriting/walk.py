@@ -23,8 +23,9 @@ from typing import Callable, Union
 from torch import nn
 
 from .._core.checks import typechecked
+from .._core.inference import traits_of
 from ..combinators import Combinator, Sequential
-from ..traits import Trait, traits_of
+from ..traits import Trait
 
 Criterion = Union[type, str, Callable[[str, nn.Module], bool]]
 Match = Callable[[str, nn.Module], bool]

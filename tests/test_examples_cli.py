@@ -1,0 +1,60 @@
+"""The examples' command lines: ``--help`` describes every flag with its default; bad values are
+refused before any work, in a fresh process, with exit code 2 and one line naming the flag."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+CONFIGS = {"gpt_lora": "DemoConfig", "maml": "Config", "hypernetwork": "Config", "resnet": "ExampleConfig"}
+
+
+def config_fields(name: str) -> list[str]:
+    spec = importlib.util.spec_from_file_location(f"cli_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
+    try:
+        spec.loader.exec_module(module)
+        return [f.name for f in dataclasses.fields(getattr(module, CONFIGS[name]))]
+    finally:
+        del sys.modules[spec.name]
+
+
+def run(name: str, *argv: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(EXAMPLES / f"{name}.py"), *argv]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, env={"COLUMNS": "100"})
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_help_describes_every_flag_and_its_default(name):
+    result = run(name, "--help")
+    assert result.returncode == 0, result.stderr
+    options = result.stdout.split("options:")[1]
+    entries = [" ".join(entry.split()) for entry in options.split("\n  --")[1:]]  # one per flag, unwrapped
+    assert sorted(e.split()[0] for e in entries) == sorted(f.replace("_", "-") for f in config_fields(name))
+    for entry in entries:  # "flag [METAVAR] what it does (default: value)"
+        assert "(default: " in entry and len(entry.split("(default:")[0].split()) >= 3, entry
+
+
+@pytest.mark.parametrize(
+    ("name", "argv", "message"),
+    [
+        ("maml", ["--steps", "0"], "maml.py: error: argument --steps: must be positive, got 0"),
+        ("maml", ["--inner-lr", "inf"], "maml.py: error: argument --inner-lr: must be positive, got inf"),
+        ("hypernetwork", ["--batch-size", "-1"], "hypernetwork.py: error: argument --batch-size: must be positive, got -1"),
+        ("hypernetwork", ["--lr", "nan"], "hypernetwork.py: error: argument --lr: must be positive, got nan"),
+        ("resnet", ["--steps", "0"], "resnet.py: error: argument --steps: must be positive, got 0"),
+        ("resnet", ["--noise", "-0.5"], "resnet.py: error: argument --noise: must be non-negative, got -0.5"),
+        ("resnet", ["--width", "wide"], "resnet.py: error: argument --width: invalid int value: 'wide'"),
+    ],
+)
+def test_bad_values_exit_2_with_one_line(name, argv, message):
+    result = run(name, *argv)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == message + "\n"
