@@ -13,7 +13,7 @@ Example:
     torch.Size([1, 8, 16])
 """
 
-from ._checkpoint import CheckpointError
+from ._errors import CheckpointError
 from ._generate import generate
 from ._layers import Positions
 from ._resnet_blocks import BasicBlock, Bottleneck

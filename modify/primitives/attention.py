@@ -81,7 +81,8 @@ def rope_inverse_frequencies(dim: int, base: float, scaling: dict | None = None)
         base: ``rope_theta``.
         scaling: Hugging Face's ``rope_scaling`` dict; ``rope_type`` ``"llama3"`` (keys
             ``factor``, ``low_freq_factor``, ``high_freq_factor``,
-            ``original_max_position_embeddings``) or ``"default"``/``None``.
+            ``original_max_position_embeddings``), ``"linear"`` (key ``factor``: frequencies
+            divided by it) or ``"default"``/``None``.
 
     Returns:
         ``(dim // 2,)`` float32.
@@ -93,8 +94,10 @@ def rope_inverse_frequencies(dim: int, base: float, scaling: dict | None = None)
     kind = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
     if kind == "default":
         return inv_freq
+    if kind == "linear" and "factor" in scaling:  # positions divided by factor (Chen et al. 2023)
+        return inv_freq / float(scaling["factor"])
     if kind != "llama3":
-        raise ValueError(f"RotaryEmbedding: unsupported rope_type {kind!r} (supported: 'default', 'llama3')")
+        raise ValueError(f"RotaryEmbedding: unsupported rope_type {kind!r} (supported: 'default', 'linear', 'llama3')")
     missing = [key for key in _LLAMA3_KEYS if key not in scaling]
     if missing:
         raise ValueError(f"RotaryEmbedding: llama3 rope_scaling lacks {missing}, got {scaling}")
