@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,6 +143,8 @@ def _read_index(path: Path, owner: str) -> dict[str, Entry]:
 
 
 def _read_safetensors(path: Path, owner: str) -> dict[str, Entry]:
+    if path.stat().st_size == 0:
+        raise CheckpointError.bad_file(owner, path, "is not a readable safetensors file (it is empty)")
     try:
         with safe_open(path, framework="pt") as handle:
             names = list(handle.keys())
@@ -179,11 +182,13 @@ def _safetensors_dtype(name: str, path: Path, owner: str) -> torch.dtype:
 
 
 def _read_pickle(path: Path, owner: str) -> dict[str, Entry]:
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    if path.stat().st_size == 0:
+        raise CheckpointError.bad_file(owner, path, "is not a readable torch.save file (it is empty)")
+    try:  # files torch.save wrote before PyTorch 1.6 are not zip archives and cannot be mapped
+        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as error:  # torch raises EOFError, RuntimeError, UnpicklingError, KeyError, ...
-        first_line = (str(error) or type(error).__name__).splitlines()[0]
-        raise CheckpointError.bad_file(owner, path, f"is not a readable torch.save file ({first_line})") from None
+        reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        raise CheckpointError.bad_file(owner, path, f"is not a readable torch.save file ({reason})") from None
     return _state_entries(loaded, owner, f"'{path}'")
 
 
