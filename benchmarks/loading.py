@@ -60,6 +60,7 @@ def make_llama_1b(folder: Path) -> Path:
             k: (torch.ones(s) if "norm" in k else 0.02 * torch.randn(s, generator=gen)).to(torch.bfloat16)
             for k, s in shapes.items()
         }
+        folder.mkdir(parents=True, exist_ok=True)
         save_torch_state_dict(state, folder, metadata={"format": "pt"})
         config.save_pretrained(folder)
     return folder
