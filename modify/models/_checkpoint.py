@@ -18,6 +18,7 @@ from typing import Any, Union
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from ..primitives import RotaryEmbedding
 from ._errors import CheckpointError
@@ -104,11 +105,31 @@ def load_pretrained(
     config_json, where = read_config(source, owner)
     config = _config(family, config_json, overrides, owner, where)
     checkpoint = Checkpoint(read_entries(source, owner), config_json, where)
-    with torch.device("meta"):
+    with torch.device("meta"), _SkipMetaInit():
         model = make(config)
     plan = _plan(model, checkpoint, family.keys, owner)
     _fill(model, plan, family.keys, dtype, device, owner)
     return model.eval()
+
+
+class _SkipMetaInit(TorchFunctionMode):
+    """Initialisation of meta tensors skipped (in-place fills, ``torch.nn.init``, ``torch.normal``):
+    it computes nothing (meta tensors hold no values), yet PyTorch's first random op on the meta
+    device imports ``torch._dynamo``, seconds of a fresh process's load."""
+
+    SKIPPED = frozenset({torch.Tensor.normal_, torch.Tensor.uniform_, torch.Tensor.copy_, torch.Tensor.fill_,
+                         torch.Tensor.zero_})  # fmt: skip
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        initialises = func in self.SKIPPED or getattr(func, "__module__", None) == "torch.nn.init"
+        target = args[0] if args else kwargs.get("tensor")  # torch.nn.init passes it by keyword
+        if initialises and isinstance(target, torch.Tensor) and target.is_meta:
+            return target
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        if func is torch.normal and tensors and all(t.is_meta for t in tensors):  # a Distribution's sample
+            return torch.empty(torch.broadcast_shapes(*(t.shape for t in tensors)), dtype=tensors[0].dtype, device="meta")
+        return func(*args, **kwargs)
 
 
 def _target_dtype(dtype: DType, owner: str) -> torch.dtype | None:
