@@ -96,7 +96,9 @@ def child(side: str, case: str, folder: str) -> None:
 def measure(side: str, case: str, folder: Path) -> dict:
     command = [sys.executable, "-m", "benchmarks.loading", "--child", side, case, str(folder)]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    print(f"  {case} {side}: {figures['seconds']:.2f} s, +{figures['peak_mib']:.0f} MiB", file=sys.stderr, flush=True)
+    return figures
 
 
 def compare(case: str, folder: Path, rounds: int) -> str:
@@ -114,7 +116,7 @@ def compare(case: str, folder: Path, rounds: int) -> str:
         f"| wall time | {ours['seconds']:.2f} s | {theirs['seconds']:.2f} s | {ours['seconds'] / theirs['seconds']:.2f} |",
         f"| peak RSS growth | {ours['peak_mib']:.0f} MiB ({ours['peak_mib'] / size:.2f}x file) "
         f"| {theirs['peak_mib']:.0f} MiB ({theirs['peak_mib'] / size:.2f}x file) "
-        f"| {ours['peak_mib'] / theirs['peak_mib']:.2f} |",
+        f"| {ours['peak_mib'] / max(theirs['peak_mib'], 1e-9):.2f} |",
     ]
     return "\n".join(lines)
 

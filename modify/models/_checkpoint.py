@@ -104,7 +104,7 @@ def load_pretrained(
     dtype, device = _target_dtype(dtype, owner), torch.device("cpu" if device is None else device)
     config_json, where = read_config(source, owner)
     config = _config(family, config_json, overrides, owner, where)
-    checkpoint = Checkpoint(read_entries(source, owner), config_json, where)
+    checkpoint = Checkpoint(read_entries(source, owner), where)
     with torch.device("meta"), _SkipMetaInit():
         model = make(config)
     plan = _plan(model, checkpoint, family.keys, owner)

@@ -1,6 +1,6 @@
 """Reading checkpoint sources lazily: ``config.json``, safetensors, ``.bin`` and sharded indexes.
 
-A source becomes a :class:`Checkpoint`: the folder's validated ``config.json`` (or ``None``) and
+:func:`read_config` gives a folder's validated ``config.json``; :func:`read_entries` gives
 one :class:`Entry` per tensor, holding its shape and dtype (read from the file's header or the
 pickle's metadata) and a way to fetch it. No tensor data is read until :meth:`Entry.load`:
 safetensors are opened with ``safe_open`` and ``.bin`` files with
@@ -45,13 +45,10 @@ class Entry:
 
 @dataclass
 class Checkpoint:
-    """The tensors of a source by the reference's key names, the folder's ``config.json`` if any.
-
-    ``where`` names the source in messages (``"folder '/x'"``, ``"the state_dict given"``).
-    """
+    """The tensors of a source by the reference's key names, and ``where``: the source in
+    messages (``"'/x'"`` for a folder or file, ``"the state_dict given"``)."""
 
     entries: dict[str, Entry]
-    config: dict[str, Any] | None
     where: str
 
 

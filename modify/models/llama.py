@@ -6,6 +6,7 @@ Models". Config field names, layout and weights follow Hugging Face's ``LlamaFor
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,8 +67,9 @@ class LlamaConfig:
 
     Raises:
         TypeError: a field of the wrong type.
-        ValueError: non-positive sizes; heads not a multiple of key/value heads; an unsupported
-            or incomplete ``rope_scaling``.
+        ValueError: non-positive sizes (head_dim 0 included), non-finite epsilon or theta; heads
+            not a multiple of key/value heads; an unsupported or incomplete ``rope_scaling``, or
+            one with non-numeric, non-positive factors.
 
     Example:
         >>> from modify.models import LlamaConfig
@@ -103,6 +105,13 @@ class LlamaConfig:
             self.num_key_value_heads = self.num_attention_heads
         if self.head_dim is None:
             self.head_dim = self.hidden_size // self.num_attention_heads
+        if self.head_dim < 1:
+            raise ValueError(
+                f"LlamaConfig: hidden_size ({self.hidden_size}) gives head_dim 0 with {self.num_attention_heads} heads"
+            )
+        for name in ("rms_norm_eps", "rope_theta", "initializer_range"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"LlamaConfig: {name} must be a finite positive number, got {getattr(self, name)}")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(
                 f"LlamaConfig: num_attention_heads ({self.num_attention_heads}) must be a multiple of "
@@ -129,9 +138,15 @@ def _check_rope_scaling(scaling: dict[str, Any] | None) -> None:
     missing = [key for key in needed if key not in scaling]
     if missing:
         raise ValueError(f"LlamaConfig: {kind} rope_scaling lacks {missing}")
-    factor = scaling.get("factor", 1.0)
-    if kind == "linear" and not (isinstance(factor, (int, float)) and factor > 0):
-        raise ValueError(f"LlamaConfig: linear rope_scaling factor must be a positive number, got {factor!r}")
+    bad = {key: scaling[key] for key in needed if not _positive_number(scaling[key])}
+    if bad:
+        raise ValueError(f"LlamaConfig: {kind} rope_scaling values must be finite positive numbers, got {bad}")
+    if kind == "llama3" and scaling["high_freq_factor"] <= scaling["low_freq_factor"]:
+        raise ValueError(f"LlamaConfig: llama3 rope_scaling needs high_freq_factor > low_freq_factor, got {scaling}")
+
+
+def _positive_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 class Llama(SavesPretrained, Sequential):
