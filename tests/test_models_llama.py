@@ -161,6 +161,15 @@ def test_generate_crops_to_max_position_embeddings():
         (dict(rope_scaling={"rope_type": "llama3", "factor": 8.0}), ValueError, "lacks"),
         (dict(head_dim=15), ValueError, "head_dim must be even"),
         (dict(hidden_size=64.0), TypeError, "field 'hidden_size'"),
+        (dict(hidden_size=2, num_attention_heads=4, num_key_value_heads=4), ValueError, "gives head_dim 0"),
+        (dict(rms_norm_eps=float("nan")), ValueError, "rms_norm_eps must be a finite positive number"),
+        (dict(rope_theta=float("inf")), ValueError, "rope_theta must be a finite positive number"),
+        (dict(rope_scaling=dict(LLAMA3["rope_scaling"], factor="8")), ValueError, "finite positive numbers"),
+        (dict(rope_scaling=dict(LLAMA3["rope_scaling"], low_freq_factor=0)), ValueError, "finite positive numbers"),
+        (dict(rope_scaling=dict(LLAMA3["rope_scaling"], high_freq_factor=1.0)), ValueError, "high_freq_factor >"),
+        (dict(rope_scaling={"rope_type": "linear"}), ValueError, r"linear rope_scaling lacks \['factor'\]"),
+        (dict(rope_scaling={"rope_type": "linear", "factor": float("nan")}), ValueError, "finite positive"),
+        (dict(model_type="gemma"), ValueError, "model_type must be one of"),
     ],
 )
 def test_config_rejects_bad_values(kwargs, error, match):

@@ -181,7 +181,7 @@ def test_folder_without_weights_and_missing_paths(tmp_path):
 
 def test_files_that_are_not_state_dicts(tmp_path):
     torch.save({"model": hf_state(), "step": 3}, tmp_path / "ckpt.pt")  # a training checkpoint
-    with pytest.raises(TypeError, match="is not a state_dict"):
+    with pytest.raises(CheckpointError, match="ckpt.pt' is not a state_dict"):
         Llama.from_pretrained(tmp_path / "ckpt.pt", **SMALL)
     with pytest.raises(TypeError, match="source"):
         ResNet.from_pretrained(42)

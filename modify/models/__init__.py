@@ -3,7 +3,16 @@
 Each model is a ``Sequential`` subclass whose tree holds only leaves, ``Sequential`` and
 ``Parallel``, built from a config dataclass, with a ``from_pretrained`` classmethod that loads
 the reference implementation's weights: Hugging Face's ``GPT2LMHeadModel``,
-``LlamaForCausalLM`` and ``ResNetForImageClassification`` (and torchvision's ResNets).
+``LlamaForCausalLM`` (with ``MistralForCausalLM`` and ``Qwen2ForCausalLM``) and
+``ResNetForImageClassification`` (and torchvision's ResNets), and a ``save_pretrained`` method
+that writes them back in that layout.
+
+``from_pretrained(source, *, dtype=None, device=None, **config)`` reads the folder's
+``config.json`` (refusing another ``model_type`` or an option the model does not implement),
+builds the model on the meta device (no memory, no random numbers), checks every key, shape and
+dtype kind of the checkpoint's headers against it, and only then fills each tensor straight from
+the memory-mapped file in ``dtype`` on ``device``: any problem is one :class:`CheckpointError`
+naming the file or folder, raised before a weight is allocated.
 
 Example:
     >>> import torch
@@ -13,7 +22,7 @@ Example:
     torch.Size([1, 8, 16])
 """
 
-from ._checkpoint import CheckpointError
+from ._errors import CheckpointError
 from ._generate import generate
 from ..primitives import Positions  # documented with the primitives; kept here for old imports
 from ._resnet_blocks import BasicBlock, Bottleneck

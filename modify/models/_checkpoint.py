@@ -1,114 +1,31 @@
-"""Reading reference checkpoints and copying them into the models, for all three models.
+"""Loading reference checkpoints into the models without allocating anything twice.
 
-A *source* is a Hugging Face checkpoint folder (``config.json`` plus ``model.safetensors``,
-``pytorch_model.bin`` or their sharded ``*.index.json`` form, as ``save_pretrained`` writes
-them), a single weights file, or a ``state_dict`` already in memory. :func:`read_checkpoint`
-turns any of them into a state dict with the reference's key names (plus the folder's
-``config.json``); :func:`load_checkpoint` copies it into a model through a key map and raises
-one :class:`CheckpointError` listing every missing, unexpected and mis-shaped key.
-
-Weights are read with ``safetensors`` or ``torch.load(weights_only=True)``: no code is ever
-unpickled, and nothing is downloaded.
+:func:`load_pretrained` is every model's ``from_pretrained``: it reads the folder's
+``config.json`` (checking its ``model_type``), builds the model on the meta device (no
+memory, no random numbers), checks every key, shape and dtype kind of the checkpoint's headers
+against it, and only then fills each parameter and buffer straight from the (memory-mapped)
+checkpoint in the requested dtype on the requested device. A :class:`KeyFormat` maps our
+``state_dict`` names to the reference's.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import json
-import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Union
 
 import torch
-from safetensors.torch import load_file
+from torch import nn
+from torch.overrides import TorchFunctionMode
 
-Source = Union[str, os.PathLike, Mapping[str, torch.Tensor]]
+from ..primitives import RotaryEmbedding
+from ._errors import CheckpointError
+from ._files import Checkpoint, Entry, Source, read_config, read_entries
 
-# Weight files of a Hugging Face folder, in the order transformers prefers them.
-WEIGHT_FILES = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that does not fit the model, with every problem listed at once.
-
-    Raised by the models' ``from_pretrained``/``from_torchvision`` before any weight is copied,
-    so the model is never left half loaded. The error ``torch.nn.Module.load_state_dict`` raises
-    for a strict load, as a ``ValueError`` and in the reference's key names (a model key is
-    added in parentheses where it helps).
-
-    Args:
-        owner: who raised it, e.g. ``"GPT.from_pretrained"``.
-        missing: reference keys the model needs and the checkpoint lacks.
-        unexpected: checkpoint keys the model has no place for.
-        mismatched: one line per key whose shape differs (or tied keys whose values differ).
-        note: an extra remark appended to the message.
-
-    Attributes:
-        missing: the missing keys given, as a list, for programs to inspect.
-        unexpected: the unexpected keys given, as a list.
-        mismatched: the mismatch lines given, as a list.
-
-    Example:
-        >>> import torch
-        >>> from modify.models import CheckpointError, Llama
-        >>> config = dict(vocab_size=10, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
-        ...               num_attention_heads=2)
-        >>> state = {"model.embed_tokens.weight": torch.randn(10, 8), "model.norm.weight": torch.ones(8),
-        ...          "model.layers.0.mlp.up_proj.weight": torch.randn(4, 8), "model.foo": torch.zeros(1)}
-        >>> try:
-        ...     Llama.from_pretrained(state, **config)
-        ... except CheckpointError as error:
-        ...     print(error)  # doctest: +ELLIPSIS
-        Llama.from_pretrained: the checkpoint does not fit the model
-          missing keys (9):
-            model.layers.0.input_layernorm.weight
-            model.layers.0.self_attn.q_proj.weight
-            model.layers.0.self_attn.k_proj.weight
-            model.layers.0.self_attn.v_proj.weight
-            model.layers.0.self_attn.o_proj.weight
-            model.layers.0.post_attention_layernorm.weight
-            model.layers.0.mlp.gate_proj.weight
-            model.layers.0.mlp.down_proj.weight
-            lm_head.weight
-          unexpected keys (1):
-            model.foo
-          mismatched (1):
-            model.layers.0.mlp.up_proj.weight: checkpoint (4, 8), model (16, 8) (model key '...up_proj.weight')
-    """
-
-    def __init__(
-        self,
-        owner: str,
-        missing: Sequence[str] = (),
-        unexpected: Sequence[str] = (),
-        mismatched: Sequence[str] = (),
-        note: str = "",
-    ):
-        self.missing, self.unexpected, self.mismatched = list(missing), list(unexpected), list(mismatched)
-        lines = [f"{owner}: the checkpoint does not fit the model"]
-        for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("mismatched", mismatched)):
-            if items:
-                lines.append(f"  {title} ({len(items)}):")
-                lines.extend(f"    {item}" for item in items)
-        if note:
-            lines.append(f"  note: {note}")
-        super().__init__("\n".join(lines))
-
-
-@dataclass
-class Checkpoint:
-    """A state dict with the reference's key names, and the folder's ``config.json`` if any."""
-
-    state: dict[str, torch.Tensor]
-    config: dict[str, Any] | None = None
+DType = Union[torch.dtype, str, None]
+Device = Union[torch.device, str, int, None]
 
 
 @dataclass(frozen=True)
@@ -122,12 +39,13 @@ class KeyFormat:
         base_prefix: the reference's base-model prefix (``"transformer"``, ``"model"``); a
             checkpoint of the bare base model, whose keys lack it, gets it added.
         transform: ``(model key, tensor) -> tensor`` applied to each checkpoint tensor (GPT-2's
-            ``Conv1D`` weights are transposed here).
+            ``Conv1D`` weights are transposed here); it must work on meta tensors and be its
+            own inverse (it is applied again when saving).
         ignore: glob patterns of checkpoint keys to drop silently (non-persistent buffers that
             old checkpoints stored, such as GPT-2's causal mask ``attn.bias``).
-        optional: glob patterns of model keys a checkpoint may lack; they keep their value
-            (``num_batches_tracked``, absent from checkpoints older than PyTorch 0.4.1, as
-            ``torch.nn.BatchNorm2d`` allows).
+        optional: glob patterns of model keys a checkpoint may lack; they get their initial
+            value (``num_batches_tracked``, absent from checkpoints older than PyTorch 0.4.1,
+            as ``torch.nn.BatchNorm2d`` allows).
     """
 
     rules: Sequence[tuple[str, str | Callable[[re.Match[str]], str]]]
@@ -144,137 +62,194 @@ class KeyFormat:
                 return match.expand(replacement) if isinstance(replacement, str) else replacement(match)
         raise RuntimeError(f"no checkpoint key rule for the model key '{key}'")  # a bug in the rules
 
+    def transformed(self, key: str, value: torch.Tensor) -> torch.Tensor:
+        """``transform(key, value)``, or ``value`` without a transform."""
+        return self.transform(key, value) if self.transform is not None else value
 
-def read_checkpoint(source: Source, owner: str) -> Checkpoint:
-    """Read a folder, a weights file or an in-memory state dict into a :class:`Checkpoint`.
+
+@dataclass(frozen=True)
+class Family:
+    """What ``from_pretrained`` needs to know about one model class.
+
+    Args:
+        config_cls: the config dataclass.
+        keys: the reference's key names.
+        model_types: ``config.json`` ``model_type`` values this model reads.
+        from_reference: ``(config.json, owner) -> config fields``; raises ``ValueError`` for
+            options not implemented.
+    """
+
+    config_cls: type
+    keys: KeyFormat
+    model_types: tuple[str, ...] = ()
+    from_reference: Callable[[Mapping[str, Any], str], dict[str, Any]] | None = None
+
+
+def load_pretrained(
+    make: Callable[[Any], nn.Module],
+    family: Family,
+    source: Source,
+    overrides: Mapping[str, Any],
+    owner: str,
+    *,
+    dtype: DType = None,
+    device: Device = None,
+) -> nn.Module:
+    """Check ``source`` against ``make(config)`` built on the meta device, then fill it; eval mode.
 
     Raises:
-        FileNotFoundError: a path that does not exist; a folder without ``config.json`` or
-            without any of :data:`WEIGHT_FILES`.
-        TypeError: a source of another type, or a file that does not hold a state dict.
+        TypeError: an unknown config override; a bad ``dtype``/``device``.
+        CheckpointError: anything wrong with the checkpoint, before any weight is allocated.
     """
-    if isinstance(source, Mapping):
-        return Checkpoint(_as_state_dict(dict(source), owner, "the state_dict given"))
-    if not isinstance(source, (str, os.PathLike)):
-        kind = type(source).__name__
-        raise TypeError(f"{owner}: source must be a folder, a weights file or a state_dict, got {kind}")
-    path = Path(source)
-    if path.is_dir():
-        return _read_folder(path, owner)
-    if not path.exists():
-        raise FileNotFoundError(f"{owner}: no such checkpoint folder or file: '{path}'")
-    return Checkpoint(read_weights(path, owner))
+    dtype, device = _target_dtype(dtype, owner), torch.device("cpu" if device is None else device)
+    config_json, where = read_config(source, owner)
+    config = _config(family, config_json, overrides, owner, where)
+    checkpoint = Checkpoint(read_entries(source, owner), where)
+    with torch.device("meta"), _SkipMetaInit():
+        model = make(config)
+    plan = _plan(model, checkpoint, family.keys, owner)
+    _fill(model, plan, family.keys, dtype, device, owner)
+    return model.eval()
 
 
-def _read_folder(folder: Path, owner: str) -> Checkpoint:
-    config_file = folder / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(
-            f"{owner}: folder '{folder}' has no config.json; pass a Hugging Face checkpoint folder, or a "
-            f"weights file (e.g. '{folder / 'model.safetensors'}') together with the config as keywords"
+class _SkipMetaInit(TorchFunctionMode):
+    """Initialisation of meta tensors skipped (in-place fills, ``torch.nn.init``, ``torch.normal``):
+    it computes nothing (meta tensors hold no values), yet PyTorch's first random op on the meta
+    device imports ``torch._dynamo``, seconds of a fresh process's load."""
+
+    SKIPPED = frozenset({torch.Tensor.normal_, torch.Tensor.uniform_, torch.Tensor.copy_, torch.Tensor.fill_,
+                         torch.Tensor.zero_})  # fmt: skip
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        initialises = func in self.SKIPPED or getattr(func, "__module__", None) == "torch.nn.init"
+        target = args[0] if args else kwargs.get("tensor")  # torch.nn.init passes it by keyword
+        if initialises and isinstance(target, torch.Tensor) and target.is_meta:
+            return target
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        if func is torch.normal and tensors and all(t.is_meta for t in tensors):  # a Distribution's sample
+            return torch.empty(torch.broadcast_shapes(*(t.shape for t in tensors)), dtype=tensors[0].dtype, device="meta")
+        return func(*args, **kwargs)
+
+
+def _target_dtype(dtype: DType, owner: str) -> torch.dtype | None:
+    """``None`` (keep each tensor's: ``"auto"``) or a floating dtype; the default float32."""
+    if dtype is None:
+        return torch.float32
+    if dtype == "auto":
+        return None
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"{owner}: dtype must be a floating torch.dtype or 'auto', got {dtype!r}")
+    return dtype
+
+
+def _config(family: Family, config_json: dict[str, Any] | None, overrides: Mapping[str, Any], owner: str, where: str):
+    known = set(family.config_cls.__dataclass_fields__)
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise TypeError(f"{owner}: unknown config field(s) {unknown}; {family.config_cls.__name__} has {sorted(known)}")
+    if config_json is None:
+        return family.config_cls(**overrides)
+    model_type = config_json.get("model_type", family.model_types[0])
+    if model_type not in family.model_types:
+        raise CheckpointError(
+            owner, source=f"folder {where}",
+            note=f"holds a {model_type!r} model (config.json model_type); this model reads {list(family.model_types)}",
         )
-    config = json.loads(config_file.read_text())
-    for name in WEIGHT_FILES:
-        if (folder / name).is_file():
-            return Checkpoint(read_weights(folder / name, owner), config)
-    raise FileNotFoundError(f"{owner}: folder '{folder}' holds none of {', '.join(WEIGHT_FILES)}")
+    try:
+        fields = family.from_reference(config_json, owner) if family.from_reference else {}
+        return family.config_cls(**{**fields, **overrides})
+    except (TypeError, ValueError) as error:
+        reason = str(error).removeprefix(f"{owner}: ")
+        raise CheckpointError(owner, source=f"folder {where}", note=f"has a config.json this model refuses: {reason}")
 
 
-def read_weights(path: Path, owner: str) -> dict[str, torch.Tensor]:
-    """One weights file: ``*.safetensors``, a sharded ``*.index.json``, or ``torch.load``-able.
+@dataclass
+class _Target:
+    """One parameter or buffer of the model (all its tied ``state_dict`` keys) and its checkpoint tensors."""
 
-    ``torch.load`` runs with ``weights_only=True`` and ``map_location="cpu"``.
-    """
-    if path.name.endswith(".index.json"):
-        weight_map = json.loads(path.read_text())["weight_map"]
-        state: dict[str, torch.Tensor] = {}
-        for shard in sorted(set(weight_map.values())):
-            state.update(read_weights(path.parent / shard, owner))
-        return state
-    if path.suffix == ".safetensors":
-        return load_file(path)
-    loaded = torch.load(path, map_location="cpu", weights_only=True)
-    return _as_state_dict(loaded, owner, f"'{path}'")
+    keys: list[str]
+    refs: dict[str, str]
+    meta: torch.Tensor
+    found: dict[str, Entry]
 
 
-def _as_state_dict(loaded: object, owner: str, what: str) -> dict[str, torch.Tensor]:
-    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
-        raise TypeError(f"{owner}: {what} is not a state_dict (a dict of tensors), got {type(loaded).__name__}")
-    return loaded
-
-
-def load_checkpoint(model: torch.nn.Module, state: Mapping[str, torch.Tensor], keys: KeyFormat, owner: str) -> None:
-    """Copy ``state`` (reference key names) into ``model``'s parameters and buffers, in place.
-
-    Values are converted to the model's dtypes (a bfloat16 checkpoint fills a float32 model).
-
-    Tied parameters (one ``Parameter`` object under several ``state_dict`` keys, such as GPT's
-    ``lm_head.weight`` and token embedding) are one target: the checkpoint must hold at least
-    one of their reference keys, and if it holds several their values must be equal.
-
-    Raises:
-        CheckpointError: listing every missing, unexpected and mis-shaped key; nothing is
-            copied then.
-    """
-    state, note = _with_base_prefix(dict(state), keys.base_prefix)
-    targets = model.state_dict(keep_vars=True)
+def _plan(model: nn.Module, checkpoint: Checkpoint, keys: KeyFormat, owner: str) -> list[_Target]:
+    """Match every model tensor to its checkpoint entries; raise one error listing every problem."""
+    entries, note = _with_base_prefix(checkpoint.entries, keys.base_prefix)
     groups: dict[int, list[str]] = {}
+    targets = model.state_dict(keep_vars=True)
     for key, tensor in targets.items():
         groups.setdefault(id(tensor), []).append(key)
     plan, missing, mismatched, used = [], [], [], set()
     for group in groups.values():
-        found = {key: keys.reference_key(key) for key in group}
-        present = {key: ref for key, ref in found.items() if ref in state}
-        used.update(found.values())
-        if not present:
-            if not any(fnmatch.fnmatchcase(key, p) for key in group for p in keys.optional):
-                missing.append(" = ".join(dict.fromkeys(found.values())))
-            continue
-        values = {key: _transformed(keys, key, state[ref]) for key, ref in present.items()}
-        problem = _shape_problem(targets[group[0]], values, present)
+        refs = {key: keys.reference_key(key) for key in group}
+        used.update(refs.values())
+        found = {key: entries[ref] for key, ref in refs.items() if ref in entries}
+        meta = targets[group[0]]
+        if not found and not any(fnmatch.fnmatchcase(key, p) for key in group for p in keys.optional):
+            missing.append(" = ".join(dict.fromkeys(refs.values())))
+        problem = next((_mismatch(keys, key, refs[key], entry, meta) for key, entry in found.items()), "")
         if problem:
             mismatched.append(problem)
-        else:
-            plan.append((targets[group[0]], next(iter(values.values()))))
-    unexpected = [k for k in state if k not in used and not any(fnmatch.fnmatchcase(k, p) for p in keys.ignore)]
+        plan.append(_Target(group, refs, meta, found))
+    unexpected = [k for k in entries if k not in used and not any(fnmatch.fnmatchcase(k, p) for p in keys.ignore)]
     if missing or unexpected or mismatched:
-        raise CheckpointError(owner, missing, unexpected, mismatched, note)
-    with torch.no_grad():
-        for target, value in plan:
-            target.copy_(value)
+        source = "" if checkpoint.where.startswith("the ") else checkpoint.where
+        raise CheckpointError(owner, missing, unexpected, mismatched, note, source=source)
+    return plan
 
 
-def _transformed(keys: KeyFormat, key: str, value: torch.Tensor) -> torch.Tensor:
-    return keys.transform(key, value) if keys.transform is not None else value
-
-
-def _shape_problem(target: torch.Tensor, values: dict[str, torch.Tensor], refs: dict[str, str]) -> str:
-    """A line describing why ``values`` cannot fill ``target``, or ``""``."""
-    for key, value in values.items():
-        if value.shape != target.shape:
-            return f"{refs[key]}: checkpoint {tuple(value.shape)}, model {tuple(target.shape)} (model key '{key}')"
-    first, *others = values
-    for key in others:
-        if not torch.equal(values[first], values[key]):
-            return f"{refs[first]} and {refs[key]} are tied in the model but hold different values"
+def _mismatch(keys: KeyFormat, key: str, ref: str, entry: Entry, target: torch.Tensor) -> str:
+    """A line saying why ``entry`` cannot fill ``target``, or ``""``."""
+    shape = keys.transformed(key, torch.empty(entry.shape, dtype=entry.dtype, device="meta")).shape
+    if shape != target.shape:
+        return f"{ref}: checkpoint {tuple(shape)}, model {tuple(target.shape)} (model key '{key}')"
+    if entry.dtype.is_floating_point != target.dtype.is_floating_point:
+        return f"{ref}: checkpoint dtype {entry.dtype}, model {target.dtype} (model key '{key}')"
     return ""
 
 
-def _with_base_prefix(state: dict[str, torch.Tensor], prefix: str) -> tuple[dict[str, torch.Tensor], str]:
+def _with_base_prefix(entries: dict[str, Entry], prefix: str) -> tuple[dict[str, Entry], str]:
     """Add ``prefix.`` to every key of a bare base-model checkpoint (no key carries it)."""
-    if not prefix or not state or any(k.startswith(prefix + ".") for k in state):
-        return state, ""
+    if not prefix or not entries or any(k.startswith(prefix + ".") for k in entries):
+        return entries, ""
     note = f"the checkpoint's keys lacked the '{prefix}.' prefix of a base model; it was added"
-    return {f"{prefix}.{k}": v for k, v in state.items()}, note
+    return {f"{prefix}.{k}": v for k, v in entries.items()}, note
 
 
-def make_config(config_cls: type, fields: Mapping[str, Any], overrides: Mapping[str, Any], owner: str) -> Any:
-    """``config_cls(**fields, **overrides)``, overrides winning; unknown names raise ``TypeError``."""
-    known = set(config_cls.__dataclass_fields__)
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise TypeError(f"{owner}: unknown config field(s) {unknown}; {config_cls.__name__} has {sorted(known)}")
-    return config_cls(**{**fields, **overrides})
+def _fill(model: nn.Module, plan: list[_Target], keys: KeyFormat, dtype: torch.dtype | None, device: torch.device, owner: str):
+    """Replace every meta tensor by the checkpoint's, one tensor at a time (tied ones stay one object)."""
+    modules = dict(model.named_modules())
+    for target in plan:
+        value = _value(target, keys, dtype, device, owner)
+        if isinstance(target.meta, nn.Parameter):
+            value = nn.Parameter(value, requires_grad=target.meta.requires_grad)
+        for key in target.keys:
+            path, _, name = key.rpartition(".")
+            module = modules[path]
+            (module._parameters if name in module._parameters else module._buffers)[name] = value
+    for path, module in modules.items():  # non-persistent buffers: computed on the device
+        if isinstance(module, RotaryEmbedding):
+            with torch.device(device):
+                module.inv_freq = RotaryEmbedding(module.dim, base=module.base, scaling=module.scaling).inv_freq
+        leftover = [name for name, buffer in module._buffers.items() if buffer is not None and buffer.is_meta]
+        if leftover:
+            raise RuntimeError(f"{owner}: no way to fill the buffers {leftover} of '{path}'")  # a bug here
+
+
+def _value(target: _Target, keys: KeyFormat, dtype: torch.dtype | None, device: torch.device, owner: str) -> torch.Tensor:
+    meta = target.meta
+    if not target.found:  # an optional key: its initial value
+        return torch.zeros(meta.shape, dtype=meta.dtype, device=device)
+    values = [keys.transformed(key, entry.load()) for key, entry in target.found.items()]
+    first, *others = values
+    names = [target.refs[key] for key in target.found]
+    for name, other in zip(names[1:], others):
+        if not torch.equal(first, other):
+            raise CheckpointError(owner, mismatched=[f"{names[0]} and {name} are tied in the model but hold different values"])
+    kind = (dtype or first.dtype) if first.is_floating_point() else first.dtype
+    return first.to(device=device, dtype=kind)
 
 
 def hf_value(config: Mapping[str, Any], name: str, default: Any) -> Any:
@@ -287,26 +262,3 @@ def require(condition: bool, owner: str, message: str) -> None:
     """Raise ``ValueError(f"{owner}: {message}")`` unless ``condition``: unsupported config values."""
     if not condition:
         raise ValueError(f"{owner}: {message}")
-
-
-def build_pretrained(
-    make: Callable[[Any], torch.nn.Module],
-    config_cls: type,
-    source: Source,
-    overrides: Mapping[str, Any],
-    keys: KeyFormat,
-    owner: str,
-    config_from_reference: Callable[[Mapping[str, Any], str], dict[str, Any]] | None = None,
-) -> torch.nn.Module:
-    """Read ``source``, build ``make(config)`` and load the weights; the model is returned in eval mode.
-
-    The config is ``config_from_reference(config.json)`` for a folder (``{}`` otherwise), with
-    ``overrides`` on top.
-    """
-    checkpoint = read_checkpoint(source, owner)
-    fields = {}
-    if checkpoint.config is not None and config_from_reference is not None:
-        fields = config_from_reference(checkpoint.config, owner)
-    model = make(make_config(config_cls, fields, overrides, owner))
-    load_checkpoint(model, checkpoint.state, keys, owner)
-    return model.eval()

@@ -28,7 +28,9 @@ from ..primitives import (
     ScaledDotProductAttention,
     Split,
 )
-from ._checkpoint import KeyFormat, Source, build_pretrained, hf_value, require
+from ._checkpoint import Device, DType, Family, KeyFormat, hf_value, load_pretrained, require
+from ._files import Source
+from ._saving import SavesPretrained
 from ._layers import check_fields, check_positive, layer_norm
 
 
@@ -73,7 +75,7 @@ class GPTConfig:
             raise ValueError(f"GPTConfig: dropout must be in [0, 1), got {self.dropout}")
 
 
-class GPT(Sequential):
+class GPT(SavesPretrained, Sequential):
     """GPT-2: token ids to next-token logits, a tree of leaves (nanoGPT's ``GPT``).
 
     Learned token and position embeddings, ``n_layer`` pre-LayerNorm blocks (causal
@@ -140,7 +142,9 @@ class GPT(Sequential):
 
     @classmethod
     @typechecked
-    def from_pretrained(cls, source: Source, **config_overrides: Any) -> GPT:
+    def from_pretrained(
+        cls, source: Source, *, dtype: DType = None, device: Device = None, **config_overrides: Any
+    ) -> GPT:
         """Load Hugging Face GPT-2 weights (``GPT2LMHeadModel``, or a bare ``GPT2Model``).
 
         Args:
@@ -151,22 +155,26 @@ class GPT(Sequential):
                 Keys without the ``transformer.`` prefix (a saved ``GPT2Model``) are accepted.
                 ``lm_head.weight`` and ``transformer.wte.weight`` fill the one tied parameter:
                 either may be absent; if both are present they must be equal.
+            dtype: of every parameter and floating buffer: ``torch.float32`` (``None``, the
+                default), ``torch.bfloat16``, ``torch.float16``, or ``"auto"`` (the checkpoint's).
+            device: where the weights go (``None``: the CPU).
             **config_overrides: :class:`GPTConfig` fields, on top of ``config.json`` (for a
                 folder) or of the defaults (file or state_dict: pass at least ``vocab_size``,
                 ``block_size``, ``n_layer``, ``n_head``, ``n_embd``). ``dropout`` is 0.0 unless
                 given (as nanoGPT); ``bias`` is ``True``.
 
         Returns:
-            A :class:`GPT` in eval mode. Weights are read with ``safetensors`` or
-            ``torch.load(weights_only=True)``; nothing is downloaded.
+            A :class:`GPT` in eval mode, built on the meta device and filled straight from the
+            checkpoint (memory-mapped: a tensor whose dtype is kept is not copied; see
+            :mod:`modify.models` for what is checked first). Nothing is downloaded.
 
         Raises:
             FileNotFoundError: a missing path; a folder without ``config.json`` or weights.
-            TypeError: an unknown config field; a file that holds no state dict.
-            ValueError: a ``config.json`` with options this GPT does not implement (cross
-                attention, another activation, ``n_inner`` other than ``4 n_embd``, ...).
-            CheckpointError: (a ``ValueError``) listing every missing, unexpected and
-                mis-shaped key.
+            TypeError: an unknown config field; a bad ``dtype``.
+            CheckpointError: (a ``ValueError``) a folder whose ``model_type`` is not ``gpt2``;
+                a ``config.json`` with options this GPT does not implement (cross attention,
+                another activation, ``n_inner`` other than ``4 n_embd``, ...); an unreadable
+                file; one error listing every missing, unexpected and mis-shaped key.
 
         Example:
             >>> import tempfile, torch
@@ -181,12 +189,25 @@ class GPT(Sequential):
             >>> torch.allclose(gpt(ids), reference(ids).logits, atol=1e-5)
             True
         """
-        owner = "GPT.from_pretrained"
-        return build_pretrained(cls, GPTConfig, source, config_overrides, HF_KEYS, owner, _config_from_hf)
+        return load_pretrained(cls, FAMILY, source, config_overrides, "GPT.from_pretrained", dtype=dtype, device=device)
+
+    def reference_config(self) -> dict[str, Any]:
+        """``GPT2Config``'s ``config.json`` fields for this model (see ``save_pretrained``)."""
+        config = self.config
+        if not config.bias:
+            raise ValueError("GPT.save_pretrained: GPT-2's layout has biases everywhere; this GPT has bias=False")
+        token = 50256 if config.vocab_size > 50256 else None
+        return dict(
+            model_type="gpt2", architectures=["GPT2LMHeadModel"], vocab_size=config.vocab_size,
+            n_positions=config.block_size, n_embd=config.n_embd, n_layer=config.n_layer, n_head=config.n_head,
+            n_inner=None, activation_function="gelu_new", layer_norm_epsilon=1e-5, resid_pdrop=config.dropout,
+            embd_pdrop=config.dropout, attn_pdrop=config.dropout, initializer_range=0.02, scale_attn_weights=True,
+            tie_word_embeddings=True, bos_token_id=token, eos_token_id=token,
+        )
 
 
 def _normal(std: float) -> Normal:
-    return Normal(0.0, std)
+    return Normal(0.0, std, validate_args=False)  # no check: it would read values, impossible on the meta device
 
 
 def _linear(config: GPTConfig, n_in: int, n_out: int, std: float = 0.02) -> Linear:
@@ -272,3 +293,7 @@ def _config_from_hf(hf: dict[str, Any], owner: str) -> dict[str, Any]:
         dropout=0.0,
         bias=True,
     )
+
+
+FAMILY = Family(GPTConfig, HF_KEYS, ("gpt2",), _config_from_hf)
+GPT.reference_keys = HF_KEYS

@@ -6,6 +6,7 @@ Models". Config field names, layout and weights follow Hugging Face's ``LlamaFor
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,9 +27,13 @@ from ..primitives import (
     SiLU,
 )
 from ..primitives.attention import check_rope_scaling
-from ._checkpoint import KeyFormat, Source, build_pretrained, hf_value, require
+from ._checkpoint import Device, DType, Family, KeyFormat, hf_value, load_pretrained, require
+from ._files import Source
+from ._saving import SavesPretrained
 from ._layers import check_fields, check_positive, rms_norm
 
+# model_type -> the transformers class of that family, all read by Llama.from_pretrained.
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 
 @dataclass
 class LlamaConfig:
@@ -44,8 +49,9 @@ class LlamaConfig:
             ``num_attention_heads`` (multi-head attention). Must divide ``num_attention_heads``.
         rms_norm_eps: epsilon of the RMS norms (1e-6).
         rope_theta: base of the rotary frequencies (10000.0; Llama 3 uses 500000.0).
-        rope_scaling: ``None`` or ``{"rope_type": "llama3", "factor": ..., "low_freq_factor": ...,
-            "high_freq_factor": ..., "original_max_position_embeddings": ...}`` (Llama 3.1+).
+        rope_scaling: ``None``, ``{"rope_type": "llama3", "factor": ..., "low_freq_factor": ...,
+            "high_freq_factor": ..., "original_max_position_embeddings": ...}`` (Llama 3.1+) or
+            ``{"rope_type": "linear", "factor": ...}`` (positions divided by ``factor``).
         max_position_embeddings: the context length trained for (2048); :func:`generate` crops to it.
         tie_word_embeddings: share one ``Parameter`` between ``embed_tokens`` and ``lm_head`` (``False``).
         attention_bias: biases in the q/k/v/o projections (``False``).
@@ -53,13 +59,16 @@ class LlamaConfig:
         head_dim: size of each head; ``None`` means ``hidden_size // num_attention_heads``.
         attention_dropout: dropout on attention weights in training (0.0).
         initializer_range: standard deviation of the normal init of weights (0.02).
+        model_type: the family, as in ``config.json``: ``"llama"``, ``"mistral"`` (the same
+            layers) or ``"qwen2"`` (q/k/v projections always with biases, o_proj without).
 
     ``num_key_value_heads`` and ``head_dim`` are filled in after construction when ``None``.
 
     Raises:
         TypeError: a field of the wrong type.
-        ValueError: non-positive sizes; heads not a multiple of key/value heads; an unsupported
-            or incomplete ``rope_scaling``.
+        ValueError: non-positive sizes (head_dim 0 included), non-finite epsilon or theta; heads
+            not a multiple of key/value heads; an unsupported or incomplete ``rope_scaling``, or
+            one with non-numeric, non-positive factors.
 
     Example:
         >>> from modify.models import LlamaConfig
@@ -84,6 +93,7 @@ class LlamaConfig:
     head_dim: int | None = None
     attention_dropout: float = 0.0
     initializer_range: float = 0.02
+    model_type: str = "llama"
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -94,6 +104,13 @@ class LlamaConfig:
             self.num_key_value_heads = self.num_attention_heads
         if self.head_dim is None:
             self.head_dim = self.hidden_size // self.num_attention_heads
+        if self.head_dim < 1:
+            raise ValueError(
+                f"LlamaConfig: hidden_size ({self.hidden_size}) gives head_dim 0 with {self.num_attention_heads} heads"
+            )
+        for name in ("rms_norm_eps", "rope_theta", "initializer_range"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"LlamaConfig: {name} must be a finite positive number, got {getattr(self, name)}")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(
                 f"LlamaConfig: num_attention_heads ({self.num_attention_heads}) must be a multiple of "
@@ -103,10 +120,12 @@ class LlamaConfig:
             raise ValueError(f"LlamaConfig: head_dim must be even for rotary embeddings, got {self.head_dim}")
         if not 0.0 <= self.attention_dropout < 1.0:
             raise ValueError(f"LlamaConfig: attention_dropout must be in [0, 1), got {self.attention_dropout}")
+        if self.model_type not in ARCHITECTURES:
+            raise ValueError(f"LlamaConfig: model_type must be one of {list(ARCHITECTURES)}, got {self.model_type!r}")
         check_rope_scaling("LlamaConfig", self.rope_scaling)
 
 
-class Llama(Sequential):
+class Llama(SavesPretrained, Sequential):
     """Llama: token ids to next-token logits, a tree of leaves (Hugging Face's ``LlamaForCausalLM``).
 
     Token embedding, ``num_hidden_layers`` pre-norm decoder layers (RMSNorm; grouped-query
@@ -157,7 +176,7 @@ class Llama(Sequential):
 
     @typechecked
     def __init__(self, config: LlamaConfig):
-        init = Normal(0.0, config.initializer_range)
+        init = _normal(config)
         embed_tokens = Embedding(config.vocab_size, config.hidden_size, weight_init=init)
         tied = config.tie_word_embeddings
         device = "meta" if tied else None  # a tied head's own weight is replaced at once: skip allocating it
@@ -177,8 +196,14 @@ class Llama(Sequential):
 
     @classmethod
     @typechecked
-    def from_pretrained(cls, source: Source, **config_overrides: Any) -> Llama:
-        """Load Hugging Face Llama weights (``LlamaForCausalLM``; Llama 1, 2, 3, 3.1, 3.2).
+    def from_pretrained(
+        cls, source: Source, *, dtype: DType = None, device: Device = None, **config_overrides: Any
+    ) -> Llama:
+        """Load Hugging Face Llama-architecture weights: Llama 1-3.2, Mistral, Qwen2.
+
+        ``LlamaForCausalLM``, ``MistralForCausalLM`` (``model_type`` ``mistral``: a sliding
+        window shorter than ``max_position_embeddings`` is refused, not ignored) and
+        ``Qwen2ForCausalLM`` (``qwen2``: q/k/v biases; sliding windows likewise refused).
 
         Args:
             source: a checkpoint folder (``config.json`` plus ``model.safetensors``,
@@ -190,17 +215,23 @@ class Llama(Sequential):
                 or of the defaults (file or state_dict). ``rope_theta`` is read from
                 ``rope_theta`` or ``rope_parameters`` (transformers 5), ``rope_scaling`` from
                 ``rope_scaling`` or ``rope_parameters``.
+            dtype: of every parameter: ``torch.float32`` (``None``, the default),
+                ``torch.bfloat16``, ``torch.float16``, or ``"auto"`` (the checkpoint's). The
+                rotary frequencies stay float32, as in the reference.
+            device: where the weights go (``None``: the CPU).
 
         Returns:
-            A :class:`Llama` in eval mode, float32 (call ``.to(torch.bfloat16)`` to halve it).
+            A :class:`Llama` in eval mode, built on the meta device and filled straight from
+            the checkpoint (memory-mapped: a tensor whose dtype is kept is not copied).
 
         Raises:
             FileNotFoundError: a missing path; a folder without ``config.json`` or weights.
-            TypeError: an unknown config field; a file that holds no state dict.
-            ValueError: a ``config.json`` with options not implemented (``hidden_act`` other
-                than ``silu``, partial rotary embeddings, another rope scaling).
-            CheckpointError: (a ``ValueError``) listing every missing, unexpected and
-                mis-shaped key.
+            TypeError: an unknown config field; a bad ``dtype``.
+            CheckpointError: (a ``ValueError``) a folder whose ``model_type`` is not
+                ``llama``, ``mistral`` or ``qwen2``; a ``config.json`` with options not
+                implemented (``hidden_act`` other than ``silu``, partial rotary embeddings,
+                another rope scaling, a sliding window); an unreadable file; one error listing
+                every missing, unexpected and mis-shaped key.
 
         Example:
             >>> import tempfile, torch
@@ -218,19 +249,42 @@ class Llama(Sequential):
             True
         """
         owner = "Llama.from_pretrained"
-        return build_pretrained(cls, LlamaConfig, source, config_overrides, HF_KEYS, owner, _config_from_hf)
+        return load_pretrained(cls, FAMILY, source, config_overrides, owner, dtype=dtype, device=device)
+
+    def reference_config(self) -> dict[str, Any]:
+        """The ``config.json`` fields of this model's transformers class (see ``save_pretrained``)."""
+        config = self.config
+        rope = {"rope_type": "default", **(config.rope_scaling or {}), "rope_theta": config.rope_theta}
+        fields = dict(
+            model_type=config.model_type, architectures=[ARCHITECTURES[config.model_type]],
+            vocab_size=config.vocab_size, hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
+            num_hidden_layers=config.num_hidden_layers, num_attention_heads=config.num_attention_heads,
+            num_key_value_heads=config.num_key_value_heads, head_dim=config.head_dim, hidden_act="silu",
+            max_position_embeddings=config.max_position_embeddings, rms_norm_eps=config.rms_norm_eps,
+            rope_parameters=rope, rope_theta=config.rope_theta, tie_word_embeddings=config.tie_word_embeddings,
+            attention_dropout=config.attention_dropout, initializer_range=config.initializer_range,
+            bos_token_id=None, eos_token_id=None, pad_token_id=None,
+        )
+        if config.model_type == "llama":
+            return {**fields, "attention_bias": config.attention_bias, "mlp_bias": config.mlp_bias}
+        if config.attention_bias or config.mlp_bias:
+            raise ValueError(f"Llama.save_pretrained: {config.model_type} has no attention_bias/mlp_bias option")
+        return {**fields, "sliding_window": None, "use_sliding_window": False}
 
 
 def _linear(config: LlamaConfig, n_in: int, n_out: int, bias: bool) -> Linear:
-    init = Normal(0.0, config.initializer_range)
-    return Linear(n_in, n_out, bias=bias, weight_init=init, bias_init=nn.init.zeros_)
+    return Linear(n_in, n_out, bias=bias, weight_init=_normal(config), bias_init=nn.init.zeros_)
+
+
+def _normal(config: LlamaConfig) -> Normal:
+    return Normal(0.0, config.initializer_range, validate_args=False)  # checking reads values: not on meta
 
 
 def _decoder_layer(config: LlamaConfig) -> Sequential:
     """``x + self_attn(input_layernorm(x))``, then ``x + mlp(post_attention_layernorm(x))``."""
     D, I, hd = config.hidden_size, config.intermediate_size, config.head_dim
     H, KV = config.num_attention_heads, config.num_key_value_heads
-    qkv_bias, mlp_bias = config.attention_bias, config.mlp_bias
+    qkv_bias, mlp_bias = config.attention_bias or config.model_type == "qwen2", config.mlp_bias
     self_attn = Sequential(
         input_layernorm=rms_norm(D, config.rms_norm_eps),
         copy=Copy(3),
@@ -242,7 +296,7 @@ def _decoder_layer(config: LlamaConfig) -> Sequential:
         heads=Parallel(q=_rotary_heads(config), k=_rotary_heads(config), v=Rearrange("b t (h d) -> b h t d", d=hd)),
         attend=ScaledDotProductAttention(causal=True, dropout=config.attention_dropout),  # (B, H, T, hd)
         merge=Rearrange("b h t d -> b t (h d)"),  # (B, T, H*hd)
-        o_proj=_linear(config, H * hd, D, qkv_bias),
+        o_proj=_linear(config, H * hd, D, config.attention_bias),
     )
     mlp = Sequential(
         post_attention_layernorm=rms_norm(D, config.rms_norm_eps),
@@ -281,6 +335,7 @@ HF_KEYS = KeyFormat(
 
 def _config_from_hf(hf: dict[str, Any], owner: str) -> dict[str, Any]:
     """``LlamaConfig`` fields from a Hugging Face ``config.json`` (transformers 4 or 5 layout)."""
+    model_type = hf.get("model_type", "llama")
     activation = hf_value(hf, "hidden_act", "silu")
     require(activation == "silu", owner, f"hidden_act {activation!r} is not supported (only 'silu')")
     rope = {**(hf.get("rope_scaling") or {}), **(hf.get("rope_parameters") or {})}  # 4.x, 5.x layouts
@@ -293,4 +348,20 @@ def _config_from_hf(hf: dict[str, Any], owner: str) -> dict[str, Any]:
     names += ("attention_bias", "mlp_bias", "head_dim", "attention_dropout", "initializer_range")
     defaults = LlamaConfig.__dataclass_fields__
     fields = {name: hf_value(hf, name, defaults[name].default) for name in names}
-    return {**fields, "rope_theta": float(theta), "rope_scaling": scaling}
+    _refuse_sliding_window(hf, model_type, fields["max_position_embeddings"], owner)
+    return {**fields, "rope_theta": float(theta), "rope_scaling": scaling, "model_type": model_type}
+
+
+def _refuse_sliding_window(hf: dict[str, Any], model_type: str, context: int, owner: str) -> None:
+    """Mistral/Qwen2 sliding-window attention differs from causal attention once ``T > window``: refuse it."""
+    window = hf.get("sliding_window")
+    in_use = model_type == "mistral" or hf.get("use_sliding_window") or "sliding_attention" in (
+        hf.get("layer_types") or ()
+    )
+    short = in_use and window is not None and window < context
+    require(not short, owner, f"sliding_window {window} < max_position_embeddings {context} is not implemented "
+            "(attention here is causal over the whole context)")
+
+
+FAMILY = Family(LlamaConfig, HF_KEYS, tuple(ARCHITECTURES), _config_from_hf)
+Llama.reference_keys = HF_KEYS

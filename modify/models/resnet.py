@@ -16,7 +16,9 @@ from typing import Any
 from .._core.checks import typechecked
 from ..combinators import Sequential
 from ..primitives import AdaptiveAvgPool2d, Flatten, Linear, MaxPool2d, ReLU
-from ._checkpoint import KeyFormat, Source, build_pretrained, hf_value, require
+from ._checkpoint import Device, DType, Family, KeyFormat, hf_value, load_pretrained, require
+from ._files import Source
+from ._saving import SavesPretrained
 from ._layers import batch_norm, check_fields, check_positive
 from ._resnet_blocks import BasicBlock, Bottleneck, conv
 
@@ -92,7 +94,7 @@ def _stage(config: ResNetConfig, index: int) -> Sequential:
     return Sequential(*blocks)
 
 
-class ResNet(Sequential):
+class ResNet(SavesPretrained, Sequential):
     """ResNet image classifier as a tree of leaves, equal to torchvision's ``ResNet``.
 
     Loads torchvision's weights (:meth:`from_torchvision`) and Hugging Face's
@@ -146,7 +148,9 @@ class ResNet(Sequential):
 
     @classmethod
     @typechecked
-    def from_pretrained(cls, source: Source, **config_overrides: Any) -> ResNet:
+    def from_pretrained(
+        cls, source: Source, *, dtype: DType = None, device: Device = None, **config_overrides: Any
+    ) -> ResNet:
         """Load Hugging Face ``ResNetForImageClassification`` weights (e.g. ``microsoft/resnet-50``).
 
         Args:
@@ -156,15 +160,21 @@ class ResNet(Sequential):
                 ``classifier.1.weight``).
             **config_overrides: :class:`ResNetConfig` fields, on top of ``config.json`` (folder;
                 ``num_classes`` is the number of labels there) or of the defaults.
+            dtype: of every parameter and floating buffer (the batch-norm statistics):
+                ``torch.float32`` (``None``, the default), ``torch.bfloat16``,
+                ``torch.float16``, or ``"auto"`` (the checkpoint's).
+            device: where the weights go (``None``: the CPU).
 
         Returns:
-            A :class:`ResNet` in eval mode (batch norms use their running statistics).
+            A :class:`ResNet` in eval mode (batch norms use their running statistics), built on
+            the meta device and filled straight from the checkpoint.
 
         Raises:
             FileNotFoundError: a missing path; a folder without ``config.json`` or weights.
-            TypeError: an unknown config field; a file that holds no state dict.
-            ValueError: a ``config.json`` with ``hidden_act`` other than ``relu`` or no labels.
-            CheckpointError: (a ``ValueError``) listing every missing, unexpected and
+            TypeError: an unknown config field; a bad ``dtype``.
+            CheckpointError: (a ``ValueError``) a folder whose ``model_type`` is not
+                ``resnet``; a ``config.json`` with ``hidden_act`` other than ``relu`` or no
+                labels; an unreadable file; one error listing every missing, unexpected and
                 mis-shaped key.
 
         Example:
@@ -182,7 +192,19 @@ class ResNet(Sequential):
             True
         """
         owner = "ResNet.from_pretrained"
-        return build_pretrained(cls, ResNetConfig, source, config_overrides, HF_KEYS, owner, _config_from_hf)
+        return load_pretrained(cls, FAMILY, source, config_overrides, owner, dtype=dtype, device=device)
+
+    def reference_config(self) -> dict[str, Any]:
+        """``ResNetConfig``'s ``config.json`` fields for this model (see ``save_pretrained``)."""
+        config = self.config
+        return dict(
+            model_type="resnet", architectures=["ResNetForImageClassification"], num_channels=config.num_channels,
+            embedding_size=config.embedding_size, hidden_sizes=list(config.hidden_sizes), depths=list(config.depths),
+            layer_type=config.layer_type, hidden_act="relu", downsample_in_first_stage=config.downsample_in_first_stage,
+            downsample_in_bottleneck=config.downsample_in_bottleneck,
+            id2label={str(i): f"LABEL_{i}" for i in range(config.num_classes)},
+            label2id={f"LABEL_{i}": i for i in range(config.num_classes)},
+        )
 
     @classmethod
     @typechecked
@@ -221,7 +243,7 @@ class ResNet(Sequential):
                 f"ResNet.from_torchvision: expected a weights file or a state_dict, got the folder '{source}'"
             )
         overrides = {**ARCHITECTURES[arch], "num_classes": num_classes}
-        return build_pretrained(cls, ResNetConfig, source, overrides, TORCHVISION_KEYS, "ResNet.from_torchvision")
+        return load_pretrained(cls, TORCHVISION, source, overrides, "ResNet.from_torchvision")
 
 
 def _make(arch: str, num_classes: int, overrides: dict[str, Any]) -> ResNet:
@@ -350,3 +372,7 @@ TORCHVISION_KEYS = KeyFormat(
     ),
     optional=("*num_batches_tracked",),
 )
+
+FAMILY = Family(ResNetConfig, HF_KEYS, ("resnet",), _config_from_hf)
+TORCHVISION = Family(ResNetConfig, TORCHVISION_KEYS)
+ResNet.reference_keys = HF_KEYS

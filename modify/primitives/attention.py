@@ -83,11 +83,12 @@ def rope_kind(scaling: dict | None) -> str:
 
 
 def check_rope_scaling(owner: str, scaling: dict | None) -> None:
-    """Check a ``rope_scaling`` dict: ``None``, ``"default"``, or a complete, numeric ``"llama3"`` one.
+    """Check a ``rope_scaling`` dict: ``None``, ``"default"``, a ``"linear"`` one or a complete ``"llama3"`` one.
 
-    Llama 3's four values must be real numbers (not bools, finite), ``factor`` and
-    ``low_freq_factor`` positive, ``high_freq_factor`` above ``low_freq_factor`` (the smoothing
-    divides by their difference) and ``original_max_position_embeddings`` at least 1.
+    Values must be real numbers (not bools, finite). ``"linear"`` needs a positive ``factor``.
+    Llama 3's ``factor`` and ``low_freq_factor`` are positive, ``high_freq_factor`` above
+    ``low_freq_factor`` (the smoothing divides by their difference) and
+    ``original_max_position_embeddings`` at least 1.
 
     Raises:
         ValueError: naming ``owner``: an unsupported ``rope_type``, a missing key or a bad value.
@@ -96,17 +97,23 @@ def check_rope_scaling(owner: str, scaling: dict | None) -> None:
     kind = rope_kind(scaling)
     if kind == "default":
         return
-    if kind != "llama3":
-        raise ValueError(f"{owner}: rope_type {kind!r} is not supported (supported: 'default', 'llama3')")
-    missing = [key for key in LLAMA3_KEYS if key not in scaling]
+    needed = {"llama3": LLAMA3_KEYS, "linear": ("factor",)}.get(kind)
+    if needed is None:
+        raise ValueError(f"{owner}: rope_type {kind!r} is not supported (supported: 'default', 'linear', 'llama3')")
+    missing = [key for key in needed if key not in scaling]
     if missing:
-        raise ValueError(f"{owner}: llama3 rope_scaling lacks {missing}, got {scaling}")
-    for key in LLAMA3_KEYS:
+        raise ValueError(f"{owner}: {kind} rope_scaling lacks {missing}, got {scaling}")
+    for key in needed:
         value = scaling[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"{owner}: llama3 rope_scaling[{key!r}] must be a number, got {value!r}")
-    factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
-    if not (math.isfinite(factor) and factor > 0 and math.isfinite(low) and low > 0 and math.isfinite(high)):
+            raise TypeError(f"{owner}: {kind} rope_scaling[{key!r}] must be a number, got {value!r}")
+    factor = scaling["factor"]
+    if not (math.isfinite(factor) and factor > 0):
+        raise ValueError(f"{owner}: {kind} rope_scaling factor must be positive and finite, got {scaling}")
+    if kind == "linear":
+        return
+    low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+    if not (math.isfinite(low) and low > 0 and math.isfinite(high)):
         raise ValueError(f"{owner}: llama3 factor and low_freq_factor must be positive and finite, got {scaling}")
     if not high > low or not scaling["original_max_position_embeddings"] >= 1:
         raise ValueError(
@@ -123,7 +130,8 @@ def rope_inverse_frequencies(dim: int, base: float, scaling: dict | None = None)
         base: ``rope_theta``.
         scaling: Hugging Face's ``rope_scaling`` dict; ``rope_type`` ``"llama3"`` (keys
             ``factor``, ``low_freq_factor``, ``high_freq_factor``,
-            ``original_max_position_embeddings``) or ``"default"``/``None``.
+            ``original_max_position_embeddings``), ``"linear"`` (key ``factor``: frequencies
+            divided by it) or ``"default"``/``None``.
 
     Returns:
         ``(dim // 2,)`` float32.
@@ -135,6 +143,8 @@ def rope_inverse_frequencies(dim: int, base: float, scaling: dict | None = None)
     inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
     if rope_kind(scaling) == "default":
         return inv_freq
+    if rope_kind(scaling) == "linear":  # positions divided by factor (Chen et al. 2023)
+        return inv_freq / float(scaling["factor"])
     factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
     old_context = scaling["original_max_position_embeddings"]
     wavelen = 2 * math.pi / inv_freq
