@@ -143,7 +143,7 @@ LLAMA3_OK = dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_
         (dict(dim=8, scaling={**LLAMA3_OK, "factor": "8"}), TypeError, "rope_scaling['factor'] must be a number, got '8'"),
         (dict(dim=8, scaling={**LLAMA3_OK, "low_freq_factor": None}), TypeError, "['low_freq_factor'] must be a number"),
         (dict(dim=8, scaling={**LLAMA3_OK, "factor": True}), TypeError, "['factor'] must be a number, got True"),
-        (dict(dim=8, scaling={**LLAMA3_OK, "factor": 0}), ValueError, "factor and low_freq_factor must be positive"),
+        (dict(dim=8, scaling={**LLAMA3_OK, "factor": 0}), ValueError, "factor must be positive and finite"),
         (dict(dim=8, scaling={**LLAMA3_OK, "low_freq_factor": 0.0}), ValueError, "must be positive and finite"),
         (dict(dim=8, scaling={**LLAMA3_OK, "factor": float("nan")}), ValueError, "must be positive and finite"),
         (dict(dim=8, scaling={**LLAMA3_OK, "high_freq_factor": 1.0}), ValueError, "high_freq_factor > low_freq_factor"),
@@ -158,7 +158,7 @@ def test_rotary_constructor_refuses_bad_sizes_bases_and_scalings(kwargs, error, 
 
 def test_llama_config_shares_the_rotary_scaling_check():
     small = dict(vocab_size=8, hidden_size=8, intermediate_size=8, num_hidden_layers=1, num_attention_heads=2)
-    with pytest.raises(ValueError, match=r"^LlamaConfig: llama3 factor and low_freq_factor must be positive"):
+    with pytest.raises(ValueError, match=r"^LlamaConfig: llama3 rope_scaling factor must be positive and finite"):
         LlamaConfig(**small, rope_scaling={**LLAMA3_OK, "factor": 0.0})
     assert LlamaConfig(**small, rope_scaling=LLAMA3_OK).rope_scaling == LLAMA3_OK
 

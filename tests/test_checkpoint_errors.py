@@ -142,7 +142,7 @@ def test_key_problems_are_one_error_naming_the_folder(good, tmp_path):
         ({"model_type": "gpt2"}, r"holds a 'gpt2' model \(config.json model_type\)"),
         ({"model_type": "bert"}, r"holds a 'bert' model"),
         ({"hidden_act": "gelu"}, "refuses: hidden_act 'gelu' is not supported"),
-        ({"rope_parameters": {"rope_type": "yarn", "factor": 2.0}}, "rope_scaling type 'yarn' is not supported"),
+        ({"rope_parameters": {"rope_type": "yarn", "factor": 2.0}}, "rope_type 'yarn' is not supported"),
         ({"hidden_size": -32}, "hidden_size must be positive"),
         ({"num_hidden_layers": "two"}, "field 'num_hidden_layers'"),
     ],
