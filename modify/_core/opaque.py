@@ -25,6 +25,7 @@ from ..traits import (
     class_traits,
 )
 from .module import ModifyModule
+from .sibling import Derived, derived_class, sibling
 
 # Documented traits of torch.nn classes (parameters are read off the instance).
 _KNOWN: dict[type, tuple[type, ...]] = {
@@ -53,19 +54,16 @@ _KNOWN: dict[type, tuple[type, ...]] = {
     nn.AdaptiveAvgPool2d: (Unary, Linear, Reduction, Matrix),
 }
 
-_wrapper_classes: dict[type, type] = {}
 
-
-class Opaque(ModifyModule):
+class Opaque(Derived, ModifyModule):
     """Marker base of wrapped ``torch.nn`` modules: a leaf whose inside the algebra does not see."""
 
     def _infer_traits(self) -> frozenset[type]:
         return torch_traits(self)
 
-    _opaque_base: type = nn.Module
-
-    def __reduce_ex__(self, protocol: object) -> tuple:
-        return (_rebuild, (self._opaque_base, self.__dict__))
+    @classmethod
+    def _extra_bases(cls, base: type) -> tuple[type, ...]:
+        return _documented(base)
 
 
 def _documented(cls: type) -> tuple[type, ...]:
@@ -82,29 +80,12 @@ def torch_traits(module: nn.Module) -> frozenset[type]:
     return frozenset(own | set(_documented(type(module))) | {Param if has_params else ParamFree})
 
 
-def _wrapper_class(base: type) -> type:
-    cls = _wrapper_classes.get(base)
-    if cls is None:
-        namespace = {"__module__": base.__module__, "__doc__": base.__doc__, "_opaque_base": base}
-        cls = type(base.__name__, (Opaque, base, *_documented(base)), namespace)
-        _wrapper_classes[base] = cls
-    return cls
-
-
-def _rebuild(base: type, state: dict) -> nn.Module:
-    module = object.__new__(_wrapper_class(base))
-    module.__dict__.update(state)
-    return module
-
-
-_DICT_ATTRS = ("_parameters", "_buffers", "_modules", "_non_persistent_buffers_set")
-
-
 def wrap(module: nn.Module) -> ModifyModule:
     """Return ``module`` if it is a :class:`ModifyModule`, else an opaque sibling of it.
 
-    The sibling shares parameters, buffers, children and hooks' targets with ``module``; later
-    hooks registered on either object are not seen by the other.
+    The sibling shares parameters, buffers, children and the hooks registered so far with
+    ``module`` (see :func:`~modify._core.sibling.sibling`); later hooks registered on either object
+    are not seen by the other.
 
     Raises:
         TypeError: if ``module`` is not a ``torch.nn.Module``.
@@ -113,11 +94,4 @@ def wrap(module: nn.Module) -> ModifyModule:
         return module
     if not isinstance(module, nn.Module):
         raise TypeError(f"expected a torch.nn.Module, got {type(module).__name__}")
-    state = dict(module.__dict__)
-    for attr in _DICT_ATTRS:
-        if attr in state:
-            state[attr] = type(state[attr])(state[attr])
-    for attr, value in state.items():
-        if attr.endswith("hooks") and isinstance(value, dict):
-            state[attr] = type(value)(value)
-    return _rebuild(type(module), state)
+    return sibling(module, cls=derived_class(Opaque, type(module)), keep_hooks=True)

@@ -22,8 +22,8 @@ from ..primitives.activations import Dropout
 from ..primitives.arithmetic import Add, Scale
 from ..primitives.layers import Linear
 from ..primitives.structure import Copy
-from .clone import shallow_copy
-from .walk import Criterion, select, transform
+from .._core.sibling import sibling
+from .walk import Criterion, rebuild, select
 
 
 def _features(module: nn.Module, path: str) -> tuple[int, int]:
@@ -231,7 +231,7 @@ def _merged(block: LoRA) -> nn.Module:
     with torch.no_grad():
         delta = block.scale * (up.weight.to(wide) @ down.weight.to(wide))
         merged = (weight.to(wide) + delta).to(weight.dtype)
-    return shallow_copy(base, weight=nn.Parameter(merged, requires_grad=weight.requires_grad))
+    return sibling(base, parameters={**base._parameters, "weight": nn.Parameter(merged, requires_grad=weight.requires_grad)})
 
 
 @typechecked
@@ -267,7 +267,7 @@ def merge_lora(model: nn.Module) -> nn.Module:
         >>> torch.allclose(merged(x), adapted(x), atol=1e-5)
         True
     """
-    return transform(model, lambda path, module: _merged(module) if isinstance(module, LoRA) else None)
+    return rebuild(model, lambda path, module: _merged(module) if isinstance(module, LoRA) else None)
 
 
 @typechecked
@@ -293,4 +293,4 @@ def strip_lora(model: nn.Module) -> nn.Module:
         >>> all(a is b for a, b in zip(again.modules(), base.modules()) if not isinstance(a, modify.Combinator))
         True
     """
-    return transform(model, lambda path, module: strip_lora(module.base) if isinstance(module, LoRA) else None)
+    return rebuild(model, lambda path, module: strip_lora(module.base) if isinstance(module, LoRA) else None)

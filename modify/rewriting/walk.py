@@ -1,28 +1,32 @@
-"""The one tree walk: ``select``, ``rewrite``, ``parameters`` and :func:`transform` under them.
+"""The one tree walk: ``select``, ``rewrite``, ``parameters`` and :func:`rebuild` under them.
 
-Every rewriter in modify (LoRA, merge, strip, mutable, flat, fuse) is a small "find this, replace
-with that" on top of :func:`transform`, which visits the tree of ``Sequential``/``Parallel``
-combinators and their leaves, builds a new tree from the replacements and rebuilds (with
-:meth:`~modify.Combinator.rebuilt`) only the combinators on the way to a change. Everything else is
-shared by identity, so the input model, its ``state_dict``, its outputs and its parameter objects
-are never touched.
+Two views of one tree. :func:`positions` lists every ``(path, module)`` of a model in
+``named_modules`` order, and says which lie inside a leaf (a plain ``torch.nn`` module wrapped as
+an opaque leaf keeps its children); ``select`` and the functional views read it. :func:`rebuild`
+builds a new tree from replacements, visiting the ``Sequential``/``Parallel`` combinators and their
+leaves (not the inside of leaves) and rebuilding (with :meth:`~modify.Combinator.rebuilt`) only the
+combinators on the way to a change. Every rewriter in modify (LoRA, merge, strip, mutable, fuse)
+is a small "find this, replace with that" on top of it. Everything else is shared by identity, so
+the input model, its ``state_dict``, its outputs and its parameter objects are never touched.
 
 Paths are the dotted names of ``named_modules``; the root's path is ``""``. A module reachable by
 two paths (the same object placed twice) is visited at each path: criteria are evaluated per path,
 and a replacement function is called once per distinct matched module, its result placed at every
-matched path, so sharing in the input stays sharing in the output. Leaves are not descended: a
-plain ``torch.nn`` module wrapped as an opaque leaf is rewritten only as a whole, and a match
-strictly inside one makes ``apply``/``insert_*`` raise instead of silently doing nothing.
+matched path, so sharing in the input stays sharing in the output. A selected module inside a leaf
+(which :func:`rebuild` does not open) makes ``apply``/``insert_*`` raise instead of silently doing
+nothing, unless a selected module enclosing it is replaced as a whole.
 """
 
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Iterator
 from typing import Callable, Union
 
 from torch import nn
 
 from .._core.checks import typechecked
+from .._core.identity import unique
 from ..combinators import Combinator, Sequential
 from ..traits import Trait, traits_of
 
@@ -32,19 +36,36 @@ Pre = Callable[[str, nn.Module], Union[nn.Module, None]]
 Post = Callable[[str, nn.Module, nn.Module], nn.Module]
 
 
-def child_path(path: str, name: str) -> str:
-    """The dotted path of child ``name`` under ``path`` (the root's path is ``""``)."""
-    return f"{path}.{name}" if path else name
+def positions(root: nn.Module) -> Iterator[tuple[str, nn.Module, str | None]]:
+    """Every ``(path, module, leaf)`` of ``root``, in ``root.named_modules(remove_duplicate=False)`` order.
+
+    ``leaf`` is the path of the outermost leaf (non-combinator) strictly enclosing the position,
+    or ``None`` where :func:`rebuild` reaches it.
+
+    Example:
+        >>> import torch, modify
+        >>> from modify.rewriting.walk import positions
+        >>> net = modify.Sequential(torch.nn.Sequential(torch.nn.ReLU()), modify.ReLU())
+        >>> [(path, leaf) for path, _, leaf in positions(net)]
+        [('', None), ('0', None), ('0.0', '0'), ('1', None)]
+    """
+    stack = [("", root, None)]
+    while stack:
+        path, module, leaf = stack.pop()
+        yield path, module, leaf
+        inner = leaf if leaf is not None or isinstance(module, Combinator) else path
+        prefix = f"{path}." if path else ""
+        stack.extend((prefix + name, child, inner) for name, child in reversed(module._modules.items()) if child is not None)
 
 
-def transform(root: nn.Module, pre: Pre | None = None, post: Post | None = None) -> nn.Module:
+def rebuild(root: nn.Module, pre: Pre | None = None, post: Post | None = None) -> nn.Module:
     """Build a new tree from ``root``: the single walk every rewriter uses.
 
     ``pre(path, module)`` runs first at every position (outermost first). A module it returns
     replaces the whole subtree, which is not descended; ``None`` means "keep going": a combinator's
-    children are transformed and the combinator is rebuilt if any child changed. Then
+    children are rebuilt and the combinator is rebuilt if any child changed. Then
     ``post(path, original, new)`` may return something else for the position, given the original
-    module and its possibly rebuilt version (whose children are already transformed); this is
+    module and its possibly rebuilt version (whose children are already rebuilt); this is
     where a rewriter that restructures a ``Sequential``'s children (fusing adjacent pairs, say)
     does its work. Leaves, opaque ``torch.nn`` modules included, have no children to visit.
 
@@ -61,18 +82,18 @@ def transform(root: nn.Module, pre: Pre | None = None, post: Post | None = None)
 
     Example:
         >>> import modify
-        >>> from modify.rewriting.walk import transform
+        >>> from modify.rewriting.walk import rebuild
         >>> net = modify.Sequential(modify.Scale(2.0), modify.Scale(3.0), modify.Residual(modify.ReLU()))
         >>> def fold_scales(path, original, new):   # post: rebuild a Sequential's children
         ...     children = list(new) if type(new) is modify.Sequential else []
         ...     if len(children) < 2 or not all(isinstance(m, modify.Scale) for m in children[:2]):
         ...         return new
         ...     return modify.Sequential(modify.Scale(children[0].c * children[1].c), *children[2:])
-        >>> folded = transform(net, post=fold_scales)
+        >>> folded = rebuild(net, post=fold_scales)
         >>> folded[0].c, folded[1] is net[2]
         (6.0, True)
     """
-    rebuilt: dict[tuple[int, ...], nn.Module] = {}
+    memo: dict[tuple[int, ...], nn.Module] = {}
 
     def visit(path: str, module: nn.Module) -> nn.Module:
         if pre is not None:
@@ -81,12 +102,14 @@ def transform(root: nn.Module, pre: Pre | None = None, post: Post | None = None)
                 return replacement
         new = module
         if isinstance(module, Combinator):
-            children = {name: visit(child_path(path, name), child) for name, child in module._modules.items()}
-            if any(children[name] is not child for name, child in module._modules.items()):
+            old = module._modules
+            prefix = f"{path}." if path else ""
+            children = {name: visit(prefix + name, child) for name, child in old.items()}
+            if any(children[name] is not child for name, child in old.items()):
                 key = (id(module), *map(id, children.values()))
-                if key not in rebuilt:
-                    rebuilt[key] = module.rebuilt(children)
-                new = rebuilt[key]
+                new = memo.get(key)
+                if new is None:
+                    new = memo[key] = module.rebuilt(children)
         return new if post is None else post(path, module, new)
 
     return visit("", root)
@@ -161,6 +184,7 @@ class Selection(list):
     def __init__(self, model: nn.Module, pairs: list[tuple[str, nn.Module]]):
         super().__init__(pairs)
         self.model = model
+        self._leaves: dict[str, str] | None = None  # path -> enclosing leaf, filled by select
 
     def __repr__(self) -> str:
         return f"Selection({[(path, type(module).__name__) for path, module in self]!r})"
@@ -179,7 +203,7 @@ class Selection(list):
         Returns:
             A list of the model's own module objects, in order of first appearance.
         """
-        return list({id(module): module for _, module in self}.values())
+        return unique(module for _, module in self)
 
     def parameters(self) -> list[nn.Parameter]:
         """The parameters of the selected modules, each parameter object once, in model order.
@@ -187,11 +211,7 @@ class Selection(list):
         Returns:
             A list of ``nn.Parameter`` (the model's own, not copies), e.g. for an optimizer.
         """
-        found: dict[int, nn.Parameter] = {}
-        for module in self.modules():
-            for parameter in module.parameters():
-                found.setdefault(id(parameter), parameter)
-        return list(found.values())
+        return unique(parameter for module in self.modules() for parameter in module.parameters())
 
     @typechecked
     def apply(self, fn: Callable[[nn.Module], nn.Module]) -> nn.Module:
@@ -220,17 +240,17 @@ class Selection(list):
             ('GELU', True, 'ReLU')
         """
         selected, results = dict(self), {}
-        enclosing = _enclosing_paths(selected)
+        self._refuse_inside_leaves(replaced=True)
 
         def pre(path: str, module: nn.Module) -> nn.Module | None:
             if selected.get(path) is not module:
-                _check_reachable(path, module, selected, enclosing)
                 return None
-            if id(module) not in results:
-                results[id(module)] = _checked_module(fn(module), path, "fn")
-            return results[id(module)]
+            result = results.get(id(module))
+            if result is None:
+                result = results[id(module)] = _checked_module(fn(module), path, "fn")
+            return result
 
-        return transform(self.model, pre)
+        return rebuild(self.model, pre)
 
     @typechecked
     def insert_before(self, make: nn.Module | Callable[[nn.Module], nn.Module]) -> nn.Module:
@@ -290,10 +310,7 @@ class Selection(list):
 
     def _insert(self, make: nn.Module | Callable[[nn.Module], nn.Module], before: bool) -> nn.Module:
         selected, made = dict(self), {}
-        enclosing = _enclosing_paths(selected)
-
-        def pre(path: str, module: nn.Module) -> None:
-            _check_reachable(path, module, selected, enclosing)  # selected or not: its inside is kept
+        self._refuse_inside_leaves(replaced=False)
 
         def post(path: str, original: nn.Module, new: nn.Module) -> nn.Module:
             if selected.get(path) is not original:
@@ -303,24 +320,32 @@ class Selection(list):
                 made[id(original)] = _checked_module(extra, path, "make")
             return Sequential(made[id(original)], new) if before else Sequential(new, made[id(original)])
 
-        return transform(self.model, pre, post)
+        return rebuild(self.model, post=post)
+
+    def _refuse_inside_leaves(self, replaced: bool) -> None:
+        """Raise if a selected module lies inside a leaf, which :func:`rebuild` does not open.
+
+        With ``replaced`` (``apply``), a selected module enclosing it is replaced as a whole (the
+        outermost selected one is reached first), so its inside does not matter.
+        """
+        leaves = self._leaves if self._leaves is not None else {p: leaf for p, _, leaf in positions(self.model) if leaf is not None}
+        selected = set(self.paths())
+        for path in selected & leaves.keys():
+            if replaced and any(ancestor in selected for ancestor in _ancestors(path)):
+                continue
+            leaf = leaves[path]
+            inside = sorted(p for p in selected if not leaf or p.startswith(f"{leaf}."))
+            raise ValueError(
+                f"cannot rewrite {inside[:3]}: inside the leaf {type(self.model.get_submodule(leaf)).__name__} at "
+                f"'{leaf or '<root>'}', which rewrites do not open (only Sequential/Parallel are walked); select the "
+                "leaf itself or build that part from modify modules"
+            )
 
 
-def _enclosing_paths(selected: dict[str, nn.Module]) -> set[str]:
-    """Every proper ancestor path of a selected path (``""`` for anything below the root)."""
-    return {".".join(path.split(".")[:i]) for path in selected if path for i in range(path.count(".") + 1)}
-
-
-def _check_reachable(path: str, module: nn.Module, selected: dict[str, nn.Module], enclosing: set[str]) -> None:
-    """Refuse a selection that lies inside a leaf the walk cannot open."""
-    if isinstance(module, Combinator) or path not in enclosing:
-        return
-    inside = sorted(p for p in selected if not path or p.startswith(f"{path}."))
-    raise ValueError(
-        f"cannot rewrite {inside[:3]}: inside the leaf {type(module).__name__} at '{path or '<root>'}', "
-        "which rewrites do not open (only Sequential/Parallel are walked); select the leaf itself "
-        "or build that part from modify modules"
-    )
+def _ancestors(path: str) -> list[str]:
+    """The proper ancestors of a non-root path, the root ``""`` first."""
+    parts = path.split(".")
+    return [".".join(parts[:i]) for i in range(len(parts))]
 
 
 def _checked_module(value: object, path: str, what: str) -> nn.Module:
@@ -368,8 +393,15 @@ def select(model: nn.Module, *where: Criterion) -> Selection:
         >>> modify.select(net, modify.traits.Elementwise).paths()
         ['block.1.0', 'block.1.1.1', 'block.2']
     """
-    match = matcher(where)
-    return Selection(model, [(path, m) for path, m in model.named_modules(remove_duplicate=False) if match(path, m)])
+    match, pairs, leaves = matcher(where), [], {}
+    for path, module, leaf in positions(model):
+        if match(path, module):
+            pairs.append((path, module))
+            if leaf is not None:
+                leaves[path] = leaf
+    selection = Selection(model, pairs)
+    selection._leaves = leaves
+    return selection
 
 
 @typechecked
