@@ -140,13 +140,25 @@ def _is_union(hint: Any) -> bool:
     return typing.get_origin(hint) in (typing.Union, types.UnionType)
 
 
+def _plain_types(hint: Any) -> tuple[type, ...] | None:
+    """The classes an annotation made only of plain classes (and unions of them) admits, else ``None``."""
+    if _is_union(hint):
+        parts = [_plain_types(arg) for arg in typing.get_args(hint)]
+        return None if any(p is None for p in parts) else tuple(t for p in parts for t in p)
+    if hint is None or hint is type(None):
+        return (type(None),)
+    if isinstance(hint, type) and typing.get_origin(hint) is None and hint is not object:
+        return _SIMPLE.get(hint, (hint,))
+    return None
+
+
 def _checker(hint: Any) -> Callable[[Any], None]:
-    """A checker for one annotation: ``isinstance`` for simple types, typeguard otherwise.
+    """A checker for one annotation: ``isinstance`` for plain classes and unions of them, typeguard otherwise.
 
     A ``bool`` is refused where the annotation asks for a number (``Copy(True)`` is a mistake,
     although ``bool`` subclasses ``int``).
     """
-    simple = _SIMPLE.get(hint)
+    simple = _plain_types(hint)
     no_bool = not _admits_bool(hint)
 
     def check(value: Any) -> None:
@@ -155,7 +167,7 @@ def _checker(hint: Any) -> Callable[[Any], None]:
         if simple is None:
             check_type(value, hint)
         elif not isinstance(value, simple):
-            raise TypeCheckError(f"is not an instance of {hint.__name__}")
+            raise TypeCheckError(f"is not an instance of {' | '.join(t.__name__ for t in simple)}")
 
     return check
 
@@ -186,12 +198,29 @@ def typechecked(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _arguments(signature: inspect.Signature, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """``signature.bind(*args, **kwargs).arguments``, without ``bind``'s cost in the common case.
+
+    The common case is a signature of plain parameters called with no more positional arguments
+    than it has and keywords it names, each once; anything else goes through ``bind``.
+    """
+    kinds = [p.kind for p in signature.parameters.values()]
+    names = tuple(signature.parameters)
+    positional = names[: kinds.count(inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    plain = kinds == sorted(kinds) and set(kinds) <= {inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY}
+    if plain and len(args) <= len(positional) and not kwargs.keys() & positional[: len(args)] and kwargs.keys() <= set(names):
+        arguments = dict(zip(positional, args))
+        arguments.update(kwargs)
+        return arguments
+    return signature.bind(*args, **kwargs).arguments
+
+
 def _check_arguments(fn: Callable, signature: inspect.Signature, checkers: dict, args: tuple, kwargs: dict) -> None:
-    bound = signature.bind(*args, **kwargs)
+    arguments = _arguments(signature, args, kwargs)
     name = fn.__qualname__.removesuffix(".__init__")
     if fn.__name__ == "__init__" and args:
         name = type(args[0]).__name__  # the public subclass, not a private base such as _ConvNd
-    for arg, value in bound.arguments.items():
+    for arg, value in arguments.items():
         entry = checkers.get(arg)
         if entry is None:
             continue

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 _CONTAINERS = ("_parameters", "_buffers", "_modules")
+_HOOKS = tuple(attr for attr, value in vars(nn.Module()).items() if "hooks" in attr and isinstance(value, dict))
 _derived: dict[tuple[type, type], type] = {}
 
 
@@ -67,8 +68,9 @@ def sibling(
     for attr, given in zip(_CONTAINERS, (parameters, buffers, children)):
         state[attr] = dict(module.__dict__[attr] if given is None else given)
     state["_non_persistent_buffers_set"] = set(module.__dict__["_non_persistent_buffers_set"])
-    for attr, value in module.__dict__.items():
-        if "hooks" in attr and isinstance(value, dict):
+    for attr in _HOOKS:  # torch.nn.Module's hook dictionaries
+        value = state.get(attr)
+        if value is not None:
             state[attr] = type(value)(value) if keep_hooks else type(value)()
     return new
 

@@ -20,7 +20,6 @@ nothing, unless a selected module enclosing it is replaced as a whole.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterator
 from typing import Callable, Union
 
 from torch import nn
@@ -36,7 +35,7 @@ Pre = Callable[[str, nn.Module], Union[nn.Module, None]]
 Post = Callable[[str, nn.Module, nn.Module], nn.Module]
 
 
-def positions(root: nn.Module) -> Iterator[tuple[str, nn.Module, str | None]]:
+def positions(root: nn.Module) -> list[tuple[str, nn.Module, str | None]]:
     """Every ``(path, module, leaf)`` of ``root``, in ``root.named_modules(remove_duplicate=False)`` order.
 
     ``leaf`` is the path of the outermost leaf (non-combinator) strictly enclosing the position,
@@ -49,13 +48,20 @@ def positions(root: nn.Module) -> Iterator[tuple[str, nn.Module, str | None]]:
         >>> [(path, leaf) for path, _, leaf in positions(net)]
         [('', None), ('0', None), ('0.0', '0'), ('1', None)]
     """
-    stack = [("", root, None)]
-    while stack:
-        path, module, leaf = stack.pop()
-        yield path, module, leaf
-        inner = leaf if leaf is not None or isinstance(module, Combinator) else path
-        prefix = f"{path}." if path else ""
-        stack.extend((prefix + name, child, inner) for name, child in reversed(module._modules.items()) if child is not None)
+    found: list[tuple[str, nn.Module, str | None]] = []
+
+    def visit(path: str, module: nn.Module, leaf: str | None) -> None:
+        found.append((path, module, leaf))
+        children = module._modules
+        if children:
+            inner = leaf if leaf is not None or isinstance(module, Combinator) else path
+            prefix = f"{path}." if path else ""
+            for name, child in children.items():
+                if child is not None:
+                    visit(prefix + name, child, inner)
+
+    visit("", root, None)
+    return found
 
 
 def rebuild(root: nn.Module, pre: Pre | None = None, post: Post | None = None) -> nn.Module:
@@ -123,6 +129,8 @@ def matcher(where: tuple) -> Match:
             callable; a predicate that returns something other than a ``bool``.
     """
     tests = [_criterion(c) for c in where]
+    if len(tests) == 1:
+        return tests[0]
     return lambda path, module: all(test(path, module) for test in tests)
 
 
