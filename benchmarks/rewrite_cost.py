@@ -4,14 +4,24 @@ The model is ``Sequential`` of 5,000 ``Sequential(Linear(4, 4), ReLU())`` blocks
 is timed alone (median of several runs). Memory: the bytes of base parameters a LoRA sibling
 holds in storage of its own, found by comparing storage pointers (0 means every base parameter
 of the sibling lives in the base model's storage).
+
+Two ratios, each side timed in the same rounds (interleaved, median of the per-round ratios):
+
+- walk overhead: (``rewrite`` of all 5,000 ``ReLU`` to ``GELU`` minus building 5,000 ``GELU``s)
+  over building them; target at most 1 (the walk costs no more than what it builds);
+- ``lora`` on all 5,000 ``Linear`` over PEFT's ``inject_adapter_in_model(LoraConfig(r=2,
+  target_modules=r".*\.0"), model)`` on the same model in plain ``torch.nn`` (a fresh one per
+  round, built outside the timer); target at most 0.3.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
+import warnings
 
 import torch
+from torch import nn
 
 import modify
 
@@ -49,6 +59,44 @@ def copied_base_bytes(base: torch.nn.Module, sibling: torch.nn.Module) -> tuple[
     return copied, adapter_bytes
 
 
+def plain_model() -> nn.Sequential:
+    return nn.Sequential(*(nn.Sequential(nn.Linear(4, 4), nn.ReLU()) for _ in range(BLOCKS)))
+
+
+def seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def ratios(base: modify.Sequential, rounds: int) -> list[list[str]]:
+    """The walk-overhead ratio and the lora/PEFT ratio, sides interleaved in each round."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    config = LoraConfig(r=2, target_modules=r".*\.0")
+    walk, versus_peft = [], []
+    times: dict[str, list[float]] = {"build": [], "rewrite": [], "lora": [], "peft": []}
+    for _ in range(rounds):
+        times["build"].append(seconds(lambda: [modify.GELU() for _ in range(BLOCKS)]))
+        times["rewrite"].append(seconds(lambda: modify.rewrite(base, lambda m: modify.GELU(), modify.ReLU)))
+        plain = plain_model()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            times["peft"].append(seconds(lambda: inject_adapter_in_model(config, plain)))
+        times["lora"].append(seconds(lambda: modify.lora(base, rank=2)))
+        walk.append((times["rewrite"][-1] - times["build"][-1]) / times["build"][-1])
+        versus_peft.append(times["lora"][-1] / times["peft"][-1])
+    median = {name: statistics.median(values) for name, values in times.items()}
+    return [
+        ["walk overhead / building 5,000 GELUs", f"{statistics.median(walk):.2f}",
+         f"rewrite {us(median['rewrite'])}, GELUs {us(median['build'])}", "<= 1",
+         "yes" if statistics.median(walk) <= 1 else "no"],
+        ["lora all 5,000 Linear / PEFT inject_adapter_in_model", f"{statistics.median(versus_peft):.2f}",
+         f"lora {us(median['lora'])}, PEFT {us(median['peft'])}", "<= 0.3",
+         "yes" if statistics.median(versus_peft) <= 0.3 else "no"],
+    ]
+
+
 def run(quick: bool) -> str:
     base = model()
     leaves = sum(1 for m in base.modules() if not isinstance(m, modify.Combinator))
@@ -69,4 +117,6 @@ def run(quick: bool) -> str:
             memory = f"{copied} B base copied, {adapters:,} B adapters"
         rows.append([name, us(seconds), "< 50 ms", "yes" if seconds < 0.05 else "no", memory])
     title = f"on {leaves:,} leaves"
-    return table([title, "time", "target", "met", "sibling memory"], rows)
+    timings = table([title, "time", "target", "met", "sibling memory"], rows)
+    compared = table(["ratio (same rounds)", "ratio", "medians", "target", "met"], ratios(base, repeats))
+    return f"{timings}\n\n{compared}"

@@ -8,6 +8,7 @@ their annotations with typeguard.
 
 from __future__ import annotations
 
+import collections.abc
 import functools
 import inspect
 import types
@@ -147,9 +148,16 @@ def _plain_types(hint: Any) -> tuple[type, ...] | None:
         return None if any(p is None for p in parts) else tuple(t for p in parts for t in p)
     if hint is None or hint is type(None):
         return (type(None),)
+    if typing.get_origin(hint) is collections.abc.Callable or hint is collections.abc.Callable:
+        return (collections.abc.Callable,)  # callable(value); its signature is not inspected
     if isinstance(hint, type) and typing.get_origin(hint) is None and hint is not object:
         return _SIMPLE.get(hint, (hint,))
     return None
+
+
+def _name(cls: type) -> str:
+    """How an error names what was expected: ``int``, ``None``, ``callable``."""
+    return {collections.abc.Callable: "callable", type(None): "None"}.get(cls, cls.__name__)
 
 
 def _checker(hint: Any) -> Callable[[Any], None]:
@@ -167,7 +175,7 @@ def _checker(hint: Any) -> Callable[[Any], None]:
         if simple is None:
             check_type(value, hint)
         elif not isinstance(value, simple):
-            raise TypeCheckError(f"is not an instance of {' | '.join(t.__name__ for t in simple)}")
+            raise TypeCheckError(f"is not {' or '.join(map(_name, simple))}")
 
     return check
 

@@ -17,13 +17,14 @@ import torch
 from torch import nn
 
 from .._core.checks import typechecked
+from .._core.identity import unique
+from .._core.sibling import sibling
 from ..combinators import Parallel, Sequential
 from ..primitives.activations import Dropout
 from ..primitives.arithmetic import Add, Scale
 from ..primitives.layers import Linear
 from ..primitives.structure import Copy
-from .._core.sibling import sibling
-from .walk import Criterion, rebuild, select
+from .walk import Criterion, positions, rebuild, select
 
 
 def _features(module: nn.Module, path: str) -> tuple[int, int]:
@@ -130,7 +131,7 @@ class LoRA(Sequential):
 
 
 def _lora_blocks(model: nn.Module) -> list[LoRA]:
-    return [m for m in model.modules() if isinstance(m, LoRA)]
+    return unique(m for _, m, _ in positions(model) if isinstance(m, LoRA))
 
 
 def _adapter_modules(model: nn.Module) -> set[int]:

@@ -249,10 +249,11 @@ class Selection(list):
         """
         selected, results = dict(self), {}
         self._refuse_inside_leaves(replaced=True)
+        on_the_way = _on_the_way(selected)
 
         def pre(path: str, module: nn.Module) -> nn.Module | None:
             if selected.get(path) is not module:
-                return None
+                return None if path in on_the_way else module  # nothing selected below: kept whole
             result = results.get(id(module))
             if result is None:
                 result = results[id(module)] = _checked_module(fn(module), path, "fn")
@@ -319,6 +320,10 @@ class Selection(list):
     def _insert(self, make: nn.Module | Callable[[nn.Module], nn.Module], before: bool) -> nn.Module:
         selected, made = dict(self), {}
         self._refuse_inside_leaves(replaced=False)
+        on_the_way = _on_the_way(selected)
+
+        def pre(path: str, module: nn.Module) -> nn.Module | None:
+            return None if path in on_the_way or path in selected else module
 
         def post(path: str, original: nn.Module, new: nn.Module) -> nn.Module:
             if selected.get(path) is not original:
@@ -328,7 +333,7 @@ class Selection(list):
                 made[id(original)] = _checked_module(extra, path, "make")
             return Sequential(made[id(original)], new) if before else Sequential(new, made[id(original)])
 
-        return rebuild(self.model, post=post)
+        return rebuild(self.model, pre, post)
 
     def _refuse_inside_leaves(self, replaced: bool) -> None:
         """Raise if a selected module lies inside a leaf, which :func:`rebuild` does not open.
@@ -348,6 +353,11 @@ class Selection(list):
                 f"'{leaf or '<root>'}', which rewrites do not open (only Sequential/Parallel are walked); select the "
                 "leaf itself or build that part from modify modules"
             )
+
+
+def _on_the_way(selected: dict[str, nn.Module]) -> set[str]:
+    """The paths strictly above a selected one: the only places a rewrite must look into."""
+    return {ancestor for path in selected if path for ancestor in _ancestors(path)}
 
 
 def _ancestors(path: str) -> list[str]:
