@@ -187,6 +187,7 @@ def typechecked(fn: F) -> F:
     function, the argument and what arrived. ``modify.set_checks(False)`` skips the checks.
     """
     signature = inspect.signature(fn)
+    bind = _binder(signature)
     checkers: dict[str, tuple[inspect._ParameterKind, Callable[[Any], None]]] = {}
     resolved = False
 
@@ -200,34 +201,36 @@ def typechecked(fn: F) -> F:
                     if name in hints and name != "return":
                         checkers[name] = (param.kind, _checker(hints[name]))
                 resolved = True
-            _check_arguments(fn, signature, checkers, args, kwargs)
+            _check_arguments(fn, checkers, bind(args, kwargs), args)
         return fn(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
 
 
-def _arguments(signature: inspect.Signature, args: tuple, kwargs: dict) -> dict[str, Any]:
-    """``signature.bind(*args, **kwargs).arguments``, without ``bind``'s cost in the common case.
+def _binder(signature: inspect.Signature) -> Callable[[tuple, dict], dict[str, Any]]:
+    """``(args, kwargs) -> signature.bind(*args, **kwargs).arguments``, cheap in the common case.
 
-    The common case is a signature of plain parameters called with no more positional arguments
-    than it has and keywords it names, each once; anything else goes through ``bind``.
+    The common case is a signature of plain and keyword-only parameters called with no more
+    positional arguments than it has and keywords it names, each once; anything else goes through
+    ``bind`` (and its errors).
     """
     kinds = [p.kind for p in signature.parameters.values()]
-    names = tuple(signature.parameters)
-    positional = names[: kinds.count(inspect.Parameter.POSITIONAL_OR_KEYWORD)]
-    plain = kinds == sorted(kinds) and set(kinds) <= {inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY}
-    if plain and len(args) <= len(positional) and not kwargs.keys() & positional[: len(args)] and kwargs.keys() <= set(names):
-        arguments = dict(zip(positional, args))
-        arguments.update(kwargs)
-        return arguments
-    return signature.bind(*args, **kwargs).arguments
+    names = frozenset(signature.parameters)
+    positional = tuple(signature.parameters)[: kinds.count(inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    simple = {inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY}
+    plain = kinds == sorted(kinds) and set(kinds) <= simple
+
+    def bind(args: tuple, kwargs: dict) -> dict[str, Any]:
+        if plain and len(args) <= len(positional) and kwargs.keys() <= names - set(positional[: len(args)]):
+            arguments = dict(zip(positional, args))
+            arguments.update(kwargs)
+            return arguments
+        return signature.bind(*args, **kwargs).arguments
+
+    return bind
 
 
-def _check_arguments(fn: Callable, signature: inspect.Signature, checkers: dict, args: tuple, kwargs: dict) -> None:
-    arguments = _arguments(signature, args, kwargs)
-    name = fn.__qualname__.removesuffix(".__init__")
-    if fn.__name__ == "__init__" and args:
-        name = type(args[0]).__name__  # the public subclass, not a private base such as _ConvNd
+def _check_arguments(fn: Callable, checkers: dict, arguments: dict[str, Any], args: tuple) -> None:
     for arg, value in arguments.items():
         entry = checkers.get(arg)
         if entry is None:
@@ -243,6 +246,9 @@ def _check_arguments(fn: Callable, signature: inspect.Signature, checkers: dict,
             try:
                 check(item)
             except TypeCheckError as error:
+                name = fn.__qualname__.removesuffix(".__init__")
+                if fn.__name__ == "__init__" and args:
+                    name = type(args[0]).__name__  # the public subclass, not a private base such as _ConvNd
                 where = arg if key is None else f"{arg}[{key!r}]"
                 raise TypeError(f"{name}: argument '{where}' got {_brief(item)}, which {error}") from None
 
