@@ -156,8 +156,8 @@ def _plain_types(hint: Any) -> tuple[type, ...] | None:
 
 
 def _name(cls: type) -> str:
-    """How an error names what was expected: ``int``, ``None``, ``callable``."""
-    return {collections.abc.Callable: "callable", type(None): "None"}.get(cls, cls.__name__)
+    """How an error names what was expected: ``int``, ``None``, ``Callable``."""
+    return {collections.abc.Callable: "Callable", type(None): "None"}.get(cls, cls.__name__)
 
 
 def _checker(hint: Any) -> Callable[[Any], None]:
@@ -175,7 +175,7 @@ def _checker(hint: Any) -> Callable[[Any], None]:
         if simple is None:
             check_type(value, hint)
         elif not isinstance(value, simple):
-            raise TypeCheckError(f"is not {' or '.join(map(_name, simple))}")
+            raise TypeCheckError(f"is not an instance of {' or '.join(map(_name, simple))}")
 
     return check
 

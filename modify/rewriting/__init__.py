@@ -3,7 +3,7 @@
 from .fuse import fuse
 from .lora import LoRA, lora, lora_parameters, merge_lora, strip_lora
 from .mutable import mutable
-from .walk import Selection, parameters, rewrite, select
+from .select import Selection, parameters, rewrite, select
 
 __all__ = [
     "LoRA", "Selection", "fuse", "lora", "lora_parameters", "merge_lora", "mutable", "parameters", "rewrite", "select",

@@ -24,7 +24,8 @@ from ..primitives.activations import Dropout
 from ..primitives.arithmetic import Add, Scale
 from ..primitives.layers import Linear
 from ..primitives.structure import Copy
-from .walk import Criterion, positions, rebuild, select
+from .select import Criterion, select
+from .walk import positions, rebuild
 
 
 def _features(module: nn.Module, path: str) -> tuple[int, int]:
