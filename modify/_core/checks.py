@@ -150,9 +150,18 @@ def _plain_types(hint: Any) -> tuple[type, ...] | None:
         return (type(None),)
     if typing.get_origin(hint) is collections.abc.Callable or hint is collections.abc.Callable:
         return (collections.abc.Callable,)  # callable(value); its signature is not inspected
-    if isinstance(hint, type) and typing.get_origin(hint) is None and hint is not object:
+    if isinstance(hint, type) and typing.get_origin(hint) is None and hint not in (object, Any) and _instance_checkable(hint):
         return _SIMPLE.get(hint, (hint,))
     return None
+
+
+def _instance_checkable(cls: type) -> bool:
+    """Whether ``isinstance(value, cls)`` works (not for typing's special forms or static protocols)."""
+    try:
+        isinstance(None, cls)
+    except TypeError:
+        return False
+    return True
 
 
 def _name(cls: type) -> str:
