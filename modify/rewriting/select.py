@@ -16,7 +16,7 @@ from torch import nn
 
 from .._core.checks import typechecked
 from .._core.identity import unique
-from ..combinators import Sequential
+from ..combinators import Combinator, Sequential
 from ..traits import Trait, traits_of
 from .walk import positions, rebuild
 
@@ -250,12 +250,7 @@ class Selection(list):
             if replaced and any(ancestor in selected for ancestor in _ancestors(path)):
                 continue
             leaf = leaves[path]
-            inside = sorted(p for p in selected if not leaf or p.startswith(f"{leaf}."))
-            raise ValueError(
-                f"cannot rewrite {inside[:3]}: inside the leaf {type(self.model.get_submodule(leaf)).__name__} at "
-                f"'{leaf or '<root>'}', which rewrites do not open (only Sequential/Parallel are walked); select the "
-                "leaf itself or build that part from modify modules"
-            )
+            _refuse([p for p in selected if not leaf or p.startswith(f"{leaf}.")], leaf, self.model.get_submodule(leaf))
 
 
 def _on_the_way(selected: dict[str, nn.Module]) -> set[str]:
@@ -329,7 +324,7 @@ def select(model: nn.Module, *where: Criterion) -> Selection:
 def rewrite(model: nn.Module, fn: Callable[[nn.Module], nn.Module], *where: Criterion) -> nn.Module:
     """A new model where every module matching ``where`` is replaced by ``fn(module)``.
 
-    Exactly ``select(model, *where).apply(fn)`` (Penzai's ``select(...).apply(fn)``, for
+    ``select(model, *where).apply(fn)`` in one pass (Penzai's ``select(...).apply(fn)``, for
     ``torch.nn`` trees): outermost matches first, a replaced subtree is not descended, unmatched
     subtrees are shared by identity, and only the combinators on the way to a change are
     rebuilt. ``model``, its ``state_dict``, outputs and parameters are unchanged.
@@ -354,7 +349,35 @@ def rewrite(model: nn.Module, fn: Callable[[nn.Module], nn.Module], *where: Crit
         >>> silu[0] is mlp[0], type(silu[1]).__name__, type(mlp[1]).__name__
         (True, 'SiLU', 'ReLU')
     """
-    return select(model, *where).apply(fn)
+    match, results = matcher(where), {}
+
+    def pre(path: str, module: nn.Module) -> nn.Module | None:
+        if match(path, module):
+            result = results.get(id(module))
+            if result is None:
+                result = results[id(module)] = _checked_module(fn(module), path, "fn")
+            return result
+        if module._modules and not isinstance(module, Combinator):
+            _refuse_matches_inside(path, module, match)
+        return None
+
+    return rebuild(model, pre)
+
+
+def _refuse_matches_inside(path: str, leaf: nn.Module, match: Match) -> None:
+    """``rewrite``'s check for a leaf it does not open: nothing inside may match."""
+    prefix = f"{path}." if path else ""
+    inside = [prefix + p for p, m, _ in positions(leaf)[1:] if match(prefix + p, m)]
+    if inside:
+        _refuse(inside, path, leaf)
+
+
+def _refuse(inside: list[str], path: str, leaf: nn.Module) -> None:
+    raise ValueError(
+        f"cannot rewrite {sorted(inside)[:3]}: inside the leaf {type(leaf).__name__} at '{path or '<root>'}', which "
+        "rewrites do not open (only Sequential/Parallel are walked); select the leaf itself or build that part "
+        "from modify modules"
+    )
 
 
 @typechecked

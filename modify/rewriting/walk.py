@@ -19,7 +19,6 @@ nothing, unless a selected module enclosing it is replaced as a whole.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 from typing import Callable, Union
 
@@ -107,26 +106,21 @@ def rebuild(root: nn.Module, pre: Pre | None = None, post: Post | None = None) -
                 return replacement
         new = module
         if isinstance(module, Combinator):
-            old = module._modules
-            prefix = f"{path}." if path else ""
-            children = {name: visit(prefix + name, child) for name, child in old.items()}
-            if any(children[name] is not child for name, child in old.items()):
+            prefix, children, changed = f"{path}." if path else "", {}, False
+            for name, child in module._modules.items():
+                children[name] = rebuilt = visit(prefix + name, child)
+                changed = changed or rebuilt is not child
+            if changed:
                 key = (id(module), *map(id, children.values()))
                 new = memo.get(key)
                 if new is None:
                     new = memo[key] = module.rebuilt(children)
         return new if post is None else post(path, module, new)
 
-    with _collector_paused():
-        return visit("", root)
-
-
-@contextlib.contextmanager
-def _collector_paused():
     enabled = gc.isenabled()
     gc.disable()
     try:
-        yield
+        return visit("", root)
     finally:
         if enabled:
             gc.enable()
