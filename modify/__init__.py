@@ -10,6 +10,8 @@ from ._core.checks import checks_enabled, set_checks
 from ._core.errors import ModifyError, ModifyTypeError, ModifyValueError
 from ._core.module import Leaf, ModifyModule
 from .combinators import Combinator, Fork, Parallel, Residual, Sequential
+from .functional import *  # noqa: F403
+from .functional import __all__ as _functional
 from .primitives import *  # noqa: F403
 from .primitives import __all__ as _primitives
 from .rewriting import *  # noqa: F403
@@ -24,5 +26,6 @@ __all__ = [
     "Parallel", "Residual", "Sequential", "checks_enabled", "set_checks", "traits", "traits_of",
     "models",
     *_primitives,
+    *_functional,
     *_rewriting,
 ]

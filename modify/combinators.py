@@ -7,6 +7,7 @@ only rename them, like ``Residual`` and ``LoRA``) and whose leaves hold the para
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import final
 
 import torch
 from torch import nn
@@ -16,6 +17,7 @@ from ._core.errors import annotate
 from ._core.inference import combine_parallel, combine_sequence, traits_of
 from ._core.module import ModifyModule
 from ._core.opaque import wrap
+from ._core.sibling import sibling
 from .primitives.arithmetic import Add
 from .primitives.structure import Copy, Identity
 
@@ -35,8 +37,13 @@ class Combinator(ModifyModule):
     Shape:
         ``forward`` is the subclass's: one value -> one value (see :class:`ModifyModule`).
 
+    ``forward`` of :class:`Sequential` and :class:`Parallel` is final: a subclass (``Residual``,
+    ``LoRA``, a model) names a structure, it does not change what the structure computes, so
+    rewriters may rebuild it as any other combinator.
+
     Raises:
-        TypeError: a child that is not a ``torch.nn.Module``; both positional and named children.
+        TypeError: a child that is not a ``torch.nn.Module``; both positional and named children;
+            a subclass of ``Sequential``/``Parallel`` that defines ``forward`` (at class creation).
 
     Example:
         >>> import torch, modify
@@ -46,6 +53,14 @@ class Combinator(ModifyModule):
         >>> m["proj"] is m[0], type(m[:1]).__name__
         (True, 'Sequential')
     """
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "forward" in cls.__dict__ and any(getattr(b.__dict__.get("forward"), "__final__", False) for b in cls.__mro__[1:]):
+            raise TypeError(
+                f"{cls.__name__} must not define forward: the forward of Sequential/Parallel is final "
+                "(a subclass names a structure; compose modules to compute something else)"
+            )
 
     def __init__(self, /, *modules: nn.Module, **named: nn.Module):
         super().__init__()
@@ -88,16 +103,7 @@ class Combinator(ModifyModule):
             raise ValueError(
                 f"{type(self).__name__}.rebuilt expects children {list(self._modules)}, got {list(children)}"
             )
-        clone = object.__new__(type(self))
-        clone.__dict__.update(self.__dict__)
-        clone._parameters = dict(self._parameters)
-        clone._buffers = dict(self._buffers)
-        clone._non_persistent_buffers_set = set(self._non_persistent_buffers_set)
-        clone._modules = {name: wrap(m) for name, m in children.items()}
-        for attr, value in self.__dict__.items():
-            if attr.endswith("hooks") and isinstance(value, dict):
-                clone.__dict__[attr] = type(value)()
-        return clone
+        return sibling(self, children={name: wrap(m) for name, m in children.items()})
 
     def __len__(self) -> int:
         return len(self._modules)
@@ -152,6 +158,7 @@ class Sequential(Combinator):
         ['0.weight', '0.bias', '2.weight', '2.bias']
     """
 
+    @final
     def forward(self, x):
         if torch.compiler.is_compiling():
             for module in self._modules.values():
@@ -200,6 +207,7 @@ class Parallel(Combinator):
         ([2.0, 2.0], [1.0, 1.0])
     """
 
+    @final
     def forward(self, x):
         if torch.compiler.is_compiling():
             return tuple(m(v) for m, v in zip(self._modules.values(), x))
@@ -242,30 +250,38 @@ class Residual(Sequential):
     Example:
         >>> import torch, modify
         >>> r = modify.Residual(modify.Scale(3.0))
-        >>> r(torch.ones(2)).tolist()
-        [4.0, 4.0]
+        >>> r(torch.ones(2)).tolist(), r.block.c
+        ([4.0, 4.0], 3.0)
     """
 
     @typechecked
     def __init__(self, block: nn.Module):
         super().__init__(Copy(2), Parallel(Identity(), block), Add())
 
+    @property
+    def block(self) -> nn.Module:
+        """The wrapped block (path ``"1.1"``), as penzai's ``Residual.delta``."""
+        return self[1][1]
+
 
 class Fork(Sequential):
     """Feed one value to several modules: ``x -> (m_1(x), ..., m_n(x))``.
 
     Exactly ``Sequential(Copy(len(modules)), Parallel(*modules))``, as Trax's ``Branch``
-    combinator: the branches sit at paths ``"1.0"``, ``"1.1"``, ...
+    combinator: the branches sit at paths ``"1.0"``, ``"1.1"``, ... or, given by name
+    (``Fork(q=..., k=..., v=...)``), at ``"1.q"``, ``"1.k"``, ... and are reached by name:
+    ``fork["q"]`` (any name other than the ``Sequential``'s own ``"0"`` and ``"1"``).
 
     Args:
-        *modules: the branches (at least one).
+        *modules: the branches (at least one), named ``"0"``, ``"1"``, ...
+        **named: the branches by name, in the order given (instead of ``*modules``).
 
     Shape:
         Input: one value. Output: a tuple of ``len(modules)`` values, e.g. q/k/v projections
         ``(B, T, C) -> ((B, T, C), (B, T, C), (B, T, C))``.
 
     Raises:
-        TypeError: a branch that is not a ``torch.nn.Module``.
+        TypeError: a branch that is not a ``torch.nn.Module``; both positional and named branches.
         ValueError: if no module is given.
 
     Example:
@@ -273,10 +289,25 @@ class Fork(Sequential):
         >>> q, k = modify.Fork(modify.Scale(1.0), modify.Scale(2.0))(torch.ones(1))
         >>> k.tolist()
         [2.0]
+        >>> qk = modify.Fork(q=modify.Linear(4, 2), k=modify.Linear(4, 2))
+        >>> qk["k"] is qk.branches[1], list(dict(qk.named_parameters()))[:2]
+        (True, ['1.q.weight', '1.q.bias'])
     """
 
     @typechecked
-    def __init__(self, *modules: nn.Module):
-        if not modules:
+    def __init__(self, *modules: nn.Module, **named: nn.Module):
+        if not modules and not named:
             raise ValueError("Fork needs at least one module")
-        super().__init__(Copy(len(modules)), Parallel(*modules))
+        if modules and named:
+            raise TypeError("Fork takes branches positionally or by name, not both")
+        super().__init__(Copy(len(modules) or len(named)), Parallel(*modules, **named))
+
+    @property
+    def branches(self) -> nn.Module:
+        """The ``Parallel`` of the branches (path ``"1"``)."""
+        return self[1]
+
+    def __getitem__(self, key: int | str | slice) -> nn.Module:
+        if isinstance(key, str) and key not in self._modules:
+            return self.branches[key]
+        return super().__getitem__(key)

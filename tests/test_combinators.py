@@ -95,6 +95,9 @@ def test_residual_adds_the_input(gen):
     assert isinstance(residual, modify.Sequential)
     assert [type(m).__name__ for m in residual] == ["Copy", "Parallel", "Add"]
     assert residual[1][1] is block and residual.get_submodule("1.1") is block
+    assert residual.block is block
+    rebuilt = modify.rewrite(residual, lambda m: modify.Identity(), "1.1.1")
+    assert type(rebuilt) is modify.Residual and rebuilt.block is not block and residual.block is block
 
 
 def test_fork_feeds_one_value_to_every_branch(gen):
@@ -106,6 +109,40 @@ def test_fork_feeds_one_value_to_every_branch(gen):
     assert [type(m).__name__ for m in fork] == ["Copy", "Parallel"] and fork[0].n == 1
     with pytest.raises(ValueError, match="at least one"):
         modify.Fork()
+
+
+def test_fork_keeps_branch_names(gen):
+    a, b, _ = _blocks()
+    x = torch.randn(3, 4, generator=gen)
+    fork = modify.Fork(q=a, k=b)
+    q, k = fork(x)
+    assert torch.equal(q, a(x)) and torch.equal(k, b(x))
+    assert fork["q"] is a and fork["k"] is b and fork.branches[1] is b and fork.get_submodule("1.k") is b
+    assert fork[0] is fork["0"] and fork[1] is fork.branches
+    assert [n for n, _ in fork.named_parameters()][0].startswith("1.q.")
+    with pytest.raises(KeyError):
+        fork["v"]
+    with pytest.raises(TypeError, match="not both"):
+        modify.Fork(a, k=b)
+
+
+def test_combinator_forward_is_final():
+    with pytest.raises(TypeError, match="must not define forward"):
+
+        class Doubled(modify.Sequential):
+            def forward(self, x):
+                return 2 * super().forward(x)
+
+    with pytest.raises(TypeError, match="must not define forward"):
+
+        class Swapped(modify.Residual):
+            def forward(self, x):
+                return x
+
+    class Named(modify.Sequential):  # renaming is fine
+        pass
+
+    assert isinstance(Named(modify.ReLU()), modify.Sequential)
 
 
 def test_positional_and_named_children():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import pytest
@@ -237,3 +238,22 @@ def test_torch_save_round_trip_including_wrapped_modules(gen):
     assert isinstance(loaded[1], nn.Sequential) and modify.mutable(loaded) is loaded
     loaded[1][0].weight = torch.zeros(3, 3)
     assert torch.count_nonzero(mut[1][0].weight) > 0
+
+
+@pytest.mark.parametrize("mode", ["frozen", "no_grad"])
+def test_in_place_on_a_shared_parameter_raises_where_torch_would_allow_it(mode, gen):
+    base = make_mlp()
+    if mode == "frozen":
+        base.requires_grad_(False)
+    state, x = state_snapshot(base), torch.randn(2, 3, generator=gen)
+    mut = modify.mutable(base)
+    with torch.no_grad() if mode == "no_grad" else contextlib.nullcontext():
+        with pytest.raises(RuntimeError, match="still shared with the original"):
+            mut[0].weight += 1
+        with pytest.raises(RuntimeError, match="still shared with the original"):
+            torch.nn.init.zeros_(mut[2].bias)
+        assert torch.equal(mut(x), base(x))
+        mut[0].weight = mut[0].weight * 2  # out of place: a new tensor, then in place on it
+        mut[0].weight += 1
+    assert_state_equal(base, state)
+    assert torch.equal(mut[0].weight, base[0].weight * 2 + 1)

@@ -8,7 +8,7 @@ from torch import nn
 
 import modify
 from modify import traits
-from modify.rewriting.walk import transform
+from modify.rewriting.walk import rebuild
 from tests.helpers import assert_close, assert_state_equal, state_snapshot
 
 
@@ -294,10 +294,10 @@ def test_parameters_train_only_the_selection():
     assert not torch.equal(net.head.weight, state_snapshot(make_net())["head.weight"])
 
 
-# ---------------------------------------------------------------- transform: the walk rewriters build on
+# ---------------------------------------------------------------- rebuild: the walk rewriters build on
 
 
-def test_transform_post_can_rebuild_a_sequentials_children():
+def test_rebuild_post_can_rebuild_a_sequentials_children():
     """The shape of a fuse: merge adjacent Scale pairs inside any Sequential."""
     net = modify.Sequential(modify.Scale(2.0), modify.Scale(3.0), modify.Residual(modify.Scale(5.0)), modify.ReLU())
 
@@ -312,9 +312,9 @@ def test_transform_post_can_rebuild_a_sequentials_children():
                 out.append(child)
         return new if len(out) == len(new) else modify.Sequential(*out)
 
-    fused = transform(net, post=fuse_scales)
+    fused = rebuild(net, post=fuse_scales)
     assert [type(m).__name__ for m in fused] == ["Scale", "Residual", "ReLU"]
     assert fused[0].c == 6.0 and fused[1] is net[2]
     x = torch.randn(4)
     assert_close(fused(x), net(x))
-    assert transform(net) is net
+    assert rebuild(net) is net

@@ -8,6 +8,7 @@ their annotations with typeguard.
 
 from __future__ import annotations
 
+import collections.abc
 import contextvars
 import functools
 import inspect
@@ -254,20 +255,50 @@ def _is_union(hint: Any) -> bool:
     return typing.get_origin(hint) in (typing.Union, types.UnionType)
 
 
+def _plain_types(hint: Any) -> tuple[type, ...] | None:
+    """The classes an annotation made only of plain classes (and unions of them) admits, else ``None``."""
+    if _is_union(hint):
+        parts = [_plain_types(arg) for arg in typing.get_args(hint)]
+        return None if any(p is None for p in parts) else tuple(t for p in parts for t in p)
+    if hint is None or hint is type(None):
+        return (type(None),)
+    if typing.get_origin(hint) is collections.abc.Callable or hint is collections.abc.Callable:
+        return (collections.abc.Callable,)  # callable(value); its signature is not inspected
+    if isinstance(hint, type) and typing.get_origin(hint) is None and hint not in (object, Any) and _instance_checkable(hint):
+        return _SIMPLE.get(hint, (hint,))
+    return None
+
+
+def _instance_checkable(cls: type) -> bool:
+    """Whether ``isinstance(value, cls)`` works (not for typing's special forms or static protocols)."""
+    try:
+        isinstance(None, cls)
+    except TypeError:
+        return False
+    return True
+
+
+def _name(cls: type) -> str:
+    """How an error names what was expected: ``int``, ``None``, ``Callable``."""
+    return {collections.abc.Callable: "Callable", type(None): "None"}.get(cls, cls.__name__)
+
+
 def _checker(hint: Any) -> Callable[[Any], None]:
-    """A checker for one annotation: ``isinstance`` for simple types, typeguard otherwise.
+    """A checker for one annotation: ``isinstance`` for plain classes and unions of them, typeguard otherwise.
 
     A ``bool`` is refused where the annotation asks for a number (``Copy(True)`` is a mistake,
     although ``bool`` subclasses ``int``).
     """
-    simple = _SIMPLE.get(hint)
+    simple = _plain_types(hint)
+    no_bool = not _admits_bool(hint)
 
     def check(value: Any) -> None:
-        refuse_bool(value, hint)
+        if no_bool and isinstance(value, bool):
+            raise TypeCheckError("is a bool, not a number")
         if simple is None:
             check_type(value, hint)
         elif not isinstance(value, simple):
-            raise TypeCheckError(f"is not an instance of {hint.__name__}")
+            raise TypeCheckError(f"is not an instance of {' or '.join(map(_name, simple))}")
 
     return check
 
@@ -279,6 +310,7 @@ def typechecked(fn: F) -> F:
     function, the argument and what arrived. ``modify.set_checks(False)`` skips the checks.
     """
     signature = inspect.signature(fn)
+    bind = _binder(signature)
     checkers: dict[str, tuple[inspect._ParameterKind, Callable[[Any], None]]] = {}
     resolved = False
 
@@ -292,23 +324,53 @@ def typechecked(fn: F) -> F:
                     if name in hints and name != "return":
                         checkers[name] = (param.kind, _checker(hints[name]))
                 resolved = True
-            _check_arguments(fn, signature, checkers, args, kwargs)
+            _check_arguments(fn, signature, checkers, bind(fn, args, kwargs), args)
         return fn(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
 
 
-def _check_arguments(fn: Callable, signature: inspect.Signature, checkers: dict, args: tuple, kwargs: dict) -> None:
+def _binder(signature: inspect.Signature) -> Callable[[Callable, tuple, dict], dict[str, Any]]:
+    """``(fn, args, kwargs) -> signature.bind(*args, **kwargs).arguments``, cheap in the common case.
+
+    The common case is a signature of plain and keyword-only parameters called with no more
+    positional arguments than it has and keywords it names, each once, every required one given;
+    anything else goes through ``bind``, whose errors name the callable (``Linear() missing a
+    required argument: 'out_features'``).
+    """
+    kinds = [p.kind for p in signature.parameters.values()]
+    names = frozenset(signature.parameters)
+    positional = tuple(signature.parameters)[: kinds.count(inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    required = frozenset(n for n, p in signature.parameters.items() if p.default is inspect.Parameter.empty)
+    simple = {inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY}
+    plain = kinds == sorted(kinds) and set(kinds) <= simple
+
+    def bind(fn: Callable, args: tuple, kwargs: dict) -> dict[str, Any]:
+        if plain and len(args) <= len(positional):
+            given = positional[: len(args)]
+            if kwargs.keys() <= names - set(given) and required <= kwargs.keys() | set(given):
+                arguments = dict(zip(positional, args))
+                arguments.update(kwargs)
+                return arguments
+        try:
+            return signature.bind(*args, **kwargs).arguments
+        except TypeError as error:
+            raise TypeError(f"{_callable_name(fn, signature, args)}() {error}") from None
+
+    return bind
+
+
+def _callable_name(fn: Callable, signature: inspect.Signature, args: tuple) -> str:
+    """``Conv2d`` for a constructor (the class called, not a private base), ``Class.method``, ``function``."""
     name = fn.__qualname__.removesuffix(".__init__")
     if args and next(iter(signature.parameters), None) in ("self", "cls"):
-        # a method: name the class it was called on (Conv2d, not a private base such as _ConvNd)
         owner = args[0] if isinstance(args[0], type) else type(args[0])
         name = owner.__name__ if fn.__name__ == "__init__" else f"{owner.__name__}.{fn.__name__}"
-    try:
-        bound = signature.bind(*args, **kwargs)
-    except TypeError as error:
-        raise TypeError(f"{name}() {error}") from None
-    for arg, value in bound.arguments.items():
+    return name
+
+
+def _check_arguments(fn: Callable, signature: inspect.Signature, checkers: dict, arguments: dict, args: tuple) -> None:
+    for arg, value in arguments.items():
         entry = checkers.get(arg)
         if entry is None:
             continue
@@ -324,6 +386,7 @@ def _check_arguments(fn: Callable, signature: inspect.Signature, checkers: dict,
                 check(item)
             except TypeCheckError as error:
                 where = arg if key is None else f"{arg}[{key!r}]"
+                name = _callable_name(fn, signature, args)
                 raise TypeError(f"{name}: argument '{where}' got {_brief(item)}, which {error}") from None
 
 

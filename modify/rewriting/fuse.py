@@ -1,7 +1,7 @@
 """``modify.fuse``: a sibling for eager speed, adjacent pairs of leaves computed in one call.
 
 Pairs are found inside each plain ``Sequential`` by the classes of two neighbouring children, on
-the one tree walk (:func:`modify.rewriting.walk.transform`, whose ``post`` step sees a
+the one tree walk (:func:`modify.rewriting.walk.rebuild`, whose ``post`` step sees a
 ``Sequential`` after its children are done). The fused leaf takes the name of the child that
 holds the parameters and holds the very same parameter objects, so ``state_dict()`` keys and
 parameter identities are unchanged.
@@ -20,7 +20,7 @@ from ..primitives.arithmetic import Scale
 from ..primitives.structure import Identity
 from ..primitives.fused import AffineGroupNorm, AffineLayerNorm, AffineRMSNorm, ScaledLinear
 from .lora import LoRA
-from .walk import transform
+from .walk import rebuild
 
 
 def _scales(first: nn.Module, second: nn.Module) -> bool:
@@ -135,4 +135,4 @@ def fuse(model: nn.Module) -> nn.Module:
             done[id(new)] = (new, new if unchanged else Sequential(**dict(children)))
         return done[id(new)][1]
 
-    return transform(model, keep_lora, fuse_sequence)
+    return rebuild(model, keep_lora, fuse_sequence)

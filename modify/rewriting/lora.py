@@ -17,13 +17,15 @@ import torch
 from torch import nn
 
 from .._core.checks import typechecked
+from .._core.identity import unique
+from .._core.sibling import sibling
 from ..combinators import Parallel, Sequential
 from ..primitives.activations import Dropout
 from ..primitives.arithmetic import Add, Scale
 from ..primitives.layers import Linear
 from ..primitives.structure import Copy
-from .clone import shallow_copy
-from .walk import Criterion, select, transform
+from .select import Criterion, select
+from .walk import positions, rebuild
 
 
 def _features(module: nn.Module, path: str) -> tuple[int, int]:
@@ -130,7 +132,7 @@ class LoRA(Sequential):
 
 
 def _lora_blocks(model: nn.Module) -> list[LoRA]:
-    return [m for m in model.modules() if isinstance(m, LoRA)]
+    return unique(m for _, m, _ in positions(model) if isinstance(m, LoRA))
 
 
 def _adapter_modules(model: nn.Module) -> set[int]:
@@ -231,7 +233,7 @@ def _merged(block: LoRA) -> nn.Module:
     with torch.no_grad():
         delta = block.scale * (up.weight.to(wide) @ down.weight.to(wide))
         merged = (weight.to(wide) + delta).to(weight.dtype)
-    return shallow_copy(base, weight=nn.Parameter(merged, requires_grad=weight.requires_grad))
+    return sibling(base, parameters={**base._parameters, "weight": nn.Parameter(merged, requires_grad=weight.requires_grad)})
 
 
 @typechecked
@@ -267,7 +269,7 @@ def merge_lora(model: nn.Module) -> nn.Module:
         >>> torch.allclose(merged(x), adapted(x), atol=1e-5)
         True
     """
-    return transform(model, lambda path, module: _merged(module) if isinstance(module, LoRA) else None)
+    return rebuild(model, lambda path, module: _merged(module) if isinstance(module, LoRA) else None)
 
 
 @typechecked
@@ -293,4 +295,4 @@ def strip_lora(model: nn.Module) -> nn.Module:
         >>> all(a is b for a, b in zip(again.modules(), base.modules()) if not isinstance(a, modify.Combinator))
         True
     """
-    return transform(model, lambda path, module: strip_lora(module.base) if isinstance(module, LoRA) else None)
+    return rebuild(model, lambda path, module: strip_lora(module.base) if isinstance(module, LoRA) else None)

@@ -20,19 +20,18 @@ import torch
 from torch import nn
 
 from .._core.checks import typechecked
-from .._core.opaque import Opaque, _wrapper_class
+from .._core.sibling import Derived, derived_class, sibling
 from ..combinators import Combinator
-from .clone import shallow_copy
-from .walk import transform
+from .walk import rebuild
 
 
 class _Slot:
     """The tensor in use under one or more (module, name) positions; ``shape`` is fixed."""
 
-    __slots__ = ("tensor", "shape", "owners")
+    __slots__ = ("tensor", "shape", "owners", "original")
 
     def __init__(self, tensor: torch.Tensor):
-        self.tensor, self.shape, self.owners = tensor, tensor.shape, []
+        self.tensor, self.shape, self.owners, self.original = tensor, tensor.shape, [], tensor
 
     def assign(self, value: torch.Tensor) -> None:
         self.tensor = value
@@ -44,6 +43,7 @@ class _Slot:
         memo[id(self)] = new
         new.tensor = copy.deepcopy(self.tensor, memo) if self.tensor.is_leaf else _detached_copy(self.tensor, memo)
         new.shape, new.owners = self.shape, copy.deepcopy(self.owners, memo)
+        new.original = None  # a deep copy shares nothing with the original model
         return new
 
 
@@ -54,17 +54,54 @@ def _detached_copy(tensor: torch.Tensor, memo: dict) -> torch.Tensor:
     return memo[id(tensor)]
 
 
-class _Mutable(nn.Module):
+class _Shared(torch.Tensor):
+    """A still-shared parameter as read where PyTorch would let an in-place op write into it.
+
+    Under ``torch.no_grad()`` or for a frozen parameter, ``m.weight += 1`` raises no leaf error;
+    reading the parameter there gives this alias, whose in-place ops raise instead (DESIGN §4).
+    Every other op returns a plain tensor.
+    """
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        target = kwargs.get("out", args[0] if args else None)
+        in_place = name in _IN_PLACE or (name.endswith("_") and not name.endswith("__")) or "out" in kwargs
+        if in_place and isinstance(target, _Shared):
+            raise RuntimeError(
+                f"mutable: in-place {name} on a parameter still shared with the original model; "
+                "assign a new tensor first (m.weight = m.weight + 1)"
+            )
+        with torch._C.DisableTorchFunctionSubclass():
+            return func(*args, **kwargs)
+
+
+_IN_PLACE = {f"__i{op}__" for op in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and", "or",
+                                      "xor", "lshift", "rshift")} | {"__setitem__"}
+
+
+def _guarded(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor``, or a :class:`_Shared` alias where an in-place op on it would not raise."""
+    if torch.is_grad_enabled() and tensor.requires_grad:
+        return tensor  # PyTorch's own leaf error guards it
+    return tensor.as_subclass(_Shared)
+
+
+class _Mutable(Derived, nn.Module):
     """Mixin of mutable siblings: parameter names read and write slots."""
 
     _slots: dict[str, _Slot]
-    _mutable_base: type = nn.Module
 
     def __getattr__(self, name: str):
         # ``_parameters`` first: ``torch.func.functional_call`` swaps tensors in there
         slots = self.__dict__.get("_slots")
-        if slots is not None and name in slots and name not in self.__dict__["_parameters"]:
-            return slots[name].tensor
+        if slots is not None and name in slots:
+            slot = slots[name]
+            value = self.__dict__["_parameters"].get(name)
+            if value is None:
+                return slot.tensor
+            return _guarded(value) if value is slot.original else value
         return super().__getattr__(name)
 
     def __setattr__(self, name: str, value: object) -> None:
@@ -73,6 +110,8 @@ class _Mutable(nn.Module):
             super().__setattr__(name, value)
             return
         slot = slots[name]
+        if isinstance(value, _Shared) and slot.original is not None and value.data_ptr() == slot.original.data_ptr():
+            return  # the guarded alias of the shared parameter written back: nothing changes
         if not isinstance(value, torch.Tensor):
             raise TypeError(f"{type(self).__name__}.{name} takes a tensor, got {type(value).__name__}")
         if value.shape != slot.shape:
@@ -143,12 +182,6 @@ class _Mutable(nn.Module):
         finally:
             self.__dict__["_parameters"] = saved
 
-    def __reduce_ex__(self, protocol: object) -> tuple:
-        base = type(self)._mutable_base
-        if issubclass(base, Opaque):
-            return (_new_mutable, (base._opaque_base, base._opaque_traits), self.__dict__)
-        return (_new_mutable, (base, None), self.__dict__)
-
 
 def _converted(tensor: torch.Tensor, fn) -> torch.Tensor:
     """``fn`` (``.to()``, ``.double()``, ...) applied without touching the original parameter."""
@@ -165,32 +198,11 @@ def _converted(tensor: torch.Tensor, fn) -> torch.Tensor:
     return new
 
 
-_mutable_classes: dict[type, type] = {}
-
-
-def _mutable_class(base: type) -> type:
-    cls = _mutable_classes.get(base)
-    if cls is None:
-        namespace = {
-            "__module__": base.__module__, "__doc__": base.__doc__, "__qualname__": base.__qualname__,
-            "_mutable_base": base,
-        }
-        cls = type(base.__name__, (_Mutable, base), namespace)
-        _mutable_classes[base] = cls
-    return cls
-
-
-def _new_mutable(base: type, opaque_traits: frozenset[type] | None) -> nn.Module:
-    """An empty mutable sibling of ``base``, wrapped as an opaque leaf with ``opaque_traits``."""
-    wrapped = base if opaque_traits is None else _wrapper_class(base, opaque_traits)
-    return object.__new__(_mutable_class(wrapped))
-
-
 def _sibling(module: nn.Module, slots: dict[int, _Slot], made: dict[int, nn.Module]) -> nn.Module:
     """The mutable sibling of any module (children included); ``slots`` keyed by parameter id."""
     if id(module) in made:
         return made[id(module)]
-    clone = shallow_copy(module, _mutable_class(type(module)))
+    clone = sibling(module, cls=derived_class(_Mutable, type(module)))
     made[id(module)] = clone
     children = module._modules.items()
     clone.__dict__["_modules"] = {n: None if c is None else _sibling(c, slots, made) for n, c in children}
@@ -259,7 +271,7 @@ def mutable(model: nn.Module) -> nn.Module:
             return None if isinstance(module, Combinator) else module
         return _sibling(module, slots, made)
 
-    return transform(model, pre)
+    return rebuild(model, pre)
 
 
 def _all_mutable(module: nn.Module) -> bool:

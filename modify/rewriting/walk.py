@@ -1,56 +1,80 @@
-"""The one tree walk: ``select``, ``rewrite``, ``parameters`` and :func:`transform` under them.
+"""The one tree walk: :func:`positions` lists a model's modules, :func:`rebuild` rebuilds it.
 
-Every rewriter in modify (LoRA, merge, strip, mutable, flat, fuse) is a small "find this, replace
-with that" on top of :func:`transform`, which visits the tree of ``Sequential``/``Parallel``
-combinators and their leaves, builds a new tree from the replacements and rebuilds (with
-:meth:`~modify.Combinator.rebuilt`) only the combinators on the way to a change. Everything else is
-shared by identity, so the input model, its ``state_dict``, its outputs and its parameter objects
-are never touched.
+Two views of one tree. :func:`positions` lists every ``(path, module)`` of a model in
+``named_modules`` order, and says which lie inside a leaf (a plain ``torch.nn`` module wrapped as
+an opaque leaf keeps its children); ``select`` and the functional views read it. :func:`rebuild`
+builds a new tree from replacements, visiting the ``Sequential``/``Parallel`` combinators and their
+leaves (not the inside of leaves) and rebuilding (with :meth:`~modify.Combinator.rebuilt`) only the
+combinators on the way to a change. Every rewriter in modify (LoRA, merge, strip, mutable, fuse)
+is a small "find this, replace with that" on top of it. Everything else is shared by identity, so
+the input model, its ``state_dict``, its outputs and its parameter objects are never touched.
 
 Paths are the dotted names of ``named_modules``; the root's path is ``""``. A module reachable by
 two paths (the same object placed twice) is visited at each path: criteria are evaluated per path,
 and a replacement function is called once per distinct matched module, its result placed at every
-matched path, so sharing in the input stays sharing in the output. Leaves are not descended: a
-plain ``torch.nn`` module wrapped as an opaque leaf is rewritten only as a whole, and a match
-strictly inside one makes ``apply``/``insert_*`` raise instead of silently doing nothing.
+matched path, so sharing in the input stays sharing in the output. A selected module inside a leaf
+(which :func:`rebuild` does not open) makes ``apply``/``insert_*`` raise instead of silently doing
+nothing, unless a selected module enclosing it is replaced as a whole.
 """
 
 from __future__ import annotations
 
-import fnmatch
+import gc
 from typing import Callable, Union
 
 from torch import nn
 
-from .._core.checks import typechecked
-from .._core.inference import traits_of
-from ..combinators import Combinator, Sequential
-from ..traits import Trait
+from ..combinators import Combinator
 
-Criterion = Union[type, str, Callable[[str, nn.Module], bool]]
-Match = Callable[[str, nn.Module], bool]
 Pre = Callable[[str, nn.Module], Union[nn.Module, None]]
 Post = Callable[[str, nn.Module, nn.Module], nn.Module]
 
 
-def child_path(path: str, name: str) -> str:
-    """The dotted path of child ``name`` under ``path`` (the root's path is ``""``)."""
-    return f"{path}.{name}" if path else name
+def positions(root: nn.Module) -> list[tuple[str, nn.Module, str | None]]:
+    """Every ``(path, module, leaf)`` of ``root``, in ``root.named_modules(remove_duplicate=False)`` order.
+
+    ``leaf`` is the path of the outermost leaf (non-combinator) strictly enclosing the position,
+    or ``None`` where :func:`rebuild` reaches it.
+
+    Example:
+        >>> import torch, modify
+        >>> from modify.rewriting.walk import positions
+        >>> net = modify.Sequential(torch.nn.Sequential(torch.nn.ReLU()), modify.ReLU())
+        >>> [(path, leaf) for path, _, leaf in positions(net)]
+        [('', None), ('0', None), ('0.0', '0'), ('1', None)]
+    """
+    found: list[tuple[str, nn.Module, str | None]] = []
+
+    def visit(path: str, module: nn.Module, leaf: str | None) -> None:
+        found.append((path, module, leaf))
+        children = module._modules
+        if children:
+            inner = leaf if leaf is not None or isinstance(module, Combinator) else path
+            prefix = f"{path}." if path else ""
+            for name, child in children.items():
+                if child is not None:
+                    visit(prefix + name, child, inner)
+
+    visit("", root, None)
+    return found
 
 
-def transform(root: nn.Module, pre: Pre | None = None, post: Post | None = None) -> nn.Module:
+def rebuild(root: nn.Module, pre: Pre | None = None, post: Post | None = None) -> nn.Module:
     """Build a new tree from ``root``: the single walk every rewriter uses.
 
     ``pre(path, module)`` runs first at every position (outermost first). A module it returns
     replaces the whole subtree, which is not descended; ``None`` means "keep going": a combinator's
-    children are transformed and the combinator is rebuilt if any child changed. Then
+    children are rebuilt and the combinator is rebuilt if any child changed. Then
     ``post(path, original, new)`` may return something else for the position, given the original
-    module and its possibly rebuilt version (whose children are already transformed); this is
+    module and its possibly rebuilt version (whose children are already rebuilt); this is
     where a rewriter that restructures a ``Sequential``'s children (fusing adjacent pairs, say)
     does its work. Leaves, opaque ``torch.nn`` modules included, have no children to visit.
 
     A combinator placed at several paths and given identical new children is rebuilt once, so
-    shared structure stays shared. If nothing changes, ``root`` itself is returned.
+    shared structure stays shared. If nothing changes, ``root`` itself is returned. Python's cyclic
+    garbage collector is paused meanwhile: a rewrite makes many long-lived objects and little
+    garbage, and each collection would rescan the growing model (half of ``lora``'s time on
+    5,000 layers).
 
     Args:
         root: the model to walk; left unchanged.
@@ -62,18 +86,18 @@ def transform(root: nn.Module, pre: Pre | None = None, post: Post | None = None)
 
     Example:
         >>> import modify
-        >>> from modify.rewriting.walk import transform
+        >>> from modify.rewriting.walk import rebuild
         >>> net = modify.Sequential(modify.Scale(2.0), modify.Scale(3.0), modify.Residual(modify.ReLU()))
         >>> def fold_scales(path, original, new):   # post: rebuild a Sequential's children
         ...     children = list(new) if type(new) is modify.Sequential else []
         ...     if len(children) < 2 or not all(isinstance(m, modify.Scale) for m in children[:2]):
         ...         return new
         ...     return modify.Sequential(modify.Scale(children[0].c * children[1].c), *children[2:])
-        >>> folded = transform(net, post=fold_scales)
+        >>> folded = rebuild(net, post=fold_scales)
         >>> folded[0].c, folded[1] is net[2]
         (6.0, True)
     """
-    rebuilt: dict[tuple[int, ...], nn.Module] = {}
+    memo: dict[tuple[int, ...], nn.Module] = {}
 
     def visit(path: str, module: nn.Module) -> nn.Module:
         if pre is not None:
@@ -82,352 +106,21 @@ def transform(root: nn.Module, pre: Pre | None = None, post: Post | None = None)
                 return replacement
         new = module
         if isinstance(module, Combinator):
-            children = {name: visit(child_path(path, name), child) for name, child in module._modules.items()}
-            if any(children[name] is not child for name, child in module._modules.items()):
+            prefix, children, changed = f"{path}." if path else "", {}, False
+            for name, child in module._modules.items():
+                children[name] = rebuilt = visit(prefix + name, child)
+                changed = changed or rebuilt is not child
+            if changed:
                 key = (id(module), *map(id, children.values()))
-                if key not in rebuilt:
-                    rebuilt[key] = module.rebuilt(children)
-                new = rebuilt[key]
+                new = memo.get(key)
+                if new is None:
+                    new = memo[key] = module.rebuilt(children)
         return new if post is None else post(path, module, new)
 
-    return visit("", root)
-
-
-def matcher(where: tuple) -> Match:
-    """One predicate ``(path, module) -> bool`` that holds when every criterion in ``where`` does.
-
-    Raises:
-        TypeError: a criterion that is neither a module class, a trait, a glob string nor a
-            callable; a predicate that returns something other than a ``bool``.
-    """
-    tests = [_criterion(c) for c in where]
-    return lambda path, module: all(test(path, module) for test in tests)
-
-
-def _criterion(criterion: object) -> Match:
-    if isinstance(criterion, type) and issubclass(criterion, nn.Module):
-        return lambda path, module: isinstance(module, criterion)
-    if isinstance(criterion, type) and issubclass(criterion, Trait):
-        return lambda path, module: any(issubclass(t, criterion) for t in traits_of(module))
-    if isinstance(criterion, str):
-        return lambda path, module: fnmatch.fnmatchcase(path, criterion)
-    if isinstance(criterion, type):
-        raise TypeError(
-            f"select: a class criterion must be a torch.nn.Module subclass or a modify trait, got {criterion.__name__}"
-        )
-    if callable(criterion):
-        return _checked_predicate(criterion)
-    raise TypeError(f"select: a criterion is a class, a trait, a glob or a predicate, got {type(criterion).__name__}")
-
-
-def _checked_predicate(predicate: Callable) -> Match:
-    def test(path: str, module: nn.Module) -> bool:
-        answer = predicate(path, module)
-        if not isinstance(answer, bool):
-            raise TypeError(f"select: predicate {predicate!r} returned {type(answer).__name__} at '{path}', not a bool")
-        return answer
-
-    return test
-
-
-class Selection(list):
-    """The ``(path, module)`` pairs of a model that match some criteria, in ``named_modules`` order.
-
-    Returned by :func:`select`; after Penzai's ``penzai.core.selectors.Selection``, for
-    ``torch.nn`` trees. A plain ``list`` of pairs that remembers its model. A module placed at
-    several paths appears once per matching path. The methods build a **new** model (the model
-    itself when nothing matched) and never touch the selected model: unmatched subtrees are
-    shared by identity and only the combinators on the way to a change are rebuilt. They use the
-    pairs the list holds when called. The constructor checks nothing; the methods raise as each
-    documents.
-
-    Args:
-        model: the model the selection was made from.
-        pairs: the selected ``(path, module)`` pairs, paths as in ``model.named_modules()``.
-
-    Attributes:
-        model: the model the selection was made from.
-
-    Example:
-        >>> import modify
-        >>> lin = modify.Linear(4, 4)
-        >>> mlp = modify.Sequential(lin, modify.ReLU(), lin)              # one layer at two paths
-        >>> chosen = modify.select(mlp, modify.Linear)
-        >>> chosen
-        Selection([('0', 'Linear'), ('2', 'Linear')])
-        >>> chosen.paths(), chosen.modules() == [lin], len(chosen.parameters())
-        (['0', '2'], True, 2)
-    """
-
-    def __init__(self, model: nn.Module, pairs: list[tuple[str, nn.Module]]):
-        super().__init__(pairs)
-        self.model = model
-
-    def __repr__(self) -> str:
-        return f"Selection({[(path, type(module).__name__) for path, module in self]!r})"
-
-    def paths(self) -> list[str]:
-        """The selected dotted paths (``""`` is the root), one per pair, in order.
-
-        Returns:
-            A list of str.
-        """
-        return [path for path, _ in self]
-
-    def modules(self) -> list[nn.Module]:
-        """The selected modules, once each (a module at several paths is listed once).
-
-        Returns:
-            A list of the model's own module objects, in order of first appearance.
-        """
-        return list({id(module): module for _, module in self}.values())
-
-    def parameters(self) -> list[nn.Parameter]:
-        """The parameters of the selected modules, each parameter object once, in model order.
-
-        Returns:
-            A list of ``nn.Parameter`` (the model's own, not copies), e.g. for an optimizer.
-        """
-        found: dict[int, nn.Parameter] = {}
-        for module in self.modules():
-            for parameter in module.parameters():
-                found.setdefault(id(parameter), parameter)
-        return list(found.values())
-
-    @typechecked
-    def apply(self, fn: Callable[[nn.Module], nn.Module]) -> nn.Module:
-        """Replace every selected module by ``fn(module)``; outermost first.
-
-        A replaced subtree is not descended: ``fn`` is not called for selected modules inside it.
-        ``fn`` is called once per distinct module; its result goes to every selected path of that
-        module. Plain ``torch.nn`` results are wrapped as opaque leaves when placed in a combinator.
-
-        Args:
-            fn: ``module -> module``.
-
-        Returns:
-            The new model; ``fn(model)`` itself if the root (path ``""``) is selected.
-
-        Raises:
-            TypeError: ``fn`` returned something that is not a ``torch.nn.Module``.
-            ValueError: a selected module lies inside a leaf (an opaque ``torch.nn`` module),
-                where no rewrite can reach without changing that module in place.
-
-        Example:
-            >>> import torch, modify
-            >>> mlp = modify.Sequential(modify.Linear(4, 4), modify.ReLU())
-            >>> new = modify.select(mlp, modify.ReLU).apply(lambda m: modify.GELU())
-            >>> type(new[1]).__name__, new[0] is mlp[0], type(mlp[1]).__name__
-            ('GELU', True, 'ReLU')
-        """
-        selected, results = dict(self), {}
-        enclosing = _enclosing_paths(selected)
-
-        def pre(path: str, module: nn.Module) -> nn.Module | None:
-            if selected.get(path) is not module:
-                _check_reachable(path, module, selected, enclosing)
-                return None
-            if id(module) not in results:
-                results[id(module)] = _checked_module(fn(module), path, "fn")
-            return results[id(module)]
-
-        return transform(self.model, pre)
-
-    @typechecked
-    def insert_before(self, make: nn.Module | Callable[[nn.Module], nn.Module]) -> nn.Module:
-        """Put a module in front of every selected one: ``m`` becomes ``Sequential(make(m), m)``.
-
-        Selected modules inside a selected one get their insertion too (the selected module is
-        kept, so its inside is walked). The selected module moves to path ``<path>.1``.
-
-        Args:
-            make: ``module -> module``, called once per distinct selected module; or a module,
-                inserted as that same object at every selected path (shared: pass a callable for
-                one fresh module per position).
-
-        Returns:
-            The new model.
-
-        Raises:
-            TypeError: ``make`` returned something that is not a ``torch.nn.Module``.
-            ValueError: a selected module lies inside a leaf (see :meth:`apply`).
-
-        Example:
-            >>> import torch, modify
-            >>> mlp = modify.Sequential(modify.Linear(4, 4), modify.ReLU())
-            >>> new = modify.select(mlp, modify.ReLU).insert_before(modify.Scale(2.0))
-            >>> type(new[1]).__name__, type(new[1][0]).__name__, new[1][1] is mlp[1]
-            ('Sequential', 'Scale', True)
-        """
-        return self._insert(make, before=True)
-
-    @typechecked
-    def insert_after(self, make: nn.Module | Callable[[nn.Module], nn.Module]) -> nn.Module:
-        """Put a module after every selected one: ``m`` becomes ``Sequential(m, make(m))``.
-
-        As :meth:`insert_before`, on the other side; the selected module moves to path
-        ``<path>.0``.
-
-        Args:
-            make: ``module -> module``, called once per distinct selected module; or a module,
-                inserted as that same object at every selected path (shared: pass a callable for
-                one fresh module per position).
-
-        Returns:
-            The new model.
-
-        Raises:
-            TypeError: ``make`` returned something that is not a ``torch.nn.Module``.
-            ValueError: a selected module lies inside a leaf (see :meth:`apply`).
-
-        Example:
-            >>> import torch, modify
-            >>> mlp = modify.Sequential(modify.Linear(4, 4), modify.ReLU())
-            >>> new = modify.select(mlp, modify.Linear).insert_after(lambda m: modify.Scale(0.5))
-            >>> list(dict(new.named_parameters()))
-            ['0.0.weight', '0.0.bias']
-        """
-        return self._insert(make, before=False)
-
-    def _insert(self, make: nn.Module | Callable[[nn.Module], nn.Module], before: bool) -> nn.Module:
-        selected, made = dict(self), {}
-        enclosing = _enclosing_paths(selected)
-
-        def pre(path: str, module: nn.Module) -> None:
-            _check_reachable(path, module, selected, enclosing)  # selected or not: its inside is kept
-
-        def post(path: str, original: nn.Module, new: nn.Module) -> nn.Module:
-            if selected.get(path) is not original:
-                return new
-            if id(original) not in made:
-                extra = make if isinstance(make, nn.Module) else make(original)
-                made[id(original)] = _checked_module(extra, path, "make")
-            return Sequential(made[id(original)], new) if before else Sequential(new, made[id(original)])
-
-        return transform(self.model, pre, post)
-
-
-def _enclosing_paths(selected: dict[str, nn.Module]) -> set[str]:
-    """Every proper ancestor path of a selected path (``""`` for anything below the root)."""
-    return {".".join(path.split(".")[:i]) for path in selected if path for i in range(path.count(".") + 1)}
-
-
-def _check_reachable(path: str, module: nn.Module, selected: dict[str, nn.Module], enclosing: set[str]) -> None:
-    """Refuse a selection that lies inside a leaf the walk cannot open."""
-    if isinstance(module, Combinator) or path not in enclosing:
-        return
-    inside = sorted(p for p in selected if not path or p.startswith(f"{path}."))
-    raise ValueError(
-        f"cannot rewrite {inside[:3]}: inside the leaf {type(module).__name__} at '{path or '<root>'}', "
-        "which rewrites do not open (only Sequential/Parallel are walked); select the leaf itself "
-        "or build that part from modify modules"
-    )
-
-
-def _checked_module(value: object, path: str, what: str) -> nn.Module:
-    if not isinstance(value, nn.Module):
-        raise TypeError(f"{what} returned {type(value).__name__} for the module at '{path}', not a torch.nn.Module")
-    return value
-
-
-@typechecked
-def select(model: nn.Module, *where: Criterion) -> Selection:
-    """Find the modules of ``model`` that match every criterion in ``where``.
-
-    After Penzai's ``pz.select(...).at_instances_of(...)``, for ``torch.nn`` trees, with
-    ``fnmatch`` globs over ``named_modules`` paths.
-
-    Args:
-        model: any ``torch.nn.Module``; left unchanged.
-        *where: criteria, all of which must hold (none: every module matches):
-
-            - a module class (``modify.Linear``, ``torch.nn.LayerNorm``): ``isinstance``;
-            - a trait (``modify.traits.Elementwise``): in ``modify.traits_of(module)``;
-            - a glob over the dotted path with ``fnmatch`` semantics, where ``*`` also spans
-              dots (``"blocks.*.attn.*"``); the root's path is ``""``;
-            - a predicate ``(path, module) -> bool``.
-
-            ``modify.Linear`` (the layer class) and ``modify.traits.Linear`` (the trait of every
-            affine module, combinators included) are different criteria.
-
-    Returns:
-        A :class:`Selection`: the matching ``(path, module)`` pairs in
-        ``model.named_modules(remove_duplicate=False)`` order (a shared module once per path).
-
-    Raises:
-        TypeError: a criterion of another kind, or a predicate returning a non-``bool``.
-
-    Example:
-        >>> import modify
-        >>> net = modify.Sequential(
-        ...     block=modify.Residual(modify.Sequential(modify.Linear(4, 4), modify.GELU())),
-        ...     head=modify.Linear(4, 2))
-        >>> modify.select(net, modify.Linear).paths()
-        ['block.1.1.0', 'head']
-        >>> modify.select(net, modify.Linear, "block.*").paths()
-        ['block.1.1.0']
-        >>> modify.select(net, modify.traits.Elementwise).paths()
-        ['block.1.0', 'block.1.1.1', 'block.2']
-    """
-    match = matcher(where)
-    return Selection(model, [(path, m) for path, m in model.named_modules(remove_duplicate=False) if match(path, m)])
-
-
-@typechecked
-def rewrite(model: nn.Module, fn: Callable[[nn.Module], nn.Module], *where: Criterion) -> nn.Module:
-    """A new model where every module matching ``where`` is replaced by ``fn(module)``.
-
-    Exactly ``select(model, *where).apply(fn)`` (Penzai's ``select(...).apply(fn)``, for
-    ``torch.nn`` trees): outermost matches first, a replaced subtree is not descended, unmatched
-    subtrees are shared by identity, and only the combinators on the way to a change are
-    rebuilt. ``model``, its ``state_dict``, outputs and parameters are unchanged.
-
-    Args:
-        model: the model to rewrite.
-        fn: ``module -> module``, called once per distinct matched module.
-        *where: criteria as in :func:`select`.
-
-    Returns:
-        The new model (``model`` itself when nothing matches).
-
-    Raises:
-        TypeError: ``model`` not a module, a bad criterion, a predicate returning a non-``bool``,
-            or ``fn`` returning a non-module.
-        ValueError: a match inside an opaque leaf (see :meth:`Selection.apply`).
-
-    Example:
-        >>> import torch, modify
-        >>> mlp = modify.Sequential(modify.Linear(4, 4), modify.ReLU(), modify.Linear(4, 2))
-        >>> silu = modify.rewrite(mlp, lambda m: modify.SiLU(), modify.ReLU)
-        >>> silu[0] is mlp[0], type(silu[1]).__name__, type(mlp[1]).__name__
-        (True, 'SiLU', 'ReLU')
-    """
-    return select(model, *where).apply(fn)
-
-
-@typechecked
-def parameters(model: nn.Module, *where: Criterion) -> list[nn.Parameter]:
-    """The parameters of the modules matching ``where``, each parameter once, for an optimizer.
-
-    As ``list(model.parameters())`` restricted to the selected modules: exactly
-    ``select(model, *where).parameters()``.
-
-    Args:
-        model: any module.
-        *where: criteria as in :func:`select` (none: all of ``model``'s parameters).
-
-    Returns:
-        A list of ``nn.Parameter`` objects (the model's own, not copies), in model order.
-
-    Raises:
-        TypeError: ``model`` not a module, a bad criterion, or a predicate returning a
-            non-``bool``.
-
-    Example:
-        >>> import torch, modify
-        >>> mlp = modify.Sequential(modify.Linear(4, 4), modify.ReLU(), modify.Linear(4, 2))
-        >>> [tuple(p.shape) for p in modify.parameters(mlp, "2")]
-        [(2, 4), (2,)]
-        >>> opt = torch.optim.SGD(modify.parameters(mlp, modify.Linear), lr=0.1)
-    """
-    return select(model, *where).parameters()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return visit("", root)
+    finally:
+        if enabled:
+            gc.enable()

@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .._core.identity import group_by_identity
+from .swap import Write, call_with, named_places
+
 _MAX_LISTED = 6
 
 
@@ -13,27 +16,10 @@ def _listing(names: list[str]) -> str:
     return shown + (f" and {len(names) - _MAX_LISTED} more" if len(names) > _MAX_LISTED else "")
 
 
-def _tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Every parameter and buffer name (tied names included) in one walk over the modules."""
-    parameters: dict[str, torch.Tensor] = {}
-    buffers: dict[str, torch.Tensor] = {}
-    for path, module in model.named_modules(remove_duplicate=False):
-        prefix = f"{path}." if path else ""
-        for name, tensor in module._parameters.items():
-            if tensor is not None:
-                parameters[prefix + name] = tensor
-        for name, tensor in module._buffers.items():
-            if tensor is not None:
-                buffers[prefix + name] = tensor
-    return parameters, buffers
-
-
 def _tied(reference: dict[str, torch.Tensor]) -> dict[str, list[str]]:
     """Name -> every name of the same tensor, for tied names only."""
-    by_tensor: dict[int, list[str]] = {}
-    for name, tensor in reference.items():
-        by_tensor.setdefault(id(tensor), []).append(name)
-    return {name: names for names in by_tensor.values() if len(names) > 1 for name in names}
+    groups = group_by_identity(reference.items())
+    return {name: names for names, _ in groups if len(names) > 1 for name in names}
 
 
 def _misshaped(params: dict, reference: dict[str, torch.Tensor], kind: str) -> list[str]:
@@ -64,16 +50,17 @@ def _missing(params: dict, parameters: dict[str, torch.Tensor]) -> list[str]:
         return []
     order = list(parameters)
     first_names = sorted({min(tied.get(n, [n]), key=order.index) for n in missing}, key=order.index)
-    return [f"missing parameters {_listing(first_names)} (pass every parameter)"]
+    return [f"missing parameters {_listing(first_names)} (pass every parameter, or strict=False)"]
 
 
-def _problems(model: nn.Module, params: dict, parameters: dict, buffers: dict) -> None:
-    """Raise one ``ValueError`` listing every mis-shaped, unknown and missing name."""
+def _problems(model: nn.Module, params: dict, parameters: dict, buffers: dict, strict: bool) -> None:
+    """Raise one ``ValueError`` listing every mis-shaped, unknown and (if ``strict``) missing name."""
     unexpected = [name for name in params if name not in parameters and name not in buffers]
     problems = _misshaped(params, parameters, "parameter") + _misshaped(params, buffers, "buffer")
     if unexpected:
         problems.append(f"{type(model).__name__} has no parameter or buffer {_listing(unexpected)}")
-    problems += _missing(params, parameters)
+    if strict:
+        problems += _missing(params, parameters)
     if problems:
         raise ValueError("functional_call: " + "; and ".join(problems))
 
@@ -92,26 +79,45 @@ def _untie(params: dict, reference: dict[str, torch.Tensor], kind: str) -> dict[
     return out
 
 
-def functional_call(model: nn.Module, params: dict[str, torch.Tensor], x):
+def _writes(tensors: dict[str, torch.Tensor], places: dict, kind: str) -> list[Write]:
+    return [(getattr(places[name][0], kind), places[name][1], value) for name, value in tensors.items()]
+
+
+def _scratch_buffers(buffers: dict[str, torch.Tensor], places: dict, given: dict) -> dict[str, torch.Tensor]:
+    """Copies of the buffers a module in training mode may update in place (BatchNorm statistics)."""
+    scratch = {}
+    for names, tensor in group_by_identity((n, t) for n, t in buffers.items() if n not in given):
+        if any(places[name][0].training for name in names):
+            copy = tensor.clone()
+            scratch.update(dict.fromkeys(names, copy))
+    return scratch
+
+
+def functional_call(model: nn.Module, params: dict[str, torch.Tensor], x, *, strict: bool = True):
     """``model(x)`` computed with the tensors in ``params`` in place of the model's own.
 
-    Built on ``torch.func.functional_call``; ``model`` is left as it was, also when the forward
-    raises. Unlike it, the call is strict: ``params`` must give every parameter (one name of a tied
-    group is enough; the others take its value), only names the model has, with the model's
-    shapes. Buffers may be given too (optional), e.g. BatchNorm statistics. Under
-    ``torch.func.vmap`` the shapes checked are the per-sample ones, so per-sample parameters
-    work::
+    As ``torch.func.functional_call``, with the model left exactly as it was: its parameters,
+    buffers and their identities are the same objects with the same values after the call, whether
+    it returns or raises, with tied parameters and modules placed at several paths included.
+    Buffers not given are not updated either: in training mode a BatchNorm updates copies of its
+    running statistics (give ``params`` the buffers to receive the updates). The call is strict:
+    ``params`` must give every parameter (one name of a tied group is enough; the others take its
+    value) unless ``strict=False``, only names the model has, with the model's shapes. Buffers may
+    be given too (optional), e.g. BatchNorm statistics. Under ``torch.func.vmap`` the shapes
+    checked are the per-sample ones, so per-sample parameters work::
 
         torch.func.vmap(lambda p, x: modify.functional_call(model, p, x))(batched_params, xs)
 
     Argument types are checked with plain ``isinstance`` (no typeguard) to keep the overhead per
-    call small.
+    call small. Like any call that swaps a module's tensors, not for concurrent threads on one model.
 
     Args:
         model: any module (a modify model, a plain ``torch.nn`` one).
         params: ``{name: tensor}`` with the names of ``model.named_parameters()`` (and optionally
             of ``model.named_buffers()``).
         x: the input value (a tensor or a tuple, passed as the single argument).
+        strict: ``False`` lets ``params`` leave parameters out: the model's own tensors fill them
+            (e.g. a hypernetwork predicting only LoRA adapters over a shared base).
 
     Shape:
         Each ``params[name]`` has the shape of the model's tensor of that name.
@@ -121,8 +127,8 @@ def functional_call(model: nn.Module, params: dict[str, torch.Tensor], x):
 
     Raises:
         TypeError: ``model`` not a module, ``params`` not a dict, a value that is not a tensor.
-        ValueError: missing parameters, unknown names, mis-shaped tensors (all listed in one
-            error), or different tensors for names of one tied parameter.
+        ValueError: missing parameters (when ``strict``), unknown names, mis-shaped tensors (all
+            listed in one error), or different tensors for names of one tied parameter.
 
     Example:
         >>> import torch, modify
@@ -133,17 +139,19 @@ def functional_call(model: nn.Module, params: dict[str, torch.Tensor], x):
         >>> batched = {k: v.expand(5, *v.shape) for k, v in params.items()}
         >>> torch.func.vmap(lambda p, x: modify.functional_call(lin, p, x))(batched, torch.ones(5, 3)).shape
         torch.Size([5, 2])
+        >>> modify.functional_call(lin, {"bias": torch.ones(2)}, torch.zeros(1, 3), strict=False).tolist()
+        [[1.0, 1.0]]
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"functional_call: model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(params, dict):
         raise TypeError(f"functional_call: params must be a dict of tensors, got {type(params).__name__}")
-    parameters, buffers = _tensors(model)
-    untied = len(set(map(id, parameters.values()))) == len(parameters)
-    if untied and params.keys() == parameters.keys():  # the common case: every name, nothing else
-        _problems(model, params, parameters, {})
-        return torch.func.functional_call(model, params, (x,), tie_weights=False)
-    _problems(model, params, parameters, buffers)
-    tensors = _untie(params, parameters, "parameter")
-    tensors.update(_untie(params, buffers, "buffer"))
-    return torch.func.functional_call(model, tensors, (x,), tie_weights=False)
+    parameter_places, buffer_places = named_places(model)
+    parameters = {name: module._parameters[attr] for name, (module, attr) in parameter_places.items()}
+    buffers = {name: module._buffers[attr] for name, (module, attr) in buffer_places.items()}
+    _problems(model, params, parameters, buffers, strict)
+    given_buffers = _untie(params, buffers, "buffer")
+    given_buffers.update(_scratch_buffers(buffers, buffer_places, given_buffers))
+    writes = _writes(_untie(params, parameters, "parameter"), parameter_places, "_parameters")
+    writes += _writes(given_buffers, buffer_places, "_buffers")
+    return call_with(model, writes, x)

@@ -17,12 +17,11 @@ import torch
 from torch import nn
 
 from .._core.checks import typechecked
+from .._core.identity import group_by_identity
+from .._core.sibling import sibling
 from ..combinators import Combinator
-from .clone import describe_dtypes, shallow_copy, unique_parameters
-from .walk import transform
-
-
-_Write = tuple[dict, str, torch.Tensor]  # (a sibling module's __dict__ or _buffers, key, value)
+from ..rewriting.walk import rebuild
+from .swap import Write, call_with
 
 
 def _split_name(name: str) -> tuple[tuple[str, ...], str]:
@@ -38,41 +37,38 @@ def _owner(root: nn.Module, path: tuple[str, ...]) -> nn.Module:
     return root
 
 
-def _swap(writes: list[_Write]) -> list[_Write]:
-    """Make each write, in order; returns the writes that undo them, last first."""
-    undo = []
-    for place, key, value in writes:
-        undo.append((place, key, place[key]))
-        place[key] = value
-    return undo[::-1]
-
-
 def _stateless(module: nn.Module, made: dict[int, nn.Module]) -> nn.Module:
     """A sibling of ``module`` (children included) with no registered parameters."""
     if id(module) not in made:
-        clone = shallow_copy(module)
-        clone.__dict__["_parameters"] = {n: p for n, p in module._parameters.items() if p is None}
-        clone.__dict__["_modules"] = {
-            n: None if c is None else _stateless(c, made) for n, c in module._modules.items()
-        }
-        made[id(module)] = clone
+        made[id(module)] = sibling(
+            module,
+            parameters={n: p for n, p in module._parameters.items() if p is None},
+            children={n: None if c is None else _stateless(c, made) for n, c in module._modules.items()},
+        )
     return made[id(module)]
 
 
 def _without_own_parameters(combinator: nn.Module) -> nn.Module:
-    """A combinator subclass holding parameters of its own gets a copy without them."""
+    """A combinator subclass holding parameters of its own gets a sibling without them."""
     if all(p is None for p in combinator._parameters.values()):
         return combinator
-    copy = shallow_copy(combinator)
-    copy.__dict__["_parameters"] = {n: p for n, p in combinator._parameters.items() if p is None}
-    return copy
+    return sibling(combinator, parameters={n: p for n, p in combinator._parameters.items() if p is None})
+
+
+def _describe_dtypes(groups: list[tuple[list[str], torch.Tensor]]) -> str:
+    """``"torch.float32: 0.weight, 0.bias; torch.float64: 1.weight"`` for an error message."""
+    by_dtype: dict[torch.dtype, list[str]] = {}
+    for names, tensor in groups:
+        by_dtype.setdefault(tensor.dtype, []).append(names[0])
+    parts = [f"{dtype}: {', '.join(names[:4])}{' ...' if len(names) > 4 else ''}" for dtype, names in by_dtype.items()]
+    return "; ".join(parts)
 
 
 def _check_uniform(groups: list[tuple[list[str], nn.Parameter]]) -> None:
     if not groups:
         raise ValueError("flat: the model has no parameters to flatten")
     if len({p.dtype for _, p in groups}) > 1:
-        raise ValueError(f"flat: all parameters must share one dtype to fit one vector; got {describe_dtypes(groups)}")
+        raise ValueError(f"flat: all parameters must share one dtype to fit one vector; got {_describe_dtypes(groups)}")
     devices = {p.device for _, p in groups}
     if len(devices) > 1:
         raise ValueError(f"flat: all parameters must be on one device; got {sorted(map(str, devices))}")
@@ -136,7 +132,7 @@ class FlatParam(nn.Module):
     @typechecked
     def __init__(self, model: nn.Module):
         super().__init__()
-        groups = unique_parameters(model)
+        groups = group_by_identity(model.named_parameters(remove_duplicate=False))
         _check_uniform(groups)
         flat = torch.cat([p.detach().reshape(-1) for _, p in groups])
         self.flat_param = nn.Parameter(flat, requires_grad=any(p.requires_grad for _, p in groups))
@@ -148,7 +144,7 @@ class FlatParam(nn.Module):
             for (_, p), view in zip(groups, self._views(self.flat_param.data)):
                 p.data = view
         made: dict[int, nn.Module] = {}
-        self.module = transform(
+        self.module = rebuild(
             model,
             pre=lambda path, m: None if isinstance(m, Combinator) else _stateless(m, made),
             post=lambda path, original, new: _without_own_parameters(new),
@@ -165,7 +161,7 @@ class FlatParam(nn.Module):
         for place, key, view in self._parameter_writes(self.flat_param.detach()):
             place[key] = view
 
-    def _parameter_writes(self, theta: torch.Tensor) -> list[_Write]:
+    def _parameter_writes(self, theta: torch.Tensor) -> list[Write]:
         """Each view of ``theta`` as a plain attribute of the sibling, at every name it goes by.
 
         The owners are looked up on each call, not cached: a copy of this module (another
@@ -195,13 +191,9 @@ class FlatParam(nn.Module):
         # Written straight into the sibling (torch.func.functional_call's checks and bookkeeping
         # cost a third of a small model's call). The previous values come back, not the detached
         # views: a call nested in another's forward leaves the outer call's tensors in place.
-        undo = _swap(writes)
-        try:
-            return self.module(x)
-        finally:
-            _swap(undo)
+        return call_with(self.module, writes, x)
 
-    def _buffer_writes(self, buffers: dict[str, torch.Tensor]) -> list[_Write]:
+    def _buffer_writes(self, buffers: dict[str, torch.Tensor]) -> list[Write]:
         root, writes = self.module, []
         for name, value in buffers.items():
             path, attr = _split_name(name)

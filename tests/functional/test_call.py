@@ -168,3 +168,51 @@ def test_one_error_lists_every_kind_of_problem(gen):
     assert "mis-shaped parameters '0.weight': expected (2, 3), got (3, 3)" in message
     assert "no parameter or buffer 'oops'" in message
     assert "missing parameters '0.bias', '2.bias'" in message
+
+
+def test_a_module_at_two_paths_keeps_its_own_parameters(gen):
+    lin = modify.Linear(4, 4)
+    model = modify.Sequential(lin, modify.ReLU(), lin)
+    weight, bias = lin.weight, lin.bias
+    state = state_snapshot(model)
+    new = {"weight": torch.randn(4, 4, generator=gen), "bias": torch.randn(4, generator=gen)}
+    params = {f"{i}.{k}": v for i in ("0", "2") for k, v in new.items()}
+    x = torch.randn(2, 4, generator=gen)
+    got = modify.functional_call(model, params, x)
+    assert_close(got, F.linear(torch.relu(F.linear(x, new["weight"], new["bias"])), new["weight"], new["bias"]))
+    assert lin.weight is weight and lin.bias is bias
+    assert_state_equal(model, state)
+
+
+def test_training_mode_leaves_batchnorm_statistics_alone_also_when_raising(gen):
+    for norm in (modify.BatchNorm1d(4), nn.BatchNorm1d(4, affine=False)):
+        model = modify.Sequential(modify.Linear(4, 4), norm).train()
+        state, buffers = state_snapshot(model), [id(b) for b in model.buffers()]
+        params = {k: v.detach().clone() for k, v in model.named_parameters()}
+        x = torch.randn(8, 4, generator=gen)
+        out = modify.functional_call(model, params, x)
+        torch.testing.assert_close(out, F.batch_norm(model[0](x), None, None, training=True))
+        with pytest.raises(ValueError):
+            modify.functional_call(model, params, torch.randn(8, 5, generator=gen))
+        assert_state_equal(model, state)
+        assert [id(b) for b in model.buffers()] == buffers
+
+
+def test_given_buffers_receive_the_updates(gen):
+    model = modify.Sequential(modify.BatchNorm1d(4)).train()
+    mean = torch.zeros(4)
+    modify.functional_call(model, {"0.running_mean": mean}, torch.randn(8, 4, generator=gen) + 3)
+    assert mean.abs().sum() > 0 and model[0].running_mean.abs().sum() == 0
+
+
+def test_strict_false_fills_missing_names_with_the_models_own(gen):
+    model = make_mlp()
+    x = torch.randn(4, 3, generator=gen)
+    params = {"2.bias": torch.randn(2, generator=gen)}
+    own = {k: v.detach() for k, v in model.named_parameters()}
+    got = modify.functional_call(model, params, x, strict=False)
+    assert_close(got, manual_mlp({**own, **params}, x))
+    with pytest.raises(ValueError, match="missing parameters.*strict=False"):
+        modify.functional_call(model, params, x)
+    with pytest.raises(ValueError, match="no parameter or buffer 'nope'"):
+        modify.functional_call(model, {"nope": torch.ones(1)}, x, strict=False)
