@@ -15,6 +15,8 @@ from .primitives import __all__ as _primitives
 from .rewriting import *  # noqa: F403
 from .rewriting import __all__ as _rewriting
 from . import models
+from .adapters import *  # noqa: F403
+from .adapters import __all__ as _adapters
 from .traits import traits_of
 
 __version__ = "0.1.0"
@@ -25,4 +27,5 @@ __all__ = [
     "models",
     *_primitives,
     *_rewriting,
+    *_adapters,
 ]

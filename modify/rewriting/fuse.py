@@ -19,7 +19,7 @@ from ..primitives.activations import Dropout
 from ..primitives.arithmetic import Scale
 from ..primitives.structure import Identity
 from .fused import AffineGroupNorm, AffineLayerNorm, AffineRMSNorm, ScaledLinear
-from .lora import LoRA
+from ..adapters.blocks import LoRA
 from .walk import transform
 
 
