@@ -199,7 +199,8 @@ class LoRA(Sequential):
         The base layer's, e.g. ``(*, in_features) -> (*, out_features)`` for a Linear.
 
     Attributes:
-        rank, alpha, use_rslora, dora: as given (``alpha`` as a float).
+        rank, alpha, dropout, use_rslora, dora: as given (``alpha`` as a float).
+        kind: ``"linear"``, ``"embedding"`` or ``"conv"``, the base layer's type.
         scale: ``s``.
 
     Raises:
@@ -255,7 +256,7 @@ class LoRA(Sequential):
         cast_in = [AsType(dtype)] if dtype != base_dtype and kind != "embedding" else []
         cast_out = [AsType(base_dtype)] if dtype != base_dtype else []
         super().__init__(Copy(2), Parallel(base, Sequential(*cast_in, *head, *tail)), Add(), *cast_out)
-        self.kind, self.rank, self.alpha, self.scale = kind, rank, alpha, scale
+        self.kind, self.rank, self.alpha, self.scale, self.dropout = kind, rank, alpha, scale, dropout
         self.use_rslora, self.dora = use_rslora, dora
 
     @property

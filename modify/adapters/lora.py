@@ -62,7 +62,8 @@ def _no_match(model: nn.Module, where: tuple) -> str:
             f"; the model is a plain torch.nn {type(model).__name__} container, which modify's rewriters do not "
             "open: use modify.Sequential(*model) or modify.convert(model)"
         )
-    return f"lora: `where` {where!r} matches no layer of the {type(model).__name__} (nothing to adapt){hint}"
+    shown = ", ".join(c.__name__ if isinstance(c, type) else repr(c) for c in where)
+    return f"lora: `where` ({shown}) matches no layer of the {type(model).__name__} (nothing to adapt){hint}"
 
 
 @typechecked
