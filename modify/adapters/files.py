@@ -175,6 +175,19 @@ def _pattern_value(patterns: dict, name: str, default: Any) -> Any:
     return default
 
 
+def _base_copies(tensors: dict[str, torch.Tensor], layers: dict[str, Any]) -> list[str]:
+    """Drop the base weights PEFT also saves (``save_embedding_layers``); list those that differ from ours."""
+    differ = []
+    for name, (_, module) in layers.items():
+        for key in (f"{PREFIX}{name}.weight", f"{PREFIX}{name}.base_layer.weight"):
+            if key not in tensors:
+                continue
+            saved = tensors.pop(key)
+            if saved.shape != module.weight.shape or not torch.equal(saved.to(module.weight), module.weight):
+                differ.append(f"{key}: a base weight other than the model's (load_adapters never changes the base)")
+    return differ
+
+
 def _grouped(tensors: dict[str, torch.Tensor], layers: dict[str, Any]) -> tuple[dict[str, dict], list[str]]:
     """File keys grouped by layer name (``{name: {suffix: tensor}}``), and the keys that fit no layer."""
     grouped: dict[str, dict[str, torch.Tensor]] = {}
@@ -213,7 +226,9 @@ def load_adapters(base: nn.Module, folder: PathLike) -> nn.Module:
     for other models): ``r``, ``lora_alpha``, ``rank_pattern``, ``alpha_pattern``,
     ``lora_dropout``, ``use_rslora`` and ``use_dora`` from the config, the adapted layers from
     the weights file. Every key and shape is checked before anything is built; ``base`` is left
-    untouched (the sibling shares its parameters, as :func:`~modify.lora` does).
+    untouched (the sibling shares its parameters, as :func:`~modify.lora` does). Base weights
+    that PEFT saves beside the adapters (``save_embedding_layers``, e.g. for ``lm_head``) must
+    equal the base's own.
 
     Args:
         base: the base model (no adapters).
@@ -247,9 +262,10 @@ def load_adapters(base: nn.Module, folder: PathLike) -> nn.Module:
     tensors = _read_weights(folder, owner)
     names = layer_names(base)
     layers = {names[path]: (path, m) for path, m in base.named_modules() if _is_layer(m, path)}
+    mismatched = _base_copies(tensors, layers)
     grouped, unexpected = _grouped(tensors, layers)
     blocks = _blocks(config, grouped, layers, owner)
-    missing, mismatched = [], []
+    missing = []
     for name, given in grouped.items():
         expected = peft_tensors(blocks[id(layers[name][1])])
         unexpected += [f"{PREFIX}{name}.{s}" for s in given if s not in expected]
