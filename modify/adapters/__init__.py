@@ -3,5 +3,8 @@
 from .blocks import LoRA
 from .files import load_adapters, save_adapters
 from .lora import lora, lora_parameters, merge_lora, strip_lora
+from .mixed import MixedLoRA
 
-__all__ = ["LoRA", "load_adapters", "lora", "lora_parameters", "merge_lora", "save_adapters", "strip_lora"]
+__all__ = [
+    "LoRA", "MixedLoRA", "load_adapters", "lora", "lora_parameters", "merge_lora", "save_adapters", "strip_lora",
+]
