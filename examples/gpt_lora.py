@@ -468,7 +468,7 @@ def run(cfg: DemoConfig, env: dict) -> None:
         unchanged = all(torch.equal(value, before[key]) for key, value in base.state_dict().items())
         sharing(base, adapted, unchanged, name_b)
         merging(base, adapted, held_out[name_b][0][0])
-        adapter_files(cfg, base, adapted, held_out[name_b])
+        adapter_files(cfg, base, adapted, held_out[name_b], name_b)
         for label, model in (("base", base), ("adapted (LoRA)", adapted)):
             log(f"\n--- sample from {label} (same prompt '\\n' and seed) ---\n{sample(model, tokenizer, cfg, env)}")
         path = plot(cfg, pre_losses, ada_losses, table, name_a, name_b)
@@ -500,15 +500,15 @@ def sharing(base, adapted, unchanged: bool, name_b: str) -> None:
           f"whose adapters alone were trained on {name_b}")
 
 
-def adapter_files(cfg: DemoConfig, base, adapted, batches: list) -> None:
+def adapter_files(cfg: DemoConfig, base, adapted, batches: list, name_b: str) -> None:
     """Save the adapters alone in PEFT's format, reload them into a fresh sibling, compare held-out losses."""
     folder = Path(cfg.out) / "adapter"
     modify.save_adapters(adapted, folder)
     reloaded = modify.load_adapters(base, folder)
     size = (folder / "adapter_model.safetensors").stat().st_size
     print(f"save_adapters(adapted, '{folder}'): PEFT's format, {size:,} bytes of adapters")
-    print(f"load_adapters(base, '{folder}'): held-out loss {evaluate(reloaded, batches):.3f} "
-          f"(the trained sibling: {evaluate(adapted, batches):.3f})")
+    print(f"load_adapters(base, '{folder}'): a fresh sibling, loss {evaluate(reloaded, batches):.3f} on held-out "
+          f"{name_b} (the trained sibling: {evaluate(adapted, batches):.3f})")
     if cfg.hf_checkpoint is not None:
         in_peft(cfg.hf_checkpoint, folder, adapted, batches[0][0])
 

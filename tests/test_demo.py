@@ -57,7 +57,7 @@ def check_summary_and_files(out: str) -> None:
     (total, trainable, shared, _, adapters) = rows["adapted (LoRA)"]
     assert base_shared == shared == base_total > 0 and base_adapters == 0 and base_trainable == 0  # frozen base
     assert adapters == trainable == total - base_total > 0
-    reloaded, trained = re.search(r"held-out loss (\S+) \(the trained sibling: (\S+)\)", out).groups()
+    reloaded, trained = re.search(r"a fresh sibling, loss (\S+) on held-out .*\(the trained sibling: (\S+)\)", out).groups()
     assert reloaded == trained
 
 
