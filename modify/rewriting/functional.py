@@ -67,13 +67,13 @@ def _missing(params: dict, parameters: dict[str, torch.Tensor]) -> list[str]:
     return [f"missing parameters {_listing(first_names)} (pass every parameter)"]
 
 
-def _problems(model: nn.Module, params: dict, parameters: dict, buffers: dict) -> None:
-    """Raise one ``ValueError`` listing every mis-shaped, unknown and missing name."""
+def _problems(model: nn.Module, params: dict, parameters: dict, buffers: dict, strict: bool = True) -> None:
+    """Raise one ``ValueError`` listing every mis-shaped, unknown and (if ``strict``) missing name."""
     unexpected = [name for name in params if name not in parameters and name not in buffers]
     problems = _misshaped(params, parameters, "parameter") + _misshaped(params, buffers, "buffer")
     if unexpected:
         problems.append(f"{type(model).__name__} has no parameter or buffer {_listing(unexpected)}")
-    problems += _missing(params, parameters)
+    problems += _missing(params, parameters) if strict else []
     if problems:
         raise ValueError("functional_call: " + "; and ".join(problems))
 
@@ -92,13 +92,14 @@ def _untie(params: dict, reference: dict[str, torch.Tensor], kind: str) -> dict[
     return out
 
 
-def functional_call(model: nn.Module, params: dict[str, torch.Tensor], x):
+def functional_call(model: nn.Module, params: dict[str, torch.Tensor], x, *, strict: bool = True):
     """``model(x)`` computed with the tensors in ``params`` in place of the model's own.
 
     Built on ``torch.func.functional_call``; ``model`` is left as it was, also when the forward
-    raises. Unlike it, the call is strict: ``params`` must give every parameter (one name of a tied
-    group is enough; the others take its value), only names the model has, with the model's
-    shapes. Buffers may be given too (optional), e.g. BatchNorm statistics. Under
+    raises. Unlike it, the call is strict by default: ``params`` must give every parameter (one
+    name of a tied group is enough; the others take its value), only names the model has, with
+    the model's shapes; ``strict=False`` lets the model's own tensors fill the parameters not
+    given (e.g. a shared base under predicted LoRA adapters). Buffers may be given too (optional), e.g. BatchNorm statistics. Under
     ``torch.func.vmap`` the shapes checked are the per-sample ones, so per-sample parameters
     work::
 
@@ -112,6 +113,8 @@ def functional_call(model: nn.Module, params: dict[str, torch.Tensor], x):
         params: ``{name: tensor}`` with the names of ``model.named_parameters()`` (and optionally
             of ``model.named_buffers()``).
         x: the input value (a tensor or a tuple, passed as the single argument).
+        strict: require every parameter in ``params`` (unknown and mis-shaped names are errors
+            either way).
 
     Shape:
         Each ``params[name]`` has the shape of the model's tensor of that name.
@@ -120,9 +123,10 @@ def functional_call(model: nn.Module, params: dict[str, torch.Tensor], x):
         The output value.
 
     Raises:
-        TypeError: ``model`` not a module, ``params`` not a dict, a value that is not a tensor.
-        ValueError: missing parameters, unknown names, mis-shaped tensors (all listed in one
-            error), or different tensors for names of one tied parameter.
+        TypeError: ``model`` not a module, ``params`` not a dict, a value that is not a tensor,
+            ``strict`` not a bool.
+        ValueError: missing parameters (when ``strict``), unknown names, mis-shaped tensors (all
+            listed in one error), or different tensors for names of one tied parameter.
 
     Example:
         >>> import torch, modify
@@ -136,6 +140,8 @@ def functional_call(model: nn.Module, params: dict[str, torch.Tensor], x):
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"functional_call: model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(strict, bool):
+        raise TypeError(f"functional_call: strict must be a bool, got {type(strict).__name__}")
     if not isinstance(params, dict):
         raise TypeError(f"functional_call: params must be a dict of tensors, got {type(params).__name__}")
     parameters, buffers = _tensors(model)
@@ -143,7 +149,7 @@ def functional_call(model: nn.Module, params: dict[str, torch.Tensor], x):
     if untied and params.keys() == parameters.keys():  # the common case: every name, nothing else
         _problems(model, params, parameters, {})
         return torch.func.functional_call(model, params, (x,), tie_weights=False)
-    _problems(model, params, parameters, buffers)
+    _problems(model, params, parameters, buffers, strict)
     tensors = _untie(params, parameters, "parameter")
     tensors.update(_untie(params, buffers, "buffer"))
     return torch.func.functional_call(model, tensors, (x,), tie_weights=False)
