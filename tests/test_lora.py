@@ -342,3 +342,16 @@ def test_safe_merge_names_the_layer_with_a_non_finite_weight():
     with pytest.raises(ValueError, match="LoRA block at 'fc2' is not finite"):
         modify.merge_lora(adapted, safe=True)
     assert not torch.isfinite(modify.merge_lora(adapted).fc2.weight).all()  # unsafe: merged as asked
+
+
+@pytest.mark.parametrize("options", [{"dora": True}, {"use_rslora": True}], ids=["dora", "rslora"])
+def test_variants_over_low_precision_compile_in_one_graph(options, gen):
+    base = modify.Sequential(emb=modify.Embedding(10, 8), fc=modify.Linear(8, 8), act=modify.GELU())
+    base = base.to(torch.bfloat16)
+    adapted = modify.lora(base, rank=2, where=modify.Linear, **options)
+    adapted = modify.lora(adapted, rank=2, where=modify.Embedding)
+    randomise_adapters(adapted, gen)
+    ids = torch.randint(0, 10, (3, 5), generator=gen)
+    compiled = torch.compile(adapted, fullgraph=True, backend="eager")
+    assert compiled(ids).dtype == torch.bfloat16
+    assert torch.equal(compiled(ids), adapted(ids))

@@ -40,12 +40,19 @@ def _adapter_modules(model: nn.Module) -> set[int]:
 
 def _container_problem(model: nn.Module, paths: list[str]) -> str:
     """Why the walk cannot reach ``paths``: a plain ``torch.nn`` container on the way, or ``""``."""
+    containers = {
+        path: module
+        for path, module in model.named_modules(remove_duplicate=False)
+        if isinstance(module, _PLAIN_CONTAINERS) and not isinstance(module, Combinator)
+    }
+    if not containers:
+        return ""
     for path in paths:
         parts = path.split(".") if path else []
         for depth in range(len(parts)):
             prefix = ".".join(parts[:depth])
-            module = model.get_submodule(prefix)
-            if isinstance(module, _PLAIN_CONTAINERS) and not isinstance(module, Combinator):
+            module = containers.get(prefix)
+            if module is not None:
                 return (
                     f"'{path}' lies inside a plain torch.nn {type(module).__name__} container at "
                     f"'{prefix or '<root>'}', which modify's rewriters do not open: rebuild it with "
