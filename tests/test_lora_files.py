@@ -180,3 +180,12 @@ def test_bad_folders_raise_one_checkpoint_error_naming_the_file(tmp_path, gen):
             modify.load_adapters(base, folder)
         assert message in str(info.value), (name, str(info.value))
         assert str(folder) in str(info.value), name
+
+
+def test_a_targeted_layer_without_tensors_is_missing(tmp_path):
+    base = modify.Sequential(body=modify.Linear(4, 6), head=modify.Linear(6, 2))
+    modify.save_adapters(modify.lora(base, rank=3), tmp_path)
+    tensors = load_file(tmp_path / "adapter_model.safetensors")
+    save_file({k: v for k, v in tensors.items() if ".head." not in k}, tmp_path / "adapter_model.safetensors")
+    with pytest.raises(CheckpointError, match=r"missing keys \(1\):\n.*head.lora_A.weight \(target_modules names it\)"):
+        modify.load_adapters(base, tmp_path)

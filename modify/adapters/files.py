@@ -188,6 +188,14 @@ def _base_copies(tensors: dict[str, torch.Tensor], layers: dict[str, Any]) -> li
     return differ
 
 
+def _targeted(config: dict, name: str) -> bool:
+    """PEFT's ``check_target_module_exists``: a regex ``target_modules`` fully matches, a list's entry ends the name."""
+    targets = config.get("target_modules") or []
+    if isinstance(targets, str):
+        return re.fullmatch(targets, name) is not None
+    return any(name == t or name.endswith(f".{t}") for t in targets if isinstance(t, str))
+
+
 def _grouped(tensors: dict[str, torch.Tensor], layers: dict[str, Any]) -> tuple[dict[str, dict], list[str]]:
     """File keys grouped by layer name (``{name: {suffix: tensor}}``), and the keys that fit no layer."""
     grouped: dict[str, dict[str, torch.Tensor]] = {}
@@ -265,7 +273,8 @@ def load_adapters(base: nn.Module, folder: PathLike) -> nn.Module:
     mismatched = _base_copies(tensors, layers)
     grouped, unexpected = _grouped(tensors, layers)
     blocks = _blocks(config, grouped, layers, owner)
-    missing = []
+    missing = [f"{PREFIX}{name}.lora_A.weight (target_modules names it)" for name in layers
+               if name not in grouped and _targeted(config, name)]  # fmt: skip
     for name, given in grouped.items():
         expected = peft_tensors(blocks[id(layers[name][1])])
         unexpected += [f"{PREFIX}{name}.{s}" for s in given if s not in expected]
