@@ -5,6 +5,7 @@
 3. functional: ``modify.functional_call`` / ``modify.flat`` vs ``torch.func.functional_call``.
 4. rewrite: ``select`` / ``rewrite`` / ``lora`` on 10,000 leaves, and the memory of a sibling.
 5. loading: ``from_pretrained`` of real-size checkpoints (GPT-2 124M, a 0.85B bf16 Llama) vs transformers.
+6. mixed: ``modify.MixedLoRA`` vs PEFT's mixed-adapter batch (``adapter_names=``), 4 adapters.
 
 Ratios are measured in one process, the sides interleaved, medians over rounds; see
 ``benchmarks/timing.py``. Never used as assertions in tests. Results: ``docs/benchmarks.md``.
@@ -28,6 +29,7 @@ BENCHMARKS = {
     "functional": ("3. Functional calls, per call", functional.run),
     "rewrite": ("4. Rewrite cost and sibling memory", rewrite_cost.run),
     "loading": ("5. Loading checkpoints: from_pretrained to first logits, modify vs transformers", loading.run),
+    "mixed": ("6. Mixed-adapter batches: modify.MixedLoRA vs PEFT's adapter_names=", lora.run_mixed),
 }
 
 

@@ -21,7 +21,7 @@ import modify
 from modify.models import GPT
 
 from .overhead import Size, hf_state
-from .timing import compare, table
+from .timing import compare, table, us
 
 SIZE = Size("GPT-2 tiny", n_layer=4, n_head=4, n_embd=128, vocab_size=1024, batch=4, seq=64)
 TARGETS = ("c_attn", "c_proj", "c_fc")
@@ -95,3 +95,73 @@ def run(quick: bool) -> str:
         rows.append([mode, f"{peft:.3f}x", f"{mine:.3f}x", "yes" if mine <= peft else "no"])
     headers = ["LoRA on GPT-2 tiny (r=8, c_attn/c_proj/c_fc)", "PEFT / HF base", "modify.lora / modify base", "ours <= PEFT"]
     return table(headers, rows)
+
+
+ADAPTERS = 4
+
+
+def mixed_models() -> tuple[nn.Module, nn.Module, list[str]]:
+    """PEFT's model with 4 adapters and our MixedLoRA over 4 siblings holding the same adapter weights."""
+    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from modify.adapters.files import PREFIX, layer_names, peft_tensors
+
+    config = GPT2Config(
+        n_positions=SIZE.seq, vocab_size=SIZE.vocab_size, n_layer=SIZE.n_layer, n_head=SIZE.n_head,
+        n_embd=SIZE.n_embd, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0,
+    )
+    hf = GPT2LMHeadModel(config)
+    hf.load_state_dict(hf_state(SIZE))
+    lora_config = LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=list(TARGETS), fan_in_fan_out=True)
+    names = [f"a{k}" for k in range(ADAPTERS)]
+    gen = torch.Generator().manual_seed(2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        peft_model = get_peft_model(hf, lora_config, adapter_name=names[0])
+        for name in names[1:]:
+            peft_model.add_adapter(name, lora_config)
+    base = GPT.from_pretrained(hf_state(SIZE), **SIZE.config()).eval()
+    siblings = []
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+        for name in names:
+            state = get_peft_model_state_dict(peft_model, adapter_name=name)
+            sibling = modify.lora(base, RANK, ALPHA, where=(lambda path, m: path.rsplit(".", 1)[-1] in TARGETS,))
+            reference = layer_names(sibling)
+            for path, block in modify.select(sibling, modify.LoRA):
+                for suffix, tensor in peft_tensors(block).items():
+                    tensor.copy_(state[f"{PREFIX}{reference[path]}.{suffix}"])
+            siblings.append(sibling)
+    return peft_model.eval(), modify.MixedLoRA(siblings).eval(), names
+
+
+def run_mixed(quick: bool) -> str:
+    peft_model, mixed, names = mixed_models()
+    gen = torch.Generator().manual_seed(3)
+    batch = 2 * (ADAPTERS + 1)
+    ids = torch.arange(batch) % (ADAPTERS + 1) - 1  # -1 (base), 0, 1, 2, 3, -1, ...
+    adapter_names = ["__base__" if i < 0 else names[i] for i in ids.tolist()]
+    x = torch.randint(0, SIZE.vocab_size, (batch, SIZE.seq), generator=gen)
+    with torch.no_grad():
+        error = (peft_model(x, adapter_names=adapter_names).logits - mixed(x, ids)).abs().max().item()
+    if error > 1e-4:
+        raise RuntimeError(f"mixed benchmark: MixedLoRA and PEFT's mixed batch differ by {error}")
+
+    def peft_forward():
+        with torch.no_grad():
+            peft_model(x, adapter_names=adapter_names)
+
+    def ours_forward():
+        with torch.no_grad():
+            mixed(x, ids)
+
+    rounds, number = (7, 2) if quick else (15, 4)
+    timing = compare({"peft": peft_forward, "modify": ours_forward}, rounds, number)
+    ratio = timing.ratio("modify", "peft")
+    headers = [f"mixed batch of {batch} on GPT-2 tiny, {ADAPTERS} adapters (r=8)", "PEFT adapter_names=",
+               "modify.MixedLoRA", "MixedLoRA / PEFT"]  # fmt: skip
+    row = ["forward (no grad)", us(timing.seconds("peft")), us(timing.seconds("modify")), f"{ratio:.2f}x"]
+    return table(headers, [row])

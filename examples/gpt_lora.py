@@ -14,9 +14,12 @@
 2. Makes ``adapted = modify.lora(base, rank)``, a sibling sharing every base parameter, freezes the
    base and trains only the adapters on corpus B: the docstrings of the same modules, English prose
    (or your own text with ``--text``).
-3. Prints both models' held-out loss on both corpora, a sample from each, how many parameters they
-   share (by identity: ``p_base is p_adapted``), the adapter's size, and that ``merge_lora`` gives
-   the same outputs; saves a loss plot.
+3. Prints both models' held-out loss on both corpora, a sample from each, ``modify.summary`` of
+   both (parameters shared by identity: ``p_base is p_adapted``; the adapters' size), and that
+   ``merge_lora`` gives the same outputs; saves a loss plot.
+4. Saves the adapters alone with ``modify.save_adapters`` (PEFT's folder format) under ``--out``,
+   reloads them into a fresh sibling with ``modify.load_adapters`` and shows the same held-out
+   loss; with ``--hf-checkpoint``, loads the folder with PEFT onto ``transformers``' GPT-2 too.
 
 ``--hf-checkpoint DIR`` starts from GPT-2 weights in a local Hugging Face folder instead of
 pretraining. Text is then tokenized with the folder's own GPT-2 tokenizer if it has one and
@@ -45,6 +48,7 @@ import pickle
 import sys
 import sysconfig
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,7 +117,7 @@ class DemoConfig:
                        number(int, 0, what="0 (automatic) or a positive integer"))
     compile: bool = opt(False, "train through torch.compile")
     ddp: bool = opt(False, "DistributedDataParallel; launch with torchrun (gloo on CPU, nccl on GPU)")
-    out: str = opt("build/demo", "folder for the loss plot")
+    out: str = opt("build/demo", "folder for the loss plot and the saved adapter (adapter/)")
 
 
 # ----------------------------------------------------------------------------- corpora
@@ -483,6 +487,7 @@ def run(cfg: DemoConfig, env: dict) -> None:
         unchanged = all(torch.equal(value, before[key]) for key, value in base.state_dict().items())
         sharing(base, adapted, unchanged, name_b)
         merging(base, adapted, held_out[name_b][0][0])
+        adapter_files(cfg, base, adapted, held_out[name_b], name_b)
         for label, model in (("base", base), ("adapted (LoRA)", adapted)):
             log(f"\n--- sample from {label} (same prompt '\\n' and seed) ---\n{sample(model, tokenizer, cfg, env)}")
         path = plot(cfg, pre_losses, ada_losses, table, name_a, name_b)
@@ -507,16 +512,41 @@ def loss_table(models: dict, held_out: dict, tokenizer) -> dict[tuple[str, str],
 
 
 def sharing(base, adapted, unchanged: bool, name_b: str) -> None:
-    """Print which parameters the two models share: by identity, so no bytes were copied."""
-    base_params, adapted_ids = list(base.parameters()), {id(p) for p in adapted.parameters()}
-    shared = [p for p in base_params if id(p) in adapted_ids]  # p_base is p_adapted
-    base_ids = {id(p) for p in base_params}
-    adapters = [p for p in adapted.parameters() if id(p) not in base_ids]
-    print(f"\nbase parameters:     {count(base_params)} in {len(base_params)} tensors, "
-          f"unchanged by the adaptation: {unchanged}")
-    print(f"shared with adapted: {count(shared)} in {len(shared)} tensors (the same objects, p_base is p_adapted)")
-    print(f"adapter parameters:  {count(adapters)} in {len(adapters)} tensors, "
-          f"{len(modify.select(adapted, modify.LoRA))} LoRA blocks, the only ones trained on {name_b}")
+    """Print both models' parameter counts: shared ones are the same objects (p_base is p_adapted), no bytes copied."""
+    print("\nparameters (exact counts; shared: the very same tensor objects, p_base is p_adapted)")
+    print(modify.summary(base, adapted, names=["base", "adapted (LoRA)"]))
+    print(f"base unchanged by the adaptation: {unchanged}; {len(modify.select(adapted, modify.LoRA))} LoRA blocks, "
+          f"whose adapters alone were trained on {name_b}")
+
+
+def adapter_files(cfg: DemoConfig, base, adapted, batches: list, name_b: str) -> None:
+    """Save the adapters alone in PEFT's format, reload them into a fresh sibling, compare held-out losses."""
+    folder = Path(cfg.out) / "adapter"
+    modify.save_adapters(adapted, folder)
+    reloaded = modify.load_adapters(base, folder)
+    size = (folder / "adapter_model.safetensors").stat().st_size
+    print(f"save_adapters(adapted, '{folder}'): PEFT's format, {size:,} bytes of adapters")
+    print(f"load_adapters(base, '{folder}'): a fresh sibling, loss {evaluate(reloaded, batches):.3f} on held-out "
+          f"{name_b} (the trained sibling: {evaluate(adapted, batches):.3f})")
+    if cfg.hf_checkpoint is not None:
+        in_peft(cfg.hf_checkpoint, folder, adapted, batches[0][0])
+
+
+@torch.no_grad()
+def in_peft(checkpoint: str, folder: Path, adapted, x: torch.Tensor) -> None:
+    """Load the adapter folder with PEFT onto transformers' GPT-2 and compare logits (when both are installed)."""
+    call = f"PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained('{checkpoint}'), '{folder}')"
+    if importlib.util.find_spec("peft") is None or importlib.util.find_spec("transformers") is None:
+        print(f"in PEFT: {call} loads it (install peft and transformers to check here)")
+        return
+    from peft import PeftModel
+    from transformers import GPT2LMHeadModel
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # transformers' and PEFT's own notices (fan_in_fan_out, tied lm_head)
+        reference = PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(checkpoint), folder).eval()
+        diff = (reference(x.cpu()).logits - adapted.eval()(x).cpu()).abs().max().item()
+    print(f"in PEFT: {call} loads it; max |PEFT - modify| logit difference {diff:.1e}")
 
 
 @torch.no_grad()

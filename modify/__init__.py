@@ -18,6 +18,8 @@ from .rewriting import *  # noqa: F403
 from .rewriting import __all__ as _rewriting
 from . import models
 from ._core.inference import traits_of
+from .adapters import *  # noqa: F403
+from .adapters import __all__ as _adapters
 
 __version__ = "0.1.0"
 
@@ -28,4 +30,5 @@ __all__ = [
     *_primitives,
     *_functional,
     *_rewriting,
+    *_adapters,
 ]

@@ -41,8 +41,24 @@ def table(out: str) -> dict[str, list[float]]:
     return {line[:16].strip(): [float(v) for v in line[16:].split()] for line in lines}
 
 
-def tensors(out: str, label: str) -> int:
-    return int(re.search(rf"{label}:\s+\S+ in (\d+) tensors", out).group(1))
+def counts(out: str) -> dict[str, list[int]]:
+    """The summary table's rows: {model: [total, trainable, shared with base, shared with adapted, adapters]}."""
+    lines = out.split("parameters (exact counts")[1].splitlines()[2:4]
+    rows = {}
+    for line in lines:
+        label, numbers = re.fullmatch(r"(.+?)\s+([\d,\s-]+)", line).groups()
+        rows[label] = [int(v.replace(",", "")) if v != "-" else None for v in numbers.split()]
+    return rows
+
+
+def check_summary_and_files(out: str) -> None:
+    rows = counts(out)
+    (base_total, base_trainable, _, base_shared, base_adapters) = rows["base"]
+    (total, trainable, shared, _, adapters) = rows["adapted (LoRA)"]
+    assert base_shared == shared == base_total > 0 and base_adapters == 0 and base_trainable == 0  # frozen base
+    assert adapters == trainable == total - base_total > 0
+    reloaded, trained = re.search(r"a fresh sibling, loss (\S+) on held-out .*\(the trained sibling: (\S+)\)", out).groups()
+    assert reloaded == trained
 
 
 def test_tiny_run_prints_table_plot_sharing_and_merge(demo, capsys, tmp_path):
@@ -51,9 +67,10 @@ def test_tiny_run_prints_table_plot_sharing_and_merge(demo, capsys, tmp_path):
     rows = table(out)
     assert list(rows) == ["base", "adapted (LoRA)"]
     assert all(len(v) == 2 and all(0 < x < 20 for x in v) for v in rows.values())
-    assert tensors(out, "shared with adapted") == tensors(out, "base parameters") > 0
-    assert tensors(out, "adapter parameters") > 0
-    assert "unchanged by the adaptation: True" in out
+    check_summary_and_files(out)
+    assert "base unchanged by the adaptation: True" in out
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
     diff = float(re.search(r"logit difference (\S+);", out).group(1))
     assert diff < 1e-4
     assert "state_dict keys equal the base's: True" in out
@@ -110,8 +127,10 @@ def test_hf_checkpoint_adapts_gpt2_weights(demo, capsys, tmp_path, with_tokenize
     out = run_demo(demo, capsys, [*TINY, "--hf-checkpoint", str(folder), "--out", str(tmp_path)])
     assert ("GPT2Tokenizer" in out) == with_tokenizer
     assert ("GPT-2 single-byte tokens" in out) != with_tokenizer
-    assert "pretrain" not in out  # starts from the checkpoint's weights
-    assert tensors(out, "shared with adapted") == tensors(out, "base parameters")
+    assert "pretrain on" not in out  # starts from the checkpoint's weights
+    check_summary_and_files(out)
+    diff = float(re.search(r"in PEFT: PeftModel.from_pretrained\(.*\) loads it; max .* difference (\S+)", out).group(1))
+    assert diff < 1e-4
     assert (tmp_path / "gpt_lora_loss.png").is_file()
 
 

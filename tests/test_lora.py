@@ -200,7 +200,7 @@ def test_lora_on_adapted_model_stacks_on_base_layers_only(gen):
 
 
 def test_non_linear_match_raises_type_error_with_path():
-    with pytest.raises(TypeError, match="'norm'"):
+    with pytest.raises(TypeError, match="the match at 'norm' is a LayerNorm"):
         modify.lora(make_base(), rank=2, where=(modify.LayerNorm,))
     affine = modify.Sequential(modify.Linear(3, 3), modify.Scale(2.0))
     with pytest.raises(TypeError, match="'<root>' is a Sequential"):  # the trait matches combinators too
@@ -268,7 +268,8 @@ def test_root_linear_and_torch_linear_layers(gen):
     block = modify.lora(lin, rank=2)
     assert isinstance(block, modify.LoRA) and block.base is lin
     net = modify.Sequential(nn.Linear(5, 4), nn.ReLU())
-    assert modify.lora(net, rank=2) is net  # default `where` is modify.Linear only
+    with pytest.raises(ValueError, match="matches no layer"):  # default `where` is modify.Linear only
+        modify.lora(net, rank=2)
     adapted = modify.lora(net, rank=2, where=(nn.Linear,))
     assert isinstance(adapted[0], modify.LoRA) and adapted[0].base is net[0]
     randomise_adapters(adapted, gen)
@@ -289,3 +290,68 @@ def test_adapted_state_dict_round_trip_and_deepcopy(gen):
     assert isinstance(clone.fc1, modify.LoRA) and clone.fc1.rank == 2
     assert torch.equal(clone(x), adapted(x))
     assert clone.fc1.base.weight is not adapted.fc1.base.weight
+
+
+def test_where_takes_one_criterion_or_a_tuple():
+    base = make_base()
+    one, many = modify.lora(base, rank=2, where="fc1"), modify.lora(base, rank=2, where=("fc1",))
+    assert isinstance(one.fc1, modify.LoRA) and one.fc2 is base.fc2
+    assert modify.select(one, modify.LoRA).paths() == modify.select(many, modify.LoRA).paths() == ["fc1"]
+    assert modify.select(modify.lora(base, rank=2, where=modify.Linear), modify.LoRA).paths() == ["fc1", "fc2"]
+
+
+@pytest.mark.parametrize("alpha", [float("nan"), float("inf"), -float("inf")])
+def test_alpha_not_finite_is_a_value_error(alpha):
+    with pytest.raises(ValueError, match="alpha must be a finite number"):
+        modify.lora(make_base(), rank=2, alpha=alpha)
+
+
+def test_no_match_is_a_value_error():
+    with pytest.raises(ValueError, match="matches no layer of the Sequential"):
+        modify.lora(make_base(), rank=2, where="nothing.*")
+
+
+def test_plain_torch_sequential_says_how_to_proceed():
+    seq = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    with pytest.raises(ValueError, match=r"plain torch.nn Sequential container.*modify.Sequential\(\*model\)"):
+        modify.lora(seq, rank=2)
+    with pytest.raises(ValueError, match=r"'0' lies inside a plain torch.nn Sequential container at '<root>'"):
+        modify.lora(seq, rank=2, where=nn.Linear)
+    nested = modify.Sequential(body=seq)
+    with pytest.raises(ValueError, match=r"inside a plain torch.nn Sequential container at 'body'.*modify.convert"):
+        modify.lora(nested, rank=2, where=nn.Linear)
+    adapted = modify.lora(modify.Sequential(*seq), rank=2, where=nn.Linear)  # the advice works
+    assert modify.select(adapted, modify.LoRA).paths() == ["0", "2"]
+
+
+def test_other_layer_types_and_dora_on_them_raise_type_error_naming_the_path():
+    model = modify.Sequential(emb=modify.Embedding(10, 4), norm=modify.LayerNorm(4))
+    with pytest.raises(TypeError, match="the match at 'norm' is a LayerNorm"):
+        modify.lora(model, rank=2, where=lambda path, m: True if path else False)
+    with pytest.raises(TypeError, match="dora=True.*'emb' is a Embedding"):
+        modify.lora(model, rank=2, where=modify.Embedding, dora=True)
+    grouped = modify.Sequential(conv=modify.Conv2d(4, 4, 3, groups=2))
+    with pytest.raises(TypeError, match="'conv' has groups=2"):
+        modify.lora(grouped, rank=2, where=modify.Conv2d)
+
+
+def test_safe_merge_names_the_layer_with_a_non_finite_weight():
+    adapted = modify.lora(make_base(), rank=2)
+    with torch.no_grad():
+        adapted.fc2.up.weight.fill_(float("inf"))
+    with pytest.raises(ValueError, match="LoRA block at 'fc2' is not finite"):
+        modify.merge_lora(adapted, safe=True)
+    assert not torch.isfinite(modify.merge_lora(adapted).fc2.weight).all()  # unsafe: merged as asked
+
+
+@pytest.mark.parametrize("options", [{"dora": True}, {"use_rslora": True}], ids=["dora", "rslora"])
+def test_variants_over_low_precision_compile_in_one_graph(options, gen):
+    base = modify.Sequential(emb=modify.Embedding(10, 8), fc=modify.Linear(8, 8), act=modify.GELU())
+    base = base.to(torch.bfloat16)
+    adapted = modify.lora(base, rank=2, where=modify.Linear, **options)
+    adapted = modify.lora(adapted, rank=2, where=modify.Embedding)
+    randomise_adapters(adapted, gen)
+    ids = torch.randint(0, 10, (3, 5), generator=gen)
+    compiled = torch.compile(adapted, fullgraph=True, backend="eager")
+    assert compiled(ids).dtype == torch.bfloat16
+    assert torch.equal(compiled(ids), adapted(ids))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -125,6 +126,10 @@ def test_random_rewrite_leaves_original_unchanged_and_shares_untouched(model, wh
 def test_random_lora_merge_strip(model):
     x = torch.randn(3, D)
     before = snapshot(model, x)
+    if not modify.select(model, modify.Linear):
+        with pytest.raises(ValueError, match="matches no layer"):  # nothing to adapt is an error, not a no-op
+            modify.lora(model, rank=2, alpha=3.0)
+        return
     adapted = modify.lora(model, rank=2, alpha=3.0)
     assert torch.equal(adapted(x), before[0])
     with torch.no_grad():

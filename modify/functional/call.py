@@ -144,6 +144,8 @@ def functional_call(model: nn.Module, params: dict[str, torch.Tensor], x, *, str
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"functional_call: model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(strict, bool):
+        raise TypeError(f"functional_call: strict must be a bool, got {type(strict).__name__}")
     if not isinstance(params, dict):
         raise TypeError(f"functional_call: params must be a dict of tensors, got {type(params).__name__}")
     parameter_places, buffer_places = named_places(model)

@@ -7,6 +7,8 @@ parameters per batch; this one maps each row of ``z`` to its own set, so with
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import nn
 
@@ -31,10 +33,14 @@ class HyperNetwork(nn.Module):
         input_dim: size of ``z``.
         hidden_sizes: widths of the hidden layers (may be empty: a single linear map).
         target: the module whose parameters are predicted; on its device and dtype.
+        params: names (as in ``target.named_parameters()``) of the only parameters to predict,
+            e.g. those of :func:`~modify.lora_parameters` for per-sample LoRA adapters over one
+            shared base; call the target with ``functional_call(..., strict=False)`` so that
+            its own tensors fill in the rest. ``None``: every parameter.
 
     Shape:
         ``z``: ``(input_dim,)`` or ``(B, input_dim)``. Output: ``{name: (*shape)}`` or
-        ``{name: (B, *shape)}``, one entry per parameter of ``target``.
+        ``{name: (B, *shape)}``, one entry per predicted parameter of ``target``.
 
     Attributes:
         param_shapes: ``{name: torch.Size}`` of the predicted parameters.
@@ -43,7 +49,8 @@ class HyperNetwork(nn.Module):
 
     Raises:
         TypeError: an argument of the wrong type.
-        ValueError: a target without parameters, a non-positive size; on a call, ``z`` that is
+        ValueError: nothing to predict, a name in ``params`` that ``target`` lacks, a non-positive
+            size; on a call, ``z`` that is
             not ``(input_dim,)`` or ``(B, input_dim)``.
 
     Example:
@@ -60,11 +67,15 @@ class HyperNetwork(nn.Module):
     """
 
     @typechecked
-    def __init__(self, input_dim: int, hidden_sizes: tuple[int, ...] | list[int], target: nn.Module):
+    def __init__(
+        self,
+        input_dim: int,
+        hidden_sizes: tuple[int, ...] | list[int],
+        target: nn.Module,
+        params: Iterable[str] | None = None,
+    ):
         super().__init__()
-        named = list(target.named_parameters())
-        if not named:
-            raise ValueError(f"HyperNetwork: target {type(target).__name__} has no parameters to predict")
+        named = _chosen(target, params)
         sizes = [input_dim, *hidden_sizes]
         if min(sizes) < 1:
             raise ValueError(f"HyperNetwork: sizes must be positive, got {input_dim=}, {hidden_sizes=}")
@@ -89,3 +100,18 @@ class HyperNetwork(nn.Module):
 
     def extra_repr(self) -> str:
         return f"input_dim={self.input_dim}, predicts={len(self.param_shapes)} tensors ({sum(self._numels)} values)"
+
+
+def _chosen(target: nn.Module, params: Iterable[str] | None) -> list[tuple[str, nn.Parameter]]:
+    """``target``'s named parameters, or those named in ``params`` (in the target's order)."""
+    named = list(target.named_parameters())
+    if params is not None:
+        wanted = list(dict.fromkeys(params))
+        unknown = sorted(set(wanted) - {name for name, _ in named})
+        if unknown:
+            raise ValueError(f"HyperNetwork: target {type(target).__name__} has no parameters {unknown[:6]}")
+        named = [(name, p) for name, p in named if name in set(wanted)]
+    if not named:
+        given = "" if params is None else f" among params={params!r:.60}"
+        raise ValueError(f"HyperNetwork: target {type(target).__name__} has no parameters to predict{given}")
+    return named

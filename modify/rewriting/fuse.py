@@ -18,8 +18,8 @@ from ..combinators import Sequential
 from ..primitives.activations import Dropout
 from ..primitives.arithmetic import Scale
 from ..primitives.structure import Identity
+from ..adapters.blocks import LoRA
 from ..primitives.fused import AffineGroupNorm, AffineLayerNorm, AffineRMSNorm, ScaledLinear
-from .lora import LoRA
 from .walk import rebuild
 
 

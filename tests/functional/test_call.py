@@ -216,3 +216,20 @@ def test_strict_false_fills_missing_names_with_the_models_own(gen):
         modify.functional_call(model, params, x)
     with pytest.raises(ValueError, match="no parameter or buffer 'nope'"):
         modify.functional_call(model, {"nope": torch.ones(1)}, x, strict=False)
+
+
+def test_strict_false_still_refuses_unknown_misshaped_and_non_bool(gen):
+    model = modify.Sequential(modify.Linear(3, 4), modify.Tanh(), modify.Linear(4, 2))
+    x = torch.randn(5, 3, generator=gen)
+    weight = torch.randn(2, 4, generator=gen)
+    got = modify.functional_call(model, {"2.weight": weight}, x, strict=False)
+    expected = torch.nn.functional.linear(model[1](model[0](x)), weight, model[2].bias)
+    assert torch.allclose(got, expected)
+    with pytest.raises(ValueError, match="missing parameters"):
+        modify.functional_call(model, {"2.weight": weight}, x)
+    with pytest.raises(ValueError, match="has no parameter or buffer 'nope'"):
+        modify.functional_call(model, {"nope": weight}, x, strict=False)
+    with pytest.raises(ValueError, match="mis-shaped"):
+        modify.functional_call(model, {"2.weight": weight.t()}, x, strict=False)
+    with pytest.raises(TypeError, match="strict must be a bool"):
+        modify.functional_call(model, {}, x, strict=None)

@@ -124,3 +124,29 @@ def test_with_mutable_assignment_gradients_reach_the_hypernetwork(gen):
     net(torch.randn(5, 2, generator=gen)).sum().backward()
     assert hyper.head.weight.grad is not None and hyper.head.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in target.parameters())
+
+
+def test_per_sample_lora_adapters_over_one_shared_base(gen):
+    """params= predicts only the adapters; functional_call(strict=False) takes the base from the model."""
+    base = modify.Linear(4, 3)
+    adapted = modify.lora(base, rank=2, alpha=4.0)
+    adapter_ids = {id(p) for p in modify.lora_parameters(adapted)}
+    names = [n for n, p in adapted.named_parameters() if id(p) in adapter_ids]
+    hyper = modify.HyperNetwork(5, [8], adapted, params=names)
+    with torch.no_grad():
+        hyper.head.weight.normal_(generator=gen)
+    z, x = torch.randn(6, 5, generator=gen), torch.randn(6, 7, 4, generator=gen)
+    params = hyper(z)
+    assert list(params) == names == ["1.1.1.weight", "1.1.2.weight"]
+    got = torch.func.vmap(lambda p, x: modify.functional_call(adapted, p, x, strict=False))(params, x)
+    a, b = params["1.1.1.weight"], params["1.1.2.weight"]  # (6, 2, 4), (6, 3, 2)
+    expected = base(x) + 2.0 * torch.einsum("bti,bri,bor->bto", x, a, b)
+    assert_close(got, expected)
+    grads = torch.autograd.grad(got.square().sum(), [hyper.head.weight, base.weight], retain_graph=True)
+    reference = torch.autograd.grad(expected.square().sum(), [hyper.head.weight, base.weight])
+    for g, r in zip(grads, reference):
+        assert_close(g, r, atol=1e-4)
+    with pytest.raises(ValueError, match="has no parameters"):
+        modify.HyperNetwork(5, [8], adapted, params=["nope"])
+    with pytest.raises(ValueError, match="no parameters to predict among"):
+        modify.HyperNetwork(5, [8], adapted, params=[])

@@ -1,0 +1,105 @@
+"""MixedLoRA: each sample through its own sibling, in one batched forward, checked against the siblings."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import modify
+from modify.models import GPT, GPTConfig
+from tests.helpers import assert_close
+
+
+def randomise(model: torch.nn.Module, gen: torch.Generator) -> None:
+    with torch.no_grad():
+        for p in modify.lora_parameters(model):
+            p.add_(0.3 * torch.randn(p.shape, generator=gen))
+
+
+def gpt_siblings(gen):
+    base = GPT(GPTConfig(block_size=16, vocab_size=50, n_layer=2, n_head=2, n_embd=16)).eval()
+    where = (modify.Linear, "transformer.h.*")
+    siblings = [
+        modify.lora(base, 2, where=where),
+        modify.lora(base, 4, 3.0, where=where, use_rslora=True),
+        modify.lora(base, 1, 5.0, where=where),
+    ]
+    siblings = [modify.lora(s, 2, where=modify.Embedding) for s in siblings]  # token embedding too
+    for s in siblings:
+        randomise(s, gen)
+    return base, siblings
+
+
+def per_sample(base, siblings, x, ids):
+    rows = [(siblings[i] if i >= 0 else base)(x[n : n + 1]) for n, i in enumerate(ids.tolist())]
+    return torch.cat(rows)
+
+
+def test_outputs_equal_each_siblings_on_its_samples(gen):
+    base, siblings = gpt_siblings(gen)
+    mixed = modify.MixedLoRA(siblings).eval()
+    x = torch.randint(0, 50, (7, 16), generator=gen)
+    ids = torch.tensor([2, -1, 0, 1, 1, 0, -1])
+    with torch.no_grad():
+        assert_close(mixed(x, ids), per_sample(base, siblings, x, ids), atol=1e-5)
+        everyone = torch.full((7,), 1)
+        assert_close(mixed(x, everyone), siblings[1](x), atol=1e-5)
+
+
+def test_holds_the_siblings_own_parameters_and_gradients_reach_the_adapters_used(gen):
+    base, siblings = gpt_siblings(gen)
+    mixed = modify.MixedLoRA(siblings)
+    ours = {id(p) for p in mixed.parameters()}
+    assert ours == {id(p) for s in siblings for p in s.parameters()}  # no copies, nothing else
+    base.requires_grad_(False)
+    x = torch.randint(0, 50, (4, 16), generator=gen)
+    ids = torch.tensor([0, 2, 0, -1])
+    params = [p for s in siblings for p in modify.lora_parameters(s)]
+    got = torch.autograd.grad(mixed(x, ids).square().sum(), params, allow_unused=True)
+    expected = torch.autograd.grad(per_sample(base, siblings, x, ids).square().sum(), params, allow_unused=True)
+    used = {id(p) for s in (siblings[0], siblings[2]) for p in modify.lora_parameters(s)}
+    for p, g, e in zip(params, got, expected):
+        if id(p) in used:
+            assert_close(g, e, atol=1e-4, rtol=1e-4)
+            assert g.abs().sum() > 0
+        else:
+            assert g is None or torch.count_nonzero(g) == 0
+
+
+def test_conv_and_low_precision_bases(gen):
+    base = modify.Sequential(conv=modify.Conv2d(3, 4, 3, padding=1), act=modify.ReLU(), fc=modify.Linear(6, 2))
+    base = base.to(torch.bfloat16)
+    siblings = [modify.lora(base, r, where=lambda p, m: isinstance(m, (modify.Conv2d, modify.Linear))) for r in (2, 3)]
+    for s in siblings:
+        randomise(s, gen)
+    x = torch.randn(5, 3, 6, 6, generator=gen).to(torch.bfloat16)
+    ids = torch.tensor([1, 0, -1, 1, 0])
+    out = modify.MixedLoRA(siblings)(x, ids)
+    assert out.dtype == torch.bfloat16
+    assert_close(out.float(), per_sample(base, siblings, x, ids).float(), atol=2e-2, rtol=2e-2)
+
+
+def test_compiles_in_one_graph(gen):
+    base, siblings = gpt_siblings(gen)
+    mixed = modify.MixedLoRA(siblings).eval()
+    compiled = torch.compile(mixed, fullgraph=True, backend="eager")
+    x = torch.randint(0, 50, (4, 16), generator=gen)
+    ids = torch.tensor([1, -1, 2, 0])
+    with torch.no_grad():
+        assert_close(compiled(x, ids), mixed(x, ids))
+
+
+def test_bad_siblings_and_ids_raise(gen):
+    base = modify.Sequential(a=modify.Linear(4, 4), b=modify.Linear(4, 2))
+    with pytest.raises(ValueError, match="same paths"):
+        modify.MixedLoRA([modify.lora(base, 2, where="a"), modify.lora(base, 2)])
+    with pytest.raises(ValueError, match="not DoRA"):
+        modify.MixedLoRA([modify.lora(base, 2, dora=True)])
+    with pytest.raises(ValueError, match="non-empty"):
+        modify.MixedLoRA([])
+    mixed = modify.MixedLoRA([modify.lora(base, 2), modify.lora(base, 3)])
+    x = torch.randn(3, 4, generator=gen)
+    with pytest.raises(ValueError, match=r"must lie in \[-1, 2\)"):
+        mixed(x, torch.tensor([0, 2, -1]))
+    with pytest.raises(ValueError, match=r"must be \(3,\) int64"):
+        mixed(x, torch.tensor([0, 1]))
