@@ -15,6 +15,7 @@ from .primitives import __all__ as _primitives
 from .rewriting import *  # noqa: F403
 from .rewriting import __all__ as _rewriting
 from . import models
+from .convert import convert
 from .traits import traits_of
 
 __version__ = "0.1.0"
@@ -22,7 +23,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Combinator", "Fork", "Leaf", "ModifyError", "ModifyModule", "ModifyTypeError", "ModifyValueError",
     "Parallel", "Residual", "Sequential", "checks_enabled", "set_checks", "traits", "traits_of",
-    "models",
+    "models", "convert",
     *_primitives,
     *_rewriting,
 ]

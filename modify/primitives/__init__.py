@@ -4,6 +4,7 @@ from .activations import GELU, Dropout, Exp, LogSoftmax, ReLU, Sigmoid, SiLU, So
 from .arithmetic import Add, Div, MatMul, Mul, Scale, Sub
 from .attention import RotaryEmbedding, ScaledDotProductAttention
 from .debug import Breakpoint, Print, PrintShape
+from .function import Function
 from .layers import Conv1d, Conv2d, Embedding, Linear
 from .norms import BatchNorm1d, BatchNorm2d, ElementwiseAffine, GroupNorm, LayerNorm, RMSNorm
 from .pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
@@ -12,7 +13,7 @@ from .structure import Cat, Copy, Flatten, Identity, Index, Permute, Rearrange, 
 
 __all__ = [
     "AdaptiveAvgPool2d", "Add", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Breakpoint", "Cat", "Conv1d",
-    "Conv2d", "Copy", "Div", "Dropout", "ElementwiseAffine", "Embedding", "Exp", "Flatten", "GELU",
+    "Conv2d", "Copy", "Div", "Dropout", "ElementwiseAffine", "Embedding", "Exp", "Flatten", "Function", "GELU",
     "GroupNorm", "Identity", "Index", "LayerNorm", "Linear", "LogSoftmax", "MatMul", "Max", "MaxPool2d",
     "Mean", "Mul", "Permute", "Print", "PrintShape", "RMSNorm", "Rearrange", "ReLU", "Reshape",
     "RotaryEmbedding", "Scale", "ScaledDotProductAttention", "Sigmoid", "SiLU", "Softmax", "Split",
