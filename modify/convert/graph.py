@@ -144,8 +144,9 @@ def _environment(piece: list[Unit], env: list[object], output: object) -> nn.Mod
         survivors = [v for v in env if v in later]
         compute = unit.module if unit.inputs == env else Sequential(select(env, unit.inputs), unit.module)
         if survivors:
-            branches = [select(env, [v]) for v in survivors] + [compute]
-            _add(steps, "step", Fork(*branches))
+            branches = {str(j): select(env, [v]) for j, v in enumerate(survivors)}
+            _add(branches, unit.name, compute)
+            _add(steps, "step", fork(branches))
         else:
             _add(steps, unit.name, compute)
         env = survivors + [unit.output]

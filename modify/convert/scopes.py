@@ -14,6 +14,7 @@ from itertools import groupby
 from torch import nn
 
 from .graph import Unit, build
+from .trace import module_path
 
 
 class Scopes:
@@ -46,8 +47,9 @@ class Scopes:
             made = {u.output for u in run}
             inputs = list(dict.fromkeys(v for u in run for v in u.inputs if v not in made))
             (output,) = outputs
-            module = self._shared(key, self.region(run, inputs, output, depth + 1))
-            grouped.append(Unit(key.rsplit(".", 1)[-1], module, inputs, output))
+            path = module_path(key)
+            module = self._shared(path, self.region(run, inputs, output, depth + 1))
+            grouped.append(Unit(path.rsplit(".", 1)[-1], module, inputs, output))
         return grouped
 
     def _key(self, unit: Unit, depth: int) -> str | None:

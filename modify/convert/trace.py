@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import operator
+import re
 
 import torch
 from torch import fx, nn
@@ -83,8 +84,8 @@ def _construct(error: Exception) -> str:
 
 def _signature(root: nn.Module) -> tuple[list[str], dict[str, object]]:
     name = type(root).__name__
-    params = list(inspect.signature(root.forward).parameters.values())
-    variadic = [p.name for p in params if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    params = [p for p in inspect.signature(root.forward).parameters.values() if p.kind != p.VAR_KEYWORD]
+    variadic = [p.name for p in params if p.kind == p.VAR_POSITIONAL]
     if variadic:
         raise TypeError(f"modify.convert: {name}.forward takes *{variadic[0]}; it must take named tensor arguments")
     required_kw = [p.name for p in params if p.kind == p.KEYWORD_ONLY and p.default is p.empty]
@@ -118,9 +119,18 @@ def is_value(node: fx.Node, inputs: set[fx.Node]) -> bool:
 
 
 def scope_chain(node: fx.Node) -> tuple[str, ...]:
-    """The module calls ``node`` ran inside, outermost first (a kept module's own call excluded)."""
+    """The module calls ``node`` ran inside, outermost first (a kept module's own call excluded).
+
+    Each is the module's path, with ``torch.fx``'s ``@<n>`` suffix for its ``n``-th later call.
+    """
     chain = tuple(node.meta.get("nn_module_stack", {}))
-    return chain[:-1] if node.op == "call_module" and chain and chain[-1] == node.target else chain
+    own = node.op == "call_module" and chain and module_path(chain[-1]) == node.target
+    return chain[:-1] if own else chain
+
+
+def module_path(key: str) -> str:
+    """The module path of an ``nn_module_stack`` key (``"block@1"`` -> ``"block"``)."""
+    return re.sub(r"@\d+$", "", key)
 
 
 def attribute(root: nn.Module, target: str) -> object:
