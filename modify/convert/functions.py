@@ -87,6 +87,7 @@ def _int_or_none(value: object) -> bool:
 
 def _split(c: Call) -> P.Split | None:
     size, dim = c.arg(1, "split_size_or_sections", c.kwargs.get("split_size")), c.arg(2, "dim", 0)
+    size = c.shapes.size_of(size) if isinstance(size, fx.Node) else size
     if not isinstance(dim, int) or not (isinstance(size, int) or (isinstance(size, (list, tuple)) and all(isinstance(s, int) for s in size))):
         return None
     return P.Split(size if isinstance(size, int) else list(size), dim)

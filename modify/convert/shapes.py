@@ -89,6 +89,9 @@ class Shapes:
         kind, source = self._rule(node)
         fresh = ("dim", node, i)
         rank = self.rank(node)
+        features = self._features(node, i, rank)
+        if features is not None:
+            return features
         if kind == "all" or (kind in ("last", "embed") and rank is not None and i < rank - 1):
             return self.dim(source, i)
         if kind == "transpose":
@@ -105,16 +108,27 @@ class Shapes:
             return a if a == b and rank is not None else fresh
         return fresh
 
+    def _features(self, node: fx.Node, i: int, rank: int | None) -> int | None:
+        """The last dimension of a ``Linear``'s input or output: its ``in_``/``out_features``."""
+        if rank is None or i != rank - 1:
+            return None
+        if node.op == "call_module" and type(self.modules.get(node.target)) is nn.Linear:
+            return self.modules[node.target].out_features
+        for user in node.users:
+            if user.op == "call_module" and type(self.modules.get(user.target)) is nn.Linear:
+                return self.modules[user.target].in_features
+        return None
+
     def _rule(self, node: fx.Node) -> tuple[str, object]:
         """What ``node`` does to the shape of its first input, and that input."""
         first = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
         if node.op == "call_module":
-            module = self.modules.get(node.target)
-            if isinstance(module, _KEEP_ALL_MODULES):
+            kind = type(self.modules.get(node.target))
+            if kind in _KEEP_ALL_MODULES:
                 return "all", first
-            if isinstance(module, nn.Linear):
+            if kind is nn.Linear:
                 return "last", first
-            if isinstance(module, nn.Embedding):
+            if kind is nn.Embedding:
                 return "embed", first
             return "unknown", None
         target = node.target
