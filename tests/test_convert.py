@@ -223,3 +223,21 @@ def test_a_known_layer_or_modify_module_converts_directly():
     assert converted.affine.weight is layer.weight
     block = modify.Linear(2, 2)
     assert modify.convert(block) is block
+
+
+def test_transformers_blocks_that_fx_traces_convert_and_whole_models_raise_the_documented_error(gen):
+    transformers = pytest.importorskip("transformers")
+    gpt2 = transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(n_positions=16, vocab_size=32, n_layer=1, n_head=2, n_embd=8, bos_token_id=0, eos_token_id=0)
+    ).eval()
+    bert = transformers.BertModel(
+        transformers.BertConfig(vocab_size=32, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16)
+    ).eval()
+    x, h = torch.randn(2, 5, 8, generator=gen), torch.randn(2, 5, 16, generator=gen)
+    mlp, output = gpt2.transformer.h[0].mlp, bert.encoder.layer[0].output
+    torch.testing.assert_close(modify.convert(mlp)(x), mlp(x), atol=1e-6, rtol=0)
+    torch.testing.assert_close(modify.convert(output)((h, x)), output(h, x), atol=1e-6, rtol=0)
+    assert modify.convert(mlp).get_submodule("c_fc") is not None  # HF's Conv1D: addmm on views, as Functions
+    for model in (gpt2, bert):
+        with pytest.raises(TypeError, match="leaf_modules"):
+            modify.convert(model)

@@ -76,7 +76,7 @@ class Shapes:
         if kind in ("all", "last", "transpose", "split"):
             return self.rank(source)
         if kind == "view":
-            return len(_sizes(node))
+            return None if _sizes(node) is None else len(_sizes(node))
         if kind == "embed":
             rank = self.rank(source)
             return None if rank is None else rank + 1
@@ -101,7 +101,8 @@ class Shapes:
             axis = _normal(_split_dim(node), rank)
             return self.dim(source, i) if axis is not None and i != axis else fresh
         if kind == "view":
-            size = self.size_of(_sizes(node)[i]) if i < len(_sizes(node)) else None
+            sizes = _sizes(node) or ()
+            size = self.size_of(sizes[i]) if i < len(sizes) else None
             return fresh if size is None or size == -1 else size
         if kind == "binary":
             a, b = (self.dim(s, i) for s in source)
@@ -166,20 +167,33 @@ def _split_dim(node: fx.Node) -> object:
     return dim
 
 
-def _sizes(node: fx.Node) -> tuple:
-    """The size arguments of a ``view``/``reshape`` call, as a tuple."""
-    sizes = node.args[1:]
+def _sizes(node: fx.Node) -> tuple | None:
+    """The size arguments of a ``view``/``reshape`` call, as a tuple; ``None`` for one traced shape."""
+    sizes = node.args[1:] if node.op == "call_method" else (node.args[1:] or (node.kwargs.get("shape"),))
     if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
         return tuple(sizes[0])
+    if len(sizes) == 1 and isinstance(sizes[0], fx.Node) and shapes_tuple(sizes[0]):
+        return None
     return tuple(sizes)
+
+
+def shapes_tuple(node: fx.Node) -> bool:
+    """Whether ``node`` may be a whole shape (``x.size()``, a slice of it, a sum of tuples): not one int."""
+    if node.op == "call_method" and node.target == "size":
+        return len(node.args) == 1 and "dim" not in node.kwargs
+    if node.target is operator.getitem:
+        return not isinstance(node.args[1], int)
+    return node.target is not operator.floordiv and node.target is not operator.mul
 
 
 def _unpacked_rank(node: fx.Node) -> int | None:
     """``n`` when ``a_0, ..., a_{n-1} = node.size()`` unpacks the whole size (``n >= 2``)."""
     for user in node.users:
         if user.op == "call_method" and user.target == "size" and len(user.args) == 1 and not user.kwargs:
-            indices = {u.args[1] for u in user.users if u.target is operator.getitem}
-            if len(user.users) >= 2 and indices == set(range(len(indices))) and len(indices) == len(user.users):
+            indices = [u.args[1] for u in user.users if u.target is operator.getitem]
+            if not all(isinstance(i, int) for i in indices):
+                continue
+            if len(user.users) >= 2 and set(indices) == set(range(len(indices))) and len(indices) == len(user.users):
                 return len(indices)
     return None
 
@@ -192,6 +206,8 @@ def view_as_primitives(shapes: Shapes, node: fx.Node) -> list[tuple[str, tuple, 
     ``Flatten(k)`` then (for more than one trailing size) ``Rearrange`` splitting that axis.
     """
     source, sizes = node.args[0], _sizes(node)
+    if sizes is None:
+        return None
     known = [shapes.size_of(s) for s in sizes]
     constants = [s if isinstance(s, int) else None for s in known]
     if sum(c is None or c == -1 for c in constants) <= 1:
