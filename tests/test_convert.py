@@ -29,7 +29,7 @@ CASES = [
         "gpt",
         gpt,
         lambda g: torch.randint(0, 32, (2, 16), generator=g),
-        {"*.c_attn": [f"transformer.h.{i}.attn.c_attn" for i in range(2)], "*.mlp.c_fc": [f"transformer.h.{i}.mlp.c_fc" for i in range(2)]},
+        {"transformer.h.*.c_attn": [f"transformer.h.{i}.attn.c_attn" for i in range(2)], "*.mlp.c_fc": [f"transformer.h.{i}.mlp.c_fc" for i in range(2)]},
     ),
     (
         "resnet18",

@@ -114,7 +114,8 @@ def convert(module: nn.Module, *, leaf_modules: tuple[type, ...] | list[type] = 
             return leaf
     graph, inputs = trace(module, lambda m: known_layer(m) or isinstance(m, keep_whole))
     units = Units(module, graph, inputs)
-    tree = Scopes(units.units, units.chains, units.output).region(units.units, list(units.inputs), units.output)
+    scopes = Scopes(units.units, units.chains, units.targets, units.output)
+    tree = scopes.region(units.units, list(units.inputs), units.output)
     for sub in tree.modules():
         if isinstance(sub, Combinator):
             sub.training = module.training

@@ -29,6 +29,7 @@ class Units:
     Attributes:
         units: one :class:`Unit` per value node, aliases (``contiguous``, dropout off) removed.
         chains: each unit's module-call scopes (outermost first).
+        targets: the module path of each unit that calls one kept module.
         output: the value the graph returns (a node, or the pack unit's output).
     """
 
@@ -41,6 +42,7 @@ class Units:
         self.leaves: dict[int, nn.Module] = {}
         self.units: list[Unit] = []
         self.chains: dict[Unit, tuple[str, ...]] = {}
+        self.targets: dict[Unit, str] = {}
         for node in graph.nodes:
             if node in self.values and node.op != "placeholder":
                 self._add(node)
@@ -62,6 +64,8 @@ class Units:
         unit = Unit(name, module, [self._resolve(v) for v in inputs], node, is_add=is_add and isinstance(module, Add))
         self.units.append(unit)
         self.chains[unit] = scope_chain(node)
+        if node.op == "call_module":
+            self.targets[unit] = node.target
 
     def _module(self, node: fx.Node) -> tuple[nn.Module, list[fx.Node]] | str:
         if node.op == "call_module":
