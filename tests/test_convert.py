@@ -8,6 +8,8 @@ left untouched, globs on the original's attribute names, LoRA at init and merged
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from convert_models import ResidualMLP, ResNet18, Tied, TwoTowers
@@ -241,3 +243,16 @@ def test_transformers_blocks_that_fx_traces_convert_and_whole_models_raise_the_d
     for model in (gpt2, bert):
         with pytest.raises(TypeError, match="leaf_modules"):
             modify.convert(model)
+
+
+def test_converted_model_deep_copies_round_trips_its_state_dict_and_has_traits(gen):
+    original = gpt()
+    converted = modify.convert(original)
+    x = torch.randint(0, 32, (2, 16), generator=gen)
+    clone = copy.deepcopy(converted)
+    assert clone.lm_head.weight is not original.lm_head.weight
+    torch.testing.assert_close(clone(x), converted(x), atol=0, rtol=0)
+    fresh = modify.convert(gpt())
+    fresh.load_state_dict(converted.state_dict())
+    torch.testing.assert_close(fresh(x), converted(x), atol=0, rtol=0)
+    assert modify.traits.Param in modify.traits_of(converted)

@@ -145,7 +145,3 @@ def is_parameter_or_buffer(root: nn.Module, target: str) -> tuple[bool, bool]:
     module = root.get_submodule(owner) if owner else root
     return name in module._parameters, name not in module._non_persistent_buffers_set
 
-
-def constant_tensor(value: object) -> bool:
-    """A tensor captured as a constant (not a parameter or buffer of the model)."""
-    return isinstance(value, torch.Tensor)
