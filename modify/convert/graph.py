@@ -48,7 +48,11 @@ def build(units: list[Unit], inputs: list[object], output: object) -> nn.Module:
     for piece in _pieces(units, inputs, output):
         last = piece[-1].output
         module, name = _piece(piece, env, last)
-        _add(steps, name, module)
+        if name in ("fork", "step"):  # a plain Sequential of steps: its steps join this one
+            for child_name, child in module.named_children():
+                _add(steps, child_name, child)
+        else:
+            _add(steps, name, module)
         env = [last]
     if len(steps) == 1:
         return next(iter(steps.values()))
@@ -110,7 +114,10 @@ def _fan(piece: list[Unit], source: object) -> tuple[nn.Module, str] | None:
     for i, value in enumerate(last.inputs):
         members, module = branches[value]
         _add(named, members[0].name if len(members) == 1 else str(i), module)
-    return Sequential(fork=fork(named), **{last.name: last.module}), "fork"
+    steps: dict[str, nn.Module] = {}
+    _add(steps, "fork", fork(named))
+    _add(steps, last.name, last.module)
+    return Sequential(**steps), "fork"
 
 
 def _ancestors(value: object, producers: dict[object, Unit]) -> list[Unit]:
