@@ -26,7 +26,6 @@ from torch import nn
 from .._core.checks import typechecked
 from .._core.module import ModifyModule
 from .._core.opaque import wrap
-from ..combinators import Combinator
 from .layers import convert_layer, known_layer
 from .scopes import Scopes
 from .trace import trace
@@ -116,7 +115,14 @@ def convert(module: nn.Module, *, leaf_modules: tuple[type, ...] | list[type] = 
     units = Units(module, graph, inputs)
     scopes = Scopes(units.units, units.chains, units.targets, units.output)
     tree = scopes.region(units.units, list(units.inputs), units.output)
-    for sub in tree.modules():
-        if isinstance(sub, Combinator):
-            sub.training = module.training
+    _set_mode(tree, module.training, {id(m) for m in units.leaves.values()})
     return tree
+
+
+def _set_mode(tree: nn.Module, training: bool, kept: set[int]) -> None:
+    """The root's mode on every module made here; kept layers and modules keep their own."""
+    if id(tree) in kept:
+        return
+    tree.training = training
+    for child in tree.children():
+        _set_mode(child, training, kept)

@@ -39,9 +39,6 @@ class Call:
     def value(self, x: object) -> bool:
         return isinstance(x, fx.Node) and x in self.values
 
-    def constant(self, x: object) -> bool:
-        return not isinstance(x, fx.Node) and not (isinstance(x, (tuple, list)) and any(isinstance(a, fx.Node) for a in x))
-
 
 Mapped = tuple[nn.Module, list[fx.Node]] | str | None
 

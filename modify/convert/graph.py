@@ -19,7 +19,7 @@ Children are named after the units (the original attribute names); composite ste
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from torch import nn
 
@@ -36,7 +36,6 @@ class Unit:
     inputs: list[object]
     output: object
     is_add: bool = False
-    members: list[Unit] = field(default_factory=list)
 
 
 def build(units: list[Unit], inputs: list[object], output: object) -> nn.Module:
@@ -102,7 +101,7 @@ def _fan(piece: list[Unit], source: object) -> tuple[nn.Module, str] | None:
     if len(owner) != len(piece) - 1:
         return None
     branches = {}
-    for i, value in enumerate(last.inputs):
+    for value in last.inputs:
         members = [u for u in piece[:-1] if owner.get(u) is value]
         branches[value] = (members, Identity() if value is source else build(members, [source], value))
     if last.is_add and len(last.inputs) == 2:

@@ -14,7 +14,6 @@ import inspect
 import operator
 import re
 
-import torch
 from torch import fx, nn
 
 from .._core.module import ModifyModule

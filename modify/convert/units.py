@@ -8,8 +8,6 @@ primitive become it (:mod:`modify.convert.functions`); the rest are :class:`~mod
 
 from __future__ import annotations
 
-import operator
-
 from torch import fx, nn
 
 from .._core.module import ModifyModule
@@ -60,8 +58,7 @@ class Units:
             return
         module, inputs = made
         name = op_name(node)
-        is_add = isinstance(module, Add) or node.target in (operator.add, operator.iadd)
-        unit = Unit(name, module, [self._resolve(v) for v in inputs], node, is_add=is_add and isinstance(module, Add))
+        unit = Unit(name, module, [self._resolve(v) for v in inputs], node, is_add=isinstance(module, Add))
         self.units.append(unit)
         self.chains[unit] = scope_chain(node)
         if node.op == "call_module":
