@@ -8,7 +8,9 @@ module from the region's inputs to its output, trying the readable shapes first:
    run one after the other (``Sequential``), so a chain of layers is a plain ``Sequential``.
 2. **Fans.** A piece with one input whose last unit takes ``k`` values, each computed from the
    input by its own units, is ``Sequential(Fork(branch_1, ..., branch_k), last)``; with ``k = 2``,
-   a branch that is the input itself and an ``Add`` it is ``Residual(branch)``.
+   a branch that is the input itself and an ``Add`` it is ``Residual(branch)``. When the input is a
+   tuple of ``k`` values (a ``Split`` of known count) and branch ``i`` starts by picking element
+   ``i``, the branches run on it directly: ``Sequential(Parallel(branch_1, ..., branch_k), last)``.
 3. **Environments.** Any other piece carries its live values as a tuple, the *environment*: each
    unit becomes a step ``Fork(Index(i), ..., Sequential(<gather its inputs>, unit))`` that keeps
    the values still needed and appends the new one (``Index`` picks, ``Copy`` duplicates).
@@ -100,6 +102,9 @@ def _fan(piece: list[Unit], source: object) -> tuple[nn.Module, str] | None:
                 return None
     if len(owner) != len(piece) - 1:
         return None
+    spread = _spread(piece, source, owner)
+    if spread is not None:
+        return spread
     branches = {}
     for value in last.inputs:
         members = [u for u in piece[:-1] if owner.get(u) is value]
@@ -115,6 +120,29 @@ def _fan(piece: list[Unit], source: object) -> tuple[nn.Module, str] | None:
         _add(named, members[0].name if len(members) == 1 else str(i), module)
     steps: dict[str, nn.Module] = {}
     _add(steps, "fork", fork(named))
+    _add(steps, last.name, last.module)
+    return Sequential(**steps), "fork"
+
+
+def _spread(piece: list[Unit], source: object, owner: dict[Unit, object]) -> tuple[nn.Module, str] | None:
+    """``Sequential(Parallel(branch_0, ..., branch_{n-1}), last)`` when ``source`` is a tuple of
+    ``n`` values and branch ``i`` starts by picking element ``i`` (q, k, v after a split)."""
+    last = piece[-1]
+    length = getattr(source, "meta", {}).get("modify_tuple_length")
+    if length != len(last.inputs):
+        return None
+    named: dict[str, nn.Module] = {}
+    for i, value in enumerate(last.inputs):
+        members = [u for u in piece[:-1] if owner.get(u) is value]
+        pick = members[0] if members else None
+        if pick is None or not isinstance(pick.module, Index) or pick.module.index != i or pick.inputs != [source]:
+            return None
+        rest = members[1:]
+        if any(source in u.inputs for u in rest):
+            return None
+        _add(named, rest[0].name if len(rest) == 1 else str(i), build(rest, [pick.output], value))
+    steps: dict[str, nn.Module] = {}
+    _add(steps, "spread", Parallel(**named))
     _add(steps, last.name, last.module)
     return Sequential(**steps), "fork"
 

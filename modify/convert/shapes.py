@@ -226,3 +226,14 @@ def view_as_primitives(shapes: Shapes, node: fx.Node) -> list[tuple[str, tuple, 
     pattern = f"... ({' '.join(names)}) -> ... {' '.join(names)}"
     lengths = {name: c for name, c in zip(names, rest) if c is not None and c != -1}
     return [*steps, ("Rearrange", (pattern,), lengths)]
+
+
+def split_count(shapes: Shapes, node: fx.Node, sections: int | list[int], dim: int) -> int | None:
+    """How many tensors ``split(sections, dim)`` of ``node``'s input makes, if known."""
+    if isinstance(sections, list):
+        return len(sections)
+    source = node.args[0]
+    rank = shapes.rank(source)
+    axis = dim if dim >= 0 else (None if rank is None else dim + rank)
+    size = None if axis is None else shapes.dim(source, axis)
+    return -(-size // sections) if isinstance(size, int) and sections > 0 else None

@@ -13,11 +13,12 @@ from torch import fx, nn
 from .._core.module import ModifyModule
 from .._core.opaque import wrap
 from ..primitives.arithmetic import Add
+from ..primitives.structure import Split
 from .functions import ALIAS, primitive
 from .graph import Unit, fork, select
 from .layers import convert_layer
 from .opaque import opaque_function
-from .shapes import Shapes
+from .shapes import Shapes, split_count
 from .trace import is_value, scope_chain
 
 
@@ -57,6 +58,9 @@ class Units:
             self.alias[node] = node.args[0]
             return
         module, inputs = made
+        if isinstance(module, Split):
+            count = split_count(self.shapes, node, module.split_size_or_sections, module.dim)
+            node.meta["modify_tuple_length"] = count
         name = op_name(node)
         unit = Unit(name, module, [self._resolve(v) for v in inputs], node, is_add=isinstance(module, Add))
         self.units.append(unit)
@@ -81,6 +85,8 @@ class Units:
         module = self.modules[node.target]
         if len(node.args) != 1 or node.kwargs or node.args[0] not in self.values:
             return None
+        if type(module) is nn.Dropout and module.p == 0.0:
+            return ALIAS
         if id(module) not in self.leaves:
             leaf = module if isinstance(module, ModifyModule) else convert_layer(module)
             self.leaves[id(module)] = leaf if leaf is not None else wrap(module)
