@@ -256,3 +256,21 @@ def test_converted_model_deep_copies_round_trips_its_state_dict_and_has_traits(g
     fresh.load_state_dict(converted.state_dict())
     torch.testing.assert_close(fresh(x), converted(x), atol=0, rtol=0)
     assert modify.traits.Param in modify.traits_of(converted)
+
+
+def test_an_unknown_module_called_with_several_arguments_is_replayed_holding_its_parameters(gen):
+    class WithAttention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mha, self.fc = nn.MultiheadAttention(8, 2, batch_first=True), nn.Linear(8, 8)
+
+        def forward(self, x):
+            y, _ = self.mha(x, x, x, need_weights=False)
+            return self.fc(y)
+
+    original = WithAttention()
+    converted = modify.convert(original)
+    x = torch.randn(2, 5, 8, generator=gen)
+    torch.testing.assert_close(converted(x), original(x), atol=1e-6, rtol=0)
+    assert {id(p) for p in converted.parameters()} == {id(p) for p in original.parameters()}
+    assert [name for name, _ in converted.named_children()] == ["mha", "getitem", "fc"]

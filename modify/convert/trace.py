@@ -20,6 +20,10 @@ from .._core.module import ModifyModule
 
 _SHAPE_METHODS = frozenset({"size", "dim", "ndimension", "numel"})
 _SHAPE_ATTRS = frozenset({"shape", "device", "dtype", "ndim", "is_cuda"})
+_IN_PLACE = frozenset({
+    operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv, operator.imod,
+    operator.ipow, operator.imatmul, operator.iand, operator.ior, operator.ixor,
+})
 _INT_OPS = frozenset({
     operator.add, operator.sub, operator.mul, operator.floordiv, operator.truediv, operator.mod,
     operator.neg, operator.pow, operator.getitem, len,
@@ -60,8 +64,17 @@ def trace(root: nn.Module, keep) -> tuple[fx.Graph, list[fx.Node]]:
     except Exception as error:  # noqa: BLE001 - re-raised as the documented TypeError
         where = tracer.paths[-1] if tracer.paths else ""
         raise untraceable(root, where, _construct(error)) from error
+    _drop_unused(graph)
     placeholders = [n for n in graph.nodes if n.op == "placeholder" and n.target in inputs]
     return graph, placeholders
+
+
+def _drop_unused(graph: fx.Graph) -> None:
+    """Erase unused function and method calls (``_`` of ``y, _ = attention(x)``), not in-place ones."""
+    for node in reversed(list(graph.nodes)):
+        in_place = str(node.target).endswith("_") or node.target in _IN_PLACE
+        if node.op in ("call_function", "call_method") and not node.users and not in_place:
+            graph.erase_node(node)
 
 
 def untraceable(root: nn.Module, path: str, construct: str) -> TypeError:
