@@ -274,3 +274,14 @@ def test_an_unknown_module_called_with_several_arguments_is_replayed_holding_its
     torch.testing.assert_close(converted(x), original(x), atol=1e-6, rtol=0)
     assert {id(p) for p in converted.parameters()} == {id(p) for p in original.parameters()}
     assert [name for name, _ in converted.named_children()] == ["mha", "getitem", "fc"]
+
+
+def test_other_rewriters_apply_to_a_converted_model(gen):
+    original = gpt().eval()
+    converted = modify.convert(original)
+    x = torch.randint(0, 32, (2, 16), generator=gen)
+    fused = modify.fuse(converted)
+    assert sum(1 for _ in fused.modules()) < sum(1 for _ in converted.modules())
+    torch.testing.assert_close(fused(x), original(x), atol=1e-5, rtol=1e-5)
+    params = dict(converted.named_parameters())
+    torch.testing.assert_close(modify.functional_call(converted, params, x), original(x), atol=1e-6, rtol=0)
