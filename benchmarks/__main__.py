@@ -6,6 +6,7 @@
 4. rewrite: ``select`` / ``rewrite`` / ``lora`` on 10,000 leaves, and the memory of a sibling.
 5. loading: ``from_pretrained`` of real-size checkpoints (GPT-2 124M, a 0.85B bf16 Llama) vs transformers.
 6. mixed: ``modify.MixedLoRA`` vs PEFT's mixed-adapter batch (``adapter_names=``), 4 adapters.
+7. convert: a ``modify.convert``-ed plain-torch nanoGPT vs the original, eager training step.
 
 Ratios are measured in one process, the sides interleaved, medians over rounds; see
 ``benchmarks/timing.py``. Never used as assertions in tests. Results: ``docs/benchmarks.md``.
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from . import functional, loading, lora, overhead, rewrite_cost
+from . import convert, functional, loading, lora, overhead, rewrite_cost
 from .timing import machine
 
 BENCHMARKS = {
@@ -30,6 +31,7 @@ BENCHMARKS = {
     "rewrite": ("4. Rewrite cost and sibling memory", rewrite_cost.run),
     "loading": ("5. Loading checkpoints: from_pretrained to first logits, modify vs transformers", loading.run),
     "mixed": ("6. Mixed-adapter batches: modify.MixedLoRA vs PEFT's adapter_names=", lora.run_mixed),
+    "convert": ("7. modify.convert: converted nanoGPT vs the original, eager training step", convert.run),
 }
 
 

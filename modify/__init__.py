@@ -20,13 +20,14 @@ from . import models
 from ._core.inference import traits_of
 from .adapters import *  # noqa: F403
 from .adapters import __all__ as _adapters
+from .conversion import convert
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Combinator", "Fork", "Leaf", "ModifyError", "ModifyModule", "ModifyTypeError", "ModifyValueError",
     "Parallel", "Residual", "Sequential", "checks_enabled", "set_checks", "traits", "traits_of",
-    "models",
+    "models", "convert",
     *_primitives,
     *_functional,
     *_rewriting,

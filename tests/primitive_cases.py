@@ -140,6 +140,7 @@ def _elementwise() -> list[Case]:
         Case("Identity", modify.Identity, x, fn(lambda x: x)),
         Case("Identity-tuple", modify.Identity, randn_pair(2, 3), fn(lambda x: x)),
         Case("Scale", lambda: modify.Scale(-1.5), x, fn(lambda x: torch.mul(x, -1.5))),
+        Case("Function", lambda: modify.Function(torch.sin, name="sin"), x, fn(torch.sin)),
         Case("ReLU", modify.ReLU, x, fn(nn.ReLU())),
         Case("GELU", modify.GELU, x, fn(nn.GELU())),
         Case("GELU-tanh", lambda: modify.GELU("tanh"), x, fn(nn.GELU(approximate="tanh"))),

@@ -1,0 +1,128 @@
+"""Bring your own model: :func:`convert` turns a plain ``torch.nn`` model into the algebra.
+
+How it works, in four steps (one file each):
+
+1. :mod:`~modify.conversion.trace`: ``torch.fx`` traces ``forward``, keeping whole the modules that
+   become one leaf and inlining every other submodule, and records which module call each node
+   ran in.
+2. :mod:`~modify.conversion.units`: every node that makes a value becomes a leaf: a known
+   ``torch.nn`` layer its modify leaf holding the same parameters (:mod:`~.layers`), a function,
+   method or operator with a primitive that primitive (:mod:`~.functions`; views whose sizes come
+   from ``x.size()`` through :mod:`~.shapes`), anything else an opaque :class:`~modify.Function`
+   replaying the call (:mod:`~.opaque`). Sizes and shapes are not values: they are recomputed
+   inside the leaf that uses them.
+3. :mod:`~modify.conversion.scopes`: the leaves of one submodule call are grouped under the
+   submodule's attribute name, recursively, so the tree reads like the original.
+4. :mod:`~modify.conversion.graph`: each group's dataflow becomes combinators. Chains are
+   ``Sequential``; ``x + f(x)`` is ``Residual(f)``; values computed side by side from one value
+   are a ``Fork``; any other dataflow carries its live values as a tuple (an *environment*) through
+   steps ``Fork(Index(i), ..., Sequential(<gather inputs with Index/Copy>, leaf))``.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .._core.checks import typechecked
+from .._core.module import ModifyModule
+from .._core.opaque import wrap
+from .layers import convert_layer, known_layer
+from .scopes import Scopes
+from .trace import trace
+from .units import Units
+
+
+@typechecked
+def convert(module: nn.Module, *, leaf_modules: tuple[type, ...] | list[type] = ()) -> nn.Module:
+    """A tree of leaves joined by ``Sequential``/``Parallel`` computing what ``module`` computes.
+
+    ``module.forward`` is traced with ``torch.fx`` (Reed et al. 2022, "torch.fx: Practical
+    Program Capture and Transformation for Deep Learning in Python"); it takes one tensor, or
+    several (the result then takes them as one tuple), and returns a tensor or a (nested) tuple
+    of tensors. Arguments with defaults are fixed to them; Python branches on
+    ``self.training`` and on other settings are fixed as they run at conversion time.
+
+    The result holds ``module``'s own parameter and buffer objects (zero bytes copied; ``module``
+    is left untouched, its ``state_dict`` included) and shares them from then on: an optimizer
+    step on either is seen by both, as for any sibling. Known ``torch.nn`` layers become modify
+    leaves (a norm with an affine part the norm plus ``ElementwiseAffine`` in a ``Sequential``
+    named after the layer), so :func:`modify.select`, :func:`modify.lora` and the other rewriters
+    reach them; each keeps its attribute name, so ``"*.c_attn"`` or ``"layer1.*"`` finds it. A
+    module used twice is one object in the result. Parameters ``forward`` never uses are not in
+    the result.
+
+    Args:
+        module: the model, any ``torch.nn.Module`` (a modify module is returned as it is).
+        leaf_modules: ``torch.nn.Module`` classes to keep whole as opaque leaves (their inside
+            is not converted; use it for code ``torch.fx`` cannot trace).
+
+    Returns:
+        A ``ModifyModule`` in ``module``'s training mode (each leaf in its layer's mode).
+
+    Shape:
+        As ``module``: e.g. token ids ``(B, T)`` -> logits ``(B, T, V)`` for a GPT; several
+        inputs ``(x_1, ..., x_n)`` as one tuple.
+
+    Raises:
+        TypeError: ``forward`` takes ``*args``/``**kwargs`` or returns something other than
+            tensors (a dict, ``None``); code ``torch.fx`` cannot trace (Python control flow on a
+            tensor's values, say), naming the module path and the construct, with the
+            ``leaf_modules`` hint.
+
+    Example:
+        >>> import torch, modify
+        >>> from torch import nn
+        >>> class Block(nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.norm, self.fc = nn.LayerNorm(8), nn.Linear(8, 8)
+        ...     def forward(self, x):
+        ...         return x + self.fc(torch.relu(self.norm(x)))
+        >>> block = Block()
+        >>> converted = modify.convert(block)
+        >>> converted
+        Residual(
+          (0): Copy(n=2)
+          (1): Parallel(
+            (0): Identity()
+            (1): Sequential(
+              (norm): Sequential(
+                (norm): LayerNorm((8,), eps=1e-05)
+                (affine): ElementwiseAffine((8,), bias=True, dim=-1)
+              )
+              (relu): ReLU()
+              (fc): Linear(in_features=8, out_features=8, bias=True)
+            )
+          )
+          (2): Add()
+        )
+        >>> x = torch.randn(2, 8)
+        >>> torch.allclose(converted(x), block(x), atol=1e-6), converted[1][1].fc.weight is block.fc.weight
+        (True, True)
+        >>> [path for path, _ in modify.select(converted, "*.fc")]
+        ['1.1.fc']
+    """
+    if isinstance(module, ModifyModule):
+        return module
+    keep_whole = tuple(leaf_modules)
+    if isinstance(module, keep_whole):
+        return wrap(module)
+    if known_layer(module):
+        leaf = convert_layer(module)
+        if leaf is not None:
+            return leaf
+    graph, inputs = trace(module, lambda m: known_layer(m) or isinstance(m, keep_whole))
+    units = Units(module, graph, inputs)
+    scopes = Scopes(units.units, units.chains, units.targets, units.output)
+    tree = scopes.region(units.units, list(units.inputs), units.output)
+    _set_mode(tree, module.training, {id(m) for m in units.leaves.values()})
+    return tree
+
+
+def _set_mode(tree: nn.Module, training: bool, kept: set[int]) -> None:
+    """The root's mode on every module made here; kept layers and modules keep their own."""
+    if id(tree) in kept:
+        return
+    tree.training = training
+    for child in tree.children():
+        _set_mode(child, training, kept)

@@ -1,0 +1,135 @@
+"""Traced code without a primitive, as a :class:`~modify.Function` leaf that replays it.
+
+A node's arguments become a *template*: the values it takes (``_In``), the model's tensors it
+reads (``_Tensor``: parameters and buffers, registered on the leaf as the very same objects),
+size arithmetic recomputed at run time (``_Call`` of ``meta`` nodes, e.g. ``x.size(1)``) and
+constants (kept as they are: numbers, dtypes, closures' values).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import fx, nn
+
+from ..primitives.function import Function
+from .trace import attribute, is_meta, is_parameter_or_buffer
+
+
+@dataclass(frozen=True)
+class _In:
+    index: int
+
+
+@dataclass(frozen=True)
+class _Tensor:
+    key: str
+
+
+@dataclass(frozen=True)
+class _Call:
+    op: str
+    target: object
+    args: tuple
+    kwargs: dict
+
+
+def _evaluate(template: object, values: tuple, tensors: dict) -> object:
+    if isinstance(template, _In):
+        return values[template.index]
+    if isinstance(template, _Tensor):
+        return tensors[template.key]
+    if isinstance(template, _Call):
+        args = _evaluate(template.args, values, tensors)
+        kwargs = _evaluate(template.kwargs, values, tensors)
+        if template.op == "call_method":
+            return getattr(args[0], template.target)(*args[1:], **kwargs)
+        return template.target(*args, **kwargs)
+    if isinstance(template, (tuple, list)):
+        return type(template)(_evaluate(t, values, tensors) for t in template)
+    if isinstance(template, dict):
+        return {k: _evaluate(v, values, tensors) for k, v in template.items()}
+    if isinstance(template, slice):
+        return slice(*(_evaluate(t, values, tensors) for t in (template.start, template.stop, template.step)))
+    return template
+
+
+class Replay:
+    """``fn`` of a converted :class:`~modify.Function`: runs one traced call on the value it gets."""
+
+    def __init__(self, call: _Call, arity: int):
+        self.call, self.arity = call, arity
+
+    def __call__(self, x, **tensors):
+        return _evaluate(self.call, (x,) if self.arity == 1 else x, tensors)
+
+
+class _Builder:
+    """Turns a node's arguments into a template, collecting its inputs and tensors."""
+
+    def __init__(self, root: nn.Module, values: set[fx.Node]):
+        self.root, self.values = root, values
+        self.inputs: list[fx.Node] = []
+        self.parameters: dict[str, nn.Parameter] = {}
+        self.buffers: dict[str, tuple[torch.Tensor, bool]] = {}
+
+    def template(self, arg: object) -> object:
+        if isinstance(arg, fx.Node):
+            return self._node(arg)
+        if isinstance(arg, (tuple, list)):
+            return type(arg)(self.template(a) for a in arg)
+        if isinstance(arg, dict):
+            return {k: self.template(v) for k, v in arg.items()}
+        if isinstance(arg, slice):
+            return slice(self.template(arg.start), self.template(arg.stop), self.template(arg.step))
+        return arg
+
+    def _node(self, node: fx.Node) -> object:
+        if node in self.values:
+            if node not in self.inputs:
+                self.inputs.append(node)
+            return _In(self.inputs.index(node))
+        if node.op == "get_attr":
+            return self._tensor(node.target)
+        if is_meta(node):
+            return _Call(node.op, node.target, self.template(node.args), self.template(node.kwargs))
+        raise TypeError(f"modify.convert: cannot replay the node '{node.name}' ({node.op} {node.target})")
+
+    def hold(self, path: str, module: nn.Module) -> None:
+        """Register ``module``'s own tensors on the leaf too (it calls ``module``, which reads them)."""
+        for name, _ in module.named_parameters():
+            self._tensor(f"{path}.{name}")
+        for name, _ in module.named_buffers():
+            self._tensor(f"{path}.{name}")
+
+    def _tensor(self, target: str) -> object:
+        value = attribute(self.root, target)
+        if not isinstance(value, torch.Tensor):
+            return value
+        key = target.replace(".", "_")
+        is_parameter, persistent = is_parameter_or_buffer(self.root, target)
+        if is_parameter:
+            self.parameters[key] = value
+        else:
+            self.buffers[key] = (value, persistent)
+        return _Tensor(key)
+
+
+def opaque_function(root: nn.Module, node: fx.Node, values: set[fx.Node], name: str) -> tuple[Function, list[fx.Node]]:
+    """A :class:`~modify.Function` replaying ``node``, and the value nodes it takes, in order.
+
+    Raises:
+        TypeError: the node takes no value (a constant computed from nothing traced).
+    """
+    builder = _Builder(root, values)
+    call = _Call(node.op, node.target, builder.template(node.args), builder.template(node.kwargs))
+    if node.op == "call_module":
+        module = attribute(root, node.target)
+        call = _Call("call_function", module, call.args, call.kwargs)
+        builder.hold(node.target, module)
+    if not builder.inputs:
+        raise TypeError(f"modify.convert: '{name}' computes a value from no input; only values from the input flow")
+    arity = len(builder.inputs)
+    function = Function(Replay(call, arity), name=name, arity=arity, parameters=builder.parameters, buffers=builder.buffers)
+    return function, builder.inputs
