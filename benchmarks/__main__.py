@@ -4,6 +4,7 @@
 2. lora: ``modify.lora`` vs Hugging Face PEFT, each relative to its own base.
 3. functional: ``modify.functional_call`` / ``modify.flat`` vs ``torch.func.functional_call``.
 4. rewrite: ``select`` / ``rewrite`` / ``lora`` on 10,000 leaves, and the memory of a sibling.
+5. generate: decoding 100 tokens through the key/value-cache sibling vs transformers' ``generate``.
 
 Ratios are measured in one process, the sides interleaved, medians over rounds; see
 ``benchmarks/timing.py``. Never used as assertions in tests. Results: ``docs/benchmarks.md``.
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from . import functional, lora, overhead, rewrite_cost
+from . import functional, generate, lora, overhead, rewrite_cost
 from .timing import machine
 
 BENCHMARKS = {
@@ -26,6 +27,7 @@ BENCHMARKS = {
     "lora": ("2. LoRA: slowdown over its own base, modify.lora vs PEFT", lora.run),
     "functional": ("3. Functional calls, per call", functional.run),
     "rewrite": ("4. Rewrite cost and sibling memory", rewrite_cost.run),
+    "generate": ("5. Decoding 100 tokens, one thread: modify vs transformers", generate.run),
 }
 
 

@@ -13,7 +13,7 @@ Example:
     torch.Size([1, 8, 16])
 """
 
-from ._cache import CachedAttention, CachedPositions, CachedRotaryEmbedding, cache_offset, kv_cache, reset_cache
+from ._cache import CachedAttention, CachedPositions, CachedRotaryEmbedding, LastPosition, cache_offset, kv_cache, reset_cache
 from ._checkpoint import CheckpointError
 from ._generate import generate
 from ._layers import Positions
@@ -23,7 +23,7 @@ from .llama import Llama, LlamaConfig
 from .resnet import ResNet, ResNetConfig, resnet18, resnet34, resnet50
 
 __all__ = [
-    "CachedAttention", "CachedPositions", "CachedRotaryEmbedding", "cache_offset", "kv_cache", "reset_cache",
+    "CachedAttention", "CachedPositions", "CachedRotaryEmbedding", "LastPosition", "cache_offset", "kv_cache", "reset_cache",
     "BasicBlock", "Bottleneck", "CheckpointError", "GPT", "GPTConfig", "Llama", "LlamaConfig", "Positions",
     "ResNet", "ResNetConfig", "generate", "resnet18", "resnet34", "resnet50",
 ]

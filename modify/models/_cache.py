@@ -16,8 +16,10 @@ from torch import nn
 
 from .._core.checks import expect_tensor, expect_tensors, typechecked
 from .._core.errors import ModifyValueError, describe
+from .._core.module import Leaf
 from ..primitives import RotaryEmbedding, ScaledDotProductAttention
 from ..rewriting import rewrite, select
+from ..traits import Linear, ParamFree, Restructure, Unary
 from ._layers import Positions
 
 
@@ -196,6 +198,33 @@ class CachedRotaryEmbedding(RotaryEmbedding):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, offset={self.offset}"
+
+
+class LastPosition(Leaf, Unary, ParamFree, Linear, Restructure):
+    """Keep the last position only: ``x -> x[..., -1:, :]``, a view.
+
+    Placed before a language model's output head while decoding, it computes the logits of the
+    one position that is sampled from (nanoGPT's ``logits = self.lm_head(x[:, [-1], :])``).
+
+    Shape:
+        ``(*, T, C) -> (*, 1, C)``.
+
+    Raises:
+        ModifyTypeError: the input is not a tensor.
+        ModifyValueError: fewer than two dimensions.
+
+    Example:
+        >>> import torch
+        >>> from modify.models import LastPosition
+        >>> LastPosition()(torch.arange(6.0).reshape(1, 3, 2)).tolist()
+        [[[4.0, 5.0]]]
+    """
+
+    def forward(self, x):
+        x = expect_tensor(self, x)
+        if x.dim() < 2:
+            raise ModifyValueError(self, f"expected (*, T, C), got {describe(x)}")
+        return x[..., -1:, :]
 
 
 _CACHED = (CachedAttention, CachedPositions, CachedRotaryEmbedding)

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from .._core.checks import typechecked
-from ._cache import kv_cache, reset_cache
+from ..rewriting import select
+from ._cache import LastPosition, kv_cache, reset_cache
 from .gpt import GPT
 from .llama import Llama
 
@@ -30,7 +31,9 @@ def generate(
     """Sample ``max_new_tokens`` tokens after ``idx``, one at a time (nanoGPT's ``generate``).
 
     Each step takes the logits of the last position, divides them by ``temperature``, keeps the
-    ``top_k`` largest, and samples from the softmax. With ``use_cache`` (the default) the model
+    ``top_k`` largest, and samples from the softmax (``top_k=1`` takes the argmax, greedy
+    decoding, and draws nothing from ``generator``). The output head sees the last position
+    only (as nanoGPT's inference path). With ``use_cache`` (the default) the model
     runs through its :func:`~modify.models.kv_cache` sibling (shared weights, cached keys and
     values): the prompt once, then one new position per step, as Hugging Face's ``generate``.
     Without, every step re-runs the whole context, as nanoGPT. Either way the model sees at
@@ -76,13 +79,20 @@ def generate(
     block_size = _context_length(model, block_size)
     _check_arguments(idx, max_new_tokens, temperature, top_k)
     next_logits = _cached_logits(model, block_size) if use_cache else _full_logits(model, block_size)
-    for step in range(max_new_tokens):
-        logits = next_logits(idx) / temperature
-        if top_k is not None:
-            kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, [-1]]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        idx = torch.cat((idx, torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)), dim=1)
+    for _ in range(max_new_tokens):
+        idx = torch.cat((idx, _sample(next_logits(idx), temperature, top_k, generator)), dim=1)
     return idx
+
+
+def _sample(logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None):
+    """``(B, vocab)`` logits -> ``(B, 1)`` ids: greedy for ``top_k=1``, else softmax sampling."""
+    if top_k == 1:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, [-1]]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)
 
 
 Logits = Callable[[torch.Tensor], torch.Tensor]
@@ -90,7 +100,8 @@ Logits = Callable[[torch.Tensor], torch.Tensor]
 
 def _full_logits(model: nn.Module, block_size: int) -> Logits:
     """``ids (B, T) -> (B, vocab)``, the last position's logits: nanoGPT's re-run of the context."""
-    return lambda ids: model(ids[:, -block_size:])[:, -1]
+    last_only = _last_only(model)
+    return lambda ids: last_only(ids[:, -block_size:])[:, -1]
 
 
 def _cached_logits(model: nn.Module, block_size: int) -> Logits:
@@ -100,7 +111,7 @@ def _cached_logits(model: nn.Module, block_size: int) -> Logits:
     ``block_size`` cached positions, the cache is emptied and refilled from the last
     ``block_size`` ids, which is what the full re-run sees.
     """
-    sibling = kv_cache(model)
+    sibling = _last_only(kv_cache(model))
     seen = cached = 0  # ids consumed so far; positions in the cache
 
     def next_logits(ids: torch.Tensor) -> torch.Tensor:
@@ -113,6 +124,13 @@ def _cached_logits(model: nn.Module, block_size: int) -> Logits:
         return sibling(new)[:, -1]
 
     return next_logits
+
+
+def _last_only(model: nn.Module) -> nn.Module:
+    """A sibling whose output head (a top-level ``lm_head``, as GPT and Llama have) sees only the last position."""
+    if not select(model, "lm_head"):
+        return model
+    return select(model, "lm_head").insert_before(LastPosition())
 
 
 def _check_arguments(idx: torch.Tensor, max_new_tokens: int, temperature: float, top_k: int | None) -> None:
