@@ -86,7 +86,7 @@ class CachedAttention(ScaledDotProductAttention):
                 detail = f"the cache holds keys {describe(self.cached_key)}, got {describe(k)}; reset the cache first"
                 raise ModifyValueError(self, detail)
             k, v = torch.cat((self.cached_key, k), dim=-2), torch.cat((self.cached_value, v), dim=-2)
-        self.cached_key, self.cached_value = k, v
+        self._buffers["cached_key"], self._buffers["cached_value"] = k, v  # the registered buffers, set directly
         if q.dim() >= 3 and k.shape[-3] != q.shape[-3]:
             k, v = self._repeat_kv(q, k, v)
         length, total = q.shape[-2], k.shape[-2]

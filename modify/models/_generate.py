@@ -15,7 +15,6 @@ from .gpt import GPT
 from .llama import Llama
 
 
-@torch.no_grad()
 @typechecked
 def generate(
     model: nn.Module,
@@ -38,9 +37,9 @@ def generate(
     values): the prompt once, then one new position per step, as Hugging Face's ``generate``.
     Without, every step re-runs the whole context, as nanoGPT. Either way the model sees at
     most the last ``block_size`` tokens: once the cache is full it is refilled from the last
-    ``block_size`` tokens (nanoGPT's crop), so both give the same logits. Runs under
-    ``torch.no_grad()``; the model's mode is left as is, so call ``model.eval()`` first to turn
-    dropout off. ``model`` itself is never changed.
+    ``block_size`` tokens (nanoGPT's crop), so both give the same logits. Steps run under
+    ``torch.inference_mode()`` (the result is an ordinary tensor); the model's mode is left as
+    is, so call ``model.eval()`` first to turn dropout off. ``model`` itself is never changed.
 
     Args:
         model: a language model from ``(B, T)`` ids to ``(B, T, vocab)`` logits: a :class:`GPT`
@@ -78,10 +77,11 @@ def generate(
     """
     block_size = _context_length(model, block_size)
     _check_arguments(idx, max_new_tokens, temperature, top_k)
-    next_logits = _cached_logits(model, block_size) if use_cache else _full_logits(model, block_size)
-    for _ in range(max_new_tokens):
-        idx = torch.cat((idx, _sample(next_logits(idx), temperature, top_k, generator)), dim=1)
-    return idx
+    with torch.inference_mode():  # as no_grad, without version counters: each step's ops are cheaper
+        next_logits = _cached_logits(model, block_size) if use_cache else _full_logits(model, block_size)
+        for _ in range(max_new_tokens):
+            idx = torch.cat((idx, _sample(next_logits(idx), temperature, top_k, generator)), dim=1)
+    return idx.clone()  # an ordinary tensor again, usable with autograd (an inference tensor is not)
 
 
 def _sample(logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None):
