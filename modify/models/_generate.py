@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -26,6 +26,7 @@ def generate(
     use_cache: bool = True,
     block_size: int | None = None,
     generator: torch.Generator | None = None,
+    progress: Callable[[Iterable[int]], Iterable[int]] | None = None,
 ) -> torch.Tensor:
     """Sample ``max_new_tokens`` tokens after ``idx``, one at a time (nanoGPT's ``generate``).
 
@@ -53,6 +54,8 @@ def generate(
         block_size: the longest context the model takes; default ``model.config.block_size``
             (GPT) or ``model.config.max_position_embeddings`` (Llama). Required for other models.
         generator: a ``torch.Generator`` for reproducible samples.
+        progress: wraps the range of steps to show progress, e.g. ``tqdm.tqdm`` or
+            ``functools.partial(tqdm.tqdm, desc="sampling")``.
 
     Shape:
         ``idx``: ``(B, T)`` -> ``(B, T + max_new_tokens)``.
@@ -79,7 +82,7 @@ def generate(
     _check_arguments(idx, max_new_tokens, temperature, top_k)
     with torch.inference_mode():  # as no_grad, without version counters: each step's ops are cheaper
         next_logits = _cached_logits(model, block_size) if use_cache else _full_logits(model, block_size)
-        for _ in range(max_new_tokens):
+        for _ in range(max_new_tokens) if progress is None else progress(range(max_new_tokens)):
             idx = torch.cat((idx, _sample(next_logits(idx), temperature, top_k, generator)), dim=1)
     return idx.clone()  # an ordinary tensor again, usable with autograd (an inference tensor is not)
 
