@@ -204,3 +204,18 @@ def test_generate_rejects_bad_arguments(kwargs, match):
     _, ours = gpt_pair()
     with pytest.raises(ValueError, match=match):
         generate(**{**dict(model=ours, idx=prompts(), max_new_tokens=2), **kwargs})
+
+
+def test_the_result_is_an_ordinary_tensor_and_progress_sees_every_step():
+    _, ours = gpt_pair()
+    seen = []
+
+    def progress(steps):
+        for step in steps:
+            seen.append(step)
+            yield step
+
+    out = generate(ours, prompts(), 7, progress=progress)
+    assert seen == list(range(7)) and not out.is_inference() and out.dtype == torch.long
+    ours(out).sum().backward()  # feeds training: autograd accepts it
+    assert ours.lm_head.weight.grad is not None
