@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from . import functional, generate, lora, overhead, rewrite_cost
+from . import timing
 from .timing import machine
 
 BENCHMARKS = {
@@ -36,14 +37,18 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer rounds; skip compiling the larger model")
     parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), help="run only these benchmarks")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's own)")
+    parser.add_argument("--cpu-time", action="store_true", help="time this thread's CPU time (use with --threads 1)")
     args = parser.parse_args()
+    if args.cpu_time:
+        timing.CLOCK = time.thread_time
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path.cwd() / "build" / "inductor-cache"))
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"machine: {machine()}")
     if os.getloadavg()[0] > (os.cpu_count() or 1) / 2:
         print("warning: other processes are using the CPU; timings (ratios less so) will be noisy")
-    print(f"command: python -m benchmarks{' --quick' if args.quick else ''}" + (f" --threads {args.threads}" if args.threads else ""))
+    flags = (" --quick" if args.quick else "") + (f" --threads {args.threads}" if args.threads else "")
+    print(f"command: python -m benchmarks{flags}{' --cpu-time' if args.cpu_time else ''}")
     for name in args.only or BENCHMARKS:
         title, run = BENCHMARKS[name]
         start = time.perf_counter()
