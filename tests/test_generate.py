@@ -160,7 +160,8 @@ def test_cached_leaves_refuse_what_they_cannot_do():
         sibling(prompts(3, 1))
     sibling = kv_cache(ours)
     sibling(prompts(1, 30))
-    with pytest.raises(ValueError, match=r"CachedPositions at 'transformer\.embed\.lookup\.wpe\.positions'.*30 \+ T <= 32"):
+    path = r"'transformer\.embed\.lookup\.wpe\.positions'"
+    with pytest.raises(ValueError, match=rf"CachedPositions at {path}.*30 \+ T <= 32"):
         sibling(prompts(1, 3))
     with pytest.raises(ValueError, match="not causal"):
         CachedAttention(modify.ScaledDotProductAttention())

@@ -55,7 +55,8 @@ class CachedAttention(ScaledDotProductAttention):
         >>> from modify.models import CachedAttention
         >>> q, k, v = torch.randn(3, 1, 2, 5, 4).unbind(0)
         >>> cached = CachedAttention(modify.ScaledDotProductAttention(causal=True))
-        >>> first, last = cached((q[..., :4, :], k[..., :4, :], v[..., :4, :])), cached((q[..., 4:, :], k[..., 4:, :], v[..., 4:, :]))
+        >>> first = cached((q[..., :4, :], k[..., :4, :], v[..., :4, :]))  # a prompt of 4 positions
+        >>> last = cached((q[..., 4:, :], k[..., 4:, :], v[..., 4:, :]))  # then one more
         >>> whole = modify.ScaledDotProductAttention(causal=True)((q, k, v))
         >>> torch.allclose(torch.cat((first, last), dim=-2), whole, atol=1e-6), cached.offset
         (True, 5)
@@ -95,7 +96,9 @@ class CachedAttention(ScaledDotProductAttention):
             mask = torch.ones(length, total, dtype=torch.bool, device=q.device).tril(total - length)
         dropout = self.dropout if self.training else 0.0
         causal = mask is None and length > 1
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal, scale=self.scale)
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal, scale=self.scale
+        )
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, offset={self.offset}"
