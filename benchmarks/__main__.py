@@ -7,6 +7,7 @@
 5. loading: ``from_pretrained`` of real-size checkpoints (GPT-2 124M, a 0.85B bf16 Llama) vs transformers.
 6. mixed: ``modify.MixedLoRA`` vs PEFT's mixed-adapter batch (``adapter_names=``), 4 adapters.
 7. convert: a ``modify.convert``-ed plain-torch nanoGPT vs the original, eager training step.
+8. generate: decoding 100 tokens through the key/value-cache sibling vs transformers' ``generate``.
 
 Ratios are measured in one process, the sides interleaved, medians over rounds; see
 ``benchmarks/timing.py``. Never used as assertions in tests. Results: ``docs/benchmarks.md``.
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from . import convert, functional, loading, lora, overhead, rewrite_cost
+from . import convert, functional, generate, loading, lora, overhead, rewrite_cost, timing
 from .timing import machine
 
 BENCHMARKS = {
@@ -32,6 +33,7 @@ BENCHMARKS = {
     "loading": ("5. Loading checkpoints: from_pretrained to first logits, modify vs transformers", loading.run),
     "mixed": ("6. Mixed-adapter batches: modify.MixedLoRA vs PEFT's adapter_names=", lora.run_mixed),
     "convert": ("7. modify.convert: converted nanoGPT vs the original, eager training step", convert.run),
+    "generate": ("8. Decoding 100 tokens, one thread: modify vs transformers", generate.run),
 }
 
 
@@ -40,14 +42,18 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer rounds; skip compiling the larger model")
     parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), help="run only these benchmarks")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's own)")
+    parser.add_argument("--cpu-time", action="store_true", help="time this thread's CPU time (use with --threads 1)")
     args = parser.parse_args()
+    if args.cpu_time:
+        timing.CLOCK = time.thread_time
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path.cwd() / "build" / "inductor-cache"))
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"machine: {machine()}")
     if os.getloadavg()[0] > (os.cpu_count() or 1) / 2:
         print("warning: other processes are using the CPU; timings (ratios less so) will be noisy")
-    print(f"command: python -m benchmarks{' --quick' if args.quick else ''}" + (f" --threads {args.threads}" if args.threads else ""))
+    flags = (" --quick" if args.quick else "") + (f" --threads {args.threads}" if args.threads else "")
+    print(f"command: python -m benchmarks{flags}{' --cpu-time' if args.cpu_time else ''}")
     for name in args.only or BENCHMARKS:
         title, run = BENCHMARKS[name]
         start = time.perf_counter()

@@ -33,6 +33,11 @@ class Timing:
         return statistics.median(a / b for a, b in zip(self.rounds[name], self.rounds[baseline]))
 
 
+CLOCK: Callable[[], float] = time.perf_counter
+"""The clock of :func:`compare`; ``python -m benchmarks --cpu-time`` sets ``time.thread_time``, which
+counts only this thread's CPU time, for a machine that other processes load (one torch thread)."""
+
+
 def compare(sides: dict[str, Callable[[], object]], rounds: int, number: int, warmup: int = 2) -> Timing:
     """Time each callable ``number`` times per round for ``rounds`` rounds, interleaved.
 
@@ -53,10 +58,10 @@ def compare(sides: dict[str, Callable[[], object]], rounds: int, number: int, wa
     for r in range(rounds):
         for name in names if r % 2 == 0 else names[::-1]:
             fn = sides[name]
-            start = time.perf_counter()
+            start = CLOCK()
             for _ in range(number):
                 fn()
-            per_round[name].append((time.perf_counter() - start) / number)
+            per_round[name].append((CLOCK() - start) / number)
     return Timing(per_round)
 
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import functools
 import importlib.util
 import json
 import math
@@ -59,6 +60,7 @@ from tqdm import tqdm
 
 import modify
 from modify.models import GPT, GPTConfig, generate
+from modify.traits import Linear, ParamFree, Restructure, Unary
 
 
 def opt(default, help: str, parse=None):
@@ -274,10 +276,11 @@ def train(module, params: list, data: torch.Tensor, cfg: DemoConfig, env: dict, 
 
 
 @torch.no_grad()
-def evaluate(model, batches: list) -> float:
-    """Mean cross-entropy (nats per token) over fixed held-out batches."""
+def evaluate(model, batches: list, desc: str) -> float:
+    """Mean cross-entropy (nats per token) over fixed held-out batches, with a progress bar."""
     model.eval()
-    return sum(lm_loss(model, x, y).item() for x, y in batches) / len(batches)
+    bar = tqdm(batches, desc=desc, leave=False, dynamic_ncols=True)
+    return sum(lm_loss(model, x, y).item() for x, y in bar) / len(batches)
 
 
 def wrap_for_training(model, cfg: DemoConfig, env: dict):
@@ -489,7 +492,8 @@ def run(cfg: DemoConfig, env: dict) -> None:
         merging(base, adapted, held_out[name_b][0][0])
         adapter_files(cfg, base, adapted, held_out[name_b], name_b)
         for label, model in (("base", base), ("adapted (LoRA)", adapted)):
-            log(f"\n--- sample from {label} (same prompt '\\n' and seed) ---\n{sample(model, tokenizer, cfg, env)}")
+            text = sample(model, tokenizer, cfg, env, label)
+            log(f"\n--- sample from {label} (same prompt '\\n' and seed) ---\n{text}")
         path = plot(cfg, pre_losses, ada_losses, table, name_a, name_b)
         log(f"\nloss plot: {path}\nwall time: {time.perf_counter() - start:.0f} s")
 
@@ -501,8 +505,8 @@ def count(params) -> str:
 
 def loss_table(models: dict, held_out: dict, tokenizer) -> dict[tuple[str, str], float]:
     """Print and return the held-out loss of each model on each corpus, by (model label, corpus name)."""
-    losses = {(label, name): evaluate(model, batches) for label, model in models.items()
-              for name, batches in held_out.items()}
+    losses = {(label, name): evaluate(model, batches, f"evaluate {label} on {name}")
+              for label, model in models.items() for name, batches in held_out.items()}
     unit = "character" if isinstance(tokenizer, CharTokenizer) else "token"
     print(f"\nheld-out loss (cross-entropy, nats per {unit}), lower is better")
     print(f"{'':16}" + "".join(f"{name:>22}" for name in held_out))
@@ -562,24 +566,26 @@ def merging(base, adapted, x: torch.Tensor) -> None:
     print(f"strip_lora(adapted) gives back the base's own parameters: {same}")
 
 
-class FirstLogits(torch.nn.Module):
-    """``model`` with only the logits of ids ``0 .. n - 1``, so that samples stay among them."""
+class FirstLogits(modify.Leaf, Unary, ParamFree, Linear, Restructure):
+    """Keep the logits of ids ``0 .. n - 1`` only, so that samples stay among them: ``(*, V) -> (*, n)``."""
 
-    def __init__(self, model: torch.nn.Module, n: int):
+    def __init__(self, n: int):
         super().__init__()
-        self.model, self.n = model, n
+        self.n = n
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.model(idx)[..., : self.n]  # (B, T, n)
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits[..., : self.n]
 
 
-@torch.no_grad()
-def sample(model, tokenizer, cfg: DemoConfig, env: dict) -> str:
+def sample(model, tokenizer, cfg: DemoConfig, env: dict, label: str) -> str:
+    """``cfg.sample_tokens`` tokens after a newline, decoded through the key/value cache, with a progress bar."""
     gen = torch.Generator(env["device"]).manual_seed(cfg.seed)
     prompt = torch.tensor([tokenizer.encode("\n")], device=env["device"])
-    if isinstance(tokenizer, GPT2ByteTokenizer):
-        model = FirstLogits(model, 256)  # it cannot decode GPT-2's merged tokens, so none are sampled
-    out = generate(model.eval(), prompt, cfg.sample_tokens, temperature=0.8, block_size=cfg.block_size, generator=gen)
+    if isinstance(tokenizer, GPT2ByteTokenizer):  # it cannot decode GPT-2's merged tokens: sample none
+        model = modify.select(model, "lm_head").insert_after(FirstLogits(256))  # a sibling; model untouched
+    bar = functools.partial(tqdm, desc=f"sample from {label}", leave=False, dynamic_ncols=True)
+    out = generate(model.eval(), prompt, cfg.sample_tokens, temperature=0.8, block_size=cfg.block_size,
+                   generator=gen, progress=bar)
     return tokenizer.decode(out[0, prompt.shape[1] :].tolist())
 
 

@@ -19,6 +19,7 @@ from ._core.module import ModifyModule
 from ._core.opaque import wrap
 from ._core.sibling import sibling
 from .primitives.arithmetic import Add
+from .primitives.norm_pair import fusable, norm_affine
 from .primitives.structure import Copy, Identity
 
 
@@ -164,6 +165,16 @@ class Sequential(Combinator):
             for module in self._modules.values():
                 x = module(x)
             return x
+        if len(self._modules) == 2:  # a norm and its affine: one call, one autograd node (norm_pair.py)
+            (name, norm), (_, affine) = self._modules.items()
+            if fusable(norm, affine):
+                try:
+                    y = norm_affine(norm, affine, x)
+                except Exception as error:
+                    annotate(error, name, norm)
+                    raise
+                if y is not None:
+                    return y
         for name, module in self._modules.items():
             try:
                 x = module(x)

@@ -26,7 +26,7 @@ from torch import nn
 from .._core.checks import typechecked
 from ..models import gpt, llama
 from ..models._checkpoint import CheckpointError, KeyFormat
-from ..rewriting.select import select
+from ..rewriting.selection import select
 from .blocks import LoRA, layer_kind
 
 PathLike = Union[str, os.PathLike]

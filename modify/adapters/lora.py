@@ -17,7 +17,7 @@ from ..combinators import Combinator
 from ..primitives.layers import Linear
 from .._core.identity import unique
 from .._core.sibling import sibling
-from ..rewriting.select import Criterion, select
+from ..rewriting.selection import Criterion, select
 from ..rewriting.walk import positions
 from .blocks import LoRA, check_settings, layer_kind
 

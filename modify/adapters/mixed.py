@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._core.checks import checks_enabled
-from ..rewriting.select import select
+from ..rewriting.selection import select
 from .blocks import LoRA
 
 

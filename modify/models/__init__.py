@@ -22,15 +22,16 @@ Example:
     torch.Size([1, 8, 16])
 """
 
+from ._cache import CachedAttention, CachedPositions, CachedRotaryEmbedding, LastPosition, cache_offset, kv_cache, reset_cache
 from ._errors import CheckpointError
 from ._generate import generate
-from ..primitives import Positions  # documented with the primitives; kept here for old imports
 from ._resnet_blocks import BasicBlock, Bottleneck
 from .gpt import GPT, GPTConfig
 from .llama import Llama, LlamaConfig
 from .resnet import ResNet, ResNetConfig, resnet18, resnet34, resnet50
 
 __all__ = [
-    "BasicBlock", "Bottleneck", "CheckpointError", "GPT", "GPTConfig", "Llama", "LlamaConfig", "Positions",
+    "CachedAttention", "CachedPositions", "CachedRotaryEmbedding", "LastPosition", "cache_offset", "kv_cache", "reset_cache",
+    "BasicBlock", "Bottleneck", "CheckpointError", "GPT", "GPTConfig", "Llama", "LlamaConfig",
     "ResNet", "ResNetConfig", "generate", "resnet18", "resnet34", "resnet50",
 ]

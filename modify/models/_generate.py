@@ -1,16 +1,20 @@
-"""Sampling from a language model, nanoGPT style."""
+"""Sampling from a language model, nanoGPT style, with or without a key/value cache."""
 
 from __future__ import annotations
+
+import math
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
 
 from .._core.checks import typechecked
+from ..rewriting.selection import select
+from ._cache import LastPosition, kv_cache, reset_cache
 from .gpt import GPT
 from .llama import Llama
 
 
-@torch.no_grad()
 @typechecked
 def generate(
     model: nn.Module,
@@ -18,62 +22,130 @@ def generate(
     max_new_tokens: int,
     temperature: float = 1.0,
     top_k: int | None = None,
+    *,
+    use_cache: bool = True,
     block_size: int | None = None,
     generator: torch.Generator | None = None,
+    progress: Callable[[Iterable[int]], Iterable[int]] | None = None,
 ) -> torch.Tensor:
     """Sample ``max_new_tokens`` tokens after ``idx``, one at a time (nanoGPT's ``generate``).
 
-    Each step feeds the last ``block_size`` tokens, takes the logits of the last position,
-    divides them by ``temperature``, keeps the ``top_k`` largest, and samples from the softmax.
-    Runs under ``torch.no_grad()``; the model's mode is left as is, so call ``model.eval()``
-    first to turn dropout off.
+    Each step takes the logits of the last position, divides them by ``temperature``, keeps the
+    ``top_k`` largest, and samples from the softmax (``top_k=1`` takes the argmax, greedy
+    decoding, and draws nothing from ``generator``). The output head sees the last position
+    only (as nanoGPT's inference path). With ``use_cache`` (the default) the model
+    runs through its :func:`~modify.models.kv_cache` sibling (shared weights, cached keys and
+    values): the prompt once, then one new position per step, as Hugging Face's ``generate``.
+    Without, every step re-runs the whole context, as nanoGPT. Either way the model sees at
+    most the last ``block_size`` tokens: once the cache is full it is refilled from the last
+    ``block_size`` tokens (nanoGPT's crop), so both give the same logits. Steps run under
+    ``torch.inference_mode()`` (the result is an ordinary tensor); the model's mode is left as
+    is, so call ``model.eval()`` first to turn dropout off. ``model`` itself is never changed.
 
     Args:
         model: a language model from ``(B, T)`` ids to ``(B, T, vocab)`` logits: a :class:`GPT`
-            or :class:`~modify.models.Llama`, or any sibling or wrapper of one.
-        idx: ``(B, T)`` int64 prompt ids, ``T >= 1``.
+            or :class:`~modify.models.Llama`, or any sibling or wrapper of one (with
+            ``use_cache``, a causal decoder built from modify leaves; see ``kv_cache``).
+        idx: ``(B, T)`` integer prompt ids, ``B, T >= 1`` (a batch of equal-length prompts).
         max_new_tokens: tokens to add (``>= 0``).
-        temperature: softmax temperature, ``> 0``; lower is greedier.
-        top_k: sample among the ``top_k`` most likely tokens only (``None``: all).
+        temperature: softmax temperature, finite and ``> 0``; lower is greedier.
+        top_k: sample among the ``top_k`` most likely tokens only (``None``: all; ``1``: greedy).
+        use_cache: decode through the key/value-cache sibling (``True``) or re-run the context.
         block_size: the longest context the model takes; default ``model.config.block_size``
             (GPT) or ``model.config.max_position_embeddings`` (Llama). Required for other models.
         generator: a ``torch.Generator`` for reproducible samples.
+        progress: wraps the range of steps to show progress, e.g. ``tqdm.tqdm`` or
+            ``functools.partial(tqdm.tqdm, desc="sampling")``.
 
     Shape:
-        ``idx``: ``(B, T)`` -> ``(B, T + max_new_tokens)``; the model sees at most the last
-        ``block_size`` tokens, ``(B, min(T_now, block_size))``, at each step.
+        ``idx``: ``(B, T)`` -> ``(B, T + max_new_tokens)``.
 
     Returns:
         ``(B, T + max_new_tokens)`` int64: ``idx`` followed by the sampled tokens.
 
     Raises:
         TypeError: an argument of the wrong type.
-        ValueError: ``temperature <= 0``, ``top_k < 1``, ``max_new_tokens < 0``, an ``idx`` that
-            is not ``(B, T)`` with ``T >= 1``, or no known ``block_size``.
+        ValueError: a ``temperature`` that is not finite and ``> 0``, ``top_k < 1``,
+            ``max_new_tokens < 0``, an ``idx`` that is not ``(B, T)`` integers with ``B, T >= 1``,
+            no known ``block_size``; with ``use_cache``, a model without causal attention.
 
     Example:
         >>> import torch
         >>> from modify.models import GPT, GPTConfig, generate
         >>> gpt = GPT(GPTConfig(block_size=8, vocab_size=20, n_layer=1, n_head=2, n_embd=16)).eval()
-        >>> generate(gpt, torch.zeros(2, 1, dtype=torch.long), 12, top_k=5).shape
-        torch.Size([2, 13])
+        >>> prompt = torch.zeros(2, 1, dtype=torch.long)
+        >>> fast = generate(gpt, prompt, 12, top_k=1)
+        >>> fast.shape, torch.equal(fast, generate(gpt, prompt, 12, top_k=1, use_cache=False))
+        (torch.Size([2, 13]), True)
     """
     block_size = _context_length(model, block_size)
-    if temperature <= 0 or (top_k is not None and top_k < 1) or max_new_tokens < 0:
+    _check_arguments(idx, max_new_tokens, temperature, top_k)
+    with torch.inference_mode():  # as no_grad, without version counters: each step's ops are cheaper
+        next_logits = _cached_logits(model, block_size) if use_cache else _full_logits(model, block_size)
+        for _ in range(max_new_tokens) if progress is None else progress(range(max_new_tokens)):
+            idx = torch.cat((idx, _sample(next_logits(idx), temperature, top_k, generator)), dim=1)
+    return idx.clone()  # an ordinary tensor again, usable with autograd (an inference tensor is not)
+
+
+def _sample(logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None):
+    """``(B, vocab)`` logits -> ``(B, 1)`` ids: greedy for ``top_k=1``, else softmax sampling."""
+    if top_k == 1:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, [-1]]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)
+
+
+Logits = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _full_logits(model: nn.Module, block_size: int) -> Logits:
+    """``ids (B, T) -> (B, vocab)``, the last position's logits: nanoGPT's re-run of the context."""
+    last_only = _last_only(model)
+    return lambda ids: last_only(ids[:, -block_size:])[:, -1]
+
+
+def _cached_logits(model: nn.Module, block_size: int) -> Logits:
+    """Like :func:`_full_logits` through a ``kv_cache`` sibling fed only the ids it has not seen.
+
+    Each call's ``ids`` extend the previous call's. When the new ids would overflow
+    ``block_size`` cached positions, the cache is emptied and refilled from the last
+    ``block_size`` ids, which is what the full re-run sees.
+    """
+    sibling = _last_only(kv_cache(model))
+    seen = cached = 0  # ids consumed so far; positions in the cache
+
+    def next_logits(ids: torch.Tensor) -> torch.Tensor:
+        nonlocal seen, cached
+        new = ids[:, seen:]
+        if cached + new.shape[1] > block_size:
+            reset_cache(sibling)
+            new, cached = ids[:, -block_size:], 0
+        seen, cached = ids.shape[1], cached + new.shape[1]
+        return sibling(new)[:, -1]
+
+    return next_logits
+
+
+def _last_only(model: nn.Module) -> nn.Module:
+    """A sibling whose output head (a top-level ``lm_head``, as GPT and Llama have) sees only the last position."""
+    if not select(model, "lm_head"):
+        return model
+    return select(model, "lm_head").insert_before(LastPosition())
+
+
+def _check_arguments(idx: torch.Tensor, max_new_tokens: int, temperature: float, top_k: int | None) -> None:
+    if not (math.isfinite(temperature) and temperature > 0) or (top_k is not None and top_k < 1) or max_new_tokens < 0:
         raise ValueError(
-            f"generate: needs temperature > 0, top_k >= 1, max_new_tokens >= 0; "
+            f"generate: needs a finite temperature > 0, top_k >= 1, max_new_tokens >= 0; "
             f"got {temperature}, {top_k}, {max_new_tokens}"
         )
-    if idx.dim() != 2 or idx.shape[1] == 0 or idx.is_floating_point():
-        raise ValueError(f"generate: idx must be (B, T) integer ids with T >= 1, got {tuple(idx.shape)} {idx.dtype}")
-    for _ in range(max_new_tokens):
-        logits = model(idx[:, -block_size:])[:, -1, :] / temperature
-        if top_k is not None:
-            kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, [-1]]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        probs = torch.softmax(logits, dim=-1)
-        idx = torch.cat((idx, torch.multinomial(probs, 1, generator=generator)), dim=1)
-    return idx
+    if idx.dim() != 2 or 0 in idx.shape or idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
+        raise ValueError(
+            f"generate: idx must be (B, T) integer ids with B, T >= 1, got {tuple(idx.shape)} {idx.dtype}"
+        )
 
 
 def _context_length(model: nn.Module, block_size: int | None) -> int:

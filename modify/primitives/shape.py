@@ -7,6 +7,7 @@ import torch
 
 from .._core.checks import expect_tensor, typechecked
 from .._core.module import Leaf
+from .rearrange_plan import RearrangePlan
 from ..traits import Linear, ParamFree, Restructure, Unary
 
 
@@ -189,9 +190,13 @@ class Rearrange(Leaf, Unary, ParamFree, Linear, Restructure):
     def __init__(self, pattern: str, **axes_lengths: int):
         super().__init__()
         self.pattern, self.axes_lengths = pattern, axes_lengths
+        self._plan = RearrangePlan(pattern, axes_lengths)
 
     def forward(self, x):
-        return einops.rearrange(expect_tensor(self, x), self.pattern, **self.axes_lengths)
+        x = expect_tensor(self, x)
+        if torch.compiler.is_compiling():
+            return einops.rearrange(x, self.pattern, **self.axes_lengths)
+        return self._plan(x)
 
     def extra_repr(self) -> str:
         lengths = "".join(f", {k}={v}" for k, v in self.axes_lengths.items())

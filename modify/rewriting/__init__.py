@@ -2,7 +2,7 @@
 
 from .fuse import fuse
 from .mutable import mutable
-from .select import Selection, parameters, rewrite, select
+from .selection import Selection, parameters, rewrite, select
 
 __all__ = [
     "Selection", "fuse", "mutable", "parameters", "rewrite", "select",

@@ -1,0 +1,81 @@
+"""5. Decoding: ``modify.models.generate`` (key/value-cache sibling) against transformers' ``generate``.
+
+One random ``GPT2LMHeadModel`` per size, loaded into ``modify.models.GPT`` with
+``from_pretrained(state_dict, ...)``; both decode 100 new tokens greedily (``top_k=1`` /
+``do_sample=False``) after a 16-token prompt, batch 1, one thread, sides interleaved. The tokens
+are checked equal before timing. ``--quick`` skips the 124M model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from modify.models import GPT, generate
+
+from .timing import compare, table, us
+
+NEW_TOKENS, PROMPT = 100, 16
+
+
+@dataclass
+class Size:
+    name: str
+    n_layer: int
+    n_head: int
+    n_embd: int
+    vocab_size: int = 50257
+    block_size: int = 1024
+
+
+SIZES = (Size("4 layers, width 256", 4, 4, 256), Size("GPT-2 small (124M)", 12, 12, 768))
+
+
+def models(size: Size):
+    """The reference ``GPT2LMHeadModel`` and ours with its weights, eval mode."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(
+        n_positions=size.block_size, vocab_size=size.vocab_size, n_layer=size.n_layer, n_head=size.n_head,
+        n_embd=size.n_embd, bos_token_id=0, eos_token_id=None,
+    )  # fmt: skip
+    reference = GPT2LMHeadModel(config).eval()
+    fields = dict(block_size=size.block_size, vocab_size=size.vocab_size, n_layer=size.n_layer, n_head=size.n_head)
+    ours = GPT.from_pretrained(reference.state_dict(), n_embd=size.n_embd, **fields)
+    return reference, ours
+
+
+def sides(size: Size) -> dict:
+    reference, ours = models(size)
+    prompt = torch.randint(0, size.vocab_size, (1, PROMPT), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(prompt)
+
+    def theirs():
+        return reference.generate(prompt, attention_mask=mask, max_new_tokens=NEW_TOKENS, do_sample=False)
+
+    def cached():
+        return generate(ours, prompt, NEW_TOKENS, top_k=1)
+
+    if not torch.equal(theirs(), cached()):
+        raise RuntimeError(f"generate benchmark ({size.name}): modify and transformers decode different tokens")
+    return {"transformers": theirs, "modify": cached}
+
+
+def run(quick: bool) -> str:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    rows = []
+    try:
+        for size in SIZES[:1] if quick else SIZES:
+            timing = compare(sides(size), rounds=5 if size.n_embd < 768 else 3, number=1, warmup=1)
+            ratio = timing.ratio("modify", "transformers")
+            rows.append([
+                size.name, us(timing.seconds("transformers")), us(timing.seconds("modify")), f"{ratio:.3f}x",
+                "<= 1.00x (goal 0.80x)", "yes" if ratio <= 1.0 else "no",
+            ])  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    headers = ["model", "transformers generate", "modify generate", "ratio", "target", "met"]
+    return table(headers, rows)

@@ -1,0 +1,73 @@
+"""``einops.rearrange`` as a reshape/permute/reshape plan worked out once per input shape.
+
+``einops.rearrange`` parses its pattern (cached) and rebuilds the reshapes from the input's shape
+on every call, which costs more than the view ops themselves on small tensors. The plan here does
+that work once per shape, with einops' own parser, then runs the same three torch ops einops runs
+(each skipped where einops skips it). Patterns with an ellipsis, and any input that does not fit
+the pattern, go to ``einops.rearrange`` itself, so its errors are unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+
+import einops
+import torch
+from einops.parsing import ParsedExpression
+
+Plan = tuple[list[int] | None, list[int] | None, list[int] | None]
+
+
+class RearrangePlan:
+    """Callable ``x -> einops.rearrange(x, pattern, **axes_lengths)`` with plans cached per shape."""
+
+    def __init__(self, pattern: str, axes_lengths: dict[str, int]):
+        self.pattern, self.axes_lengths = pattern, axes_lengths
+        self.plans: dict[torch.Size, Plan] = {}
+        self.left = self.right = None
+        left, arrow, right = pattern.partition("->")
+        try:
+            parsed = ParsedExpression(left), ParsedExpression(right)
+        except einops.EinopsError:
+            return  # einops.rearrange raises its own error at the first call
+        if arrow and not any(p.has_ellipsis for p in parsed):
+            names = [axis for group in parsed[0].composition for axis in group]
+            out = [axis for group in parsed[1].composition for axis in group]
+            if sorted(names) == sorted(out) == sorted(set(names)) and set(axes_lengths) <= set(names):
+                self.left, self.right = parsed[0].composition, parsed[1].composition
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        plan = self.plans.get(x.shape)
+        if plan is None:
+            plan = self._plan(x.shape)
+            if plan is None:
+                return einops.rearrange(x, self.pattern, **self.axes_lengths)
+            if len(self.plans) < 32:
+                self.plans[x.shape] = plan
+        init, permutation, final = plan
+        if init is not None:
+            x = x.reshape(init)
+        if permutation is not None:
+            x = x.permute(permutation)
+        return x if final is None else x.reshape(final)
+
+    def _plan(self, shape: torch.Size) -> Plan | None:
+        if self.left is None or len(shape) != len(self.left):
+            return None
+        lengths = dict(self.axes_lengths)
+        for group, size in zip(self.left, shape):
+            unknown = [axis for axis in group if axis not in lengths]
+            known = math.prod(lengths[axis] for axis in group if axis in lengths)
+            if len(unknown) > 1 or (not unknown and known != size) or (unknown and (known == 0 or size % known)):
+                return None
+            if unknown:
+                lengths[unknown[0]] = size // known
+        elementary = [axis for group in self.left for axis in group]
+        permutation = [elementary.index(axis) for group in self.right for axis in group]
+        init = [lengths[axis] for axis in elementary]
+        final = [math.prod(lengths[axis] for axis in group) for group in self.right]
+        return (
+            None if all(len(group) == 1 for group in self.left) else init,
+            None if permutation == sorted(permutation) else permutation,
+            None if all(len(group) == 1 for group in self.right) else final,
+        )

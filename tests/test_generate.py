@@ -1,0 +1,222 @@
+"""``modify.models.generate`` and its key/value-cache sibling against transformers' ``generate``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+
+import modify
+from helpers import assert_state_equal, state_snapshot
+from modify.models import (
+    GPT,
+    CachedAttention,
+    CachedPositions,
+    CachedRotaryEmbedding,
+    Llama,
+    cache_offset,
+    generate,
+    kv_cache,
+    reset_cache,
+)
+
+GPT2 = dict(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=None)
+LLAMA = dict(
+    vocab_size=64, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+    num_key_value_heads=2, max_position_embeddings=32, rms_norm_eps=1e-5, bos_token_id=0, eos_token_id=None,
+)  # fmt: skip
+LLAMA3 = dict(
+    rope_theta=500000.0,
+    rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                      original_max_position_embeddings=16),
+)  # fmt: skip
+
+
+def _perturbed(model: torch.nn.Module) -> torch.nn.Module:
+    """Norm weights and biases away from ones and zeros, so every weight matters."""
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or ".ln_" in name or name.endswith("bias"):
+                p.copy_(p.detach() + 0.2 * torch.randn(p.shape, generator=gen))
+    return model.eval()
+
+
+def gpt_pair() -> tuple[transformers.GPT2LMHeadModel, GPT]:
+    torch.manual_seed(0)
+    reference = _perturbed(transformers.GPT2LMHeadModel(transformers.GPT2Config(**GPT2)))
+    ours = GPT.from_pretrained(reference.state_dict(), vocab_size=64, block_size=32, n_embd=32, n_layer=2, n_head=4)
+    return reference, ours
+
+
+def llama_pair(**overrides) -> tuple[transformers.LlamaForCausalLM, Llama]:
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(**{**LLAMA, **overrides})
+    reference = _perturbed(transformers.LlamaForCausalLM(config))
+    fields = {k: v for k, v in {**LLAMA, **overrides}.items() if k not in ("bos_token_id", "eos_token_id")}
+    return reference, Llama.from_pretrained(reference.state_dict(), **fields)
+
+
+PAIRS = {
+    "gpt2": gpt_pair,
+    "llama": llama_pair,
+    "llama3 rope, tied": lambda: llama_pair(**LLAMA3, tie_word_embeddings=True),
+    "llama, one kv head": lambda: llama_pair(num_key_value_heads=1),
+}
+
+
+@pytest.fixture(scope="module", params=list(PAIRS))
+def pair(request):
+    return PAIRS[request.param]()
+
+
+def prompts(batch: int = 2, length: int = 5) -> torch.Tensor:
+    return torch.randint(1, 64, (batch, length), generator=torch.Generator().manual_seed(3))
+
+
+def test_greedy_equals_transformers_with_and_without_cache(pair):
+    reference, ours = pair
+    prompt = prompts()
+    expected = reference.generate(
+        prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=20, do_sample=False, pad_token_id=0,
+    )  # fmt: skip
+    assert expected.shape == (2, 25)  # no early stop at an end-of-sequence token
+    assert torch.equal(generate(ours, prompt, 20, top_k=1), expected)
+    assert torch.equal(generate(ours, prompt, 20, top_k=1, use_cache=False), expected)
+
+
+def test_seeded_sampling_is_the_same_with_and_without_cache(pair):
+    _, ours = pair
+    runs = [
+        generate(ours, prompts(3, 4), 15, temperature=1.5, top_k=20, use_cache=cache,
+                 generator=torch.Generator().manual_seed(7))
+        for cache in (True, False)
+    ]  # fmt: skip
+    assert torch.equal(runs[0], runs[1])
+    assert runs[0].shape == (3, 19) and len(set(runs[0][:, 4:].flatten().tolist())) > 3  # it did sample
+
+
+def test_generate_leaves_the_model_untouched(pair):
+    _, ours = pair
+    before, params, modules = state_snapshot(ours), list(ours.parameters()), list(ours.modules())
+    buffers = [id(b) for b in ours.buffers()]
+    generate(ours, prompts(), 6)
+    assert_state_equal(ours, before)
+    assert all(a is b for a, b in zip(ours.parameters(), params, strict=True))
+    assert all(a is b for a, b in zip(ours.modules(), modules, strict=True))
+    assert [id(b) for b in ours.buffers()] == buffers
+
+
+def test_the_sibling_shares_every_parameter_and_caches_only_position_leaves(pair):
+    _, ours = pair
+    sibling = kv_cache(ours)
+    assert type(sibling) is type(ours) and sibling.config is ours.config
+    assert all(a is b for a, b in zip(sibling.parameters(), ours.parameters(), strict=True))
+    assert sibling.state_dict().keys() == ours.state_dict().keys()
+    swapped = {path for path, m in sibling.named_modules() if m is not dict(ours.named_modules()).get(path)}
+    leaves = {path for path in swapped if not isinstance(sibling.get_submodule(path), modify.Combinator)}
+    cached = (CachedAttention, CachedPositions, CachedRotaryEmbedding)
+    assert leaves and all(isinstance(sibling.get_submodule(path), cached) for path in leaves)
+    assert not modify.select(ours, lambda path, module: isinstance(module, cached))
+
+
+def test_feeding_in_pieces_equals_the_whole_sequence(pair):
+    _, ours = pair
+    ids = prompts(2, 12)
+    whole = ours(ids)
+    sibling = kv_cache(ours)
+    pieces = [sibling(ids[:, :5]), sibling(ids[:, 5:6]), sibling(ids[:, 6:10]), sibling(ids[:, 10:])]
+    torch.testing.assert_close(torch.cat(pieces, dim=1), whole, atol=1e-5, rtol=1e-5)
+    assert cache_offset(sibling) == 12
+    reset_cache(sibling)
+    assert cache_offset(sibling) == 0
+    torch.testing.assert_close(sibling(ids), whole, atol=1e-5, rtol=1e-5)
+
+
+def test_longer_than_the_context_crops_like_the_uncached_loop():
+    _, ours = gpt_pair()
+    prompt = prompts(1, 20)
+    cached = generate(ours, prompt, 30, top_k=1)
+    assert torch.equal(cached, generate(ours, prompt, 30, top_k=1, use_cache=False))
+    assert torch.equal(cached, generate(ours, prompt, 30, top_k=1, block_size=32))
+
+
+def test_a_lora_sibling_decodes_through_the_cache():
+    _, ours = gpt_pair()
+    adapted = modify.lora(ours, rank=2)
+    with torch.no_grad():
+        for p in modify.lora_parameters(adapted):
+            p.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(4))
+    prompt = prompts()
+    assert torch.equal(generate(adapted, prompt, 8, top_k=1), generate(adapted, prompt, 8, top_k=1, use_cache=False))
+    assert not torch.equal(generate(adapted, prompt, 8, top_k=1), generate(ours, prompt, 8, top_k=1))
+
+
+def test_cached_leaves_refuse_what_they_cannot_do():
+    _, ours = gpt_pair()
+    sibling = kv_cache(ours)
+    sibling(prompts(2, 3))
+    with pytest.raises(ValueError, match=r"CachedAttention at 'transformer\.h\.0\.attn\.1\.1\.attend'.*reset"):
+        sibling(prompts(3, 1))
+    sibling = kv_cache(ours)
+    sibling(prompts(1, 30))
+    path = r"'transformer\.embed\.lookup\.wpe\.positions'"
+    with pytest.raises(ValueError, match=rf"CachedPositions at {path}.*30 \+ T <= 32"):
+        sibling(prompts(1, 3))
+    with pytest.raises(ValueError, match="not causal"):
+        CachedAttention(modify.ScaledDotProductAttention())
+
+
+@pytest.mark.parametrize(
+    "model, match",
+    [
+        (modify.Sequential(modify.Linear(4, 4)), "no ScaledDotProductAttention"),
+        (modify.Sequential(attn=modify.ScaledDotProductAttention()), "'attn' is not causal"),
+    ],
+)
+def test_kv_cache_refuses_models_it_cannot_cache(model, match):
+    with pytest.raises(ValueError, match=match):
+        kv_cache(model)
+
+
+def test_cache_offset_refuses_a_partly_called_or_uncached_model():
+    _, ours = gpt_pair()
+    with pytest.raises(ValueError, match="no cached leaf"):
+        cache_offset(ours)
+    sibling = kv_cache(ours)
+    sibling.transformer.embed(prompts(1, 2))
+    with pytest.raises(ValueError, match=r"offsets .*'transformer\.embed\.lookup\.wpe\.positions': 2"):
+        cache_offset(sibling)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(temperature=float("nan")), "finite temperature > 0"),
+        (dict(temperature=float("inf")), "finite temperature > 0"),
+        (dict(temperature=-1.0), "finite temperature > 0"),
+        (dict(idx=torch.zeros(0, 3, dtype=torch.long)), r"B, T >= 1, got \(0, 3\)"),
+        (dict(idx=torch.zeros(1, 3, dtype=torch.bool)), "integer ids"),
+        (dict(idx=torch.zeros(1, 3)), "integer ids"),
+        (dict(block_size=0), "block_size must be at least 1"),
+    ],
+)
+def test_generate_rejects_bad_arguments(kwargs, match):
+    _, ours = gpt_pair()
+    with pytest.raises(ValueError, match=match):
+        generate(**{**dict(model=ours, idx=prompts(), max_new_tokens=2), **kwargs})
+
+
+def test_the_result_is_an_ordinary_tensor_and_progress_sees_every_step():
+    _, ours = gpt_pair()
+    seen = []
+
+    def progress(steps):
+        for step in steps:
+            seen.append(step)
+            yield step
+
+    out = generate(ours, prompts(), 7, progress=progress)
+    assert seen == list(range(7)) and not out.is_inference() and out.dtype == torch.long
+    ours(out).sum().backward()  # feeds training: autograd accepts it
+    assert ours.lm_head.weight.grad is not None
