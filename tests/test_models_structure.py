@@ -19,7 +19,6 @@ from modify.models import (
     GPTConfig,
     Llama,
     LlamaConfig,
-    Positions,
     ResNet,
     ResNetConfig,
 )
@@ -91,20 +90,6 @@ def test_deepcopy_keeps_outputs_config_and_ties(models, name):
     if isinstance(model, GPT):
         assert twin.lm_head.weight is twin.transformer.embed.lookup.wte.weight
         assert twin.lm_head.weight is not model.lm_head.weight
-
-
-def test_positions_leaf():
-    positions = Positions(limit=4)
-    out = positions(torch.zeros(2, 3, dtype=torch.long))
-    assert out.dtype == torch.int64 and out.tolist() == [[0, 1, 2]] * 2
-    assert positions(torch.zeros(5, 4)).shape == (5, 4)
-    assert modify.traits_of(positions) == {
-        modify.traits.Unary, modify.traits.ParamFree, modify.traits.Linear
-    }  # fmt: skip
-    with pytest.raises(ValueError, match=r"T <= 4"):
-        positions(torch.zeros(1, 5))
-    with pytest.raises(ValueError, match="at least 1"):
-        Positions(limit=0)
 
 
 # Checkpoint errors, shared by every model (one reader, one loader).
