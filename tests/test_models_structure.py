@@ -19,10 +19,10 @@ from modify.models import (
     GPTConfig,
     Llama,
     LlamaConfig,
-    Positions,
     ResNet,
     ResNetConfig,
 )
+from modify.primitives import Positions
 
 
 def tiny_models() -> dict[str, torch.nn.Module]:

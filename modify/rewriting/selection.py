@@ -197,20 +197,8 @@ class Selection(list):
     def insert_after(self, make: nn.Module | Callable[[nn.Module], nn.Module]) -> nn.Module:
         """Put a module after every selected one: ``m`` becomes ``Sequential(m, make(m))``.
 
-        As :meth:`insert_before`, on the other side; the selected module moves to path
-        ``<path>.0``.
-
-        Args:
-            make: ``module -> module``, called once per distinct selected module; or a module,
-                inserted as that same object at every selected path (shared: pass a callable for
-                one fresh module per position).
-
-        Returns:
-            The new model.
-
-        Raises:
-            TypeError: ``make`` returned something that is not a ``torch.nn.Module``.
-            ValueError: a selected module lies inside a leaf (see :meth:`apply`).
+        As :meth:`insert_before` (same ``make``, return value and errors), on the other side;
+        the selected module moves to path ``<path>.0``.
 
         Example:
             >>> import torch, modify
