@@ -21,7 +21,7 @@ from .._core.identity import group_by_identity
 from .._core.sibling import sibling
 from ..combinators import Combinator
 from ..rewriting.walk import rebuild
-from .swap import Write, call_with
+from .swap import Place, Write, call_with, named_places, scratch_buffers
 
 
 def _split_name(name: str) -> tuple[tuple[str, ...], str]:
@@ -93,9 +93,12 @@ class FlatParam(nn.Module):
     one's forward (or its own) leaves the outer call's tensors in place. Like any module that swaps
     its tensors (``torch.func.functional_call`` does too), one ``f`` is not for concurrent threads.
 
-    BatchNorm: in training mode the running statistics in use are updated in place, i.e.
-    ``model``'s own (shared) unless ``buffers=`` gives others; under ``torch.func.vmap`` pass
-    batched ``buffers=`` or use eval mode, as for ``torch.func.functional_call``.
+    BatchNorm in training mode: ``f(x)`` is the model's own forward and updates the running
+    statistics in use (``model``'s, shared) in place, as training ``model`` would. A substituted
+    forward (``flat_param=`` given) leaves ``state_dict()`` unchanged, as
+    :func:`~modify.functional_call` does: the statistics it updates are scratch copies, unless
+    ``buffers=`` gives tensors to receive the updates. Under ``torch.func.vmap`` pass batched
+    ``buffers=`` or use eval mode, as for ``torch.func.functional_call``.
 
     Args:
         model: the module to flatten; its parameters must share one dtype and device.
@@ -149,6 +152,7 @@ class FlatParam(nn.Module):
             pre=lambda path, m: None if isinstance(m, Combinator) else _stateless(m, made),
             post=lambda path, original, new: _without_own_parameters(new),
         )
+        self._buffer_names = tuple((name, _split_name(name)) for name in named_places(self.module)[1])
         self._refresh_views()
 
     def _views(self, theta: torch.Tensor) -> list[torch.Tensor]:
@@ -186,19 +190,24 @@ class FlatParam(nn.Module):
     def forward(self, x, flat_param: torch.Tensor | None = None, buffers: dict[str, torch.Tensor] | None = None):
         theta = self.flat_param if flat_param is None else self._checked(flat_param)
         writes = self._parameter_writes(theta)
-        if buffers is not None:
-            writes += self._buffer_writes(self._checked_buffers(buffers))
+        given = {} if buffers is None else self._checked_buffers(buffers)
+        if flat_param is not None and self._buffer_names:  # a substituted forward leaves state_dict() as it was
+            given = {**scratch_buffers(self._buffer_places(), given), **given}
+        if given:
+            writes += [(module._buffers, attr, given[name]) for name, (module, attr) in self._buffer_places(given).items()]
         # Written straight into the sibling (torch.func.functional_call's checks and bookkeeping
         # cost a third of a small model's call). The previous values come back, not the detached
         # views: a call nested in another's forward leaves the outer call's tensors in place.
         return call_with(self.module, writes, x)
 
-    def _buffer_writes(self, buffers: dict[str, torch.Tensor]) -> list[Write]:
-        root, writes = self.module, []
-        for name, value in buffers.items():
-            path, attr = _split_name(name)
-            writes.append((_owner(root, path)._buffers, attr, value))
-        return writes
+    def _buffer_places(self, names: dict | None = None) -> dict[str, Place]:
+        """``{name: (module, attr)}`` of the sibling's buffers (all, or those in ``names``), owners looked up now."""
+        root = self.module
+        return {
+            name: (_owner(root, path), attr)
+            for name, (path, attr) in self._buffer_names
+            if names is None or name in names
+        }
 
     def _checked(self, theta: object) -> torch.Tensor:
         if not isinstance(theta, torch.Tensor):
