@@ -17,7 +17,8 @@ from ..combinators import Combinator
 from ..primitives.layers import Linear
 from .._core.identity import unique
 from .._core.sibling import sibling
-from ..rewriting.selection import Criterion, select
+from ..rewriting.criteria import Criterion
+from ..rewriting.selection import select
 from ..rewriting.walk import positions
 from .blocks import LoRA, check_settings, layer_kind
 
