@@ -202,10 +202,8 @@ def _sibling(module: nn.Module, slots: dict[int, _Slot], made: dict[int, nn.Modu
     """The mutable sibling of any module (children included); ``slots`` keyed by parameter id."""
     if id(module) in made:
         return made[id(module)]
-    clone = sibling(module, cls=derived_class(_Mutable, type(module)))
-    made[id(module)] = clone
-    children = module._modules.items()
-    clone.__dict__["_modules"] = {n: None if c is None else _sibling(c, slots, made) for n, c in children}
+    children = {n: None if c is None else _sibling(c, slots, made) for n, c in module._modules.items()}
+    clone = made[id(module)] = sibling(module, cls=derived_class(_Mutable, type(module)), children=children)
     clone.__dict__["_order"] = tuple(module._parameters)
     clone.__dict__["_slots"] = {}
     for name, parameter in module._parameters.items():
