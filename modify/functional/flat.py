@@ -13,11 +13,13 @@ over a batch of flat vectors and ``torch.compile(fullgraph=True)`` work.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
 from .._core.checks import typechecked
-from .._core.identity import group_by_identity
+from .._core.identity import group_by_identity, once_per_object
 from .._core.sibling import sibling
 from ..combinators import Combinator
 from ..rewriting.walk import rebuild
@@ -37,15 +39,18 @@ def _owner(root: nn.Module, path: tuple[str, ...]) -> nn.Module:
     return root
 
 
-def _stateless(module: nn.Module, made: dict[int, nn.Module]) -> nn.Module:
-    """A sibling of ``module`` (children included) with no registered parameters."""
-    if id(module) not in made:
-        made[id(module)] = sibling(
+def _stateless_maker() -> Callable[[nn.Module], nn.Module]:
+    """``module ->`` a sibling of it (children included) with no registered parameters, one per module."""
+
+    def stateless(module: nn.Module) -> nn.Module:
+        return sibling(
             module,
             parameters={n: p for n, p in module._parameters.items() if p is None},
-            children={n: None if c is None else _stateless(c, made) for n, c in module._modules.items()},
+            children={n: None if c is None else once(c) for n, c in module._modules.items()},
         )
-    return made[id(module)]
+
+    once = once_per_object(stateless)
+    return once
 
 
 def _without_own_parameters(combinator: nn.Module) -> nn.Module:
@@ -146,10 +151,10 @@ class FlatParam(nn.Module):
         with torch.no_grad():
             for (_, p), view in zip(groups, self._views(self.flat_param.data)):
                 p.data = view
-        made: dict[int, nn.Module] = {}
+        stateless = _stateless_maker()
         self.module = rebuild(
             model,
-            pre=lambda path, m: None if isinstance(m, Combinator) else _stateless(m, made),
+            pre=lambda path, m: None if isinstance(m, Combinator) else stateless(m),
             post=lambda path, original, new: _without_own_parameters(new),
         )
         self._buffer_names = tuple((name, _split_name(name)) for name in named_places(self.module)[1])

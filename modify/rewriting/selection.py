@@ -14,7 +14,7 @@ from typing import Callable
 from torch import nn
 
 from .._core.checks import typechecked
-from .._core.identity import unique
+from .._core.identity import once_per_object, unique
 from ..combinators import Combinator, Sequential
 from .criteria import Criterion, Match, matcher
 from .walk import positions, rebuild
@@ -106,17 +106,14 @@ class Selection(list):
             >>> type(new[1]).__name__, new[0] is mlp[0], type(mlp[1]).__name__
             ('GELU', True, 'ReLU')
         """
-        selected, results = dict(self), {}
+        selected, replace = dict(self), once_per_object(lambda module, path: _checked_module(fn(module), path, "fn"))
         self._refuse_inside_leaves(replaced=True)
         on_the_way = _on_the_way(selected)
 
         def pre(path: str, module: nn.Module) -> nn.Module | None:
             if selected.get(path) is not module:
                 return None if path in on_the_way else module  # nothing selected below: kept whole
-            result = results.get(id(module))
-            if result is None:
-                result = results[id(module)] = _checked_module(fn(module), path, "fn")
-            return result
+            return replace(module, path)
 
         return rebuild(self.model, pre)
 
@@ -165,7 +162,10 @@ class Selection(list):
         return self._insert(make, before=False)
 
     def _insert(self, make: nn.Module | Callable[[nn.Module], nn.Module], before: bool) -> nn.Module:
-        selected, made = dict(self), {}
+        selected = dict(self)
+        made = once_per_object(
+            lambda original, path: _checked_module(make if isinstance(make, nn.Module) else make(original), path, "make")
+        )
         self._refuse_inside_leaves(replaced=False)
         on_the_way = _on_the_way(selected)
 
@@ -175,10 +175,8 @@ class Selection(list):
         def post(path: str, original: nn.Module, new: nn.Module) -> nn.Module:
             if selected.get(path) is not original:
                 return new
-            if id(original) not in made:
-                extra = make if isinstance(make, nn.Module) else make(original)
-                made[id(original)] = _checked_module(extra, path, "make")
-            return Sequential(made[id(original)], new) if before else Sequential(new, made[id(original)])
+            extra = made(original, path)
+            return Sequential(extra, new) if before else Sequential(new, extra)
 
         return rebuild(self.model, pre, post)
 
@@ -293,14 +291,11 @@ def rewrite(model: nn.Module, fn: Callable[[nn.Module], nn.Module], *where: Crit
         >>> silu[0] is mlp[0], type(silu[1]).__name__, type(mlp[1]).__name__
         (True, 'SiLU', 'ReLU')
     """
-    match, results = matcher(where), {}
+    match, replace = matcher(where), once_per_object(lambda module, path: _checked_module(fn(module), path, "fn"))
 
     def pre(path: str, module: nn.Module) -> nn.Module | None:
         if match(path, module):
-            result = results.get(id(module))
-            if result is None:
-                result = results[id(module)] = _checked_module(fn(module), path, "fn")
-            return result
+            return replace(module, path)
         if module._modules and not isinstance(module, Combinator):
             _refuse_matches_inside(path, module, match)
         return None
