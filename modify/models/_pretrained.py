@@ -67,17 +67,21 @@ class Pretrained:
                 mis-shaped key.
 
         Example:
-            >>> import tempfile, torch
-            >>> from transformers import GPT2Config, GPT2LMHeadModel  # only to write a checkpoint here
+            A ``state_dict`` in the reference's names, with the sizes as config keywords (a
+            folder needs none: ``GPT.from_pretrained("path/to/gpt2")``):
+
+            >>> import torch
+            >>> from transformers import GPT2Config, GPT2LMHeadModel  # only to make reference weights here
             >>> from modify.models import GPT
             >>> reference = GPT2LMHeadModel(GPT2Config(vocab_size=100, n_positions=32, n_embd=32, n_layer=2,
             ...                                        n_head=2, bos_token_id=0, eos_token_id=0)).eval()
-            >>> with tempfile.TemporaryDirectory() as folder:
-            ...     reference.save_pretrained(folder)
-            ...     gpt = GPT.from_pretrained(folder)
+            >>> sizes = dict(vocab_size=100, block_size=32, n_embd=32, n_layer=2, n_head=2)
+            >>> gpt = GPT.from_pretrained(reference.state_dict(), **sizes)
             >>> ids = torch.randint(0, 100, (2, 32))
-            >>> torch.allclose(gpt(ids), reference(ids).logits, atol=1e-5)
-            True
+            >>> torch.allclose(gpt(ids), reference(ids).logits, atol=1e-5), gpt.training
+            (True, False)
+            >>> GPT.from_pretrained(reference.state_dict(), dtype=torch.bfloat16, **sizes).lm_head.weight.dtype
+            torch.bfloat16
         """
         owner = f"{cls.__name__}.from_pretrained"
         return load_pretrained(cls, cls.family, source, config_overrides, owner, dtype=dtype, device=device)
