@@ -45,7 +45,7 @@ def _container_problem(model: nn.Module, paths: list[str]) -> str:
     """Why the walk cannot reach ``paths``: a plain ``torch.nn`` container on the way, or ``""``."""
     containers = {
         path: module
-        for path, module in model.named_modules(remove_duplicate=False)
+        for path, module, _ in positions(model)
         if isinstance(module, _PLAIN_CONTAINERS) and not isinstance(module, Combinator)
     }
     if not containers:
