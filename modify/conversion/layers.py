@@ -14,18 +14,15 @@ from collections.abc import Callable
 from torch import nn
 
 from .. import primitives as P
-from .._core.sibling import sibling
+from .._core.sibling import holding
 from ..combinators import Sequential
 
 _META = "meta"
 
 
 def _share(leaf: nn.Module, source: nn.Module, *names: str) -> nn.Module:
-    """A sibling of the meta-built ``leaf`` holding ``source``'s tensors ``names`` (the same objects), in its mode."""
-    given = {name: getattr(source, name) for name in names}
-    parameters = {name: given.get(name, value) for name, value in leaf._parameters.items()}
-    buffers = {name: given.get(name, value) for name, value in leaf._buffers.items()}
-    return sibling(leaf, parameters=parameters, buffers=buffers).train(source.training)
+    """The meta-built ``leaf`` holding ``source``'s tensors ``names`` (the same objects), in its mode."""
+    return holding(leaf, source, *names).train(source.training)
 
 
 def _linear(m: nn.Linear) -> nn.Module:
