@@ -91,15 +91,8 @@ def _rebuild_error(cls: type, module_name: str, detail: str, path: list[str]) ->
 class ModifyValueError(ModifyError, ValueError):
     """A value of the right kind but the wrong size: tuple length, tensor shape.
 
-    A :class:`ModifyError` and a ``ValueError`` (as Python raises for a right-typed argument
-    with a wrong value): ``except ValueError`` catches it.
-
-    Args:
-        module: the module raising the error (its class name starts the message).
-        detail: what went wrong, e.g. ``"expected last dimension 4, got a tensor of shape (3, 5)"``.
-
-    Attributes:
-        path: the names from the root down to the raising module (see :class:`ModifyError`).
+    A :class:`ModifyError` (same arguments and attributes) and a ``ValueError`` (as Python
+    raises for a right-typed argument with a wrong value): ``except ValueError`` catches it.
 
     Example:
         >>> import torch, modify
@@ -113,15 +106,8 @@ class ModifyValueError(ModifyError, ValueError):
 class ModifyTypeError(ModifyError, TypeError):
     """A value of the wrong kind: a tensor where a tuple was expected, or the reverse.
 
-    A :class:`ModifyError` and a ``TypeError`` (as Python raises for an argument of the wrong
-    type): ``except TypeError`` catches it.
-
-    Args:
-        module: the module raising the error (its class name starts the message).
-        detail: what went wrong, e.g. ``"expected a tensor, got a tuple of 2 values"``.
-
-    Attributes:
-        path: the names from the root down to the raising module (see :class:`ModifyError`).
+    A :class:`ModifyError` (same arguments and attributes) and a ``TypeError`` (as Python
+    raises for an argument of the wrong type): ``except TypeError`` catches it.
 
     Example:
         >>> import torch, modify

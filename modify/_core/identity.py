@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Hashable, Iterable, TypeVar
+from typing import Callable, Hashable, Iterable, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -43,3 +43,36 @@ def unique(values: Iterable[V]) -> list[V]:
         [True, False]
     """
     return [value for _, value in group_by_identity((None, v) for v in values)]
+
+
+def once_per_object(make: Callable[..., V]) -> Callable[..., V]:
+    """``make`` wrapped to run once per distinct first argument (by ``is``); repeats get that result.
+
+    How a rewriter keeps a module placed at two paths one module in what it builds (a shared
+    leaf's replacement is shared too). The arguments are kept alive with their results, so an
+    ``id`` is never reused while the wrapper lives.
+
+    Args:
+        make: ``(obj, *rest) -> result``; ``rest`` (e.g. the path, for an error message) is
+            passed on the first call for ``obj`` only.
+
+    Returns:
+        ``(obj, *rest) -> result``.
+
+    Example:
+        >>> from modify._core.identity import once_per_object
+        >>> calls = []
+        >>> box = once_per_object(lambda obj, path: calls.append(path) or [obj])
+        >>> shared = object()
+        >>> box(shared, "a") is box(shared, "b"), calls
+        (True, ['a'])
+    """
+    made: dict[int, tuple[object, V]] = {}
+
+    def once(obj: object, *rest: object) -> V:
+        entry = made.get(id(obj))
+        if entry is None:
+            entry = made[id(obj)] = (obj, make(obj, *rest))
+        return entry[1]
+
+    return once

@@ -75,6 +75,30 @@ def sibling(
     return new
 
 
+def holding(module: nn.Module, source: nn.Module, *names: str) -> nn.Module:
+    """A sibling of ``module`` whose tensors ``names`` are ``source``'s own objects.
+
+    How a leaf of another class comes to hold a layer's tensors with zero bytes copied: build it
+    on the ``meta`` device from the layer's configuration, then take this sibling (a fused leaf
+    from its pair, a converted ``torch.nn`` layer). Each name is a parameter or buffer of
+    ``module`` and takes ``source``'s parameter or buffer of that name (``None`` where
+    ``source`` has none).
+
+    Example:
+        >>> import torch, modify
+        >>> from modify._core.sibling import holding
+        >>> layer = torch.nn.Linear(3, 2)
+        >>> leaf = holding(modify.Linear(3, 2, device="meta"), layer, "weight", "bias")
+        >>> leaf.weight is layer.weight, leaf.bias is layer.bias
+        (True, True)
+    """
+    parameters, buffers = dict(module._parameters), dict(module._buffers)
+    for name in names:
+        value = source._parameters.get(name, source._buffers.get(name))
+        (parameters if name in parameters else buffers)[name] = value
+    return sibling(module, parameters=parameters, buffers=buffers)
+
+
 class Derived:
     """Mixin of the classes :func:`derived_class` makes: pickled as (mixins, importable class)."""
 

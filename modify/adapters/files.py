@@ -27,6 +27,7 @@ from .._core.checks import typechecked
 from ..models import gpt, llama
 from ..models._checkpoint import CheckpointError, KeyFormat
 from ..rewriting.selection import select
+from ..rewriting.walk import positions
 from .blocks import LoRA, layer_kind
 
 PathLike = Union[str, os.PathLike]
@@ -49,7 +50,7 @@ def peft_tensors(block: LoRA) -> dict[str, torch.Tensor]:
 def layer_names(model: nn.Module) -> dict[str, str]:
     """Module path -> the layer's name in an adapter file, for every module of ``model``."""
     keys = next((k for cls, k in _KEY_FORMATS if isinstance(model, cls)), None)
-    paths = [path for path, _ in model.named_modules(remove_duplicate=False)]
+    paths = [path for path, _, _ in positions(model)]
     if keys is None:
         return {path: path for path in paths}
     names = {}

@@ -17,7 +17,8 @@ from ..combinators import Combinator
 from ..primitives.layers import Linear
 from .._core.identity import unique
 from .._core.sibling import sibling
-from ..rewriting.selection import Criterion, select
+from ..rewriting.criteria import Criterion
+from ..rewriting.selection import select
 from ..rewriting.walk import positions
 from .blocks import LoRA, check_settings, layer_kind
 
@@ -44,7 +45,7 @@ def _container_problem(model: nn.Module, paths: list[str]) -> str:
     """Why the walk cannot reach ``paths``: a plain ``torch.nn`` container on the way, or ``""``."""
     containers = {
         path: module
-        for path, module in model.named_modules(remove_duplicate=False)
+        for path, module, _ in positions(model)
         if isinstance(module, _PLAIN_CONTAINERS) and not isinstance(module, Combinator)
     }
     if not containers:

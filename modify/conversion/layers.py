@@ -14,20 +14,15 @@ from collections.abc import Callable
 from torch import nn
 
 from .. import primitives as P
+from .._core.sibling import holding
 from ..combinators import Sequential
 
 _META = "meta"
 
 
 def _share(leaf: nn.Module, source: nn.Module, *names: str) -> nn.Module:
-    """Give ``leaf`` the tensors ``names`` of ``source`` (the same objects) and its mode."""
-    for name in names:
-        value = getattr(source, name)
-        if name in leaf._parameters:
-            leaf._parameters[name] = value
-        else:
-            leaf._buffers[name] = value
-    return leaf.train(source.training)
+    """The meta-built ``leaf`` holding ``source``'s tensors ``names`` (the same objects), in its mode."""
+    return holding(leaf, source, *names).train(source.training)
 
 
 def _linear(m: nn.Linear) -> nn.Module:
@@ -77,7 +72,7 @@ def _batch_norm(cls: type) -> Callable[[nn.Module], nn.Module]:
     def build(m: nn.Module) -> nn.Module:
         norm = cls(m.num_features, m.eps, m.momentum, m.track_running_stats, device=_META)
         if m.track_running_stats:
-            _share(norm, m, "running_mean", "running_var", "num_batches_tracked")
+            norm = _share(norm, m, "running_mean", "running_var", "num_batches_tracked")
         return _with_affine(norm, m, (m.num_features,), 1)
 
     return build

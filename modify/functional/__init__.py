@@ -1,8 +1,10 @@
 """Functional views of a model: its forward with other tensors, without rewriting it.
 
 :func:`functional_call` runs a model with substituted parameters, :func:`flat` reparametrises it
-by one flat vector, :class:`HyperNetwork` predicts a model's parameters. They build no sibling
-model; each call swaps tensors in and puts the model's own back (:mod:`modify.functional.swap`).
+by one flat vector, :class:`HyperNetwork` predicts a model's parameters. They rewrite nothing
+(``flat`` runs a parameter-free sibling it keeps); each call swaps tensors in and puts back what
+was there (:mod:`modify.functional.swap`), and a substituted forward updates scratch copies of
+the buffers it is not given (BatchNorm statistics), so ``state_dict()`` is left unchanged.
 """
 
 from .call import functional_call

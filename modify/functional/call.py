@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .._core.identity import group_by_identity
-from .swap import Write, call_with, named_places
+from .swap import Write, call_with, named_places, scratch_buffers
 
 _MAX_LISTED = 6
 
@@ -83,16 +83,6 @@ def _writes(tensors: dict[str, torch.Tensor], places: dict, kind: str) -> list[W
     return [(getattr(places[name][0], kind), places[name][1], value) for name, value in tensors.items()]
 
 
-def _scratch_buffers(buffers: dict[str, torch.Tensor], places: dict, given: dict) -> dict[str, torch.Tensor]:
-    """Copies of the buffers a module in training mode may update in place (BatchNorm statistics)."""
-    scratch = {}
-    for names, tensor in group_by_identity((n, t) for n, t in buffers.items() if n not in given):
-        if any(places[name][0].training for name in names):
-            copy = tensor.clone()
-            scratch.update(dict.fromkeys(names, copy))
-    return scratch
-
-
 def functional_call(model: nn.Module, params: dict[str, torch.Tensor], x, *, strict: bool = True):
     """``model(x)`` computed with the tensors in ``params`` in place of the model's own.
 
@@ -153,7 +143,7 @@ def functional_call(model: nn.Module, params: dict[str, torch.Tensor], x, *, str
     buffers = {name: module._buffers[attr] for name, (module, attr) in buffer_places.items()}
     _problems(model, params, parameters, buffers, strict)
     given_buffers = _untie(params, buffers, "buffer")
-    given_buffers.update(_scratch_buffers(buffers, buffer_places, given_buffers))
+    given_buffers.update(scratch_buffers(buffer_places, given_buffers))
     writes = _writes(_untie(params, parameters, "parameter"), parameter_places, "_parameters")
     writes += _writes(given_buffers, buffer_places, "_buffers")
     return call_with(model, writes, x)

@@ -13,15 +13,17 @@ over a batch of flat vectors and ``torch.compile(fullgraph=True)`` work.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
 from .._core.checks import typechecked
-from .._core.identity import group_by_identity
+from .._core.identity import group_by_identity, once_per_object
 from .._core.sibling import sibling
 from ..combinators import Combinator
 from ..rewriting.walk import rebuild
-from .swap import Write, call_with
+from .swap import Place, Write, call_with, named_places, scratch_buffers
 
 
 def _split_name(name: str) -> tuple[tuple[str, ...], str]:
@@ -37,15 +39,18 @@ def _owner(root: nn.Module, path: tuple[str, ...]) -> nn.Module:
     return root
 
 
-def _stateless(module: nn.Module, made: dict[int, nn.Module]) -> nn.Module:
-    """A sibling of ``module`` (children included) with no registered parameters."""
-    if id(module) not in made:
-        made[id(module)] = sibling(
+def _stateless_maker() -> Callable[[nn.Module], nn.Module]:
+    """``module ->`` a sibling of it (children included) with no registered parameters, one per module."""
+
+    def stateless(module: nn.Module) -> nn.Module:
+        return sibling(
             module,
             parameters={n: p for n, p in module._parameters.items() if p is None},
-            children={n: None if c is None else _stateless(c, made) for n, c in module._modules.items()},
+            children={n: None if c is None else once(c) for n, c in module._modules.items()},
         )
-    return made[id(module)]
+
+    once = once_per_object(stateless)
+    return once
 
 
 def _without_own_parameters(combinator: nn.Module) -> nn.Module:
@@ -93,9 +98,12 @@ class FlatParam(nn.Module):
     one's forward (or its own) leaves the outer call's tensors in place. Like any module that swaps
     its tensors (``torch.func.functional_call`` does too), one ``f`` is not for concurrent threads.
 
-    BatchNorm: in training mode the running statistics in use are updated in place, i.e.
-    ``model``'s own (shared) unless ``buffers=`` gives others; under ``torch.func.vmap`` pass
-    batched ``buffers=`` or use eval mode, as for ``torch.func.functional_call``.
+    BatchNorm in training mode: ``f(x)`` is the model's own forward and updates the running
+    statistics in use (``model``'s, shared) in place, as training ``model`` would. A substituted
+    forward (``flat_param=`` given) leaves ``state_dict()`` unchanged, as
+    :func:`~modify.functional_call` does: the statistics it updates are scratch copies, unless
+    ``buffers=`` gives tensors to receive the updates. Under ``torch.func.vmap`` pass batched
+    ``buffers=`` or use eval mode, as for ``torch.func.functional_call``.
 
     Args:
         model: the module to flatten; its parameters must share one dtype and device.
@@ -143,12 +151,13 @@ class FlatParam(nn.Module):
         with torch.no_grad():
             for (_, p), view in zip(groups, self._views(self.flat_param.data)):
                 p.data = view
-        made: dict[int, nn.Module] = {}
+        stateless = _stateless_maker()
         self.module = rebuild(
             model,
-            pre=lambda path, m: None if isinstance(m, Combinator) else _stateless(m, made),
+            pre=lambda path, m: None if isinstance(m, Combinator) else stateless(m),
             post=lambda path, original, new: _without_own_parameters(new),
         )
+        self._buffer_names = tuple((name, _split_name(name)) for name in named_places(self.module)[1])
         self._refresh_views()
 
     def _views(self, theta: torch.Tensor) -> list[torch.Tensor]:
@@ -186,19 +195,24 @@ class FlatParam(nn.Module):
     def forward(self, x, flat_param: torch.Tensor | None = None, buffers: dict[str, torch.Tensor] | None = None):
         theta = self.flat_param if flat_param is None else self._checked(flat_param)
         writes = self._parameter_writes(theta)
-        if buffers is not None:
-            writes += self._buffer_writes(self._checked_buffers(buffers))
+        given = {} if buffers is None else self._checked_buffers(buffers)
+        if flat_param is not None and self._buffer_names:  # a substituted forward leaves state_dict() as it was
+            given = {**scratch_buffers(self._buffer_places(), given), **given}
+        if given:
+            writes += [(module._buffers, attr, given[name]) for name, (module, attr) in self._buffer_places(given).items()]
         # Written straight into the sibling (torch.func.functional_call's checks and bookkeeping
         # cost a third of a small model's call). The previous values come back, not the detached
         # views: a call nested in another's forward leaves the outer call's tensors in place.
         return call_with(self.module, writes, x)
 
-    def _buffer_writes(self, buffers: dict[str, torch.Tensor]) -> list[Write]:
-        root, writes = self.module, []
-        for name, value in buffers.items():
-            path, attr = _split_name(name)
-            writes.append((_owner(root, path)._buffers, attr, value))
-        return writes
+    def _buffer_places(self, names: dict | None = None) -> dict[str, Place]:
+        """``{name: (module, attr)}`` of the sibling's buffers (all, or those in ``names``), owners looked up now."""
+        root = self.module
+        return {
+            name: (_owner(root, path), attr)
+            for name, (path, attr) in self._buffer_names
+            if names is None or name in names
+        }
 
     def _checked(self, theta: object) -> torch.Tensor:
         if not isinstance(theta, torch.Tensor):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .._core.identity import group_by_identity
 from ..rewriting.walk import positions
 
 Place = tuple[nn.Module, str]  # (the module holding a tensor, its attribute name)
@@ -35,6 +36,25 @@ def named_places(model: nn.Module) -> tuple[dict[str, Place], dict[str, Place]]:
             if tensor is not None:
                 buffers[prefix + name] = (module, name)
     return parameters, buffers
+
+
+def scratch_buffers(places: dict[str, Place], given: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Copies of the buffers not ``given`` that a module in training mode may update in place.
+
+    A substituted forward writes these in place of the model's own (BatchNorm running
+    statistics), so the model's ``state_dict()`` is left unchanged; a buffer at several names
+    gets one copy under all of them.
+
+    Args:
+        places: ``{name: (module, attr)}`` of the buffers (see :func:`named_places`).
+        given: the buffers the caller substitutes (these receive the updates; not copied, nor
+            is a buffer given under another of its names).
+    """
+    scratch = {}
+    for names, tensor in group_by_identity((name, module._buffers[attr]) for name, (module, attr) in places.items()):
+        if not any(name in given for name in names) and any(places[name][0].training for name in names):
+            scratch.update(dict.fromkeys(names, tensor.clone()))
+    return scratch
 
 
 def swap(writes: list[Write]) -> list[Write]:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from .._core.identity import group_by_identity
 from ..primitives import RotaryEmbedding
 from ._errors import CheckpointError
 from ._files import Checkpoint, Entry, Source, read_config, read_entries
@@ -177,16 +178,11 @@ class _Target:
 def _plan(model: nn.Module, checkpoint: Checkpoint, keys: KeyFormat, owner: str) -> list[_Target]:
     """Match every model tensor to its checkpoint entries; raise one error listing every problem."""
     entries, note = _with_base_prefix(checkpoint.entries, keys.base_prefix)
-    groups: dict[int, list[str]] = {}
-    targets = model.state_dict(keep_vars=True)
-    for key, tensor in targets.items():
-        groups.setdefault(id(tensor), []).append(key)
     plan, missing, mismatched, used = [], [], [], set()
-    for group in groups.values():
+    for group, meta in group_by_identity(model.state_dict(keep_vars=True).items()):
         refs = {key: keys.reference_key(key) for key in group}
         used.update(refs.values())
         found = {key: entries[ref] for key, ref in refs.items() if ref in entries}
-        meta = targets[group[0]]
         if not found and not any(fnmatch.fnmatchcase(key, p) for key in group for p in keys.optional):
             missing.append(" = ".join(dict.fromkeys(refs.values())))
         problem = next((_mismatch(keys, key, refs[key], entry, meta) for key, entry in found.items()), "")

@@ -31,6 +31,22 @@ def _shortcut(in_channels: int, out_channels: int, stride: int) -> nn.Module:
     return Sequential(conv=conv(in_channels, out_channels, 1, stride), bn=batch_norm(out_channels))
 
 
+def _residual_block(convs: list[tuple[int, int, int, int]], stride: int) -> dict[str, nn.Module]:
+    """A block's children: ``copy``, ``branches`` (shortcut, residual) and ``add``, ``relu``.
+
+    ``convs`` lists ``(in, out, kernel_size, stride)`` of the residual branch's convolutions,
+    each followed by a batch norm (``bn<i>``) and, but the last, a ReLU (``relu<i>``).
+    """
+    layers: dict[str, nn.Module] = {}
+    for i, (n_in, n_out, kernel_size, conv_stride) in enumerate(convs, 1):
+        layers[f"conv{i}"], layers[f"bn{i}"] = conv(n_in, n_out, kernel_size, conv_stride), batch_norm(n_out)
+        if i < len(convs):
+            layers[f"relu{i}"] = ReLU()
+    in_channels, out_channels = convs[0][0], convs[-1][1]
+    branches = Parallel(shortcut=_shortcut(in_channels, out_channels, stride), residual=Sequential(**layers))
+    return dict(copy=Copy(2), branches=branches, add=Add(), relu=ReLU())
+
+
 class BasicBlock(Sequential):
     """ResNet's basic block: ``relu(shortcut(x) + bn2(conv2(relu(bn1(conv1(x))))))``.
 
@@ -65,15 +81,8 @@ class BasicBlock(Sequential):
 
     @typechecked
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
-        residual = Sequential(
-            conv1=conv(in_channels, out_channels, 3, stride),
-            bn1=batch_norm(out_channels),
-            relu1=ReLU(),
-            conv2=conv(out_channels, out_channels, 3),
-            bn2=batch_norm(out_channels),
-        )
-        branches = Parallel(shortcut=_shortcut(in_channels, out_channels, stride), residual=residual)
-        super().__init__(copy=Copy(2), branches=branches, add=Add(), relu=ReLU())
+        convs = [(in_channels, out_channels, 3, stride), (out_channels, out_channels, 3, 1)]
+        super().__init__(**_residual_block(convs, stride))
 
 
 class Bottleneck(Sequential):
@@ -112,15 +121,5 @@ class Bottleneck(Sequential):
             raise ValueError(f"Bottleneck: out_channels must be a multiple of 4, got {out_channels}")
         width = out_channels // 4
         first_stride, middle_stride = (stride, 1) if downsample_in_bottleneck else (1, stride)
-        residual = Sequential(
-            conv1=conv(in_channels, width, 1, first_stride),
-            bn1=batch_norm(width),
-            relu1=ReLU(),
-            conv2=conv(width, width, 3, middle_stride),
-            bn2=batch_norm(width),
-            relu2=ReLU(),
-            conv3=conv(width, out_channels, 1),
-            bn3=batch_norm(out_channels),
-        )
-        branches = Parallel(shortcut=_shortcut(in_channels, out_channels, stride), residual=residual)
-        super().__init__(copy=Copy(2), branches=branches, add=Add(), relu=ReLU())
+        convs = [(in_channels, width, 1, first_stride), (width, width, 3, middle_stride), (width, out_channels, 1, 1)]
+        super().__init__(**_residual_block(convs, stride))

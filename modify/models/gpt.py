@@ -28,9 +28,8 @@ from ..primitives import (
     ScaledDotProductAttention,
     Split,
 )
-from ._checkpoint import Device, DType, Family, KeyFormat, hf_value, load_pretrained, require
-from ._files import Source
-from ._saving import SavesPretrained
+from ._checkpoint import Family, KeyFormat, hf_value, require
+from ._pretrained import Pretrained
 from ._layers import check_fields, check_positive, layer_norm
 
 
@@ -75,7 +74,7 @@ class GPTConfig:
             raise ValueError(f"GPTConfig: dropout must be in [0, 1), got {self.dropout}")
 
 
-class GPT(SavesPretrained, Sequential):
+class GPT(Pretrained, Sequential):
     """GPT-2: token ids to next-token logits, a tree of leaves (nanoGPT's ``GPT``).
 
     Learned token and position embeddings, ``n_layer`` pre-LayerNorm blocks (causal
@@ -96,6 +95,12 @@ class GPT(SavesPretrained, Sequential):
     so the query projection of block 0 is ``transformer.h.0.attn.1.1.c_attn`` and every
     Hugging Face key maps to one of ours (``transformer.h.0.ln_1.weight`` is
     ``transformer.h.0.attn.1.1.ln_1.affine.weight``).
+
+    :meth:`from_pretrained` reads Hugging Face's ``GPT2LMHeadModel`` (``model_type`` ``gpt2``)
+    or a bare ``GPT2Model`` (keys without the ``transformer.`` prefix); ``Conv1D`` weights,
+    stored ``(in, out)``, are transposed. Config overrides are :class:`GPTConfig` fields
+    (``dropout`` 0.0 unless given, as nanoGPT; ``bias`` ``True``); a ``config.json`` with cross
+    attention, another activation or ``n_inner`` other than ``4 n_embd`` is refused.
 
     Args:
         config: the hyperparameters.
@@ -136,60 +141,6 @@ class GPT(SavesPretrained, Sequential):
         )
         super().__init__(transformer=transformer, lm_head=lm_head)
         self.config = config
-
-    def extra_repr(self) -> str:
-        return f"config={self.config}"
-
-    @classmethod
-    @typechecked
-    def from_pretrained(
-        cls, source: Source, *, dtype: DType = None, device: Device = None, **config_overrides: Any
-    ) -> GPT:
-        """Load Hugging Face GPT-2 weights (``GPT2LMHeadModel``, or a bare ``GPT2Model``).
-
-        Args:
-            source: a checkpoint folder (``config.json`` plus ``model.safetensors`` or
-                ``pytorch_model.bin``, as ``save_pretrained`` writes; sharded ``*.index.json``
-                too), a single weights file, or a ``state_dict`` in Hugging Face's key names and
-                layout (``Conv1D`` weights stored ``(in, out)``; they are transposed here).
-                Keys without the ``transformer.`` prefix (a saved ``GPT2Model``) are accepted.
-                ``lm_head.weight`` and ``transformer.wte.weight`` fill the one tied parameter:
-                either may be absent; if both are present they must be equal.
-            dtype: of every parameter and floating buffer: ``torch.float32`` (``None``, the
-                default), ``torch.bfloat16``, ``torch.float16``, or ``"auto"`` (the checkpoint's).
-            device: where the weights go (``None``: the CPU).
-            **config_overrides: :class:`GPTConfig` fields, on top of ``config.json`` (for a
-                folder) or of the defaults (file or state_dict: pass at least ``vocab_size``,
-                ``block_size``, ``n_layer``, ``n_head``, ``n_embd``). ``dropout`` is 0.0 unless
-                given (as nanoGPT); ``bias`` is ``True``.
-
-        Returns:
-            A :class:`GPT` in eval mode, built on the meta device and filled straight from the
-            checkpoint (memory-mapped: a tensor whose dtype is kept is not copied; see
-            :mod:`modify.models` for what is checked first). Nothing is downloaded.
-
-        Raises:
-            FileNotFoundError: a missing path; a folder without ``config.json`` or weights.
-            TypeError: an unknown config field; a bad ``dtype``.
-            CheckpointError: (a ``ValueError``) a folder whose ``model_type`` is not ``gpt2``;
-                a ``config.json`` with options this GPT does not implement (cross attention,
-                another activation, ``n_inner`` other than ``4 n_embd``, ...); an unreadable
-                file; one error listing every missing, unexpected and mis-shaped key.
-
-        Example:
-            >>> import tempfile, torch
-            >>> from transformers import GPT2Config, GPT2LMHeadModel  # only to write a checkpoint here
-            >>> from modify.models import GPT
-            >>> reference = GPT2LMHeadModel(GPT2Config(vocab_size=100, n_positions=32, n_embd=32, n_layer=2,
-            ...                                        n_head=2, bos_token_id=0, eos_token_id=0)).eval()
-            >>> with tempfile.TemporaryDirectory() as folder:
-            ...     reference.save_pretrained(folder)
-            ...     gpt = GPT.from_pretrained(folder)
-            >>> ids = torch.randint(0, 100, (2, 32))
-            >>> torch.allclose(gpt(ids), reference(ids).logits, atol=1e-5)
-            True
-        """
-        return load_pretrained(cls, FAMILY, source, config_overrides, "GPT.from_pretrained", dtype=dtype, device=device)
 
     def reference_config(self) -> dict[str, Any]:
         """``GPT2Config``'s ``config.json`` fields for this model (see ``save_pretrained``)."""
@@ -296,4 +247,4 @@ def _config_from_hf(hf: dict[str, Any], owner: str) -> dict[str, Any]:
 
 
 FAMILY = Family(GPTConfig, HF_KEYS, ("gpt2",), _config_from_hf)
-GPT.reference_keys = HF_KEYS
+GPT.family = FAMILY

@@ -27,9 +27,8 @@ from ..primitives import (
     SiLU,
 )
 from ..primitives.attention import check_rope_scaling
-from ._checkpoint import Device, DType, Family, KeyFormat, hf_value, load_pretrained, require
-from ._files import Source
-from ._saving import SavesPretrained
+from ._checkpoint import Family, KeyFormat, hf_value, require
+from ._pretrained import Pretrained
 from ._layers import check_fields, check_positive, rms_norm
 
 # model_type -> the transformers class of that family, all read by Llama.from_pretrained.
@@ -125,7 +124,7 @@ class LlamaConfig:
         check_rope_scaling("LlamaConfig", self.rope_scaling)
 
 
-class Llama(SavesPretrained, Sequential):
+class Llama(Pretrained, Sequential):
     """Llama: token ids to next-token logits, a tree of leaves (Hugging Face's ``LlamaForCausalLM``).
 
     Token embedding, ``num_hidden_layers`` pre-norm decoder layers (RMSNorm; grouped-query
@@ -150,6 +149,15 @@ class Llama(SavesPretrained, Sequential):
     Hugging Face's ``model.layers.0.self_attn.q_proj.weight`` is our
     ``model.layers.0.self_attn.1.1.proj.q_proj.weight``.
 
+    :meth:`from_pretrained` reads Hugging Face's Llama-architecture weights (Llama 1-3.2,
+    Mistral, Qwen2): ``LlamaForCausalLM``, ``MistralForCausalLM`` (``model_type`` ``mistral``)
+    and ``Qwen2ForCausalLM`` (``qwen2``: q/k/v biases). Config overrides are
+    :class:`LlamaConfig` fields; ``rope_theta`` is read from ``rope_theta`` or
+    ``rope_parameters`` (transformers 5), ``rope_scaling`` from ``rope_scaling`` or
+    ``rope_parameters``. Refused (``CheckpointError``): ``hidden_act`` other than ``silu``,
+    partial rotary embeddings, rope scaling other than ``llama3``/``linear``, a sliding window
+    shorter than ``max_position_embeddings`` (never ignored).
+
     Args:
         config: the hyperparameters.
 
@@ -172,6 +180,20 @@ class Llama(SavesPretrained, Sequential):
         ...                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
         >>> Llama(config)(torch.randint(0, 50, (2, 7))).shape
         torch.Size([2, 7, 50])
+
+        Loading the reference's own folder:
+
+        >>> import tempfile, transformers  # transformers only to write a checkpoint here
+        >>> hf_config = transformers.LlamaConfig(
+        ...     vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        ...     num_key_value_heads=2, rope_theta=500000.0, tie_word_embeddings=True)
+        >>> reference = transformers.LlamaForCausalLM(hf_config).eval()
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     reference.save_pretrained(folder)
+        ...     llama = Llama.from_pretrained(folder)
+        >>> ids = torch.randint(0, 100, (2, 16))
+        >>> torch.allclose(llama(ids), reference(ids).logits, atol=1e-5)
+        True
     """
 
     @typechecked
@@ -190,66 +212,6 @@ class Llama(SavesPretrained, Sequential):
         )
         super().__init__(model=model, lm_head=lm_head)
         self.config = config
-
-    def extra_repr(self) -> str:
-        return f"config={self.config}"
-
-    @classmethod
-    @typechecked
-    def from_pretrained(
-        cls, source: Source, *, dtype: DType = None, device: Device = None, **config_overrides: Any
-    ) -> Llama:
-        """Load Hugging Face Llama-architecture weights: Llama 1-3.2, Mistral, Qwen2.
-
-        ``LlamaForCausalLM``, ``MistralForCausalLM`` (``model_type`` ``mistral``: a sliding
-        window shorter than ``max_position_embeddings`` is refused, not ignored) and
-        ``Qwen2ForCausalLM`` (``qwen2``: q/k/v biases; sliding windows likewise refused).
-
-        Args:
-            source: a checkpoint folder (``config.json`` plus ``model.safetensors``,
-                ``pytorch_model.bin`` or a sharded ``*.index.json``, as ``save_pretrained``
-                writes), a single weights file, or a ``state_dict`` in Hugging Face's key names.
-                With tied embeddings, ``lm_head.weight`` and ``model.embed_tokens.weight`` fill
-                the one parameter: either may be absent; if both are present they must be equal.
-            **config_overrides: :class:`LlamaConfig` fields, on top of ``config.json`` (folder)
-                or of the defaults (file or state_dict). ``rope_theta`` is read from
-                ``rope_theta`` or ``rope_parameters`` (transformers 5), ``rope_scaling`` from
-                ``rope_scaling`` or ``rope_parameters``.
-            dtype: of every parameter: ``torch.float32`` (``None``, the default),
-                ``torch.bfloat16``, ``torch.float16``, or ``"auto"`` (the checkpoint's). The
-                rotary frequencies stay float32, as in the reference.
-            device: where the weights go (``None``: the CPU).
-
-        Returns:
-            A :class:`Llama` in eval mode, built on the meta device and filled straight from
-            the checkpoint (memory-mapped: a tensor whose dtype is kept is not copied).
-
-        Raises:
-            FileNotFoundError: a missing path; a folder without ``config.json`` or weights.
-            TypeError: an unknown config field; a bad ``dtype``.
-            CheckpointError: (a ``ValueError``) a folder whose ``model_type`` is not
-                ``llama``, ``mistral`` or ``qwen2``; a ``config.json`` with options not
-                implemented (``hidden_act`` other than ``silu``, partial rotary embeddings,
-                another rope scaling, a sliding window); an unreadable file; one error listing
-                every missing, unexpected and mis-shaped key.
-
-        Example:
-            >>> import tempfile, torch
-            >>> import transformers  # only to write a checkpoint here
-            >>> from modify.models import Llama
-            >>> config = transformers.LlamaConfig(
-            ...     vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            ...     num_key_value_heads=2, rope_theta=500000.0, tie_word_embeddings=True)
-            >>> reference = transformers.LlamaForCausalLM(config).eval()
-            >>> with tempfile.TemporaryDirectory() as folder:
-            ...     reference.save_pretrained(folder)
-            ...     llama = Llama.from_pretrained(folder)
-            >>> ids = torch.randint(0, 100, (2, 16))
-            >>> torch.allclose(llama(ids), reference(ids).logits, atol=1e-5)
-            True
-        """
-        owner = "Llama.from_pretrained"
-        return load_pretrained(cls, FAMILY, source, config_overrides, owner, dtype=dtype, device=device)
 
     def reference_config(self) -> dict[str, Any]:
         """The ``config.json`` fields of this model's transformers class (see ``save_pretrained``)."""
@@ -364,4 +326,4 @@ def _refuse_sliding_window(hf: dict[str, Any], model_type: str, context: int, ow
 
 
 FAMILY = Family(LlamaConfig, HF_KEYS, tuple(ARCHITECTURES), _config_from_hf)
-Llama.reference_keys = HF_KEYS
+Llama.family = FAMILY

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,9 @@ from typing import Any
 from .._core.checks import typechecked
 from ..combinators import Sequential
 from ..primitives import AdaptiveAvgPool2d, Flatten, Linear, MaxPool2d, ReLU
-from ._checkpoint import Device, DType, Family, KeyFormat, hf_value, load_pretrained, require
+from ._checkpoint import Family, KeyFormat, hf_value, load_pretrained, require
 from ._files import Source
-from ._saving import SavesPretrained
+from ._pretrained import Pretrained
 from ._layers import batch_norm, check_fields, check_positive
 from ._resnet_blocks import BasicBlock, Bottleneck, conv
 
@@ -94,11 +95,15 @@ def _stage(config: ResNetConfig, index: int) -> Sequential:
     return Sequential(*blocks)
 
 
-class ResNet(SavesPretrained, Sequential):
+class ResNet(Pretrained, Sequential):
     """ResNet image classifier as a tree of leaves, equal to torchvision's ``ResNet``.
 
     Loads torchvision's weights (:meth:`from_torchvision`) and Hugging Face's
-    ``ResNetForImageClassification`` ones (:meth:`from_pretrained`). A ``Sequential`` subclass
+    ``ResNetForImageClassification`` ones (:meth:`from_pretrained`: ``model_type`` ``resnet``,
+    e.g. ``microsoft/resnet-50``; keys ``resnet.embedder...``, ``classifier.1.weight``; config
+    overrides are :class:`ResNetConfig` fields, ``num_classes`` read from the labels; a
+    ``hidden_act`` other than ``relu`` or no labels is refused; the batch-norm statistics take
+    ``dtype`` too). A ``Sequential`` subclass
     that only names the tree and keeps its :class:`ResNetConfig` as ``config``::
 
         embedder              conv (7x7, stride 2) -> bn (BatchNorm2d -> ElementwiseAffine) -> relu
@@ -127,6 +132,19 @@ class ResNet(SavesPretrained, Sequential):
         ...                       num_classes=5)
         >>> ResNet(config)(torch.randn(2, 3, 32, 32)).shape
         torch.Size([2, 5])
+
+        Loading the reference's own folder:
+
+        >>> import tempfile, transformers  # transformers only to write a checkpoint here
+        >>> hf_config = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
+        ...                                       layer_type="basic", num_labels=3)
+        >>> reference = transformers.ResNetForImageClassification(hf_config).eval()
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     reference.save_pretrained(folder)
+        ...     resnet = ResNet.from_pretrained(folder)
+        >>> images = torch.randn(2, 3, 32, 32)
+        >>> torch.allclose(resnet(images), reference(images).logits, atol=1e-5)
+        True
     """
 
     @typechecked
@@ -142,57 +160,6 @@ class ResNet(SavesPretrained, Sequential):
         head = Sequential(pool=AdaptiveAvgPool2d(1), flatten=Flatten(1), fc=fc)
         super().__init__(embedder=embedder, stages=stages, head=head)
         self.config = config
-
-    def extra_repr(self) -> str:
-        return f"config={self.config}"
-
-    @classmethod
-    @typechecked
-    def from_pretrained(
-        cls, source: Source, *, dtype: DType = None, device: Device = None, **config_overrides: Any
-    ) -> ResNet:
-        """Load Hugging Face ``ResNetForImageClassification`` weights (e.g. ``microsoft/resnet-50``).
-
-        Args:
-            source: a checkpoint folder (``config.json`` plus ``model.safetensors`` or
-                ``pytorch_model.bin``, as ``save_pretrained`` writes), a single weights file, or
-                a ``state_dict`` in Hugging Face's key names (``resnet.embedder...``,
-                ``classifier.1.weight``).
-            **config_overrides: :class:`ResNetConfig` fields, on top of ``config.json`` (folder;
-                ``num_classes`` is the number of labels there) or of the defaults.
-            dtype: of every parameter and floating buffer (the batch-norm statistics):
-                ``torch.float32`` (``None``, the default), ``torch.bfloat16``,
-                ``torch.float16``, or ``"auto"`` (the checkpoint's).
-            device: where the weights go (``None``: the CPU).
-
-        Returns:
-            A :class:`ResNet` in eval mode (batch norms use their running statistics), built on
-            the meta device and filled straight from the checkpoint.
-
-        Raises:
-            FileNotFoundError: a missing path; a folder without ``config.json`` or weights.
-            TypeError: an unknown config field; a bad ``dtype``.
-            CheckpointError: (a ``ValueError``) a folder whose ``model_type`` is not
-                ``resnet``; a ``config.json`` with ``hidden_act`` other than ``relu`` or no
-                labels; an unreadable file; one error listing every missing, unexpected and
-                mis-shaped key.
-
-        Example:
-            >>> import tempfile, torch
-            >>> import transformers  # only to write a checkpoint here
-            >>> from modify.models import ResNet
-            >>> config = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
-            ...                                    layer_type="basic", num_labels=3)
-            >>> reference = transformers.ResNetForImageClassification(config).eval()
-            >>> with tempfile.TemporaryDirectory() as folder:
-            ...     reference.save_pretrained(folder)
-            ...     resnet = ResNet.from_pretrained(folder)
-            >>> images = torch.randn(2, 3, 32, 32)
-            >>> torch.allclose(resnet(images), reference(images).logits, atol=1e-5)
-            True
-        """
-        owner = "ResNet.from_pretrained"
-        return load_pretrained(cls, FAMILY, source, config_overrides, owner, dtype=dtype, device=device)
 
     def reference_config(self) -> dict[str, Any]:
         """``ResNetConfig``'s ``config.json`` fields for this model (see ``save_pretrained``)."""
@@ -350,29 +317,22 @@ def _torchvision_block(match: re.Match[str]) -> str:
     return f"{layer}.{kind}{index}.{name}"
 
 
-# Our state_dict keys -> Hugging Face ResNetForImageClassification's.
-HF_KEYS = KeyFormat(
-    rules=(
-        (r"embedder\.conv\.weight", "resnet.embedder.embedder.convolution.weight"),
-        (r"embedder\." + _BN, r"resnet.embedder.embedder.normalization.\1"),
-        (_BLOCK + r"(residual|shortcut)\." + _PART, _hf_block),
-        (r"head\.fc\.(\w+)", r"classifier.1.\1"),
-    ),
-    base_prefix="resnet",
-    optional=("*num_batches_tracked",),
-)
+def _keys(stem_conv: str, stem_bn: str, block: Callable[[re.Match[str]], str], fc: str, **options: Any) -> KeyFormat:
+    """A ResNet key format: where the stem's conv and batch norm, the blocks and the classifier go."""
+    rules = (
+        (r"embedder\.conv\.weight", stem_conv),
+        (r"embedder\." + _BN, stem_bn + r".\1"),
+        (_BLOCK + r"(residual|shortcut)\." + _PART, block),
+        (r"head\.fc\.(\w+)", fc + r".\1"),
+    )
+    return KeyFormat(rules=rules, optional=("*num_batches_tracked",), **options)
 
-# Our state_dict keys -> torchvision ResNet's.
-TORCHVISION_KEYS = KeyFormat(
-    rules=(
-        (r"embedder\.conv\.weight", "conv1.weight"),
-        (r"embedder\." + _BN, r"bn1.\1"),
-        (_BLOCK + r"(residual|shortcut)\." + _PART, _torchvision_block),
-        (r"head\.fc\.(\w+)", r"fc.\1"),
-    ),
-    optional=("*num_batches_tracked",),
-)
+
+# Our state_dict keys -> Hugging Face ResNetForImageClassification's, and torchvision ResNet's.
+HF_KEYS = _keys("resnet.embedder.embedder.convolution.weight", "resnet.embedder.embedder.normalization", _hf_block,
+                "classifier.1", base_prefix="resnet")
+TORCHVISION_KEYS = _keys("conv1.weight", "bn1", _torchvision_block, "fc")
 
 FAMILY = Family(ResNetConfig, HF_KEYS, ("resnet",), _config_from_hf)
 TORCHVISION = Family(ResNetConfig, TORCHVISION_KEYS)
-ResNet.reference_keys = HF_KEYS
+ResNet.family = FAMILY

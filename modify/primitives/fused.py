@@ -15,18 +15,12 @@ from torch import nn
 
 from .._core.checks import check_sizes, expect_channels, expect_last_dim, expect_trailing, typechecked
 from .._core.module import Leaf
+from .._core.sibling import holding
 from .arithmetic import Scale
 from .layers import Linear, reset_like_torch
 from .norms import ElementwiseAffine, GroupNorm, LayerNorm, RMSNorm, as_shape, reset_affine
 from ..traits import Linear as LinearTrait
 from ..traits import NonLinear, Param, Unary, Vector
-
-
-def _share(leaf: nn.Module, source: nn.Module, *names: str) -> None:
-    """Register ``source``'s parameters ``names`` on ``leaf``: the same objects (``None`` if absent)."""
-    for name in names:
-        leaf.__dict__.pop(name, None)
-        leaf._parameters[name] = source._parameters.get(name)
 
 
 def _optional(shape: tuple[int, ...], present: bool, device, dtype) -> nn.Parameter | None:
@@ -98,8 +92,7 @@ class _AffineNorm(Leaf):
         """
         _require(cls, norm, affine, f"{cls.norm_class.__name__}(s) then ElementwiseAffine(s, dim=-1)")
         fused = cls(norm.normalized_shape, norm.eps, bias=False, device="meta")
-        _share(fused, affine, "weight", "bias")
-        return fused
+        return holding(fused, affine, "weight", "bias")
 
     def extra_repr(self) -> str:
         return f"{self.normalized_shape}, eps={self.eps}, bias={self.bias is not None}"
@@ -256,8 +249,7 @@ class AffineGroupNorm(Leaf, Unary, Param, NonLinear):
         """
         _require(cls, norm, affine, "GroupNorm(G, C) then ElementwiseAffine(C, dim=1)")
         fused = cls(norm.num_groups, norm.num_channels, norm.eps, bias=False, device="meta")
-        _share(fused, affine, "weight", "bias")
-        return fused
+        return holding(fused, affine, "weight", "bias")
 
     def forward(self, x):
         x = expect_channels(self, x, self.num_channels)
@@ -340,8 +332,7 @@ class ScaledLinear(Leaf, Unary, Param, LinearTrait, Vector):
         _require(cls, linear, scale, "a modify.Linear (or ScaledLinear) then a Scale")
         factor = scale.c * (linear.c if isinstance(linear, ScaledLinear) else 1.0)
         fused = cls(linear.in_features, linear.out_features, factor, bias=False, device="meta")
-        _share(fused, linear, "weight", "bias")
-        return fused
+        return holding(fused, linear, "weight", "bias")
 
     def forward(self, x):
         return F.linear(expect_last_dim(self, x, self.in_features), self.weight, self.bias).mul_(self.c)

@@ -14,6 +14,7 @@ from typing import Callable
 from torch import nn
 
 from .._core.checks import typechecked
+from .._core.identity import once_per_object
 from ..combinators import Sequential
 from ..primitives.activations import Dropout
 from ..primitives.arithmetic import Scale
@@ -64,6 +65,12 @@ def _fused_children(children: dict[str, nn.Module]) -> list[tuple[str, nn.Module
         else:
             out[-1] = fused
     return out
+
+
+def _fused_sequence(sequence: Sequential) -> Sequential:
+    """``sequence`` with its fusable adjacent pairs fused (the same object if there are none)."""
+    children = _fused_children(sequence._modules)
+    return sequence if children == list(sequence._modules.items()) else Sequential(**dict(children))
 
 
 @typechecked
@@ -121,7 +128,7 @@ def fuse(model: nn.Module) -> nn.Module:
         >>> torch.allclose(fused(x), mlp(x), atol=1e-6)
         True
     """
-    done: dict[int, tuple[nn.Module, nn.Module]] = {}
+    fuse_once = once_per_object(_fused_sequence)  # a Sequential placed twice is fused once, and stays shared
 
     def keep_lora(path: str, module: nn.Module) -> nn.Module | None:
         return module if isinstance(module, LoRA) else None
@@ -129,10 +136,6 @@ def fuse(model: nn.Module) -> nn.Module:
     def fuse_sequence(path: str, original: nn.Module, new: nn.Module) -> nn.Module:
         if type(new) is not Sequential:
             return new
-        if id(new) not in done:  # a Sequential placed twice is fused once, and stays shared
-            children = _fused_children(new._modules)
-            unchanged = children == list(new._modules.items())
-            done[id(new)] = (new, new if unchanged else Sequential(**dict(children)))
-        return done[id(new)][1]
+        return fuse_once(new)
 
     return rebuild(model, keep_lora, fuse_sequence)

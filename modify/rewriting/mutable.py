@@ -15,11 +15,13 @@ but ``state_dict()`` and attribute access report it under its name.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from .._core.checks import typechecked
+from .._core.identity import once_per_object
 from .._core.sibling import Derived, derived_class, sibling
 from ..combinators import Combinator
 from .walk import rebuild
@@ -198,23 +200,25 @@ def _converted(tensor: torch.Tensor, fn) -> torch.Tensor:
     return new
 
 
-def _sibling(module: nn.Module, slots: dict[int, _Slot], made: dict[int, nn.Module]) -> nn.Module:
-    """The mutable sibling of any module (children included); ``slots`` keyed by parameter id."""
-    if id(module) in made:
-        return made[id(module)]
-    clone = sibling(module, cls=derived_class(_Mutable, type(module)))
-    made[id(module)] = clone
-    children = module._modules.items()
-    clone.__dict__["_modules"] = {n: None if c is None else _sibling(c, slots, made) for n, c in children}
-    clone.__dict__["_order"] = tuple(module._parameters)
-    clone.__dict__["_slots"] = {}
-    for name, parameter in module._parameters.items():
-        if parameter is not None:
-            slot = slots.setdefault(id(parameter), _Slot(parameter))
-            slot.owners.append((clone, name))
-            clone._slots[name] = slot
-    clone._sync_parameters()
-    return clone
+def _sibling_maker() -> Callable[[nn.Module], nn.Module]:
+    """``module ->`` its mutable sibling (children included), one per module and one slot per parameter."""
+    slot_of = once_per_object(_Slot)
+
+    def mutable_sibling(module: nn.Module) -> nn.Module:
+        children = {n: None if c is None else once(c) for n, c in module._modules.items()}
+        clone = sibling(module, cls=derived_class(_Mutable, type(module)), children=children)
+        clone.__dict__["_order"] = tuple(module._parameters)
+        clone.__dict__["_slots"] = {}
+        for name, parameter in module._parameters.items():
+            if parameter is not None:
+                slot = slot_of(parameter)
+                slot.owners.append((clone, name))
+                clone._slots[name] = slot
+        clone._sync_parameters()
+        return clone
+
+    once = once_per_object(mutable_sibling)
+    return once
 
 
 @typechecked
@@ -263,13 +267,12 @@ def mutable(model: nn.Module) -> nn.Module:
         >>> net_1.weight.grad is not None
         True
     """
-    slots: dict[int, _Slot] = {}
-    made: dict[int, nn.Module] = {}
+    mutable_sibling = _sibling_maker()
 
     def pre(path: str, module: nn.Module) -> nn.Module | None:
         if isinstance(module, Combinator) or (isinstance(module, _Mutable) and _all_mutable(module)):
             return None if isinstance(module, Combinator) else module
-        return _sibling(module, slots, made)
+        return mutable_sibling(module)
 
     return rebuild(model, pre)
 

@@ -9,60 +9,15 @@ module. A selected module inside a leaf, which ``rebuild`` does not open, is ref
 
 from __future__ import annotations
 
-import fnmatch
-from typing import Callable, Union
+from typing import Callable
 
 from torch import nn
 
 from .._core.checks import typechecked
-from .._core.identity import unique
+from .._core.identity import once_per_object, unique
 from ..combinators import Combinator, Sequential
-from .._core.inference import traits_of
-from ..traits import Trait
+from .criteria import Criterion, Match, matcher
 from .walk import positions, rebuild
-
-Criterion = Union[type, str, Callable[[str, nn.Module], bool]]
-Match = Callable[[str, nn.Module], bool]
-
-
-def matcher(where: tuple) -> Match:
-    """One predicate ``(path, module) -> bool`` that holds when every criterion in ``where`` does.
-
-    Raises:
-        TypeError: a criterion that is neither a module class, a trait, a glob string nor a
-            callable; a predicate that returns something other than a ``bool``.
-    """
-    tests = [_criterion(c) for c in where]
-    if len(tests) == 1:
-        return tests[0]
-    return lambda path, module: all(test(path, module) for test in tests)
-
-
-def _criterion(criterion: object) -> Match:
-    if isinstance(criterion, type) and issubclass(criterion, nn.Module):
-        return lambda path, module: isinstance(module, criterion)
-    if isinstance(criterion, type) and issubclass(criterion, Trait):
-        return lambda path, module: any(issubclass(t, criterion) for t in traits_of(module))
-    if isinstance(criterion, str):
-        return lambda path, module: fnmatch.fnmatchcase(path, criterion)
-    if isinstance(criterion, type):
-        raise TypeError(
-            f"select: a class criterion must be a torch.nn.Module subclass or a modify trait, got {criterion.__name__}"
-        )
-    if callable(criterion):
-        return _checked_predicate(criterion)
-    raise TypeError(f"select: a criterion is a class, a trait, a glob or a predicate, got {type(criterion).__name__}")
-
-
-def _checked_predicate(predicate: Callable) -> Match:
-    def test(path: str, module: nn.Module) -> bool:
-        answer = predicate(path, module)
-        if not isinstance(answer, bool):
-            raise TypeError(f"select: predicate {predicate!r} returned {type(answer).__name__} at '{path}', not a bool")
-        return answer
-
-    return test
-
 
 class Selection(list):
     """The ``(path, module)`` pairs of a model that match some criteria, in ``named_modules`` order.
@@ -151,17 +106,14 @@ class Selection(list):
             >>> type(new[1]).__name__, new[0] is mlp[0], type(mlp[1]).__name__
             ('GELU', True, 'ReLU')
         """
-        selected, results = dict(self), {}
+        selected, replace = dict(self), once_per_object(lambda module, path: _checked_module(fn(module), path, "fn"))
         self._refuse_inside_leaves(replaced=True)
         on_the_way = _on_the_way(selected)
 
         def pre(path: str, module: nn.Module) -> nn.Module | None:
             if selected.get(path) is not module:
                 return None if path in on_the_way else module  # nothing selected below: kept whole
-            result = results.get(id(module))
-            if result is None:
-                result = results[id(module)] = _checked_module(fn(module), path, "fn")
-            return result
+            return replace(module, path)
 
         return rebuild(self.model, pre)
 
@@ -197,20 +149,8 @@ class Selection(list):
     def insert_after(self, make: nn.Module | Callable[[nn.Module], nn.Module]) -> nn.Module:
         """Put a module after every selected one: ``m`` becomes ``Sequential(m, make(m))``.
 
-        As :meth:`insert_before`, on the other side; the selected module moves to path
-        ``<path>.0``.
-
-        Args:
-            make: ``module -> module``, called once per distinct selected module; or a module,
-                inserted as that same object at every selected path (shared: pass a callable for
-                one fresh module per position).
-
-        Returns:
-            The new model.
-
-        Raises:
-            TypeError: ``make`` returned something that is not a ``torch.nn.Module``.
-            ValueError: a selected module lies inside a leaf (see :meth:`apply`).
+        As :meth:`insert_before` (same ``make``, return value and errors), on the other side;
+        the selected module moves to path ``<path>.0``.
 
         Example:
             >>> import torch, modify
@@ -222,7 +162,10 @@ class Selection(list):
         return self._insert(make, before=False)
 
     def _insert(self, make: nn.Module | Callable[[nn.Module], nn.Module], before: bool) -> nn.Module:
-        selected, made = dict(self), {}
+        selected = dict(self)
+        made = once_per_object(
+            lambda original, path: _checked_module(make if isinstance(make, nn.Module) else make(original), path, "make")
+        )
         self._refuse_inside_leaves(replaced=False)
         on_the_way = _on_the_way(selected)
 
@@ -232,10 +175,8 @@ class Selection(list):
         def post(path: str, original: nn.Module, new: nn.Module) -> nn.Module:
             if selected.get(path) is not original:
                 return new
-            if id(original) not in made:
-                extra = make if isinstance(make, nn.Module) else make(original)
-                made[id(original)] = _checked_module(extra, path, "make")
-            return Sequential(made[id(original)], new) if before else Sequential(new, made[id(original)])
+            extra = made(original, path)
+            return Sequential(extra, new) if before else Sequential(new, extra)
 
         return rebuild(self.model, pre, post)
 
@@ -350,14 +291,11 @@ def rewrite(model: nn.Module, fn: Callable[[nn.Module], nn.Module], *where: Crit
         >>> silu[0] is mlp[0], type(silu[1]).__name__, type(mlp[1]).__name__
         (True, 'SiLU', 'ReLU')
     """
-    match, results = matcher(where), {}
+    match, replace = matcher(where), once_per_object(lambda module, path: _checked_module(fn(module), path, "fn"))
 
     def pre(path: str, module: nn.Module) -> nn.Module | None:
         if match(path, module):
-            result = results.get(id(module))
-            if result is None:
-                result = results[id(module)] = _checked_module(fn(module), path, "fn")
-            return result
+            return replace(module, path)
         if module._modules and not isinstance(module, Combinator):
             _refuse_matches_inside(path, module, match)
         return None

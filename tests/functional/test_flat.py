@@ -211,6 +211,35 @@ def test_batchnorm_running_stats(gen):
     assert_close(f(x), F.batch_norm(h, model[1].running_mean, model[1].running_var))
 
 
+@pytest.mark.parametrize("tied", [False, True])
+def test_substituted_forward_in_training_leaves_batchnorm_statistics_unchanged(gen, tied):
+    """DESIGN 4: ``f(x, flat_param=theta)`` leaves state_dict() unchanged, BatchNorm in training mode included."""
+    bn = modify.BatchNorm1d(4)
+    model = modify.Sequential(modify.Linear(3, 4), bn, bn if tied else modify.BatchNorm1d(4))
+    f = modify.flat(model)
+    reference = copy.deepcopy(model)
+    x = torch.randn(8, 3, generator=gen)
+    theta = torch.randn(f.param_numel, generator=gen)
+    before, own_before = state_snapshot(model), state_snapshot(f)
+    out = f(x, flat_param=theta)
+    assert_state_equal(model, before)
+    assert_state_equal(f, own_before)
+    params = unflatten(reference, theta)
+    assert_close(out, torch.func.functional_call(reference, params, (x,)))  # training-mode batch statistics
+    # given buffers= still receive the updates, the model's stay as they were
+    given = {"1.running_mean": torch.zeros(4), "1.running_var": torch.ones(4), "1.num_batches_tracked": torch.tensor(0)}
+    expected = {k: v.clone() for k, v in given.items()}
+    f(x, flat_param=theta, buffers=given)
+    torch.func.functional_call(reference, {**params, **expected}, (x,))
+    assert_close(given, expected)
+    assert not torch.equal(given["1.running_mean"], torch.zeros(4))
+    assert_state_equal(model, before)
+    with pytest.raises(modify.ModifyValueError):
+        f(torch.randn(8, 5), flat_param=theta)
+    assert_state_equal(model, before)
+    assert f.module[1].running_mean is model[1].running_mean
+
+
 def test_vmap_over_a_batch_of_flat_vectors(gen):
     model = convnet()
     f = modify.flat(model)

@@ -16,7 +16,7 @@ from helpers import assert_state_equal, state_snapshot
 from modify.models import BasicBlock, Bottleneck, ResNet, ResNetConfig, resnet18, resnet34, resnet50
 from modify.models.resnet import HF_KEYS
 
-DATA = Path(__file__).parent / "data" / "torchvision_resnet.json"
+DATA = Path(__file__).parent.parent / "data" / "torchvision_resnet.json"
 VARIANTS = {
     "basic": dict(layer_type="basic", embedding_size=8, hidden_sizes=[8, 16, 24], depths=[2, 1, 1]),
     "bottleneck": dict(layer_type="bottleneck", embedding_size=8, hidden_sizes=[16, 32], depths=[1, 2]),

@@ -22,6 +22,7 @@ from modify.models import (
     ResNet,
     ResNetConfig,
 )
+from modify.primitives import Positions
 
 
 def tiny_models() -> dict[str, torch.nn.Module]:
