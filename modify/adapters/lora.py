@@ -133,7 +133,7 @@ def lora(
         >>> [tuple(p.shape) for p in modify.lora_parameters(adapted)]
         [(2, 8), (8, 2)]
     """
-    check_settings(rank, alpha, dropout)
+    check_settings(rank, alpha, dropout, "lora")
     where = criteria(where)
     adapters = _adapter_modules(model)
     selection = select(model, *where, lambda path, module: id(module) not in adapters)

@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 import torch
 from huggingface_hub import save_torch_state_dict
+from huggingface_hub.serialization._base import parse_size_to_int
 from torch import nn
 
 from ._checkpoint import KeyFormat
@@ -42,7 +43,8 @@ class SavesPretrained:
             max_shard_size: largest shard, in bytes or as ``"5GB"``/``"500MB"``.
 
         Raises:
-            ValueError: a model the reference cannot express (e.g. a GPT without biases).
+            ValueError: a model the reference cannot express (e.g. a GPT without biases); ``folder``
+                an existing file; ``max_shard_size`` not a positive size.
 
         Example:
             >>> import tempfile, torch
@@ -55,9 +57,10 @@ class SavesPretrained:
             True
         """
         assert isinstance(self, nn.Module)
+        owner = f"{type(self).__name__}.save_pretrained"
+        max_shard_size = _shard_size(max_shard_size, owner)
         config = {**self.reference_config(), "dtype": str(next(self.parameters()).dtype).removeprefix("torch.")}
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = output_folder(folder, owner)
         state = reference_state(self, self.reference_keys)
         save_torch_state_dict(state, folder, max_shard_size=max_shard_size, metadata={"format": "pt"})
         (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
@@ -72,3 +75,28 @@ def reference_state(model: nn.Module, keys: KeyFormat) -> dict[str, torch.Tensor
             seen.add(id(tensor))
             state[keys.reference_key(key)] = keys.transformed(key, tensor.detach()).contiguous()
     return state
+
+
+def output_folder(folder: str | os.PathLike, owner: str) -> Path:
+    """``folder`` as a ``Path``, created if needed.
+
+    Raises:
+        ValueError: ``folder`` (or a folder above it) is an existing file, named in the message.
+    """
+    folder = Path(folder)
+    for above in (folder, *folder.parents):
+        if above.exists() and not above.is_dir():
+            raise ValueError(f"{owner}: '{folder}' must be a folder, but '{above}' is a file")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _shard_size(size: int | str, owner: str) -> int:
+    """``size`` in bytes (``"5GB"``, ``"500MB"`` or an int); a ``ValueError`` naming ``owner`` otherwise."""
+    try:
+        parsed = size if isinstance(size, int) and not isinstance(size, bool) else parse_size_to_int(str(size))
+    except ValueError as error:
+        raise ValueError(f"{owner}: max_shard_size must be bytes or a size like '5GB', got {size!r} ({error})") from None
+    if parsed < 1:
+        raise ValueError(f"{owner}: max_shard_size must be positive, got {size!r}")
+    return parsed

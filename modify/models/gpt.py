@@ -171,6 +171,7 @@ class GPT(SavesPretrained, Sequential):
         Raises:
             FileNotFoundError: a missing path; a folder without ``config.json`` or weights.
             TypeError: an unknown config field; a bad ``dtype``.
+            ValueError: a ``device`` string torch does not know.
             CheckpointError: (a ``ValueError``) a folder whose ``model_type`` is not ``gpt2``;
                 a ``config.json`` with options this GPT does not implement (cross attention,
                 another activation, ``n_inner`` other than ``4 n_embd``, ...); an unreadable

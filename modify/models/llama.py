@@ -227,6 +227,7 @@ class Llama(SavesPretrained, Sequential):
         Raises:
             FileNotFoundError: a missing path; a folder without ``config.json`` or weights.
             TypeError: an unknown config field; a bad ``dtype``.
+            ValueError: a ``device`` string torch does not know.
             CheckpointError: (a ``ValueError``) a folder whose ``model_type`` is not
                 ``llama``, ``mistral`` or ``qwen2``; a ``config.json`` with options not
                 implemented (``hidden_act`` other than ``silu``, partial rotary embeddings,

@@ -172,6 +172,7 @@ class ResNet(SavesPretrained, Sequential):
         Raises:
             FileNotFoundError: a missing path; a folder without ``config.json`` or weights.
             TypeError: an unknown config field; a bad ``dtype``.
+            ValueError: a ``device`` string torch does not know.
             CheckpointError: (a ``ValueError``) a folder whose ``model_type`` is not
                 ``resnet``; a ``config.json`` with ``hidden_act`` other than ``relu`` or no
                 labels; an unreadable file; one error listing every missing, unexpected and

@@ -112,13 +112,13 @@ class _Mutable(Derived, nn.Module):
         slot = slots[name]
         if isinstance(value, _Shared) and slot.original is not None and value.data_ptr() == slot.original.data_ptr():
             return  # the guarded alias of the shared parameter written back: nothing changes
+        where = f"{type(self).__name__}.{name} at '{self.__dict__.get('_path') or '<root>'}'"
         if not isinstance(value, torch.Tensor):
-            raise TypeError(f"{type(self).__name__}.{name} takes a tensor, got {type(value).__name__}")
+            raise TypeError(f"{where} takes a tensor, got {type(value).__name__}")
         if value.shape != slot.shape:
-            raise ValueError(
-                f"{type(self).__name__}.{name} has shape {tuple(slot.shape)}, cannot assign a tensor of shape "
-                f"{tuple(value.shape)}"
-            )
+            raise ValueError(f"{where} has shape {tuple(slot.shape)}, cannot assign a tensor of shape {tuple(value.shape)}")
+        if (value.is_floating_point(), value.is_complex()) != (slot.tensor.is_floating_point(), slot.tensor.is_complex()):
+            raise TypeError(f"{where} holds {slot.tensor.dtype}, cannot assign a tensor of dtype {value.dtype}")
         slot.assign(value)
 
     def __delattr__(self, name: str) -> None:
@@ -198,14 +198,17 @@ def _converted(tensor: torch.Tensor, fn) -> torch.Tensor:
     return new
 
 
-def _sibling(module: nn.Module, slots: dict[int, _Slot], made: dict[int, nn.Module]) -> nn.Module:
-    """The mutable sibling of any module (children included); ``slots`` keyed by parameter id."""
+def _sibling(module: nn.Module, slots: dict[int, _Slot], made: dict[int, nn.Module], path: str) -> nn.Module:
+    """The mutable sibling of any module at ``path`` (children included); ``slots`` keyed by parameter id."""
     if id(module) in made:
         return made[id(module)]
     clone = sibling(module, cls=derived_class(_Mutable, type(module)))
     made[id(module)] = clone
+    clone.__dict__["_path"] = path  # named in assignment errors (the first path of a shared module)
     children = module._modules.items()
-    clone.__dict__["_modules"] = {n: None if c is None else _sibling(c, slots, made) for n, c in children}
+    clone.__dict__["_modules"] = {
+        n: None if c is None else _sibling(c, slots, made, f"{path}.{n}" if path else n) for n, c in children
+    }
     clone.__dict__["_order"] = tuple(module._parameters)
     clone.__dict__["_slots"] = {}
     for name, parameter in module._parameters.items():
@@ -249,8 +252,10 @@ def mutable(model: nn.Module) -> nn.Module:
 
     Raises:
         TypeError: ``model`` not a ``torch.nn.Module``; on assignment, a value that is not a
-            tensor; ``del m.weight`` (assign another tensor instead).
-        ValueError: on assignment, a tensor whose shape differs from the parameter's.
+            tensor, or a tensor of another kind of dtype (an integer tensor for a floating
+            parameter), naming the module's path; ``del m.weight`` (assign another tensor instead).
+        ValueError: on assignment, a tensor whose shape differs from the parameter's (naming the
+            module's path).
 
     Example:
         >>> import torch, modify
@@ -269,7 +274,7 @@ def mutable(model: nn.Module) -> nn.Module:
     def pre(path: str, module: nn.Module) -> nn.Module | None:
         if isinstance(module, Combinator) or (isinstance(module, _Mutable) and _all_mutable(module)):
             return None if isinstance(module, Combinator) else module
-        return _sibling(module, slots, made)
+        return _sibling(module, slots, made, path)
 
     return rebuild(model, pre)
 
