@@ -250,8 +250,8 @@ def load_adapters(base: nn.Module, folder: PathLike) -> nn.Module:
         TypeError: an argument of the wrong type.
         CheckpointError: (a ``ValueError``) a file given for the folder, a missing or non-JSON
             config, settings this loader does not implement (another ``peft_type``, adapter
-            biases, ``modules_to_save``), an unreadable weights file, or missing, unexpected and mis-shaped keys (all listed in
-            one error, with the file's path).
+            biases, ``modules_to_save``), an unreadable weights file, or missing, unexpected and
+            mis-shaped keys (all listed in one error, with the file's path).
 
     Example:
         >>> import tempfile, torch, modify
@@ -268,7 +268,7 @@ def load_adapters(base: nn.Module, folder: PathLike) -> nn.Module:
     folder = Path(folder)
     owner = f"load_adapters('{folder}')"
     if folder.is_file():
-        raise CheckpointError(owner, note=f"'{folder}' is a file; give the folder holding {CONFIG_FILE} and {WEIGHTS_FILE}")
+        raise CheckpointError(owner, note=f"'{folder}' is a file; give the folder of {CONFIG_FILE} and {WEIGHTS_FILE}")
     config = _read_config(folder, owner)
     tensors = _read_weights(folder, owner)
     names = layer_names(base)

@@ -67,7 +67,8 @@ def generate(
         TypeError: an argument of the wrong type.
         ValueError: a ``temperature`` that is not finite and ``> 0``, ``top_k < 1``,
             ``max_new_tokens < 0``, an ``idx`` that is not ``(B, T)`` integers with ``B, T >= 1``
-            or (for a GPT or Llama) holds ids outside ``[0, vocab_size)``, no known ``block_size``; with ``use_cache``, a model without causal attention.
+            or (for a GPT or Llama) holds ids outside ``[0, vocab_size)``, no known ``block_size``;
+            with ``use_cache``, a model without causal attention.
 
     Example:
         >>> import torch

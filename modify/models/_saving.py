@@ -96,7 +96,7 @@ def _shard_size(size: int | str, owner: str) -> int:
     try:
         parsed = size if isinstance(size, int) and not isinstance(size, bool) else parse_size_to_int(str(size))
     except ValueError as error:
-        raise ValueError(f"{owner}: max_shard_size must be bytes or a size like '5GB', got {size!r} ({error})") from None
+        raise ValueError(f"{owner}: max_shard_size must be bytes or a size like '5GB', got {size!r}") from error
     if parsed < 1:
         raise ValueError(f"{owner}: max_shard_size must be positive, got {size!r}")
     return parsed

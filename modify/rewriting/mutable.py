@@ -116,8 +116,8 @@ class _Mutable(Derived, nn.Module):
         if not isinstance(value, torch.Tensor):
             raise TypeError(f"{where} takes a tensor, got {type(value).__name__}")
         if value.shape != slot.shape:
-            raise ValueError(f"{where} has shape {tuple(slot.shape)}, cannot assign a tensor of shape {tuple(value.shape)}")
-        if (value.is_floating_point(), value.is_complex()) != (slot.tensor.is_floating_point(), slot.tensor.is_complex()):
+            raise ValueError(f"{where} has shape {tuple(slot.shape)}, cannot assign one of shape {tuple(value.shape)}")
+        if _kind(value) != _kind(slot.tensor):
             raise TypeError(f"{where} holds {slot.tensor.dtype}, cannot assign a tensor of dtype {value.dtype}")
         slot.assign(value)
 
@@ -196,6 +196,11 @@ def _converted(tensor: torch.Tensor, fn) -> torch.Tensor:
         with torch.no_grad():
             new.grad = fn(tensor.grad)
     return new
+
+
+def _kind(tensor: torch.Tensor) -> tuple[bool, bool]:
+    """(floating, complex): a parameter takes tensors of its own kind of dtype, any width."""
+    return tensor.is_floating_point(), tensor.is_complex()
 
 
 def _sibling(module: nn.Module, slots: dict[int, _Slot], made: dict[int, nn.Module], path: str) -> nn.Module:

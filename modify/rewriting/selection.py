@@ -62,7 +62,8 @@ def _checked_predicate(predicate: Callable) -> Match:
             error.add_note(f"select: raised by the predicate {predicate!r} at '{path or '<root>'}'")
             raise
         if not isinstance(answer, bool):
-            raise TypeError(f"select: predicate {predicate!r} returned {type(answer).__name__} at '{path}', not a bool")
+            kind, where = type(answer).__name__, path or "<root>"
+            raise TypeError(f"select: predicate {predicate!r} returned {kind} at '{where}', not a bool")
         return answer
 
     return test
