@@ -12,6 +12,7 @@ import collections.abc
 import contextvars
 import functools
 import inspect
+import math
 import types
 import typing
 from typing import Any, Callable, TypeVar
@@ -207,6 +208,16 @@ def check_sizes(owner: str, **sizes: int) -> None:
     for name, value in sizes.items():
         if value < 1:
             raise ValueError(f"{owner}: {name} must be at least 1, got {value}")
+
+
+def check_finite(owner: str, *, positive: bool = False, **values: float | None) -> None:
+    """Raise ``ValueError`` naming ``owner`` and the first of ``values`` not finite (and ``> 0`` when ``positive``).
+
+    ``None`` passes (the argument's default); booleans and other non-numbers are for typeguard.
+    """
+    for name, value in values.items():
+        if value is not None and not (math.isfinite(value) and (value > 0 or not positive)):
+            raise ValueError(f"{owner}: {name} must be {'positive and ' if positive else ''}finite, got {value}")
 
 
 def check_floating_dtype(owner: str, dtype: torch.dtype | None) -> None:

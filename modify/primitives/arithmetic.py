@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .._core.checks import checks_enabled, expect_tensor, expect_tensors, typechecked
+from .._core.checks import check_finite, checks_enabled, expect_tensor, expect_tensors, typechecked
 from .._core.errors import ModifyValueError, describe
 from .._core.module import Leaf
 from ..traits import Binary, Elementwise, Linear, Matrix, NonLinear, ParamFree, Unary
@@ -156,6 +156,7 @@ class Scale(Leaf, Unary, ParamFree, Linear, Elementwise):
 
     Raises:
         TypeError: ``c`` not a number.
+        ValueError: ``c`` nan or infinite.
         ModifyTypeError: the input is not a tensor.
 
     Example:
@@ -167,6 +168,7 @@ class Scale(Leaf, Unary, ParamFree, Linear, Elementwise):
     @typechecked
     def __init__(self, c: float):
         super().__init__()
+        check_finite("Scale", c=c)
         self.c = float(c)
 
     def forward(self, x):
