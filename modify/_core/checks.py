@@ -155,6 +155,36 @@ def _is_value(x: object) -> bool:
     return isinstance(x, tuple) and all(_is_value(v) for v in x)
 
 
+def expect_dims(module: torch.nn.Module, x: object, *dims: int | tuple[int, ...] | None) -> torch.Tensor:
+    """Check that ``module`` got a tensor that has every axis in ``dims`` (negative from the end); return it.
+
+    Each of ``dims`` is an axis, a tuple of axes or ``None`` (none); O(1) for a fixed module.
+
+    Raises:
+        ModifyTypeError: not a tensor. ModifyValueError: an axis the tensor does not have.
+    """
+    x = expect_tensor(module, x)
+    if checks_enabled():
+        rank = max(x.dim(), 1)  # torch lets a 0-d tensor take dim 0 or -1
+        for dim in dims:
+            for axis in dim if isinstance(dim, tuple) else () if dim is None else (dim,):
+                if not -rank <= axis < rank:
+                    raise ModifyValueError(module, f"has no axis {axis} in {describe(x)}")
+    return x
+
+
+def expect_rank(module: torch.nn.Module, x: object, rank: int) -> torch.Tensor:
+    """Check that ``module`` got a tensor of ``rank`` dimensions; return it.
+
+    Raises:
+        ModifyTypeError: not a tensor. ModifyValueError: another number of dimensions.
+    """
+    x = expect_tensor(module, x)
+    if checks_enabled() and x.dim() != rank:
+        raise ModifyValueError(module, f"expected a {rank}-d tensor, got {describe(x)}")
+    return x
+
+
 def expect_last_dim(module: torch.nn.Module, x: object, size: int) -> torch.Tensor:
     """Check that ``module`` got a tensor whose last dimension is ``size``; return it.
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .._core.checks import expect_tensor, expect_tuple, typechecked
+from .._core.checks import expect_dims, expect_tuple, typechecked
 from .._core.module import Leaf
 from ..traits import Linear, ParamFree, Restructure, Tuple, Unary
 
@@ -26,6 +26,7 @@ class Split(Leaf, Unary, ParamFree, Linear, Restructure):
     Raises:
         TypeError: ``split_size_or_sections`` not an int or a list/tuple of ints; ``dim`` not an int.
         ModifyTypeError: the input is not a tensor.
+        ModifyValueError: an input without axis ``dim``.
 
     Example:
         >>> import torch, modify
@@ -42,7 +43,7 @@ class Split(Leaf, Unary, ParamFree, Linear, Restructure):
         self.dim = dim
 
     def forward(self, x):
-        return tuple(torch.split(expect_tensor(self, x), self.split_size_or_sections, self.dim))
+        return tuple(torch.split(expect_dims(self, x, self.dim), self.split_size_or_sections, self.dim))
 
     def extra_repr(self) -> str:
         return f"{self.split_size_or_sections}, dim={self.dim}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import einops
 import torch
 
-from .._core.checks import expect_tensor, typechecked
+from .._core.checks import expect_dims, expect_rank, expect_tensor, typechecked
 from .._core.module import Leaf
 from .rearrange_plan import RearrangePlan
 from ..traits import Linear, ParamFree, Restructure, Unary
@@ -74,6 +74,7 @@ class Flatten(Leaf, Unary, ParamFree, Linear, Restructure):
     Raises:
         TypeError: ``start_dim`` or ``end_dim`` not an int.
         ModifyTypeError: the input is not a tensor.
+        ModifyValueError: an input without axis ``start_dim`` or ``end_dim``.
 
     Example:
         >>> import torch, modify
@@ -87,7 +88,7 @@ class Flatten(Leaf, Unary, ParamFree, Linear, Restructure):
         self.start_dim, self.end_dim = start_dim, end_dim
 
     def forward(self, x):
-        return torch.flatten(expect_tensor(self, x), self.start_dim, self.end_dim)
+        return torch.flatten(expect_dims(self, x, self.start_dim, self.end_dim), self.start_dim, self.end_dim)
 
     def extra_repr(self) -> str:
         return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
@@ -109,6 +110,7 @@ class Transpose(Leaf, Unary, ParamFree, Linear, Restructure):
     Raises:
         TypeError: ``dim0`` or ``dim1`` not an int.
         ModifyTypeError: the input is not a tensor.
+        ModifyValueError: an input without axis ``dim0`` or ``dim1``.
 
     Example:
         >>> import torch, modify
@@ -122,7 +124,7 @@ class Transpose(Leaf, Unary, ParamFree, Linear, Restructure):
         self.dim0, self.dim1 = dim0, dim1
 
     def forward(self, x):
-        return expect_tensor(self, x).transpose(self.dim0, self.dim1)
+        return expect_dims(self, x, self.dim0, self.dim1).transpose(self.dim0, self.dim1)
 
     def extra_repr(self) -> str:
         return f"{self.dim0}, {self.dim1}"
@@ -143,6 +145,7 @@ class Permute(Leaf, Unary, ParamFree, Linear, Restructure):
     Raises:
         TypeError: entries that are not ints.
         ModifyTypeError: the input is not a tensor.
+        ModifyValueError: an input whose number of dimensions is not ``len(dims)``.
 
     Example:
         >>> import torch, modify
@@ -156,7 +159,7 @@ class Permute(Leaf, Unary, ParamFree, Linear, Restructure):
         self.dims = _sizes("Permute", dims)
 
     def forward(self, x):
-        return expect_tensor(self, x).permute(self.dims)
+        return expect_rank(self, x, len(self.dims)).permute(self.dims)
 
     def extra_repr(self) -> str:
         return ", ".join(map(str, self.dims))
