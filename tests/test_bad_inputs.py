@@ -49,9 +49,60 @@ def saved_gpt(tmp_path: Path) -> Path:
 
 
 IDS = torch.zeros(1, 2, dtype=torch.long)
+X = torch.randn(2, 4)
+
+
+def at(leaf: torch.nn.Module, value):
+    """``leaf`` called at path ``'op'``."""
+    return modify.Sequential(op=leaf)(value)
+
 
 # (id, call(tmp_path), error type, strings the message holds)
 CASES = [
+    # primitives: construction
+    ("MaxPool2d kernel 0", lambda t: modify.MaxPool2d(0), ValueError, ["MaxPool2d", "kernel_size", "0"]),
+    ("MaxPool2d dilation 0", lambda t: modify.MaxPool2d(2, dilation=0), ValueError, ["MaxPool2d", "dilation", "0"]),
+    ("AvgPool2d negative kernel", lambda t: modify.AvgPool2d(-1), ValueError, ["AvgPool2d", "kernel_size", "-1"]),
+    ("AvgPool2d stride 0", lambda t: modify.AvgPool2d(2, stride=(1, 0)), ValueError, ["AvgPool2d", "stride", "(1, 0)"]),
+    ("AvgPool2d negative padding", lambda t: modify.AvgPool2d(3, padding=-1), ValueError,
+     ["AvgPool2d", "padding", "-1"]),
+    ("AdaptiveAvgPool2d 0", lambda t: modify.AdaptiveAvgPool2d((None, 0)), ValueError,
+     ["AdaptiveAvgPool2d", "(None, 0)"]),
+    ("Scale nan", lambda t: modify.Scale(float("nan")), ValueError, ["Scale", "nan"]),
+    ("Scale inf", lambda t: modify.Scale(float("-inf")), ValueError, ["Scale", "-inf"]),
+    ("LayerNorm negative eps", lambda t: modify.LayerNorm(4, eps=-1.0), ValueError, ["LayerNorm", "eps", "-1.0"]),
+    ("RMSNorm nan eps", lambda t: modify.RMSNorm(4, eps=float("nan")), ValueError, ["RMSNorm", "eps", "nan"]),
+    ("GroupNorm zero eps", lambda t: modify.GroupNorm(2, 4, eps=0.0), ValueError, ["GroupNorm", "eps", "0.0"]),
+    ("BatchNorm1d inf eps", lambda t: modify.BatchNorm1d(4, eps=float("inf")), ValueError,
+     ["BatchNorm1d", "eps", "inf"]),
+    ("BatchNorm2d momentum 2", lambda t: modify.BatchNorm2d(4, momentum=2.0), ValueError,
+     ["BatchNorm2d", "momentum", "2.0"]),
+    ("attention scale nan", lambda t: modify.ScaledDotProductAttention(scale=float("nan")), ValueError,
+     ["ScaledDotProductAttention", "scale", "nan"]),
+    ("Rearrange axis on one side", lambda t: modify.Rearrange("b c -> b d"), ValueError,
+     ["Rearrange", "'b c -> b d'", "['c', 'd']"]),
+    ("Rearrange without arrow", lambda t: modify.Rearrange("b c"), ValueError, ["Rearrange", "'b c'"]),
+    ("Rearrange unbalanced", lambda t: modify.Rearrange("b (c -> b"), ValueError, ["Rearrange", "'b (c -> b'"]),
+    ("Rearrange length of no axis", lambda t: modify.Rearrange("b c -> c b", z=2), ValueError, ["Rearrange", "['z']"]),
+    ("lora integer adapter_dtype", lambda t: modify.lora(small(), 2, adapter_dtype=torch.int64), TypeError,
+     ["lora", "adapter_dtype", "torch.int64"]),
+    ("set_checks a string", lambda t: modify.set_checks("no"), TypeError, ["set_checks", "'no'"]),
+    # primitives: at call
+    ("Softmax on a missing axis", lambda t: at(modify.Softmax(dim=5), X), ValueError,
+     ["Softmax at 'op'", "axis 5", "(2, 4)"]),
+    ("LogSoftmax on a missing axis", lambda t: at(modify.LogSoftmax(dim=-3), X), ValueError,
+     ["LogSoftmax at 'op'", "axis -3", "(2, 4)"]),
+    ("Sum on a missing axis", lambda t: at(modify.Sum(dim=(0, 3)), X), ValueError, ["Sum at 'op'", "axis 3", "(2, 4)"]),
+    ("Mean on a missing axis", lambda t: at(modify.Mean(dim=2), X), ValueError, ["Mean at 'op'", "axis 2", "(2, 4)"]),
+    ("Max on a missing axis", lambda t: at(modify.Max(dim=-3), X), ValueError, ["Max at 'op'", "axis -3", "(2, 4)"]),
+    ("Split on a missing axis", lambda t: at(modify.Split(2, dim=5), X), ValueError,
+     ["Split at 'op'", "axis 5", "(2, 4)"]),
+    ("Flatten on a missing axis", lambda t: at(modify.Flatten(1, 3), X), ValueError,
+     ["Flatten at 'op'", "axis 3", "(2, 4)"]),
+    ("Transpose on a missing axis", lambda t: at(modify.Transpose(0, 4), X), ValueError,
+     ["Transpose at 'op'", "axis 4", "(2, 4)"]),
+    ("Permute of another rank", lambda t: at(modify.Permute(0, 1, 2), X), ValueError,
+     ["Permute at 'op'", "3-d", "(2, 4)"]),
     # select / rewrite / parameters
     ("select int criterion", lambda t: modify.select(small(), 42), TypeError, ["select", "42"]),
     ("select None criterion", lambda t: modify.select(small(), None), TypeError, ["select", "None"]),

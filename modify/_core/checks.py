@@ -70,7 +70,7 @@ def set_checks(flag: bool) -> _Restore:
         True
     """
     if not isinstance(flag, bool):
-        raise TypeError(f"set_checks expects a bool, got {type(flag).__name__}")
+        raise TypeError(f"set_checks expects a bool, got {type(flag).__name__} {flag!r}")
     previous = _enabled.get()
     _enabled.set(flag)
     return _Restore(previous)

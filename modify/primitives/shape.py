@@ -7,7 +7,7 @@ import torch
 
 from .._core.checks import expect_dims, expect_rank, expect_tensor, typechecked
 from .._core.module import Leaf
-from .rearrange_plan import RearrangePlan
+from .rearrange_plan import RearrangePlan, check_pattern
 from ..traits import Linear, ParamFree, Restructure, Unary
 
 
@@ -181,6 +181,8 @@ class Rearrange(Leaf, Unary, ParamFree, Linear, Restructure):
 
     Raises:
         TypeError: ``pattern`` not a str, or an axis length not an int.
+        ValueError: a ``pattern`` einops cannot parse, without ``->``, naming an axis on one side
+            only, or an axis length for an axis it does not name.
         ModifyTypeError: the input is not a tensor.
 
     Example:
@@ -192,6 +194,7 @@ class Rearrange(Leaf, Unary, ParamFree, Linear, Restructure):
     @typechecked
     def __init__(self, pattern: str, **axes_lengths: int):
         super().__init__()
+        check_pattern(pattern, axes_lengths)
         self.pattern, self.axes_lengths = pattern, axes_lengths
         self._plan = RearrangePlan(pattern, axes_lengths)
 
