@@ -138,6 +138,12 @@ def expect_tensors(module: torch.nn.Module, x: object, length: int) -> tuple:
     return values
 
 
+
+
+
+
+
+
 def expect_value(module: torch.nn.Module, x: object) -> object:
     """Check that a module got a value: a tensor or a (nested) tuple of values; return it.
 
@@ -155,45 +161,22 @@ def _is_value(x: object) -> bool:
     return isinstance(x, tuple) and all(_is_value(v) for v in x)
 
 
-def expect_dims(module: torch.nn.Module, x: object, *dims: int | tuple[int, ...] | None) -> torch.Tensor:
-    """Check that ``module`` got a tensor that has every axis in ``dims`` (negative from the end); return it.
-
-    Each of ``dims`` is an axis, a tuple of axes or ``None`` (none); O(1) for a fixed module.
-
-    Raises:
-        ModifyTypeError: not a tensor. ModifyValueError: an axis the tensor does not have.
-    """
-    x = expect_tensor(module, x)
-    if checks_enabled():
-        rank = max(x.dim(), 1)  # torch lets a 0-d tensor take dim 0 or -1
-        for dim in dims:
-            for axis in dim if isinstance(dim, tuple) else () if dim is None else (dim,):
-                if not -rank <= axis < rank:
-                    raise ModifyValueError(module, f"has no axis {axis} in {describe(x)}")
-    return x
 
 
-def expect_rank(module: torch.nn.Module, x: object, rank: int) -> torch.Tensor:
-    """Check that ``module`` got a tensor of ``rank`` dimensions; return it.
-
-    Raises:
-        ModifyTypeError: not a tensor. ModifyValueError: another number of dimensions.
-    """
-    x = expect_tensor(module, x)
-    if checks_enabled() and x.dim() != rank:
-        raise ModifyValueError(module, f"expected a {rank}-d tensor, got {describe(x)}")
-    return x
 
 
 def expect_last_dim(module: torch.nn.Module, x: object, size: int) -> torch.Tensor:
-    """Check that ``module`` got a tensor whose last dimension is ``size``; return it.
+    """Check that ``module`` got a floating (or complex) tensor whose last dimension is ``size``; return it.
 
     Raises:
-        ModifyTypeError: not a tensor. ModifyValueError: another last dimension.
+        ModifyTypeError: not a tensor, or an integer/bool one. ModifyValueError: another last dimension.
     """
     x = expect_tensor(module, x)
-    if checks_enabled() and (x.dim() == 0 or x.shape[-1] != size):
-        raise ModifyValueError(module, f"expected last dimension {size}, got {describe(x)}")
+    if checks_enabled():
+        if x.dim() == 0 or x.shape[-1] != size:
+            raise ModifyValueError(module, f"expected last dimension {size}, got {describe(x)}")
+        if not (x.is_floating_point() or x.is_complex()):
+            raise ModifyTypeError(module, f"expected a floating-point tensor, got {describe(x)}")
     return x
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .._core.checks import expect_dims, expect_tuple, typechecked
+from .._core.checks import typechecked
+from .._core.shape_checks import expect_dims, expect_joinable
 from .._core.module import Leaf
 from ..traits import Linear, ParamFree, Restructure, Tuple, Unary
 
@@ -60,7 +61,9 @@ class _Join(Leaf, Tuple, ParamFree, Linear, Restructure):
 
     Raises:
         TypeError: ``dim`` not an int.
-        ModifyTypeError: the input is not a tuple.
+        ModifyTypeError: the input is not a non-empty tuple of tensors.
+        ModifyValueError: tensors that do not join at ``dim`` (``Cat``: another rank or size
+            outside ``dim``; ``Stack``: another shape), or no axis ``dim``.
     """
 
     @typechecked
@@ -86,7 +89,7 @@ class Cat(_Join):
     """
 
     def forward(self, x):
-        return torch.cat(expect_tuple(self, x), self.dim)
+        return torch.cat(expect_joinable(self, x, self.dim, stack=False), self.dim)
 
 
 class Stack(_Join):
@@ -103,4 +106,4 @@ class Stack(_Join):
     """
 
     def forward(self, x):
-        return torch.stack(expect_tuple(self, x), self.dim)
+        return torch.stack(expect_joinable(self, x, self.dim, stack=True), self.dim)

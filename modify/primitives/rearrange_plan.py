@@ -35,6 +35,7 @@ class RearrangePlan:
             out = [axis for group in parsed[1].composition for axis in group]
             if sorted(names) == sorted(out) == sorted(set(names)) and set(axes_lengths) <= set(names):
                 self.left, self.right = parsed[0].composition, parsed[1].composition
+        self.rank = None if self.left is None else len(self.left)  # the input's, where the plan knows it
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         plan = self.plans.get(x.shape)

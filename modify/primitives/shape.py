@@ -5,7 +5,8 @@ from __future__ import annotations
 import einops
 import torch
 
-from .._core.checks import expect_dims, expect_rank, expect_tensor, typechecked
+from .._core.checks import typechecked
+from .._core.shape_checks import expect_dims, expect_numel, expect_rank
 from .._core.module import Leaf
 from .rearrange_plan import RearrangePlan, check_pattern
 from ..traits import Linear, ParamFree, Restructure, Unary
@@ -36,6 +37,7 @@ class Reshape(Leaf, Unary, ParamFree, Linear, Restructure):
         TypeError: entries that are not ints.
         ValueError: more than one ``-1``, or an entry below ``-1``.
         ModifyTypeError: the input is not a tensor.
+        ModifyValueError: an input whose number of elements ``shape`` cannot hold.
 
     Example:
         >>> import torch, modify
@@ -51,7 +53,7 @@ class Reshape(Leaf, Unary, ParamFree, Linear, Restructure):
             raise ValueError(f"Reshape: at most one -1 and no other negative size, got {self.shape}")
 
     def forward(self, x):
-        return expect_tensor(self, x).reshape(self.shape)
+        return expect_numel(self, x, self.shape).reshape(self.shape)
 
     def extra_repr(self) -> str:
         return ", ".join(map(str, self.shape))
@@ -184,6 +186,7 @@ class Rearrange(Leaf, Unary, ParamFree, Linear, Restructure):
         ValueError: a ``pattern`` einops cannot parse, without ``->``, naming an axis on one side
             only, or an axis length for an axis it does not name.
         ModifyTypeError: the input is not a tensor.
+        ModifyValueError: (a pattern without ``...``) an input of another number of dimensions.
 
     Example:
         >>> import torch, modify
@@ -199,7 +202,7 @@ class Rearrange(Leaf, Unary, ParamFree, Linear, Restructure):
         self._plan = RearrangePlan(pattern, axes_lengths)
 
     def forward(self, x):
-        x = expect_tensor(self, x)
+        x = expect_rank(self, x, self._plan.rank)
         if torch.compiler.is_compiling():
             return einops.rearrange(x, self.pattern, **self.axes_lengths)
         return self._plan(x)
