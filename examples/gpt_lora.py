@@ -530,8 +530,10 @@ def adapter_files(cfg: DemoConfig, base, adapted, batches: list, name_b: str) ->
     reloaded = modify.load_adapters(base, folder)
     size = (folder / "adapter_model.safetensors").stat().st_size
     print(f"save_adapters(adapted, '{folder}'): PEFT's format, {size:,} bytes of adapters")
-    print(f"load_adapters(base, '{folder}'): a fresh sibling, loss {evaluate(reloaded, batches):.3f} on held-out "
-          f"{name_b} (the trained sibling: {evaluate(adapted, batches):.3f})")
+    again = evaluate(reloaded, batches, f"evaluate reloaded on {name_b}")
+    trained = evaluate(adapted, batches, f"evaluate trained on {name_b}")
+    print(f"load_adapters(base, '{folder}'): a fresh sibling, loss {again:.3f} on held-out "
+          f"{name_b} (the trained sibling: {trained:.3f})")
     if cfg.hf_checkpoint is not None:
         in_peft(cfg.hf_checkpoint, folder, adapted, batches[0][0])
 
