@@ -12,6 +12,7 @@ import collections.abc
 import contextvars
 import functools
 import inspect
+import math
 import types
 import typing
 from typing import Any, Callable, TypeVar
@@ -69,7 +70,7 @@ def set_checks(flag: bool) -> _Restore:
         True
     """
     if not isinstance(flag, bool):
-        raise TypeError(f"set_checks expects a bool, got {type(flag).__name__}")
+        raise TypeError(f"set_checks expects a bool, got {type(flag).__name__} {flag!r}")
     previous = _enabled.get()
     _enabled.set(flag)
     return _Restore(previous)
@@ -137,6 +138,12 @@ def expect_tensors(module: torch.nn.Module, x: object, length: int) -> tuple:
     return values
 
 
+
+
+
+
+
+
 def expect_value(module: torch.nn.Module, x: object) -> object:
     """Check that a module got a value: a tensor or a (nested) tuple of values; return it.
 
@@ -154,15 +161,22 @@ def _is_value(x: object) -> bool:
     return isinstance(x, tuple) and all(_is_value(v) for v in x)
 
 
+
+
+
+
 def expect_last_dim(module: torch.nn.Module, x: object, size: int) -> torch.Tensor:
-    """Check that ``module`` got a tensor whose last dimension is ``size``; return it.
+    """Check that ``module`` got a floating (or complex) tensor whose last dimension is ``size``; return it.
 
     Raises:
-        ModifyTypeError: not a tensor. ModifyValueError: another last dimension.
+        ModifyTypeError: not a tensor, or an integer/bool one. ModifyValueError: another last dimension.
     """
     x = expect_tensor(module, x)
-    if checks_enabled() and (x.dim() == 0 or x.shape[-1] != size):
-        raise ModifyValueError(module, f"expected last dimension {size}, got {describe(x)}")
+    if checks_enabled():
+        if x.dim() == 0 or x.shape[-1] != size:
+            raise ModifyValueError(module, f"expected last dimension {size}, got {describe(x)}")
+        if not (x.is_floating_point() or x.is_complex()):
+            raise ModifyTypeError(module, f"expected a floating-point tensor, got {describe(x)}")
     return x
 
 
@@ -207,6 +221,16 @@ def check_sizes(owner: str, **sizes: int) -> None:
     for name, value in sizes.items():
         if value < 1:
             raise ValueError(f"{owner}: {name} must be at least 1, got {value}")
+
+
+def check_finite(owner: str, *, positive: bool = False, **values: float | None) -> None:
+    """Raise ``ValueError`` naming ``owner`` and the first of ``values`` not finite (and ``> 0`` when ``positive``).
+
+    ``None`` passes (the argument's default); booleans and other non-numbers are for typeguard.
+    """
+    for name, value in values.items():
+        if value is not None and not (math.isfinite(value) and (value > 0 or not positive)):
+            raise ValueError(f"{owner}: {name} must be {'positive and ' if positive else ''}finite, got {value}")
 
 
 def check_floating_dtype(owner: str, dtype: torch.dtype | None) -> None:

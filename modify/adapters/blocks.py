@@ -290,17 +290,18 @@ class LoRA(Sequential):
         return f"rank={self.rank}, alpha={self.alpha:g}{variant}"
 
 
-def check_settings(rank: int, alpha: float | None, dropout: float) -> float:
+def check_settings(rank: int, alpha: float | None, dropout: float, owner: str = "LoRA") -> float:
     """The checked ``alpha`` (``rank`` when ``None``).
 
     Raises:
-        ValueError: ``rank < 1``, ``alpha`` nan or infinite, ``dropout`` outside ``[0, 1)``.
+        ValueError: ``rank < 1``, ``alpha`` nan or infinite, ``dropout`` outside ``[0, 1)``, the message
+            starting with ``owner`` (the class or function called).
     """
     if rank < 1:
-        raise ValueError(f"LoRA rank must be at least 1, got {rank}")
+        raise ValueError(f"{owner}: rank must be at least 1, got {rank}")
     alpha = float(rank) if alpha is None else float(alpha)
     if not math.isfinite(alpha):
-        raise ValueError(f"LoRA alpha must be a finite number, got {alpha}")
+        raise ValueError(f"{owner}: alpha must be a finite number, got {alpha}")
     if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"LoRA dropout must be in [0, 1), got {dropout}")
+        raise ValueError(f"{owner}: dropout must be in [0, 1), got {dropout}")
     return alpha

@@ -26,6 +26,7 @@ from torch import nn
 from .._core.checks import typechecked
 from ..models import gpt, llama
 from ..models._checkpoint import CheckpointError, KeyFormat
+from ..models._pretrained import output_folder
 from ..rewriting.selection import select
 from ..rewriting.walk import positions
 from .blocks import LoRA, layer_kind
@@ -103,7 +104,8 @@ def save_adapters(model: nn.Module, folder: PathLike) -> None:
 
     Raises:
         TypeError: an argument of the wrong type.
-        ValueError: no LoRA block; stacked blocks; blocks that mix ``use_rslora`` or ``dora``.
+        ValueError: no LoRA block; stacked blocks; blocks that mix ``use_rslora`` or ``dora``;
+            ``folder`` an existing file.
 
     Example:
         >>> import tempfile, os, modify
@@ -124,8 +126,7 @@ def save_adapters(model: nn.Module, folder: PathLike) -> None:
         for name, block in blocks.items()
         for suffix, tensor in peft_tensors(block).items()
     }
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = output_folder(folder, "save_adapters")
     save_file(tensors, folder / WEIGHTS_FILE, metadata={"format": "pt"})
     (folder / CONFIG_FILE).write_text(json.dumps(_config(model, blocks), indent=2, sort_keys=True))
 
@@ -248,10 +249,10 @@ def load_adapters(base: nn.Module, folder: PathLike) -> nn.Module:
 
     Raises:
         TypeError: an argument of the wrong type.
-        CheckpointError: (a ``ValueError``) a missing or non-JSON config, settings this loader
-            does not implement (another ``peft_type``, adapter biases, ``modules_to_save``), an
-            unreadable weights file, or missing, unexpected and mis-shaped keys (all listed in
-            one error, with the file's path).
+        CheckpointError: (a ``ValueError``) a file given for the folder, a missing or non-JSON
+            config, settings this loader does not implement (another ``peft_type``, adapter
+            biases, ``modules_to_save``), an unreadable weights file, or missing, unexpected and
+            mis-shaped keys (all listed in one error, with the file's path).
 
     Example:
         >>> import tempfile, torch, modify
@@ -267,6 +268,8 @@ def load_adapters(base: nn.Module, folder: PathLike) -> nn.Module:
     """
     folder = Path(folder)
     owner = f"load_adapters('{folder}')"
+    if folder.is_file():
+        raise CheckpointError(owner, note=f"'{folder}' is a file; give the folder of {CONFIG_FILE} and {WEIGHTS_FILE}")
     config = _read_config(folder, owner)
     tensors = _read_weights(folder, owner)
     names = layer_names(base)

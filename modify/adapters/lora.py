@@ -118,7 +118,7 @@ def lora(
 
     Raises:
         TypeError: a match of another layer type (naming its path), DoRA on a non-Linear layer;
-            an argument of the wrong type.
+            a non-floating ``adapter_dtype``; an argument of the wrong type.
         ValueError: ``where`` matches nothing; ``rank < 1``; ``alpha`` nan or infinite; bad
             ``dropout``; a match inside a plain ``torch.nn`` container or another opaque leaf.
 
@@ -134,7 +134,9 @@ def lora(
         >>> [tuple(p.shape) for p in modify.lora_parameters(adapted)]
         [(2, 8), (8, 2)]
     """
-    check_settings(rank, alpha, dropout)
+    check_settings(rank, alpha, dropout, "lora")
+    if adapter_dtype is not None and not adapter_dtype.is_floating_point:
+        raise TypeError(f"lora: adapter_dtype must be a floating-point dtype, got {adapter_dtype}")
     where = criteria(where)
     adapters = _adapter_modules(model)
     selection = select(model, *where, lambda path, module: id(module) not in adapters)

@@ -99,10 +99,11 @@ def load_pretrained(
     """Check ``source`` against ``make(config)`` built on the meta device, then fill it; eval mode.
 
     Raises:
-        TypeError: an unknown config override; a bad ``dtype``/``device``.
+        TypeError: an unknown config override; a bad ``dtype``/``device`` type.
+        ValueError: a ``device`` string torch does not know.
         CheckpointError: anything wrong with the checkpoint, before any weight is allocated.
     """
-    dtype, device = _target_dtype(dtype, owner), torch.device("cpu" if device is None else device)
+    dtype, device = _target_dtype(dtype, owner), _target_device(device, owner)
     config_json, where = read_config(source, owner)
     config = _config(family, config_json, overrides, owner, where)
     checkpoint = Checkpoint(read_entries(source, owner), where)
@@ -142,6 +143,14 @@ def _target_dtype(dtype: DType, owner: str) -> torch.dtype | None:
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"{owner}: dtype must be a floating torch.dtype or 'auto', got {dtype!r}")
     return dtype
+
+
+def _target_device(device: Device, owner: str) -> torch.device:
+    """``device`` as a ``torch.device`` (CPU by default); a ``ValueError`` naming ``owner`` for a bad string."""
+    try:
+        return torch.device("cpu" if device is None else device)
+    except RuntimeError as error:
+        raise ValueError(f"{owner}: device {device!r} is not a torch device ({error})") from None
 
 
 def _config(family: Family, config_json: dict[str, Any] | None, overrides: Mapping[str, Any], owner: str, where: str):

@@ -66,8 +66,9 @@ def generate(
     Raises:
         TypeError: an argument of the wrong type.
         ValueError: a ``temperature`` that is not finite and ``> 0``, ``top_k < 1``,
-            ``max_new_tokens < 0``, an ``idx`` that is not ``(B, T)`` integers with ``B, T >= 1``,
-            no known ``block_size``; with ``use_cache``, a model without causal attention.
+            ``max_new_tokens < 0``, an ``idx`` that is not ``(B, T)`` integers with ``B, T >= 1``
+            or (for a GPT or Llama) holds ids outside ``[0, vocab_size)``, no known ``block_size``;
+            with ``use_cache``, a model without causal attention.
 
     Example:
         >>> import torch
@@ -80,6 +81,7 @@ def generate(
     """
     block_size = _context_length(model, block_size)
     _check_arguments(idx, max_new_tokens, temperature, top_k)
+    _check_ids(model, idx)
     with torch.inference_mode():  # as no_grad, without version counters: each step's ops are cheaper
         next_logits = _cached_logits(model, block_size) if use_cache else _full_logits(model, block_size)
         for _ in range(max_new_tokens) if progress is None else progress(range(max_new_tokens)):
@@ -145,6 +147,19 @@ def _check_arguments(idx: torch.Tensor, max_new_tokens: int, temperature: float,
     if idx.dim() != 2 or 0 in idx.shape or idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
         raise ValueError(
             f"generate: idx must be (B, T) integer ids with B, T >= 1, got {tuple(idx.shape)} {idx.dtype}"
+        )
+
+
+def _check_ids(model: nn.Module, idx: torch.Tensor) -> None:
+    """Ids outside a GPT's or Llama's vocabulary: a ``ValueError`` (the embedding's would be a bare IndexError)."""
+    if not isinstance(model, (GPT, Llama)):
+        return
+    vocab_size = model.config.vocab_size
+    outside = idx[(idx < 0) | (idx >= vocab_size)]
+    if outside.numel():
+        raise ValueError(
+            f"generate: idx holds ids outside [0, {vocab_size}) for this {type(model).__name__}, "
+            f"e.g. {outside[:5].tolist()}"
         )
 
 

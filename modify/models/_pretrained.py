@@ -9,6 +9,7 @@ from typing import Any, ClassVar, Self
 
 import torch
 from huggingface_hub import save_torch_state_dict
+from huggingface_hub.serialization._base import parse_size_to_int
 from torch import nn
 
 from .._core.checks import typechecked
@@ -61,6 +62,7 @@ class Pretrained:
         Raises:
             FileNotFoundError: a missing path; a folder without ``config.json`` or weights.
             TypeError: an unknown config field; a bad ``dtype``.
+            ValueError: a ``device`` string torch does not know.
             CheckpointError: (a ``ValueError``) a folder of another ``model_type``; a
                 ``config.json`` with options the model does not implement (each model lists
                 them); an unreadable file; one error listing every missing, unexpected and
@@ -105,7 +107,8 @@ class Pretrained:
             max_shard_size: largest shard, in bytes or as ``"5GB"``/``"500MB"``.
 
         Raises:
-            ValueError: a model the reference cannot express (e.g. a GPT without biases).
+            ValueError: a model the reference cannot express (e.g. a GPT without biases); ``folder``
+                an existing file; ``max_shard_size`` not a positive size.
 
         Example:
             >>> import tempfile, torch
@@ -118,9 +121,10 @@ class Pretrained:
             True
         """
         assert isinstance(self, nn.Module)
+        owner = f"{type(self).__name__}.save_pretrained"
+        max_shard_size = _shard_size(max_shard_size, owner)
         config = {**self.reference_config(), "dtype": str(next(self.parameters()).dtype).removeprefix("torch.")}
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = output_folder(folder, owner)
         state = reference_state(self, self.family.keys)
         save_torch_state_dict(state, folder, max_shard_size=max_shard_size, metadata={"format": "pt"})
         (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
@@ -130,3 +134,28 @@ def reference_state(model: nn.Module, keys: KeyFormat) -> dict[str, torch.Tensor
     """``model``'s persistent tensors under the reference's names and layout, tied ones once (first name)."""
     groups = group_by_identity(model.state_dict(keep_vars=True).items())
     return {keys.reference_key(names[0]): keys.transformed(names[0], t.detach()).contiguous() for names, t in groups}
+
+
+def output_folder(folder: str | os.PathLike, owner: str) -> Path:
+    """``folder`` as a ``Path``, created if needed.
+
+    Raises:
+        ValueError: ``folder`` (or a folder above it) is an existing file, named in the message.
+    """
+    folder = Path(folder)
+    for above in (folder, *folder.parents):
+        if above.exists() and not above.is_dir():
+            raise ValueError(f"{owner}: '{folder}' must be a folder, but '{above}' is a file")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _shard_size(size: int | str, owner: str) -> int:
+    """``size`` in bytes (``"5GB"``, ``"500MB"`` or an int); a ``ValueError`` naming ``owner`` otherwise."""
+    try:
+        parsed = size if isinstance(size, int) and not isinstance(size, bool) else parse_size_to_int(str(size))
+    except ValueError as error:
+        raise ValueError(f"{owner}: max_shard_size must be bytes or a size like '5GB', got {size!r}") from error
+    if parsed < 1:
+        raise ValueError(f"{owner}: max_shard_size must be positive, got {size!r}")
+    return parsed

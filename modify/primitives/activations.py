@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from .._core.checks import expect_tensor, typechecked
+from .._core.shape_checks import expect_dims
 from .._core.module import Leaf
 from ..traits import Elementwise, Linear, NonLinear, ParamFree, Unary, Vector
 
@@ -140,6 +141,7 @@ class _AlongDim(Leaf):
     Raises:
         TypeError: ``dim`` not an int.
         ModifyTypeError: the input is not a tensor.
+        ModifyValueError: an input without axis ``dim``.
     """
 
     @typechecked
@@ -170,7 +172,7 @@ class Softmax(_AlongDim, Unary, ParamFree, NonLinear, Vector):
     """
 
     def forward(self, x):
-        return torch.softmax(expect_tensor(self, x), self.dim)
+        return torch.softmax(expect_dims(self, x, self.dim), self.dim)
 
 
 class LogSoftmax(_AlongDim, Unary, ParamFree, NonLinear, Vector):
@@ -186,7 +188,7 @@ class LogSoftmax(_AlongDim, Unary, ParamFree, NonLinear, Vector):
     """
 
     def forward(self, x):
-        return torch.log_softmax(expect_tensor(self, x), self.dim)
+        return torch.log_softmax(expect_dims(self, x, self.dim), self.dim)
 
 
 def _dropout(x, p: float, training: bool):

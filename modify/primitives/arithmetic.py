@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .._core.checks import checks_enabled, expect_tensor, expect_tensors, typechecked
+from .._core.checks import check_finite, checks_enabled, expect_tensor, expect_tensors, typechecked
+from .._core.shape_checks import expect_matmul
 from .._core.errors import ModifyValueError, describe
 from .._core.module import Leaf
 from ..traits import Binary, Elementwise, Linear, Matrix, NonLinear, ParamFree, Unary
@@ -129,7 +130,8 @@ class MatMul(Leaf, Binary, ParamFree, NonLinear, Matrix):
 
     Raises:
         ModifyTypeError: the input is not a tuple of tensors.
-        ModifyValueError: a tuple of other than 2 values.
+        ModifyValueError: a tuple of other than 2 values; ``a``'s last axis not ``b``'s
+            second-to-last (its only one, for a 1-d ``b``), or a 0-d operand.
 
     Example:
         >>> import torch, modify
@@ -138,7 +140,7 @@ class MatMul(Leaf, Binary, ParamFree, NonLinear, Matrix):
     """
 
     def forward(self, x):
-        a, b = expect_tensors(self, x, 2)
+        a, b = expect_matmul(self, x)
         return torch.matmul(a, b)
 
 
@@ -156,6 +158,7 @@ class Scale(Leaf, Unary, ParamFree, Linear, Elementwise):
 
     Raises:
         TypeError: ``c`` not a number.
+        ValueError: ``c`` nan or infinite.
         ModifyTypeError: the input is not a tensor.
 
     Example:
@@ -167,6 +170,7 @@ class Scale(Leaf, Unary, ParamFree, Linear, Elementwise):
     @typechecked
     def __init__(self, c: float):
         super().__init__()
+        check_finite("Scale", c=c)
         self.c = float(c)
 
     def forward(self, x):

@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .._core.checks import check_sizes, checks_enabled, expect_floating, expect_tensors, typechecked
+from .._core.checks import check_finite, check_sizes, checks_enabled, expect_floating, expect_tensors, typechecked
 from .._core.errors import ModifyValueError, describe
 from .._core.module import Leaf
 from ..traits import Linear, Matrix, NonLinear, ParamFree, Ternary, Unary, Vector
@@ -31,7 +31,7 @@ class ScaledDotProductAttention(Leaf, Ternary, ParamFree, NonLinear, Matrix):
 
     Raises:
         TypeError: an argument of the wrong type.
-        ValueError: ``dropout`` outside ``[0, 1)``.
+        ValueError: ``dropout`` outside ``[0, 1)``; ``scale`` nan or infinite.
         ModifyTypeError: the input is not a tuple of tensors.
         ModifyValueError: a tuple of other than three values; ``q``, ``k``, ``v`` of different
             ranks (or fewer than 2 dims); ``k`` and ``v`` of different lengths ``S``; ``H`` not a
@@ -49,6 +49,7 @@ class ScaledDotProductAttention(Leaf, Ternary, ParamFree, NonLinear, Matrix):
         super().__init__()
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"ScaledDotProductAttention dropout must be in [0, 1), got {dropout}")
+        check_finite("ScaledDotProductAttention", scale=scale)
         self.causal, self.dropout, self.scale = causal, float(dropout), scale
 
     def forward(self, x):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .._core.checks import check_floating_dtype, check_sizes, checks_enabled, expect_tensor, typechecked
+from .._core.checks import check_finite, check_floating_dtype, check_sizes, checks_enabled, expect_tensor, typechecked
 from .._core.errors import ModifyValueError, describe
 from .._core.module import Leaf
 from ..traits import NonLinear, ParamFree, Unary
@@ -44,7 +44,8 @@ class _BatchNorm(Leaf, Unary, ParamFree, NonLinear):
 
     Raises:
         TypeError: ``affine=`` given; an argument of the wrong type; a non-floating ``dtype``.
-        ValueError: ``num_features`` below 1.
+        ValueError: ``num_features`` below 1; ``eps`` not positive and finite; ``momentum``
+            outside ``[0, 1]``.
         ModifyTypeError: the input is not a tensor.
         ModifyValueError: an input of another rank, or without ``C`` channels at axis 1.
     """
@@ -67,6 +68,9 @@ class _BatchNorm(Leaf, Unary, ParamFree, NonLinear):
         no_affine(type(self).__name__, affine=affine)
         check_sizes(type(self).__name__, num_features=num_features)
         check_floating_dtype(type(self).__name__, dtype)
+        check_finite(type(self).__name__, positive=True, eps=eps)
+        if momentum is not None and not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"{type(self).__name__}: momentum must be in [0, 1] or None, got {momentum}")
         self.num_features, self.eps, self.momentum = num_features, float(eps), momentum
         self.track_running_stats = track_running_stats
         if track_running_stats:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .._core.checks import expect_tensor, expect_tuple, typechecked
+from .._core.checks import typechecked
+from .._core.shape_checks import expect_dims, expect_joinable
 from .._core.module import Leaf
 from ..traits import Linear, ParamFree, Restructure, Tuple, Unary
 
@@ -26,6 +27,7 @@ class Split(Leaf, Unary, ParamFree, Linear, Restructure):
     Raises:
         TypeError: ``split_size_or_sections`` not an int or a list/tuple of ints; ``dim`` not an int.
         ModifyTypeError: the input is not a tensor.
+        ModifyValueError: an input without axis ``dim``.
 
     Example:
         >>> import torch, modify
@@ -42,7 +44,7 @@ class Split(Leaf, Unary, ParamFree, Linear, Restructure):
         self.dim = dim
 
     def forward(self, x):
-        return tuple(torch.split(expect_tensor(self, x), self.split_size_or_sections, self.dim))
+        return tuple(torch.split(expect_dims(self, x, self.dim), self.split_size_or_sections, self.dim))
 
     def extra_repr(self) -> str:
         return f"{self.split_size_or_sections}, dim={self.dim}"
@@ -59,7 +61,9 @@ class _Join(Leaf, Tuple, ParamFree, Linear, Restructure):
 
     Raises:
         TypeError: ``dim`` not an int.
-        ModifyTypeError: the input is not a tuple.
+        ModifyTypeError: the input is not a non-empty tuple of tensors.
+        ModifyValueError: tensors that do not join at ``dim`` (``Cat``: another rank or size
+            outside ``dim``; ``Stack``: another shape), or no axis ``dim``.
     """
 
     @typechecked
@@ -85,7 +89,7 @@ class Cat(_Join):
     """
 
     def forward(self, x):
-        return torch.cat(expect_tuple(self, x), self.dim)
+        return torch.cat(expect_joinable(self, x, self.dim, stack=False), self.dim)
 
 
 class Stack(_Join):
@@ -102,4 +106,4 @@ class Stack(_Join):
     """
 
     def forward(self, x):
-        return torch.stack(expect_tuple(self, x), self.dim)
+        return torch.stack(expect_joinable(self, x, self.dim, stack=True), self.dim)

@@ -55,7 +55,7 @@ class Linear(Leaf, Unary, Param, LinearTrait, Vector):
         TypeError: an argument of the wrong type; a non-floating ``dtype``.
         ValueError: a size below 1; a weight or bias distribution that is not scalar (batch and
             event shape ``()``).
-        ModifyTypeError: the input is not a tensor.
+        ModifyTypeError: the input is not a tensor, or an integer or bool one.
         ModifyValueError: input whose last dimension is not ``in_features``.
 
     Example:

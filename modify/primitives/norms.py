@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._core.checks import (
+    check_finite,
     check_floating_dtype,
     check_sizes,
     checks_enabled,
@@ -173,6 +174,7 @@ class LayerNorm(Leaf, Unary, ParamFree, NonLinear, Vector):
     Raises:
         TypeError: ``elementwise_affine=`` or ``bias=`` given (use :class:`ElementwiseAffine`);
             an argument of the wrong type.
+        ValueError: a size below 1; ``eps`` not positive and finite.
         ModifyTypeError: the input is not a tensor.
         ModifyValueError: trailing shape differs from ``normalized_shape``.
 
@@ -193,6 +195,7 @@ class LayerNorm(Leaf, Unary, ParamFree, NonLinear, Vector):
     ):
         super().__init__()
         no_affine("LayerNorm", elementwise_affine=elementwise_affine, bias=bias)
+        check_finite("LayerNorm", positive=True, eps=eps)
         self.normalized_shape, self.eps = as_shape(normalized_shape, "LayerNorm"), float(eps)
 
     def forward(self, x):
@@ -225,6 +228,7 @@ class RMSNorm(Leaf, Unary, ParamFree, NonLinear, Vector):
     Raises:
         TypeError: ``elementwise_affine=`` given (use :class:`ElementwiseAffine` with
             ``bias=False``); an argument of the wrong type.
+        ValueError: a size below 1; ``eps`` (when given) not positive and finite.
         ModifyTypeError: the input is not a tensor.
         ModifyValueError: trailing shape differs from ``normalized_shape``.
 
@@ -244,6 +248,7 @@ class RMSNorm(Leaf, Unary, ParamFree, NonLinear, Vector):
     ):
         super().__init__()
         no_affine("RMSNorm", elementwise_affine=elementwise_affine)
+        check_finite("RMSNorm", positive=True, eps=eps)
         self.normalized_shape, self.eps = as_shape(normalized_shape, "RMSNorm"), eps
 
     def forward(self, x):
@@ -277,7 +282,8 @@ class GroupNorm(Leaf, Unary, ParamFree, NonLinear):
 
     Raises:
         TypeError: ``affine=`` given; an argument of the wrong type.
-        ValueError: ``num_channels % num_groups != 0``.
+        ValueError: a size below 1; ``num_channels % num_groups != 0``; ``eps`` not positive and
+            finite.
         ModifyTypeError: the input is not a tensor.
         ModifyValueError: input whose axis 1 is not ``num_channels``.
 
@@ -294,6 +300,7 @@ class GroupNorm(Leaf, Unary, ParamFree, NonLinear):
         check_sizes("GroupNorm", num_groups=num_groups, num_channels=num_channels)
         if num_channels % num_groups:
             raise ValueError(f"GroupNorm: num_channels {num_channels} not divisible by num_groups {num_groups}")
+        check_finite("GroupNorm", positive=True, eps=eps)
         self.num_groups, self.num_channels, self.eps = num_groups, num_channels, float(eps)
 
     def forward(self, x):

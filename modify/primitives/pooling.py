@@ -26,10 +26,15 @@ class _Pool2d(Leaf):
 
     Raises:
         TypeError: an argument that is not an int or a pair of ints (flags: not a bool).
+        ValueError: a size, stride or dilation below 1, a negative padding (naming the class).
         ModifyTypeError: the input is not a tensor.
     """
 
     def _window(self, kernel_size: Size2, stride: Size2 | None, padding: Size2, ceil_mode: bool) -> None:
+        owner = type(self).__name__
+        _pair(owner, "kernel_size", kernel_size, 1)
+        _pair(owner, "stride", kernel_size if stride is None else stride, 1)
+        _pair(owner, "padding", padding, 0)
         self.kernel_size, self.stride = kernel_size, stride if stride is not None else kernel_size
         self.padding, self.ceil_mode = padding, ceil_mode
 
@@ -66,6 +71,7 @@ class MaxPool2d(_Pool2d, Unary, ParamFree, NonLinear, Reduction, Matrix):
     ):
         super().__init__()
         self._window(kernel_size, stride, padding, ceil_mode)
+        _pair("MaxPool2d", "dilation", dilation, 1)
         self.dilation = dilation
 
     def forward(self, x):
@@ -127,6 +133,7 @@ class AdaptiveAvgPool2d(Leaf, Unary, ParamFree, Linear, Reduction, Matrix):
 
     Raises:
         TypeError: ``output_size`` not an int or a pair of ints/``None``.
+        ValueError: an ``output_size`` below 1.
         ModifyTypeError: the input is not a tensor.
 
     Example:
@@ -138,6 +145,9 @@ class AdaptiveAvgPool2d(Leaf, Unary, ParamFree, Linear, Reduction, Matrix):
     @typechecked
     def __init__(self, output_size: int | tuple[int | None, int | None]):
         super().__init__()
+        sizes = output_size if isinstance(output_size, tuple) else (output_size,)
+        if any(s is not None and s < 1 for s in sizes):
+            raise ValueError(f"AdaptiveAvgPool2d: output_size must be at least 1 (or None), got {output_size}")
         self.output_size = output_size
 
     def forward(self, x):
@@ -145,3 +155,11 @@ class AdaptiveAvgPool2d(Leaf, Unary, ParamFree, Linear, Reduction, Matrix):
 
     def extra_repr(self) -> str:
         return f"output_size={self.output_size}"
+
+
+def _pair(owner: str, name: str, value: Size2, least: int) -> tuple[int, int]:
+    """``value`` as ``(h, w)``, each at least ``least``; a ``ValueError`` naming ``owner`` otherwise."""
+    pair = (value, value) if isinstance(value, int) else value
+    if len(pair) != 2 or min(pair) < least:
+        raise ValueError(f"{owner}: {name} needs 1 or 2 values of at least {least}, got {value}")
+    return pair

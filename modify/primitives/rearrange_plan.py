@@ -35,6 +35,7 @@ class RearrangePlan:
             out = [axis for group in parsed[1].composition for axis in group]
             if sorted(names) == sorted(out) == sorted(set(names)) and set(axes_lengths) <= set(names):
                 self.left, self.right = parsed[0].composition, parsed[1].composition
+        self.rank = None if self.left is None else len(self.left)  # the input's, where the plan knows it
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         plan = self.plans.get(x.shape)
@@ -71,3 +72,23 @@ class RearrangePlan:
             None if permutation == sorted(permutation) else permutation,
             None if all(len(group) == 1 for group in self.right) else final,
         )
+
+
+def check_pattern(pattern: str, axes_lengths: dict[str, int]) -> None:
+    """Refuse, naming ``Rearrange``, a pattern that ``einops.rearrange`` would refuse at its first call.
+
+    Raises:
+        ValueError: unparsable, no ``->``, an axis named on one side only, a length for an unnamed axis.
+    """
+    left, arrow, right = pattern.partition("->")
+    try:
+        sides = ParsedExpression(left), ParsedExpression(right)
+    except einops.EinopsError as error:
+        raise ValueError(f"Rearrange: pattern {pattern!r} is not an einops pattern ({error})") from None
+    names = [{axis for axis in side.identifiers if isinstance(axis, str)} for side in sides]
+    if not arrow or names[0] != names[1]:
+        one_side = sorted(names[0] ^ names[1])
+        raise ValueError(f"Rearrange: pattern {pattern!r} must name the same axes on both sides of '->': {one_side}")
+    unknown = sorted(set(axes_lengths) - names[0])
+    if unknown:
+        raise ValueError(f"Rearrange: axis lengths {unknown} name no axis of pattern {pattern!r}")

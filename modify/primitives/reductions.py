@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .._core.checks import expect_tensor, typechecked
+from .._core.checks import typechecked
+from .._core.shape_checks import expect_dims
 from .._core.module import Leaf
 from ..traits import Linear, NonLinear, ParamFree, Reduction, Unary
 
@@ -38,6 +39,7 @@ class Sum(_Reduce, Unary, ParamFree, Linear, Reduction):
     Raises:
         TypeError: ``dim`` not an int, a tuple of ints or ``None``; ``keepdim`` not a bool.
         ModifyTypeError: the input is not a tensor.
+        ModifyValueError: an input without an axis in ``dim``.
 
     Example:
         >>> import torch, modify
@@ -46,7 +48,7 @@ class Sum(_Reduce, Unary, ParamFree, Linear, Reduction):
     """
 
     def forward(self, x):
-        x = expect_tensor(self, x)
+        x = expect_dims(self, x, self.dim)
         return x.sum() if self.dim is None and not self.keepdim else torch.sum(x, self._dims(x), self.keepdim)
 
 
@@ -67,6 +69,7 @@ class Mean(_Reduce, Unary, ParamFree, Linear, Reduction):
     Raises:
         TypeError: ``dim`` not an int, a tuple of ints or ``None``; ``keepdim`` not a bool.
         ModifyTypeError: the input is not a tensor.
+        ModifyValueError: an input without an axis in ``dim``.
 
     Example:
         >>> import torch, modify
@@ -75,7 +78,7 @@ class Mean(_Reduce, Unary, ParamFree, Linear, Reduction):
     """
 
     def forward(self, x):
-        x = expect_tensor(self, x)
+        x = expect_dims(self, x, self.dim)
         return x.mean() if self.dim is None and not self.keepdim else torch.mean(x, self._dims(x), self.keepdim)
 
 
@@ -97,6 +100,7 @@ class Max(_Reduce, Unary, ParamFree, NonLinear, Reduction):
     Raises:
         TypeError: ``dim`` not an int, a tuple of ints or ``None``; ``keepdim`` not a bool.
         ModifyTypeError: the input is not a tensor.
+        ModifyValueError: an input without an axis in ``dim``.
 
     Example:
         >>> import torch, modify
@@ -105,6 +109,6 @@ class Max(_Reduce, Unary, ParamFree, NonLinear, Reduction):
     """
 
     def forward(self, x):
-        x = expect_tensor(self, x)
+        x = expect_dims(self, x, self.dim)
         dims = () if self.dim is None else self.dim
         return torch.amax(x, dims, self.keepdim)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import einops
 import torch
 
-from .._core.checks import expect_tensor, typechecked
+from .._core.checks import typechecked
+from .._core.shape_checks import expect_dims, expect_numel, expect_rank
 from .._core.module import Leaf
-from .rearrange_plan import RearrangePlan
+from .rearrange_plan import RearrangePlan, check_pattern
 from ..traits import Linear, ParamFree, Restructure, Unary
 
 
@@ -36,6 +37,7 @@ class Reshape(Leaf, Unary, ParamFree, Linear, Restructure):
         TypeError: entries that are not ints.
         ValueError: more than one ``-1``, or an entry below ``-1``.
         ModifyTypeError: the input is not a tensor.
+        ModifyValueError: an input whose number of elements ``shape`` cannot hold.
 
     Example:
         >>> import torch, modify
@@ -51,7 +53,7 @@ class Reshape(Leaf, Unary, ParamFree, Linear, Restructure):
             raise ValueError(f"Reshape: at most one -1 and no other negative size, got {self.shape}")
 
     def forward(self, x):
-        return expect_tensor(self, x).reshape(self.shape)
+        return expect_numel(self, x, self.shape).reshape(self.shape)
 
     def extra_repr(self) -> str:
         return ", ".join(map(str, self.shape))
@@ -74,6 +76,7 @@ class Flatten(Leaf, Unary, ParamFree, Linear, Restructure):
     Raises:
         TypeError: ``start_dim`` or ``end_dim`` not an int.
         ModifyTypeError: the input is not a tensor.
+        ModifyValueError: an input without axis ``start_dim`` or ``end_dim``.
 
     Example:
         >>> import torch, modify
@@ -87,7 +90,7 @@ class Flatten(Leaf, Unary, ParamFree, Linear, Restructure):
         self.start_dim, self.end_dim = start_dim, end_dim
 
     def forward(self, x):
-        return torch.flatten(expect_tensor(self, x), self.start_dim, self.end_dim)
+        return torch.flatten(expect_dims(self, x, self.start_dim, self.end_dim), self.start_dim, self.end_dim)
 
     def extra_repr(self) -> str:
         return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
@@ -109,6 +112,7 @@ class Transpose(Leaf, Unary, ParamFree, Linear, Restructure):
     Raises:
         TypeError: ``dim0`` or ``dim1`` not an int.
         ModifyTypeError: the input is not a tensor.
+        ModifyValueError: an input without axis ``dim0`` or ``dim1``.
 
     Example:
         >>> import torch, modify
@@ -122,7 +126,7 @@ class Transpose(Leaf, Unary, ParamFree, Linear, Restructure):
         self.dim0, self.dim1 = dim0, dim1
 
     def forward(self, x):
-        return expect_tensor(self, x).transpose(self.dim0, self.dim1)
+        return expect_dims(self, x, self.dim0, self.dim1).transpose(self.dim0, self.dim1)
 
     def extra_repr(self) -> str:
         return f"{self.dim0}, {self.dim1}"
@@ -143,6 +147,7 @@ class Permute(Leaf, Unary, ParamFree, Linear, Restructure):
     Raises:
         TypeError: entries that are not ints.
         ModifyTypeError: the input is not a tensor.
+        ModifyValueError: an input whose number of dimensions is not ``len(dims)``.
 
     Example:
         >>> import torch, modify
@@ -156,7 +161,7 @@ class Permute(Leaf, Unary, ParamFree, Linear, Restructure):
         self.dims = _sizes("Permute", dims)
 
     def forward(self, x):
-        return expect_tensor(self, x).permute(self.dims)
+        return expect_rank(self, x, len(self.dims)).permute(self.dims)
 
     def extra_repr(self) -> str:
         return ", ".join(map(str, self.dims))
@@ -178,7 +183,10 @@ class Rearrange(Leaf, Unary, ParamFree, Linear, Restructure):
 
     Raises:
         TypeError: ``pattern`` not a str, or an axis length not an int.
+        ValueError: a ``pattern`` einops cannot parse, without ``->``, naming an axis on one side
+            only, or an axis length for an axis it does not name.
         ModifyTypeError: the input is not a tensor.
+        ModifyValueError: (a pattern without ``...``) an input of another number of dimensions.
 
     Example:
         >>> import torch, modify
@@ -189,11 +197,12 @@ class Rearrange(Leaf, Unary, ParamFree, Linear, Restructure):
     @typechecked
     def __init__(self, pattern: str, **axes_lengths: int):
         super().__init__()
+        check_pattern(pattern, axes_lengths)
         self.pattern, self.axes_lengths = pattern, axes_lengths
         self._plan = RearrangePlan(pattern, axes_lengths)
 
     def forward(self, x):
-        x = expect_tensor(self, x)
+        x = expect_rank(self, x, self._plan.rank)
         if torch.compiler.is_compiling():
             return einops.rearrange(x, self.pattern, **self.axes_lengths)
         return self._plan(x)

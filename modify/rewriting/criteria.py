@@ -45,9 +45,14 @@ def _criterion(criterion: object) -> Match:
 
 def _checked_predicate(predicate: Callable) -> Match:
     def test(path: str, module: nn.Module) -> bool:
-        answer = predicate(path, module)
+        try:
+            answer = predicate(path, module)
+        except Exception as error:  # the user's own error, kept, told where it happened
+            error.add_note(f"select: raised by the predicate {predicate!r} at '{path or '<root>'}'")
+            raise
         if not isinstance(answer, bool):
-            raise TypeError(f"select: predicate {predicate!r} returned {type(answer).__name__} at '{path}', not a bool")
+            kind, where = type(answer).__name__, path or "<root>"
+            raise TypeError(f"select: predicate {predicate!r} returned {kind} at '{where}', not a bool")
         return answer
 
     return test

@@ -114,13 +114,13 @@ class _Mutable(Derived, nn.Module):
         slot = slots[name]
         if isinstance(value, _Shared) and slot.original is not None and value.data_ptr() == slot.original.data_ptr():
             return  # the guarded alias of the shared parameter written back: nothing changes
+        where = f"{type(self).__name__}.{name} at '{self.__dict__.get('_path') or '<root>'}'"
         if not isinstance(value, torch.Tensor):
-            raise TypeError(f"{type(self).__name__}.{name} takes a tensor, got {type(value).__name__}")
+            raise TypeError(f"{where} takes a tensor, got {type(value).__name__}")
         if value.shape != slot.shape:
-            raise ValueError(
-                f"{type(self).__name__}.{name} has shape {tuple(slot.shape)}, cannot assign a tensor of shape "
-                f"{tuple(value.shape)}"
-            )
+            raise ValueError(f"{where} has shape {tuple(slot.shape)}, cannot assign one of shape {tuple(value.shape)}")
+        if _kind(value) != _kind(slot.tensor):
+            raise TypeError(f"{where} holds {slot.tensor.dtype}, cannot assign a tensor of dtype {value.dtype}")
         slot.assign(value)
 
     def __delattr__(self, name: str) -> None:
@@ -200,13 +200,19 @@ def _converted(tensor: torch.Tensor, fn) -> torch.Tensor:
     return new
 
 
-def _sibling_maker() -> Callable[[nn.Module], nn.Module]:
-    """``module ->`` its mutable sibling (children included), one per module and one slot per parameter."""
+def _kind(tensor: torch.Tensor) -> tuple[bool, bool]:
+    """(floating, complex): a parameter takes tensors of its own kind of dtype, any width."""
+    return tensor.is_floating_point(), tensor.is_complex()
+
+
+def _sibling_maker() -> Callable[[nn.Module, str], nn.Module]:
+    """``(module, path) ->`` its mutable sibling (children included), one per module and one slot per parameter."""
     slot_of = once_per_object(_Slot)
 
-    def mutable_sibling(module: nn.Module) -> nn.Module:
-        children = {n: None if c is None else once(c) for n, c in module._modules.items()}
+    def mutable_sibling(module: nn.Module, path: str) -> nn.Module:
+        children = {n: None if c is None else once(c, f"{path}.{n}" if path else n) for n, c in module._modules.items()}
         clone = sibling(module, cls=derived_class(_Mutable, type(module)), children=children)
+        clone.__dict__["_path"] = path  # named in assignment errors (the first path of a shared module)
         clone.__dict__["_order"] = tuple(module._parameters)
         clone.__dict__["_slots"] = {}
         for name, parameter in module._parameters.items():
@@ -253,8 +259,10 @@ def mutable(model: nn.Module) -> nn.Module:
 
     Raises:
         TypeError: ``model`` not a ``torch.nn.Module``; on assignment, a value that is not a
-            tensor; ``del m.weight`` (assign another tensor instead).
-        ValueError: on assignment, a tensor whose shape differs from the parameter's.
+            tensor, or a tensor of another kind of dtype (an integer tensor for a floating
+            parameter), naming the module's path; ``del m.weight`` (assign another tensor instead).
+        ValueError: on assignment, a tensor whose shape differs from the parameter's (naming the
+            module's path).
 
     Example:
         >>> import torch, modify
@@ -272,7 +280,7 @@ def mutable(model: nn.Module) -> nn.Module:
     def pre(path: str, module: nn.Module) -> nn.Module | None:
         if isinstance(module, Combinator) or (isinstance(module, _Mutable) and _all_mutable(module)):
             return None if isinstance(module, Combinator) else module
-        return mutable_sibling(module)
+        return mutable_sibling(module, path)
 
     return rebuild(model, pre)
 

@@ -302,8 +302,10 @@ def test_where_takes_one_criterion_or_a_tuple():
 
 @pytest.mark.parametrize("alpha", [float("nan"), float("inf"), -float("inf")])
 def test_alpha_not_finite_is_a_value_error(alpha):
-    with pytest.raises(ValueError, match="alpha must be a finite number"):
+    with pytest.raises(ValueError, match=rf"^lora: alpha must be a finite number, got {alpha}$"):
         modify.lora(make_base(), rank=2, alpha=alpha)
+    with pytest.raises(ValueError, match=rf"^LoRA: alpha must be a finite number, got {alpha}$"):
+        modify.LoRA(modify.Linear(4, 4), rank=2, alpha=alpha)
 
 
 def test_no_match_is_a_value_error():
