@@ -5,7 +5,7 @@ from __future__ import annotations
 import einops
 import torch
 
-from .._core.checks import expect_tensor, typechecked
+from .._core.checks import expect_tensor, is_compiling, typechecked
 from .._core.module import Leaf
 from .rearrange_plan import RearrangePlan
 from ..traits import Linear, ParamFree, Restructure, Unary
@@ -194,7 +194,7 @@ class Rearrange(Leaf, Unary, ParamFree, Linear, Restructure):
 
     def forward(self, x):
         x = expect_tensor(self, x)
-        if torch.compiler.is_compiling():
+        if is_compiling():
             return einops.rearrange(x, self.pattern, **self.axes_lengths)
         return self._plan(x)
 
