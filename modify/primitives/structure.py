@@ -111,7 +111,7 @@ class Positions(Leaf, Unary, ParamFree, Linear):
 
     def forward(self, x):
         x = expect_tensor(self, x)
-        if (x.dim() == 0 or (self.limit is not None and x.shape[-1] > self.limit)) and checks_enabled():
+        if checks_enabled() and (x.dim() == 0 or (self.limit is not None and x.shape[-1] > self.limit)):
             raise ModifyValueError(self, f"expected (*, T) with T <= {self.limit}, got {describe(x)}")
         return torch.arange(x.shape[-1], device=x.device).expand(x.shape)
 
