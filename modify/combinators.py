@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import final
 
-import torch
 from torch import nn
 
 from ._core.checks import check_child_name, checks_enabled, expect_tuple, is_compiling, typechecked
