@@ -9,10 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import final
 
-import torch
 from torch import nn
 
-from ._core.checks import check_child_name, checks_enabled, expect_tuple, typechecked
+from ._core.checks import check_child_name, checks_enabled, expect_tuple, is_compiling, typechecked
 from ._core.errors import annotate
 from ._core.inference import combine_parallel, combine_sequence, traits_of
 from ._core.module import ModifyModule
@@ -161,12 +160,13 @@ class Sequential(Combinator):
 
     @final
     def forward(self, x):
-        if torch.compiler.is_compiling():
-            for module in self._modules.values():
+        modules = self._modules
+        if is_compiling():
+            for module in modules.values():
                 x = module(x)
             return x
-        if len(self._modules) == 2:  # a norm and its affine: one call, one autograd node (norm_pair.py)
-            (name, norm), (_, affine) = self._modules.items()
+        if len(modules) == 2:  # a norm and its affine: one call, one autograd node (norm_pair.py)
+            (name, norm), (_, affine) = modules.items()
             if fusable(norm, affine):
                 try:
                     y = norm_affine(norm, affine, x)
@@ -175,7 +175,7 @@ class Sequential(Combinator):
                     raise
                 if y is not None:
                     return y
-        for name, module in self._modules.items():
+        for name, module in modules.items():
             try:
                 x = module(x)
             except Exception as error:
@@ -220,12 +220,13 @@ class Parallel(Combinator):
 
     @final
     def forward(self, x):
-        if torch.compiler.is_compiling():
-            return tuple(m(v) for m, v in zip(self._modules.values(), x))
-        if checks_enabled():
+        modules = self._modules
+        if is_compiling():
+            return tuple(m(v) for m, v in zip(modules.values(), x))
+        if (not isinstance(x, tuple) or len(x) != len(modules)) and checks_enabled():
             self._check(x)
         out = []
-        for (name, module), value in zip(self._modules.items(), x, strict=True):
+        for (name, module), value in zip(modules.items(), x, strict=True):
             try:
                 out.append(module(value))
             except Exception as error:

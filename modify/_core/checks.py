@@ -27,6 +27,10 @@ _enabled: contextvars.ContextVar[bool] = contextvars.ContextVar("modify_checks",
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+# Bound once: dynamo recognises the function object itself (it folds to True while tracing), and a
+# module-level name saves two attribute lookups on every call of the hot path.
+is_compiling = torch.compiler.is_compiling
+
 
 class _Restore:
     """Context manager returned by :func:`set_checks`: restores the previous flag on exit."""
@@ -91,7 +95,7 @@ def checks_enabled() -> bool:
         >>> modify.checks_enabled()
         True
     """
-    return not torch.compiler.is_compiling() and _enabled.get()
+    return not is_compiling() and _enabled.get()
 
 
 def expect_tensor(module: torch.nn.Module, x: object) -> torch.Tensor:
@@ -117,7 +121,7 @@ def expect_tuple(
         ModifyTypeError: (a ``TypeError``) if ``x`` is not a tuple.
         ModifyValueError: (a ``ValueError``) if its length differs.
     """
-    if checks_enabled():
+    if (not isinstance(x, tuple) or (length is not None and len(x) != length)) and checks_enabled():
         if not isinstance(x, tuple):
             want = f"a tuple of {count(length, 'value')}" if length is not None else "a tuple"
             raise ModifyTypeError(module, f"expected {want}, got {describe(x)}")
@@ -131,9 +135,9 @@ def expect_tuple(
 def expect_tensors(module: torch.nn.Module, x: object, length: int) -> tuple:
     """Like :func:`expect_tuple`, and every element must be a tensor."""
     values = expect_tuple(module, x, length)
-    if checks_enabled():
+    if isinstance(values, tuple):  # not a tuple only with checks off
         for i, v in enumerate(values):
-            if not isinstance(v, torch.Tensor):
+            if not isinstance(v, torch.Tensor) and checks_enabled():
                 raise ModifyTypeError(module, f"expected tensors, element {i} of {describe(x)} is not")
     return values
 
@@ -150,7 +154,7 @@ def expect_value(module: torch.nn.Module, x: object) -> object:
     Raises:
         ModifyTypeError: (a ``TypeError``) naming what arrived (``None``, a list, a dict, ...).
     """
-    if checks_enabled() and not _is_value(x):
+    if not isinstance(x, torch.Tensor) and checks_enabled() and not _is_value(x):
         raise ModifyTypeError(module, f"expected a tensor or a tuple of them, got {describe(x)}")
     return x
 
@@ -187,7 +191,7 @@ def expect_trailing(module: torch.nn.Module, x: object, shape: tuple[int, ...]) 
         ModifyTypeError: not a tensor. ModifyValueError: other trailing axes (never broadcast).
     """
     x = expect_tensor(module, x)
-    if checks_enabled() and x.shape[x.dim() - len(shape) :] != shape:
+    if isinstance(x, torch.Tensor) and x.shape[x.dim() - len(shape) :] != shape and checks_enabled():
         raise ModifyValueError(module, f"expected trailing shape {shape}, got {describe(x)}")
     return x
 

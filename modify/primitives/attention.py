@@ -54,7 +54,7 @@ class ScaledDotProductAttention(Leaf, Ternary, ParamFree, NonLinear, Matrix):
 
     def forward(self, x):
         q, k, v = expect_tensors(self, x, 3)
-        if checks_enabled() and not (q.dim() == k.dim() == v.dim() >= 2 and k.shape[-2] == v.shape[-2]):
+        if not (q.dim() == k.dim() == v.dim() >= 2 and k.shape[-2] == v.shape[-2]) and checks_enabled():
             raise ModifyValueError(
                 self, f"expected q (*, H, L, E), k (*, H_kv, S, E), v (*, H_kv, S, E_v) of one rank, got {describe(x)}"
             )

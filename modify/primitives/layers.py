@@ -344,7 +344,7 @@ class Embedding(Leaf, Unary, Param, NonLinear):
 
     def forward(self, x):
         x = expect_tensor(self, x)
-        if checks_enabled() and (x.is_floating_point() or x.is_complex()):
+        if isinstance(x, torch.Tensor) and (x.is_floating_point() or x.is_complex()) and checks_enabled():
             raise ModifyTypeError(self, f"expected integer indices, got {describe(x)}")
         return F.embedding(x, self.weight, self.padding_idx)
 

@@ -3,8 +3,10 @@
 ``einops.rearrange`` parses its pattern (cached) and rebuilds the reshapes from the input's shape
 on every call, which costs more than the view ops themselves on small tensors. The plan here does
 that work once per shape, with einops' own parser, then runs the same three torch ops einops runs
-(each skipped where einops skips it). Patterns with an ellipsis, and any input that does not fit
-the pattern, go to ``einops.rearrange`` itself, so its errors are unchanged.
+(each skipped where einops skips it); an unbracketed ellipsis (``"... (a b) -> ... a b"``, as
+``modify.convert`` writes ``view``) stands for the leading axes the shape leaves over. Patterns with
+a bracketed ellipsis, and any input that does not fit the pattern, go to ``einops.rearrange``
+itself, so its errors are unchanged.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import einops
 import torch
 from einops.parsing import ParsedExpression
 
+_ELLIPSIS = "…"  # how einops' parser writes "..." (unbracketed) in a composition
+
 Plan = tuple[list[int] | None, list[int] | None, list[int] | None]
 
 
@@ -24,18 +28,20 @@ class RearrangePlan:
     def __init__(self, pattern: str, axes_lengths: dict[str, int]):
         self.pattern, self.axes_lengths = pattern, axes_lengths
         self.plans: dict[torch.Size, Plan] = {}
-        self.left = self.right = None
+        self.left = self.right = self.rank = None  # rank: the input's, where the plan knows it
         left, arrow, right = pattern.partition("->")
         try:
             parsed = ParsedExpression(left), ParsedExpression(right)
         except einops.EinopsError:
             return  # einops.rearrange raises its own error at the first call
-        if arrow and not any(p.has_ellipsis for p in parsed):
-            names = [axis for group in parsed[0].composition for axis in group]
-            out = [axis for group in parsed[1].composition for axis in group]
+        plain = not any(p.has_ellipsis_parenthesized for p in parsed) and parsed[0].has_ellipsis == parsed[1].has_ellipsis
+        if arrow and plain:
+            names = [axis for group in parsed[0].composition if group != _ELLIPSIS for axis in group]
+            out = [axis for group in parsed[1].composition if group != _ELLIPSIS for axis in group]
             if sorted(names) == sorted(out) == sorted(set(names)) and set(axes_lengths) <= set(names):
                 self.left, self.right = parsed[0].composition, parsed[1].composition
-        self.rank = None if self.left is None else len(self.left)  # the input's, where the plan knows it
+        if self.left is not None and _ELLIPSIS not in self.left:
+            self.rank = len(self.left)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         plan = self.plans.get(x.shape)
@@ -53,25 +59,39 @@ class RearrangePlan:
         return x if final is None else x.reshape(final)
 
     def _plan(self, shape: torch.Size) -> Plan | None:
-        if self.left is None or len(shape) != len(self.left):
+        if self.left is None:
+            return None
+        spread = len(shape) - len(self.left) + 1  # axes that "..." stands for, when the pattern has it
+        left, right = _expand(self.left, spread), _expand(self.right, spread)
+        if left is None or right is None or len(shape) != len(left):
             return None
         lengths = dict(self.axes_lengths)
-        for group, size in zip(self.left, shape):
+        for group, size in zip(left, shape):
             unknown = [axis for axis in group if axis not in lengths]
             known = math.prod(lengths[axis] for axis in group if axis in lengths)
             if len(unknown) > 1 or (not unknown and known != size) or (unknown and (known == 0 or size % known)):
                 return None
             if unknown:
                 lengths[unknown[0]] = size // known
-        elementary = [axis for group in self.left for axis in group]
-        permutation = [elementary.index(axis) for group in self.right for axis in group]
+        elementary = [axis for group in left for axis in group]
+        permutation = [elementary.index(axis) for group in right for axis in group]
         init = [lengths[axis] for axis in elementary]
-        final = [math.prod(lengths[axis] for axis in group) for group in self.right]
+        final = [math.prod(lengths[axis] for axis in group) for group in right]
         return (
-            None if all(len(group) == 1 for group in self.left) else init,
+            None if all(len(group) == 1 for group in left) else init,
             None if permutation == sorted(permutation) else permutation,
-            None if all(len(group) == 1 for group in self.right) else final,
+            None if all(len(group) == 1 for group in right) else final,
         )
+
+
+def _expand(composition: list, spread: int) -> list[list[str]] | None:
+    """``composition`` with einops' ellipsis marker replaced by ``spread`` one-axis groups (``None`` if negative)."""
+    if _ELLIPSIS not in composition:
+        return composition
+    if spread < 0:
+        return None
+    at = composition.index(_ELLIPSIS)
+    return [*composition[:at], *([f"{_ELLIPSIS}{i}"] for i in range(spread)), *composition[at + 1 :]]
 
 
 def check_pattern(pattern: str, axes_lengths: dict[str, int]) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import einops
 import torch
 
-from .._core.checks import typechecked
+from .._core.checks import is_compiling, typechecked
 from .._core.shape_checks import expect_dims, expect_numel, expect_rank
 from .._core.module import Leaf
 from .rearrange_plan import RearrangePlan, check_pattern
@@ -203,7 +203,7 @@ class Rearrange(Leaf, Unary, ParamFree, Linear, Restructure):
 
     def forward(self, x):
         x = expect_rank(self, x, self._plan.rank)
-        if torch.compiler.is_compiling():
+        if is_compiling():
             return einops.rearrange(x, self.pattern, **self.axes_lengths)
         return self._plan(x)
 

@@ -67,7 +67,9 @@ class Copy(Leaf, Unary, ParamFree, Linear, Restructure):
         self.n = n
 
     def forward(self, x):
-        return (expect_value(self, x),) * self.n
+        if not isinstance(x, torch.Tensor):  # a tuple: checked whole (a tensor needs no check)
+            x = expect_value(self, x)
+        return (x,) * self.n
 
     def extra_repr(self) -> str:
         return f"n={self.n}"
