@@ -11,6 +11,18 @@ from ..traits import Linear, NonLinear, ParamFree, Reduction, Unary
 
 
 class _Reduce(Leaf):
+    """Base of the reductions: ``torch.<op>(x, dim, keepdim)`` over ``dim`` (``None``: every dimension).
+
+    Args:
+        dim: a dimension, a tuple of them, or ``None`` for all (default).
+        keepdim: keep the reduced dimensions with size 1 (default ``False``).
+
+    Raises:
+        TypeError: ``dim`` not an int, a tuple of ints or ``None``; ``keepdim`` not a bool.
+        ModifyTypeError: the input is not a tensor.
+        ModifyValueError: an input without an axis in ``dim``.
+    """
+
     @typechecked
     def __init__(self, dim: int | tuple[int, ...] | None = None, keepdim: bool = False):
         super().__init__()
@@ -28,18 +40,9 @@ class Sum(_Reduce, Unary, ParamFree, Linear, Reduction):
 
     As ``torch.sum``.
 
-    Args:
-        dim: a dimension, a tuple of them, or ``None`` for all (default).
-        keepdim: keep the reduced dimensions with size 1 (default ``False``).
-
     Shape:
         ``(*)`` -> the input's shape without the dimensions in ``dim`` (size 1 with ``keepdim``),
         e.g. ``Sum(dim=1)``: ``(B, T, C) -> (B, C)``; with ``dim=None``: ``(*) -> ()``.
-
-    Raises:
-        TypeError: ``dim`` not an int, a tuple of ints or ``None``; ``keepdim`` not a bool.
-        ModifyTypeError: the input is not a tensor.
-        ModifyValueError: an input without an axis in ``dim``.
 
     Example:
         >>> import torch, modify
@@ -57,19 +60,10 @@ class Mean(_Reduce, Unary, ParamFree, Linear, Reduction):
 
     As ``torch.mean``; the input must be floating point (or complex), as for ``torch.mean``.
 
-    Args:
-        dim: a dimension, a tuple of them, or ``None`` for all (default).
-        keepdim: keep the reduced dimensions with size 1 (default ``False``).
-
     Shape:
         ``(*)`` -> the input's shape without the dimensions in ``dim`` (size 1 with ``keepdim``),
         e.g. ``Mean(dim=1)``: ``(B, T, C) -> (B, C)`` (mean over the sequence); with ``dim=None``:
         ``(*) -> ()``.
-
-    Raises:
-        TypeError: ``dim`` not an int, a tuple of ints or ``None``; ``keepdim`` not a bool.
-        ModifyTypeError: the input is not a tensor.
-        ModifyValueError: an input without an axis in ``dim``.
 
     Example:
         >>> import torch, modify
@@ -88,19 +82,10 @@ class Max(_Reduce, Unary, ParamFree, NonLinear, Reduction):
     As ``torch.amax``; ``dim=None`` takes the maximum over everything. Gradients go to the
     maximal elements, split evenly among ties (``torch.amax``'s rule).
 
-    Args:
-        dim: a dimension, a tuple of them, or ``None`` for all (default).
-        keepdim: keep the reduced dimensions with size 1 (default ``False``).
-
     Shape:
         ``(*)`` -> the input's shape without the dimensions in ``dim`` (size 1 with ``keepdim``),
         e.g. ``Max(dim=1)``: ``(B, T, C) -> (B, C)`` (max-pooling over the sequence); with
         ``dim=None``: ``(*) -> ()``.
-
-    Raises:
-        TypeError: ``dim`` not an int, a tuple of ints or ``None``; ``keepdim`` not a bool.
-        ModifyTypeError: the input is not a tensor.
-        ModifyValueError: an input without an axis in ``dim``.
 
     Example:
         >>> import torch, modify
