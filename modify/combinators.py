@@ -11,7 +11,8 @@ from typing import final
 
 from torch import nn
 
-from ._core.checks import check_child_name, checks_enabled, expect_tuple, is_compiling, typechecked
+from ._core.arguments import check_child_name, typechecked
+from ._core.checks import checks_enabled, expect_tuple, is_compiling
 from ._core.errors import annotate
 from ._core.inference import combine_parallel, combine_sequence, traits_of
 from ._core.module import ModifyModule

@@ -1,31 +1,23 @@
-"""Runtime checks: O(1) value checks on the hot path, type checks on the public API.
+"""Runtime checks of the values a module gets at call: the per-thread flag and every ``expect_*``.
 
-Value checks are plain ``isinstance``/``len`` tests (typeguard's ``check_type`` costs ~19 µs a
-call, too much per module call). They are skipped while ``torch.compile`` traces, so compiled
-graphs contain none of them. Public constructors and rewriters check their arguments against
-their annotations with typeguard.
+Value checks are plain ``isinstance``/``len``/shape tests, O(1) for a fixed module
+(``expect_joinable``: O(number of tensors)); typeguard's ``check_type`` costs ~19 µs a call, too
+much per module call. They run only while :func:`checks_enabled`, so compiled graphs contain none
+of them, and raise naming the module's path and what arrived. Constructor and rewriter arguments
+are checked in :mod:`modify._core.arguments`.
 """
 
 from __future__ import annotations
 
-import collections.abc
 import contextvars
-import functools
-import inspect
 import math
-import types
-import typing
-from typing import Any, Callable, TypeVar
 
 import torch
-from typeguard import TypeCheckError, check_type
 
 from .errors import ModifyTypeError, ModifyValueError, count, describe
 
 # The flag of the calling thread (or asyncio task): a new thread starts with checks on.
 _enabled: contextvars.ContextVar[bool] = contextvars.ContextVar("modify_checks", default=True)
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 # Bound once: dynamo recognises the function object itself (it folds to True while tracing), and a
 # module-level name saves two attribute lookups on every call of the hot path.
@@ -219,205 +211,85 @@ def expect_floating(module: torch.nn.Module, x: object) -> torch.Tensor:
         raise ModifyTypeError(module, f"expected a floating-point tensor, got {describe(x)}")
     return x
 
+def expect_dims(module: torch.nn.Module, x: object, *dims: int | tuple[int, ...] | None) -> torch.Tensor:
+    """Check that ``module`` got a tensor that has every axis in ``dims`` (negative from the end); return it.
 
-def check_sizes(owner: str, **sizes: int) -> None:
-    """Raise ``ValueError`` naming ``owner`` and the first of ``sizes`` that is not positive."""
-    for name, value in sizes.items():
-        if value < 1:
-            raise ValueError(f"{owner}: {name} must be at least 1, got {value}")
-
-
-def check_finite(owner: str, *, positive: bool = False, **values: float | None) -> None:
-    """Raise ``ValueError`` naming ``owner`` and the first of ``values`` not finite (and ``> 0`` when ``positive``).
-
-    ``None`` passes (the argument's default); booleans and other non-numbers are for typeguard.
-    """
-    for name, value in values.items():
-        if value is not None and not (math.isfinite(value) and (value > 0 or not positive)):
-            raise ValueError(f"{owner}: {name} must be {'positive and ' if positive else ''}finite, got {value}")
-
-
-def check_floating_dtype(owner: str, dtype: torch.dtype | None) -> None:
-    """Raise ``TypeError`` naming ``owner`` unless ``dtype`` is ``None`` or a floating-point dtype."""
-    if dtype is not None and not dtype.is_floating_point:
-        raise TypeError(f"{owner}: dtype must be a floating-point dtype, got {dtype}")
-
-
-def check_child_name(parent: torch.nn.Module, name: object) -> None:
-    """Raise if ``name`` cannot name a new child of the combinator ``parent``.
-
-    A child name is a non-empty ``str`` without ``"."`` (paths are dotted) that is not already an
-    attribute of ``parent`` (``"training"``, ``"forward"``, ``"state_dict"``, ...).
+    Each of ``dims`` is an axis, a tuple of axes or ``None`` (none); O(1) for a fixed module.
 
     Raises:
-        TypeError: a name that is not a ``str``. ValueError: an empty, dotted or reserved name.
+        ModifyTypeError: not a tensor. ModifyValueError: an axis the tensor does not have.
     """
-    owner = type(parent).__name__
-    if not isinstance(name, str):
-        raise TypeError(f"{owner}: child names are str, got {type(name).__name__} {name!r}")
-    if not name or "." in name or (hasattr(parent, name) and name not in parent._modules):
-        why = "empty" if not name else "dotted" if "." in name else f"an attribute of {owner}"
-        raise ValueError(f"{owner}: child name {name!r} is {why}; use a plain identifier such as 'attn'")
+    x = expect_tensor(module, x)
+    if checks_enabled():
+        rank = max(x.dim(), 1)  # torch lets a 0-d tensor take dim 0 or -1
+        for dim in dims:
+            for axis in dim if isinstance(dim, tuple) else () if dim is None else (dim,):
+                if not -rank <= axis < rank:
+                    raise ModifyValueError(module, f"has no axis {axis} in {describe(x)}")
+    return x
 
 
-def refuse_bool(value: Any, hint: Any) -> None:
-    """Raise ``TypeCheckError`` for a ``bool`` where ``hint`` asks for a number.
+def expect_rank(module: torch.nn.Module, x: object, rank: int | None) -> torch.Tensor:
+    """Check that ``module`` got a tensor of ``rank`` dimensions (any, for ``None``); return it.
 
-    ``bool`` subclasses ``int``, but ``Copy(True)`` or ``n_layer=True`` is a mistake.
+    Raises:
+        ModifyTypeError: not a tensor. ModifyValueError: another number of dimensions.
     """
-    if isinstance(value, bool) and not _admits_bool(hint):
-        raise TypeCheckError("is a bool, not a number")
+    x = expect_tensor(module, x)
+    if checks_enabled() and rank is not None and x.dim() != rank:
+        raise ModifyValueError(module, f"expected a {rank}-d tensor, got {describe(x)}")
+    return x
 
 
-_SIMPLE = {int: (int,), float: (int, float), bool: (bool,), str: (str,)}
+def expect_joinable(module: torch.nn.Module, x: object, dim: int, stack: bool) -> tuple:
+    """Check that ``module`` got a non-empty tuple of tensors ``torch.cat`` (or ``stack``) joins at ``dim``.
 
+    For ``torch.cat``: one rank, equal sizes except at ``dim``; for ``torch.stack``: one shape.
+    O(number of tensors).
 
-def _admits_bool(hint: Any) -> bool:
-    """Whether ``hint`` names ``bool`` (or anything) itself; ``int``/``float`` do not count."""
-    if hint in (bool, object, Any):
-        return True
-    return any(_admits_bool(arg) for arg in typing.get_args(hint)) if _is_union(hint) else False
-
-
-def _is_union(hint: Any) -> bool:
-    return typing.get_origin(hint) in (typing.Union, types.UnionType)
-
-
-def _plain_types(hint: Any) -> tuple[type, ...] | None:
-    """The classes an annotation made only of plain classes (and unions of them) admits, else ``None``."""
-    if _is_union(hint):
-        parts = [_plain_types(arg) for arg in typing.get_args(hint)]
-        return None if any(p is None for p in parts) else tuple(t for p in parts for t in p)
-    if hint is None or hint is type(None):
-        return (type(None),)
-    if typing.get_origin(hint) is collections.abc.Callable or hint is collections.abc.Callable:
-        return (collections.abc.Callable,)  # callable(value); its signature is not inspected
-    if isinstance(hint, type) and typing.get_origin(hint) is None and hint not in (object, Any) and _instance_checkable(hint):
-        return _SIMPLE.get(hint, (hint,))
-    return None
-
-
-def _instance_checkable(cls: type) -> bool:
-    """Whether ``isinstance(value, cls)`` works (not for typing's special forms or static protocols)."""
-    try:
-        isinstance(None, cls)
-    except TypeError:
-        return False
-    return True
-
-
-def _name(cls: type) -> str:
-    """How an error names what was expected: ``int``, ``None``, ``Callable``."""
-    return {collections.abc.Callable: "Callable", type(None): "None"}.get(cls, cls.__name__)
-
-
-def _checker(hint: Any) -> Callable[[Any], None]:
-    """A checker for one annotation: ``isinstance`` for plain classes and unions of them, typeguard otherwise.
-
-    A ``bool`` is refused where the annotation asks for a number (``Copy(True)`` is a mistake,
-    although ``bool`` subclasses ``int``).
+    Raises:
+        ModifyTypeError: not a tuple of tensors. ModifyValueError: empty, or shapes that do not join.
     """
-    simple = _plain_types(hint)
-    no_bool = not _admits_bool(hint)
+    values = expect_tuple(module, x)
+    if checks_enabled():
+        if not values or not all(isinstance(v, torch.Tensor) for v in values):
+            raise ModifyTypeError(module, f"expected a non-empty tuple of tensors, got {describe(x)}")
+        if not stack and any(v.shape == (0,) for v in values):
+            return values  # torch.cat skips 1-d empty tensors whatever the others' shapes
+        first = values[0].shape
+        rank = max(len(first) + stack, 1)
+        if not -rank <= dim < rank:
+            raise ModifyValueError(module, f"has no axis {dim} to join {describe(x)} at")
+        axis = None if stack else dim % rank
+        for v in values[1:]:
+            if v.dim() != len(first) or any(a != b for i, (a, b) in enumerate(zip(v.shape, first)) if i != axis):
+                joined = "stack tensors of one shape" if stack else f"join tensors equal in all axes but {dim}"
+                raise ModifyValueError(module, f"can only {joined}, got {describe(x)}")
+    return values
 
-    def check(value: Any) -> None:
-        if no_bool and isinstance(value, bool):
-            raise TypeCheckError("is a bool, not a number")
-        if simple is None:
-            check_type(value, hint)
-        elif not isinstance(value, simple):
-            raise TypeCheckError(f"is not an instance of {' or '.join(map(_name, simple))}")
 
-    return check
+def expect_matmul(module: torch.nn.Module, x: object) -> tuple:
+    """Check that ``module`` got ``(a, b)`` whose inner sizes agree for ``torch.matmul``; return it.
 
-
-def typechecked(fn: F) -> F:
-    """Decorate a public function or constructor to check its arguments with typeguard.
-
-    The annotations are resolved on the first call. A mismatch raises ``TypeError`` naming the
-    function, the argument and what arrived. ``modify.set_checks(False)`` skips the checks.
+    Raises:
+        ModifyTypeError: not a pair of tensors. ModifyValueError: 0-d operands or inner sizes that differ.
     """
-    signature = inspect.signature(fn)
-    bind = _binder(signature)
-    checkers: dict[str, tuple[inspect._ParameterKind, Callable[[Any], None]]] = {}
-    resolved = False
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        nonlocal resolved
-        if _enabled.get():
-            if not resolved:
-                hints = typing.get_type_hints(fn)
-                for name, param in signature.parameters.items():
-                    if name in hints and name != "return":
-                        checkers[name] = (param.kind, _checker(hints[name]))
-                resolved = True
-            _check_arguments(fn, signature, checkers, bind(fn, args, kwargs), args)
-        return fn(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
+    a, b = expect_tensors(module, x, 2)
+    if checks_enabled() and (a.dim() == 0 or b.dim() == 0 or a.shape[-1] != b.shape[0 if b.dim() == 1 else -2]):
+        raise ModifyValueError(module, f"cannot multiply {describe(x)}: a's last axis must be b's second-to-last")
+    return a, b
 
 
-def _binder(signature: inspect.Signature) -> Callable[[Callable, tuple, dict], dict[str, Any]]:
-    """``(fn, args, kwargs) -> signature.bind(*args, **kwargs).arguments``, cheap in the common case.
+def expect_numel(module: torch.nn.Module, x: object, shape: tuple[int, ...]) -> torch.Tensor:
+    """Check that ``module`` got a tensor ``reshape(shape)`` accepts (at most one ``-1`` in ``shape``); return it.
 
-    The common case is a signature of plain and keyword-only parameters called with no more
-    positional arguments than it has and keywords it names, each once, every required one given;
-    anything else goes through ``bind``, whose errors name the callable (``Linear() missing a
-    required argument: 'out_features'``).
+    Raises:
+        ModifyTypeError: not a tensor. ModifyValueError: a number of elements ``shape`` cannot hold.
     """
-    kinds = [p.kind for p in signature.parameters.values()]
-    names = frozenset(signature.parameters)
-    positional = tuple(signature.parameters)[: kinds.count(inspect.Parameter.POSITIONAL_OR_KEYWORD)]
-    required = frozenset(n for n, p in signature.parameters.items() if p.default is inspect.Parameter.empty)
-    simple = {inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY}
-    plain = kinds == sorted(kinds) and set(kinds) <= simple
-
-    def bind(fn: Callable, args: tuple, kwargs: dict) -> dict[str, Any]:
-        if plain and len(args) <= len(positional):
-            given = positional[: len(args)]
-            if kwargs.keys() <= names - set(given) and required <= kwargs.keys() | set(given):
-                arguments = dict(zip(positional, args))
-                arguments.update(kwargs)
-                return arguments
-        try:
-            return signature.bind(*args, **kwargs).arguments
-        except TypeError as error:
-            raise TypeError(f"{_callable_name(fn, signature, args)}() {error}") from None
-
-    return bind
-
-
-def _callable_name(fn: Callable, signature: inspect.Signature, args: tuple) -> str:
-    """``Conv2d`` for a constructor (the class called, not a private base), ``Class.method``, ``function``."""
-    name = fn.__qualname__.removesuffix(".__init__")
-    if args and next(iter(signature.parameters), None) in ("self", "cls"):
-        owner = args[0] if isinstance(args[0], type) else type(args[0])
-        name = owner.__name__ if fn.__name__ == "__init__" else f"{owner.__name__}.{fn.__name__}"
-    return name
-
-
-def _check_arguments(fn: Callable, signature: inspect.Signature, checkers: dict, arguments: dict, args: tuple) -> None:
-    for arg, value in arguments.items():
-        entry = checkers.get(arg)
-        if entry is None:
-            continue
-        kind, check = entry
-        if kind is inspect.Parameter.VAR_POSITIONAL:
-            items = list(enumerate(value))
-        elif kind is inspect.Parameter.VAR_KEYWORD:
-            items = list(value.items())
-        else:
-            items = [(None, value)]
-        for key, item in items:
-            try:
-                check(item)
-            except TypeCheckError as error:
-                where = arg if key is None else f"{arg}[{key!r}]"
-                name = _callable_name(fn, signature, args)
-                raise TypeError(f"{name}: argument '{where}' got {_brief(item)}, which {error}") from None
-
-
-def _brief(value: Any) -> str:
-    text = repr(value)
-    return f"{type(value).__name__} {text[:60]}"
+    x = expect_tensor(module, x)
+    if checks_enabled():
+        known = math.prod(size for size in shape if size != -1)
+        fits = x.numel() == known if -1 not in shape else (x.numel() % known == 0 if known else x.numel() == 0)
+        if not fits:
+            raise ModifyValueError(module, f"cannot reshape {describe(x)} ({x.numel()} elements) to {shape}")
+    return x

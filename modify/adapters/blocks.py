@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._core.checks import expect_tensor, typechecked
+from .._core.arguments import typechecked
+from .._core.checks import expect_tensor
 from .._core.module import Leaf
 from ..combinators import Parallel, Sequential
 from ..primitives.activations import Dropout

@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .._core.checks import typechecked
+from .._core.arguments import typechecked
 from ..models import gpt, llama
 from ..models._checkpoint import CheckpointError, KeyFormat
 from ..models._pretrained import output_folder

@@ -12,7 +12,7 @@ from typing import Union
 import torch
 from torch import nn
 
-from .._core.checks import typechecked
+from .._core.arguments import typechecked
 from ..combinators import Combinator
 from ..primitives.layers import Linear
 from .._core.identity import unique

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .._core.checks import typechecked
+from .._core.arguments import typechecked
 from .._core.module import ModifyModule
 from .._core.opaque import wrap
 from .layers import convert_layer, known_layer

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .._core.checks import typechecked
+from .._core.arguments import typechecked
 from .._core.identity import group_by_identity, once_per_object
 from .._core.sibling import sibling
 from ..combinators import Combinator

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from .._core.checks import typechecked
+from .._core.arguments import typechecked
 from ..combinators import Sequential
 from ..primitives.activations import ReLU
 from ..primitives.layers import Linear

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._core.checks import expect_tensor, expect_tensors, typechecked
+from .._core.arguments import typechecked
+from .._core.checks import expect_tensor, expect_tensors
 from .._core.errors import ModifyValueError, describe
 from .._core.module import Leaf
 from ..primitives import Positions, RotaryEmbedding, ScaledDotProductAttention

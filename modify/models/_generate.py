@@ -8,7 +8,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from .._core.checks import typechecked
+from .._core.arguments import typechecked
 from ..rewriting.selection import select
 from ._cache import LastPosition, kv_cache, reset_cache
 from .gpt import GPT

@@ -7,7 +7,7 @@ import typing
 
 from typeguard import CollectionCheckStrategy, TypeCheckError, check_type
 
-from .._core.checks import refuse_bool
+from .._core.arguments import refuse_bool
 from ..combinators import Sequential
 from ..primitives import BatchNorm2d, ElementwiseAffine, LayerNorm, RMSNorm
 

@@ -12,7 +12,7 @@ from huggingface_hub import save_torch_state_dict
 from huggingface_hub.serialization._base import parse_size_to_int
 from torch import nn
 
-from .._core.checks import typechecked
+from .._core.arguments import typechecked
 from .._core.identity import group_by_identity
 from ._checkpoint import Device, DType, Family, KeyFormat, load_pretrained
 from ._files import Source

@@ -10,7 +10,7 @@ import functools
 
 from torch import nn
 
-from .._core.checks import typechecked
+from .._core.arguments import typechecked
 from ..combinators import Parallel, Sequential
 from ..primitives import Add, Conv2d, Copy, Identity, ReLU
 from ._layers import batch_norm

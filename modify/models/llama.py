@@ -13,7 +13,7 @@ from typing import Any
 from torch import nn
 from torch.distributions import Normal
 
-from .._core.checks import typechecked
+from .._core.arguments import typechecked
 from ..combinators import Parallel, Residual, Sequential
 from ..primitives import (
     Copy,

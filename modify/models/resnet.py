@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .._core.checks import typechecked
+from .._core.arguments import typechecked
 from ..combinators import Sequential
 from ..primitives import AdaptiveAvgPool2d, Flatten, Linear, MaxPool2d, ReLU
 from ._checkpoint import Family, KeyFormat, hf_value, load_pretrained, require

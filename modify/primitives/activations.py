@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .._core.checks import expect_tensor, typechecked
-from .._core.shape_checks import expect_dims
+from .._core.arguments import typechecked
+from .._core.checks import expect_tensor
+from .._core.checks import expect_dims
 from .._core.module import Leaf
 from ..traits import Elementwise, Linear, NonLinear, ParamFree, Unary, Vector
 

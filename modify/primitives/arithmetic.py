@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from .._core.checks import check_finite, checks_enabled, expect_tensor, expect_tensors, typechecked
-from .._core.shape_checks import expect_matmul
+from .._core.arguments import check_finite, typechecked
+from .._core.checks import checks_enabled, expect_tensor, expect_tensors
+from .._core.checks import expect_matmul
 from .._core.errors import ModifyValueError, describe
 from .._core.module import Leaf
 from ..traits import Binary, Elementwise, Linear, Matrix, NonLinear, ParamFree, Unary

@@ -7,7 +7,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .._core.checks import check_finite, check_sizes, checks_enabled, expect_floating, expect_tensors, typechecked
+from .._core.arguments import check_finite, check_sizes, typechecked
+from .._core.checks import checks_enabled, expect_floating, expect_tensors
 from .._core.errors import ModifyValueError, describe
 from .._core.module import Leaf
 from ..traits import Linear, Matrix, NonLinear, ParamFree, Ternary, Unary, Vector

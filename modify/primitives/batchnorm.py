@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .._core.checks import check_finite, check_floating_dtype, check_sizes, checks_enabled, expect_tensor, typechecked
+from .._core.arguments import check_finite, check_floating_dtype, check_sizes, typechecked
+from .._core.checks import checks_enabled, expect_tensor
 from .._core.errors import ModifyValueError, describe
 from .._core.module import Leaf
 from ..traits import NonLinear, ParamFree, Unary

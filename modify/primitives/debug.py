@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from .._core.checks import typechecked
+from .._core.arguments import typechecked
 from .._core.module import Leaf
 from ..traits import Linear, ParamFree, Unary
 

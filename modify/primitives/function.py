@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .._core.checks import typechecked
+from .._core.arguments import typechecked
 from .._core.module import Leaf
 from .._core.inference import class_traits
 from ..traits import NonLinear, Param, ParamFree, Tuple, Unary

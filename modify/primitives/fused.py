@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._core.checks import check_sizes, expect_channels, expect_last_dim, expect_trailing, typechecked
+from .._core.arguments import check_sizes, typechecked
+from .._core.checks import expect_channels, expect_last_dim, expect_trailing
 from .._core.module import Leaf
 from .._core.sibling import holding
 from .arithmetic import Scale

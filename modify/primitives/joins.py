@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .._core.checks import typechecked
-from .._core.shape_checks import expect_dims, expect_joinable
+from .._core.arguments import typechecked
+from .._core.checks import expect_dims, expect_joinable
 from .._core.module import Leaf
 from ..traits import Linear, ParamFree, Restructure, Tuple, Unary
 

@@ -12,14 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._core.checks import (
-    check_floating_dtype,
-    check_sizes,
-    checks_enabled,
-    expect_last_dim,
-    expect_tensor,
-    typechecked,
-)
+from .._core.arguments import check_floating_dtype, check_sizes, typechecked
+from .._core.checks import checks_enabled, expect_last_dim, expect_tensor
 from .._core.errors import ModifyTypeError, ModifyValueError, describe
 from .._core.module import Leaf
 from ..traits import Linear as LinearTrait

@@ -11,16 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._core.checks import (
-    check_finite,
-    check_floating_dtype,
-    check_sizes,
-    checks_enabled,
-    expect_channels,
-    expect_tensor,
-    expect_trailing,
-    typechecked,
-)
+from .._core.arguments import check_finite, check_floating_dtype, check_sizes, typechecked
+from .._core.checks import checks_enabled, expect_channels, expect_tensor, expect_trailing
 from .._core.errors import ModifyValueError, describe
 from .._core.module import Leaf
 from ..traits import Elementwise, Linear, Matrix, NonLinear, Param, ParamFree, Unary, Vector

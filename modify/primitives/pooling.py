@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from .._core.checks import expect_tensor, typechecked
+from .._core.arguments import typechecked
+from .._core.checks import expect_tensor
 from .._core.module import Leaf
 from ..traits import Linear, Matrix, NonLinear, ParamFree, Reduction, Unary
 

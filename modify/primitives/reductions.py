@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .._core.checks import typechecked
-from .._core.shape_checks import expect_dims
+from .._core.arguments import typechecked
+from .._core.checks import expect_dims
 from .._core.module import Leaf
 from ..traits import Linear, NonLinear, ParamFree, Reduction, Unary
 

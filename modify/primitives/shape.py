@@ -5,8 +5,9 @@ from __future__ import annotations
 import einops
 import torch
 
-from .._core.checks import is_compiling, typechecked
-from .._core.shape_checks import expect_dims, expect_numel, expect_rank
+from .._core.arguments import typechecked
+from .._core.checks import is_compiling
+from .._core.checks import expect_dims, expect_numel, expect_rank
 from .._core.module import Leaf
 from .rearrange_plan import RearrangePlan, check_pattern
 from ..traits import Linear, ParamFree, Restructure, Unary

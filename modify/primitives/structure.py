@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .._core.checks import checks_enabled, expect_tensor, expect_tuple, expect_value, typechecked
+from .._core.arguments import typechecked
+from .._core.checks import checks_enabled, expect_tensor, expect_tuple, expect_value
 from .._core.errors import ModifyValueError, describe
 from .._core.module import Leaf
 from ..traits import Elementwise, Linear, ParamFree, Restructure, Tuple, Unary

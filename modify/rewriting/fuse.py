@@ -13,7 +13,7 @@ from typing import Callable
 
 from torch import nn
 
-from .._core.checks import typechecked
+from .._core.arguments import typechecked
 from .._core.identity import once_per_object
 from ..combinators import Sequential
 from ..primitives.activations import Dropout

@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .._core.checks import typechecked
+from .._core.arguments import typechecked
 from .._core.identity import once_per_object
 from .._core.sibling import Derived, derived_class, sibling
 from ..combinators import Combinator

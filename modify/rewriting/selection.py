@@ -13,7 +13,7 @@ from typing import Callable
 
 from torch import nn
 
-from .._core.checks import typechecked
+from .._core.arguments import typechecked
 from .._core.identity import once_per_object, unique
 from ..combinators import Combinator, Sequential
 from .criteria import Criterion, Match, matcher
