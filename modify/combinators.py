@@ -16,7 +16,7 @@ from ._core.checks import checks_enabled, expect_tuple, is_compiling
 from ._core.errors import annotate
 from ._core.inference import combine_parallel, combine_sequence, traits_of
 from ._core.module import ModifyModule
-from ._core.opaque import wrap
+from ._core.wrapped import wrap
 from ._core.sibling import sibling
 from .primitives.arithmetic import Add
 from .primitives.norm_pair import fusable, norm_affine

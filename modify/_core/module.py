@@ -34,6 +34,21 @@ class ModifyModule(torch.nn.Module, Traited):
         (True, True)
     """
 
+    #: The name the reference implementation gives this module (transformers'
+    #: ``transformer.h.0.attn.c_attn`` for GPT's ``c_attn``; the original module path for a
+    #: converted model), or ``None``. Globs in :func:`modify.select` match it as well as the path,
+    #: and adapter files name layers by it. Set on the instance by whoever builds the module
+    #: (a model family, ``convert``); a module a rewriter puts in another's place takes that
+    #: module's name.
+    reference_name: str | None = None
+
+
+class Sealed:
+    """Marker mixin: a block that restructuring rewriters (``fuse``) keep whole.
+
+    A ``Sequential`` subclass whose parts are read by name (a LoRA block's ``base`` and
+    ``adapter``) inherits it so that no rewriter folds its parts into one another.
+    """
 
 
 class Leaf(ModifyModule):

@@ -29,7 +29,7 @@ from .._core.module import Leaf
 from ..combinators import Parallel, Sequential
 from ..primitives.activations import Dropout
 from ..primitives.arithmetic import Add, Scale
-from ..primitives.layers import Conv1d, Conv2d, Embedding, Linear, expect_last_dim
+from ..primitives.linear import Conv1d, Conv2d, Embedding, Linear, expect_last_dim
 from ..primitives.structure import Copy
 from ..traits import Elementwise, NonLinear, Param, ParamFree, Unary, Vector
 from ..traits import Linear as LinearTrait

@@ -25,8 +25,8 @@ from torch import nn
 
 from .._core.arguments import typechecked
 from ..models import gpt, llama
-from ..models._checkpoint import CheckpointError, KeyFormat
-from ..models._pretrained import output_folder
+from ..checkpoints.loading import CheckpointError, KeyFormat
+from ..checkpoints.pretrained import output_folder
 from ..rewriting.selection import select
 from ..rewriting.walk import positions
 from .blocks import LoRA, layer_kind

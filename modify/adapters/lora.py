@@ -14,7 +14,7 @@ from torch import nn
 
 from .._core.arguments import typechecked
 from ..combinators import Combinator
-from ..primitives.layers import Linear
+from ..primitives.linear import Linear
 from .._core.identity import unique
 from .._core.sibling import sibling
 from ..rewriting.criteria import Criterion

@@ -25,8 +25,8 @@ from torch import nn
 
 from .._core.arguments import typechecked
 from .._core.module import ModifyModule
-from .._core.opaque import wrap
-from .layers import convert_layer, known_layer
+from .._core.wrapped import wrap
+from .known_layers import convert_layer, known_layer
 from .scopes import Scopes
 from .trace import trace
 from .units import Units

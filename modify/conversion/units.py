@@ -1,7 +1,7 @@
 """Each value node of a traced graph as a :class:`~modify.conversion.graph.Unit`: a leaf and its inputs.
 
 ``call_module`` nodes of known layers become the layer's leaf (one object per layer, so a layer
-called twice is one leaf); other kept modules stay whole (:func:`modify._core.opaque.wrap`) when
+called twice is one leaf); other kept modules stay whole (:func:`modify._core.wrapped.wrap`) when
 called with one value, and are replayed by a :class:`~modify.Function` otherwise. Calls with a
 primitive become it (:mod:`modify.conversion.functions`); the rest are :class:`~modify.Function`.
 """
@@ -11,13 +11,13 @@ from __future__ import annotations
 from torch import fx, nn
 
 from .._core.module import ModifyModule
-from .._core.opaque import wrap
+from .._core.wrapped import wrap
 from ..primitives.arithmetic import Add
 from ..primitives.joins import Split
 from .functions import ALIAS, primitive
 from .graph import Unit, fork, select
-from .layers import convert_layer
-from .opaque import opaque_function
+from .known_layers import convert_layer
+from .replay import opaque_function
 from .shapes import Shapes, split_count
 from .trace import is_value, scope_chain
 

@@ -15,7 +15,7 @@ from torch import nn
 from .._core.arguments import typechecked
 from ..combinators import Sequential
 from ..primitives.activations import ReLU
-from ..primitives.layers import Linear
+from ..primitives.linear import Linear
 
 
 class HyperNetwork(nn.Module):

@@ -22,10 +22,10 @@ Example:
     torch.Size([1, 8, 16])
 """
 
-from ._cache import CachedAttention, CachedPositions, CachedRotaryEmbedding, LastPosition, cache_offset, kv_cache, reset_cache
-from ._errors import CheckpointError
-from ._generate import generate
-from ._resnet_blocks import BasicBlock, Bottleneck
+from .cache import CachedAttention, CachedPositions, CachedRotaryEmbedding, LastPosition, cache_offset, kv_cache, reset_cache
+from ..checkpoints import CheckpointError
+from .decoding import generate
+from .resnet_blocks import BasicBlock, Bottleneck
 from .gpt import GPT, GPTConfig
 from .llama import Llama, LlamaConfig
 from .resnet import ResNet, ResNetConfig, resnet18, resnet34, resnet50

@@ -28,9 +28,9 @@ from ..primitives import (
     ScaledDotProductAttention,
     Split,
 )
-from ._checkpoint import Family, KeyFormat, hf_value, require
-from ._pretrained import Pretrained
-from ._layers import check_fields, check_positive, layer_norm
+from ..checkpoints.loading import Family, KeyFormat, hf_value, require
+from ..checkpoints.pretrained import Pretrained
+from .building import check_fields, check_positive, layer_norm
 
 
 @dataclass

@@ -27,9 +27,9 @@ from ..primitives import (
     SiLU,
 )
 from ..primitives.attention import check_rope_scaling
-from ._checkpoint import Family, KeyFormat, hf_value, require
-from ._pretrained import Pretrained
-from ._layers import check_fields, check_positive, rms_norm
+from ..checkpoints.loading import Family, KeyFormat, hf_value, require
+from ..checkpoints.pretrained import Pretrained
+from .building import check_fields, check_positive, rms_norm
 
 # model_type -> the transformers class of that family, all read by Llama.from_pretrained.
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}

@@ -17,11 +17,11 @@ from typing import Any
 from .._core.arguments import typechecked
 from ..combinators import Sequential
 from ..primitives import AdaptiveAvgPool2d, Flatten, Linear, MaxPool2d, ReLU
-from ._checkpoint import Family, KeyFormat, hf_value, load_pretrained, require
-from ._files import Source
-from ._pretrained import Pretrained
-from ._layers import batch_norm, check_fields, check_positive
-from ._resnet_blocks import BasicBlock, Bottleneck, conv
+from ..checkpoints.loading import Family, KeyFormat, hf_value, load_pretrained, require
+from ..checkpoints.files import Source
+from ..checkpoints.pretrained import Pretrained
+from .building import batch_norm, check_fields, check_positive
+from .resnet_blocks import BasicBlock, Bottleneck, conv
 
 ARCHITECTURES: dict[str, dict[str, Any]] = {
     "resnet18": dict(layer_type="basic", hidden_sizes=(64, 128, 256, 512), depths=(2, 2, 2, 2)),

@@ -7,7 +7,7 @@ from .debug import Breakpoint, Print, PrintShape
 from .fused import AffineGroupNorm, AffineLayerNorm, AffineRMSNorm, ScaledLinear
 from .joins import Cat, Split, Stack
 from .function import Function
-from .layers import Conv1d, Conv2d, Embedding, Linear
+from .linear import Conv1d, Conv2d, Embedding, Linear
 from .batchnorm import BatchNorm1d, BatchNorm2d
 from .norms import ElementwiseAffine, GroupNorm, LayerNorm, RMSNorm
 from .pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d

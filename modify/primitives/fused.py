@@ -18,7 +18,7 @@ from .._core.checks import expect_channels, expect_last_dim, expect_trailing
 from .._core.module import Leaf
 from .._core.sibling import holding
 from .arithmetic import Scale
-from .layers import Linear, reset_like_torch
+from .linear import Linear, reset_like_torch
 from .norms import ElementwiseAffine, GroupNorm, LayerNorm, RMSNorm, as_shape, reset_affine
 from ..traits import Linear as LinearTrait
 from ..traits import NonLinear, Param, Unary, Vector

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 import modify
 from helpers import assert_state_equal, state_snapshot
 from modify import Leaf, Parallel, Positions, Sequential
-from modify._core.opaque import Opaque
+from modify._core.wrapped import Opaque
 from modify.models import (
     GPT,
     CheckpointError,

@@ -21,7 +21,7 @@ from typing import Any, Union
 import torch
 from safetensors import SafetensorError, safe_open
 
-from ._errors import CheckpointError
+from .errors import CheckpointError
 
 Source = Union[str, os.PathLike, Mapping[str, torch.Tensor]]
 

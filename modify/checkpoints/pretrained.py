@@ -14,8 +14,8 @@ from torch import nn
 
 from .._core.arguments import typechecked
 from .._core.identity import group_by_identity
-from ._checkpoint import Device, DType, Family, KeyFormat, load_pretrained
-from ._files import Source
+from .loading import Device, DType, Family, KeyFormat, load_pretrained
+from .files import Source
 
 
 class Pretrained:

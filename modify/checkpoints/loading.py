@@ -22,8 +22,8 @@ from torch.overrides import TorchFunctionMode
 
 from .._core.identity import group_by_identity
 from ..primitives import RotaryEmbedding
-from ._errors import CheckpointError
-from ._files import Checkpoint, Entry, Source, read_config, read_entries
+from .errors import CheckpointError
+from .files import Checkpoint, Entry, Source, read_config, read_entries
 
 DType = Union[torch.dtype, str, None]
 Device = Union[torch.device, str, int, None]

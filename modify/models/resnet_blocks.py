@@ -13,7 +13,7 @@ from torch import nn
 from .._core.arguments import typechecked
 from ..combinators import Parallel, Sequential
 from ..primitives import Add, Conv2d, Copy, Identity, ReLU
-from ._layers import batch_norm
+from .building import batch_norm
 
 # Kaiming He's init for convolutions feeding a ReLU, as torchvision and transformers use.
 _conv_init = functools.partial(nn.init.kaiming_normal_, mode="fan_out", nonlinearity="relu")

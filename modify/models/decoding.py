@@ -10,7 +10,7 @@ from torch import nn
 
 from .._core.arguments import typechecked
 from ..rewriting.selection import select
-from ._cache import LastPosition, kv_cache, reset_cache
+from .cache import LastPosition, kv_cache, reset_cache
 from .gpt import GPT
 from .llama import Llama
 

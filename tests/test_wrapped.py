@@ -11,7 +11,7 @@ from helpers import assert_state_equal, state_snapshot
 from torch import nn
 
 import modify
-from modify._core.opaque import wrap
+from modify._core.wrapped import wrap
 
 
 def test_keys_stay_torch_names_and_parameters_are_shared():

@@ -1,0 +1,12 @@
+"""Checkpoint files: reading, checking and writing the reference implementations' layouts.
+
+The file-format layer under :mod:`modify.models` and :mod:`modify.adapters`: safetensors and
+``torch.load(weights_only=True)`` reading (:mod:`~.files`), key maps and the meta-device fill
+(:mod:`~.loading`), the ``from_pretrained``/``save_pretrained`` mixin (:mod:`~.pretrained`) and
+:class:`CheckpointError` (:mod:`~.errors`). It knows no model family: each family describes its
+own keys.
+"""
+
+from .errors import CheckpointError
+
+__all__ = ["CheckpointError"]
