@@ -76,13 +76,13 @@ def diff(a: nn.Module, b: nn.Module) -> Diff:
     Example:
         >>> import modify
         >>> base = modify.Sequential(modify.Linear(8, 8), modify.ReLU(), modify.Linear(8, 2))
-        >>> print(modify.diff(base, modify.lora(base, rank=2, where="0")))
+        >>> print(modify.diff(base, modify.select(base, "2").insert_after(modify.Scale(0.5))))
         Sequential -> Sequential: 1 replaced, 0 added, 0 removed, 1 rebuilt on the way
-          replaced 0: Linear -> LoRA(rank=2, alpha=2), the Linear kept at .1.0;
-            new .1.1.1.weight (2, 8), .1.1.2.weight (8, 2)
-        parameters: 4 shared (90 elements), 2 new (32), 0 gone (0)
-        >>> modify.diff(base, modify.rewrite(base, lambda m: modify.GELU(), modify.ReLU)).replaced
-        ['1']
+          replaced 2: Linear -> Sequential, the Linear kept at .0
+        parameters: 4 shared (90 elements), 0 new (0), 0 gone (0)
+        >>> adapted = modify.diff(base, modify.lora(base, rank=2))
+        >>> adapted.replaced, len(adapted.new), len(adapted.shared), adapted.gone
+        (['0', '2'], 4, 4, [])
     """
     before = {path: module for path, module, _ in positions(a)}
     after = {path: module for path, module, _ in positions(b)}

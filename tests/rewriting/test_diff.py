@@ -39,8 +39,11 @@ def test_lora_lists_each_adapted_layer_once_with_its_adapter_parameters():
     lines = str(d).splitlines()
     assert lines[0] == f"GPT -> GPT: 2 replaced, 0 added, 0 removed, {len(above)} rebuilt on the way"
     assert [line.split(":")[0] for line in lines[1:-1]] == [f"  replaced {p}" for p in c_attn]
-    assert all("Linear -> LoRA(rank=4, alpha=4), the Linear kept at .1.0; new .1.1.1.weight" in line
-               for line in lines[1:-1])
+    for path, line in zip(c_attn, lines[1:-1]):
+        block = adapted.get_submodule(path)
+        kept = next(p for p, m in block.named_modules() if m is block.base)
+        new = ", ".join(f".{n} {tuple(p.shape)}" for n, p in block.named_parameters() if p not in set(gpt.parameters()))
+        assert line == f"  replaced {path}: Linear -> LoRA({block.extra_repr()}), the Linear kept at .{kept}; new {new}"
     shared_numel = sum(p.numel() for p in gpt.parameters())
     new_numel = sum(p.numel() for p in modify.lora_parameters(adapted))
     assert lines[-1] == (f"parameters: {len(d.shared)} shared ({shared_numel:,} elements), "
@@ -57,7 +60,9 @@ def test_merge_lora_replaces_each_block_by_a_layer_with_a_new_weight():
     assert d.new == ["0.weight", "2.weight"]
     gone = {id(merged_p) for merged_p in merged.parameters()}
     assert d.gone == [n for n, p in adapted.named_parameters() if id(p) not in gone]
-    assert "replaced 0: LoRA -> Linear(in_features=6, out_features=6, bias=True); new .weight (6, 6); gone .1.0.weight" in str(d)
+    kept = next(p for p, m in adapted[0].named_modules() if m is base[0])
+    merged_layer = "LoRA -> Linear(in_features=6, out_features=6, bias=True)"
+    assert f"replaced 0: {merged_layer}; new .weight (6, 6); gone .{kept}.weight" in str(d)
 
 
 def test_the_same_model_has_no_change():
