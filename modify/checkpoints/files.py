@@ -58,7 +58,9 @@ def read_config(source: Source, owner: str) -> tuple[dict[str, Any] | None, str]
 
     Raises:
         TypeError: a source of another type.
-        FileNotFoundError: a path that does not exist; a folder without ``config.json``.
+        FileNotFoundError: a path that does not exist (one that looks like a Hub name, ``"gpt2"``,
+            says that nothing is downloaded and how to write the folder with transformers);
+            a folder without ``config.json``.
         CheckpointError: a ``config.json`` that is not a JSON object.
     """
     if isinstance(source, Mapping):

@@ -31,6 +31,13 @@ class Diff:
         shared: the second model's names of the parameters both models hold (the same objects).
         new: the second model's names of its parameters the first does not hold.
         gone: the first model's names of its parameters the second does not hold.
+
+    Example:
+        >>> import modify
+        >>> base = modify.Sequential(modify.Linear(4, 4), modify.ReLU())
+        >>> changes = modify.diff(base, modify.rewrite(base, lambda m: modify.GELU(), modify.ReLU))
+        >>> changes.replaced, changes.shared, changes.new
+        (['1'], ['0.weight', '0.bias'], [])
     """
 
     replaced: list[str]

@@ -57,9 +57,10 @@ def test_modify_names_still_work_and_the_model_is_untouched():
 
 
 @pytest.mark.parametrize("where", [["c_attn", "c_fc"], {"c_attn"}])
-def test_a_list_where_is_not_a_criterion_and_names_any_of(where):
+@pytest.mark.parametrize("inside_a_tuple", [False, True])
+def test_a_list_where_is_not_a_criterion_and_names_any_of(where, inside_a_tuple):
     with pytest.raises(TypeError) as error:
-        modify.lora(small_model(), 4, where=where)
+        modify.lora(small_model(), 4, where=(modify.Linear, where) if inside_a_tuple else where)
     message = str(error.value)
     assert message.startswith(f"lora: argument 'where' got a {type(where).__name__}")
     assert f"a {type(where).__name__} is not a criterion" in message and "modify.any_of('*.c_attn'" in message
