@@ -85,7 +85,7 @@ def diff(a: nn.Module, b: nn.Module) -> Diff:
         >>> base = modify.Sequential(modify.Linear(8, 8), modify.ReLU(), modify.Linear(8, 2))
         >>> print(modify.diff(base, modify.select(base, "2").insert_after(modify.Scale(0.5))))
         Sequential -> Sequential: 1 replaced, 0 added, 0 removed, 1 rebuilt on the way
-          replaced 2: Linear -> Sequential, the Linear kept at .0
+          replaced 2: Linear(in_features=8, out_features=2, bias=True) -> Sequential, the Linear kept at .0
         parameters: 4 shared (90 elements), 0 new (0), 0 gone (0)
         >>> adapted = modify.diff(base, modify.lora(base, rank=2))
         >>> adapted.replaced, len(adapted.new), len(adapted.shared), adapted.gone
@@ -113,10 +113,10 @@ def diff(a: nn.Module, b: nn.Module) -> Diff:
     for path in replaced:
         kept = next((p for p, m in after.items() if m is before[path] and _under(p, [path])), None)
         where = f", the {type(before[path]).__name__} kept at {_relative(kept, path)}" if kept is not None else ""
-        lines.append(f"  replaced {_shown(path)}: {type(before[path]).__name__} -> {_described(after[path])}{where}"
+        lines.append(f"  replaced {_shown(path)}: {_described(before[path])} -> {_described(after[path])}{where}"
                      f"{_params(b_named, new, path, 'new')}{_params(a_named, gone, path, 'gone')}")
     lines += [f"  added {_shown(p)}: {_described(after[p])}{_params(b_named, new, p, 'new')}" for p in added]
-    lines += [f"  removed {_shown(p)}: {type(before[p]).__name__}{_params(a_named, gone, p, 'gone')}" for p in removed]
+    lines += [f"  removed {_shown(p)}: {_described(before[p])}{_params(a_named, gone, p, 'gone')}" for p in removed]
     counts = [f"{len(names)} {what} ({sum(named[n].numel() for n in names):,}{' elements' if what == 'shared' else ''})"
               for names, what, named in ((shared, "shared", b_named), (new, "new", b_named), (gone, "gone", a_named))]
     lines.append(f"parameters: {', '.join(counts)}")

@@ -43,7 +43,8 @@ def test_lora_lists_each_adapted_layer_once_with_its_adapter_parameters():
         block = adapted.get_submodule(path)
         kept = next(p for p, m in block.named_modules() if m is block.base)
         new = ", ".join(f".{n} {tuple(p.shape)}" for n, p in block.named_parameters() if p not in set(gpt.parameters()))
-        assert line == f"  replaced {path}: Linear -> LoRA({block.extra_repr()}), the Linear kept at .{kept}; new {new}"
+        layers = f"Linear({block.base.extra_repr()}) -> LoRA({block.extra_repr()})"
+        assert line == f"  replaced {path}: {layers}, the Linear kept at .{kept}; new {new}"
     shared_numel = sum(p.numel() for p in gpt.parameters())
     new_numel = sum(p.numel() for p in modify.lora_parameters(adapted))
     assert lines[-1] == (f"parameters: {len(d.shared)} shared ({shared_numel:,} elements), "
@@ -61,7 +62,7 @@ def test_merge_lora_replaces_each_block_by_a_layer_with_a_new_weight():
     gone = {id(merged_p) for merged_p in merged.parameters()}
     assert d.gone == [n for n, p in adapted.named_parameters() if id(p) not in gone]
     kept = next(p for p, m in adapted[0].named_modules() if m is base[0])
-    merged_layer = "LoRA -> Linear(in_features=6, out_features=6, bias=True)"
+    merged_layer = f"LoRA({adapted[0].extra_repr()}) -> Linear(in_features=6, out_features=6, bias=True)"
     assert f"replaced 0: {merged_layer}; new .weight (6, 6); gone .{kept}.weight" in str(d)
 
 
