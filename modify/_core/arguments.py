@@ -214,12 +214,34 @@ def _check_arguments(fn: Callable, signature: inspect.Signature, checkers: dict,
         else:
             items = [(None, value)]
         for key, item in items:
+            if arg == "where":
+                _refuse_list_criterion(_callable_name(fn, signature, args), item)
             try:
                 check(item)
             except TypeCheckError as error:
                 where = arg if key is None else f"{arg}[{key!r}]"
                 name = _callable_name(fn, signature, args)
                 raise TypeError(f"{name}: argument '{where}' got {_brief(item)}, which {error}") from None
+
+
+def _refuse_list_criterion(owner: str, where: Any) -> None:
+    """Raise ``TypeError`` for a ``list`` (or set) given as a ``where=`` criterion, naming ``any_of``.
+
+    PEFT's ``target_modules=["c_attn", "c_fc"]`` means *any of* these names; in modify a tuple
+    means *all of* its criteria, and ``modify.any_of("*.c_attn", "*.c_fc")`` is the one
+    criterion that holds when any does. A list inside a tuple of criteria is refused the same way.
+    """
+    if isinstance(where, tuple):
+        for criterion in where:
+            _refuse_list_criterion(owner, criterion)
+    if not isinstance(where, (list, set, frozenset)):
+        return
+    shown = ", ".join(repr(f"*.{c}" if isinstance(c, str) and "*" not in c else c) for c in where)
+    raise TypeError(
+        f"{owner}: argument 'where' got a {type(where).__name__} {repr(where)[:80]}; a {type(where).__name__} is not "
+        f"a criterion. For PEFT's target_modules (any of these layers) write where=modify.any_of({shown}); "
+        "a tuple means all of its criteria must hold"
+    )
 
 
 def _brief(value: Any) -> str:

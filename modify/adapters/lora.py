@@ -21,6 +21,7 @@ from ..rewriting.criteria import Criterion
 from ..rewriting.selection import select
 from ..rewriting.walk import positions
 from .blocks import LoRA, check_settings, layer_kind
+from .peft_names import peft_names
 
 Where = Union[Criterion, tuple[Criterion, ...]]
 _PLAIN_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
@@ -76,6 +77,7 @@ def _no_match(model: nn.Module, where: tuple) -> str:
     return f"lora: `where` ({shown}) matches no layer of the {type(model).__name__} (nothing to adapt){hint}"
 
 
+@peft_names
 @typechecked
 def lora(
     model: nn.Module,

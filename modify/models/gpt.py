@@ -70,6 +70,12 @@ class GPTConfig:
         check_positive(self, "block_size", "vocab_size", "n_layer", "n_head", "n_embd")
         if self.n_embd % self.n_head:
             raise ValueError(f"GPTConfig: n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+        if isinstance(self.dropout, _UnequalDropouts):
+            found = ", ".join(f"{name}={value:g}" for name, value in self.dropout.found.items())
+            raise ValueError(
+                f"GPTConfig: config.json's {found} differ, and GPT has one dropout for all three: pass dropout= "
+                f"explicitly, e.g. GPT.from_pretrained(folder, dropout={self.dropout.found['resid_pdrop']:g})"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"GPTConfig: dropout must be in [0, 1), got {self.dropout}")
 
@@ -99,7 +105,8 @@ class GPT(Pretrained, Sequential):
     :meth:`from_pretrained` reads Hugging Face's ``GPT2LMHeadModel`` (``model_type`` ``gpt2``)
     or a bare ``GPT2Model`` (keys without the ``transformer.`` prefix); ``Conv1D`` weights,
     stored ``(in, out)``, are transposed. Config overrides are :class:`GPTConfig` fields
-    (``dropout`` 0.0 unless given, as nanoGPT; ``bias`` ``True``); a ``config.json`` with cross
+    (``dropout`` from the folder's ``resid_pdrop``, ``embd_pdrop`` and ``attn_pdrop`` when they agree,
+    as transformers trains; when they differ, pass ``dropout=``; ``bias`` ``True``); a ``config.json`` with cross
     attention, another activation or ``n_inner`` other than ``4 n_embd`` is refused.
 
     Args:
@@ -241,9 +248,27 @@ def _config_from_hf(hf: dict[str, Any], owner: str) -> dict[str, Any]:
         n_layer=hf_value(hf, "n_layer", 12),
         n_head=hf_value(hf, "n_head", 12),
         n_embd=n_embd,
-        dropout=0.0,
+        dropout=_dropout_from_hf(hf),
         bias=True,
     )
+
+
+_PDROPS = ("resid_pdrop", "embd_pdrop", "attn_pdrop")
+
+
+class _UnequalDropouts(float):
+    """``config.json``'s three dropouts when they differ: ``GPTConfig`` refuses it unless ``dropout=`` replaces it."""
+
+    def __new__(cls, found: dict[str, float]) -> _UnequalDropouts:
+        value = super().__new__(cls, max(found.values()))
+        value.found = found
+        return value
+
+
+def _dropout_from_hf(hf: dict[str, Any]) -> float:
+    """GPT's one ``dropout``: ``GPT2Config``'s ``resid_pdrop``, ``embd_pdrop``, ``attn_pdrop`` (0.1 each by default)."""
+    found = {name: float(hf_value(hf, name, 0.1)) for name in _PDROPS}
+    return found["resid_pdrop"] if len(set(found.values())) == 1 else _UnequalDropouts(found)
 
 
 FAMILY = Family(GPTConfig, HF_KEYS, ("gpt2",), _config_from_hf)

@@ -17,6 +17,7 @@ from .._core.arguments import typechecked
 from .._core.identity import once_per_object, unique
 from ..combinators import Combinator, Sequential
 from .criteria import Criterion, Match, matcher
+from .foreign import foreign_model_hint
 from .walk import positions, rebuild
 
 class Selection(list):
@@ -312,10 +313,11 @@ def _refuse_matches_inside(path: str, leaf: nn.Module, match: Match) -> None:
 
 
 def _refuse(inside: list[str], path: str, leaf: nn.Module) -> None:
+    hint = foreign_model_hint(leaf)
     raise ValueError(
         f"cannot rewrite {sorted(inside)[:3]}: inside the leaf {type(leaf).__name__} at '{path or '<root>'}', which "
-        "rewrites do not open (only Sequential/Parallel are walked); select the leaf itself or build that part "
-        "from modify modules"
+        "rewrites do not open (only Sequential/Parallel are walked); "
+        + (hint if hint else "select the leaf itself or build that part from modify modules")
     )
 
 
