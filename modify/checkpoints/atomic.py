@@ -32,7 +32,7 @@ from safetensors import SafetensorError
 
 STAGING, REPLACED = "saving", "replaced"
 _RENAME_EXCHANGE, _AT_FDCWD = 2, -100
-_LIBC = ctypes.CDLL(None, use_errno=True)
+_LIBC = ctypes.CDLL(None, use_errno=True) if os.name == "posix" else None
 # Errors of renameat2 that mean "this system or filesystem cannot exchange": fall back to two renames.
 _NO_EXCHANGE = {errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP}
 
@@ -108,13 +108,18 @@ def _target(folder: str | os.PathLike, owner: str) -> Path:
 
     Raises:
         NotADirectoryError: ``folder`` or a folder above it is a file.
+        OSError: a folder above cannot be searched (permission), naming ``folder``.
     """
     given = Path(folder)
-    for above in (given, *given.parents):
-        if above.exists() and not above.is_dir():
-            message = f"{owner}: cannot save to '{given}': '{above}' is a file, not a folder"
-            raise NotADirectoryError(errno.ENOTDIR, message)
-    return given.resolve()
+    try:
+        in_the_way = next((above for above in (given, *given.parents) if above.exists() and not above.is_dir()), None)
+        target = given.resolve()
+    except OSError as error:
+        raise _save_error(owner, folder, error) from error
+    if in_the_way is not None:
+        message = f"{owner}: cannot save to '{given}': '{in_the_way}' is a file, not a folder"
+        raise NotADirectoryError(errno.ENOTDIR, message)
+    return target
 
 
 def _save_error(owner: str, folder: str | os.PathLike, error: BaseException) -> OSError:
@@ -145,11 +150,11 @@ def _leftovers(target: Path, kind: str) -> list[Path]:
 
 def _alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
     except ProcessLookupError:
         return False
     except PermissionError:  # another user's process
-        return True
+        pass
     return True
 
 
@@ -193,7 +198,7 @@ def _link_or_copy(source: str, destination: str | Path) -> None:
 
 def _sync_tree(folder: Path) -> None:
     """``fsync`` every file and folder under ``folder`` (deepest first), so a crash finds them complete."""
-    for root, dirs, files in os.walk(folder, topdown=False):
+    for root, _, files in os.walk(folder, topdown=False):
         for name in files:
             if not os.path.islink(os.path.join(root, name)):
                 descriptor = os.open(os.path.join(root, name), os.O_RDONLY)
@@ -205,6 +210,8 @@ def _sync_tree(folder: Path) -> None:
 
 
 def _sync_folder(folder: Path) -> None:
+    if os.name != "posix":  # a folder cannot be opened to flush it there
+        return
     descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(descriptor)
@@ -214,7 +221,7 @@ def _sync_folder(folder: Path) -> None:
 
 def _exchange(first: Path, second: Path) -> bool:
     """Swap two paths atomically (``renameat2(RENAME_EXCHANGE)``); ``False`` where the system cannot."""
-    renameat2 = getattr(_LIBC, "renameat2", None)
+    renameat2 = getattr(_LIBC, "renameat2", None)  # glibc 2.28+; None elsewhere
     if renameat2 is None:
         return False
     if renameat2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE) == 0:
