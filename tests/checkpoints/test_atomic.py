@@ -185,3 +185,44 @@ def test_a_read_only_parent_is_a_permission_error_naming_the_folder(tmp_path):
     finally:
         folder.parent.chmod(0o755)
     assert_holds("adapters", folder, OLD)
+
+
+READER = """
+import os, sys, time
+folder, deadline, seen = sys.argv[1], time.monotonic() + float(sys.argv[2]), set()
+while time.monotonic() < deadline:
+    directory = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)  # whichever folder is at the path now
+    try:
+        halves = [open(name, opener=lambda path, flags: os.open(path, flags, dir_fd=directory)).read()
+                  for name in ("config.txt", "weights.txt")]
+    except FileNotFoundError:  # only if this folder was swapped out since and is being deleted
+        assert os.fstat(directory).st_ino != os.stat(folder).st_ino
+        continue
+    finally:
+        os.close(directory)
+    assert halves[0] == halves[1], halves
+    seen.add(halves[0])
+print(len(seen))
+"""
+
+
+def test_a_reader_sees_the_old_or_the_new_folder_at_every_instant(tmp_path):
+    """A second process opens the folder path over and over while saves swap folders under it:
+    it always finds a folder (never nothing) whose two files come from one save (or, having
+    opened a folder just before it was swapped out, sees it being deleted)."""
+    folder = tmp_path / "checkpoint"
+    with atomic_folder(folder) as staging:
+        (staging / "config.txt").write_text("0")
+        (staging / "weights.txt").write_text("0")
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(folder), "4"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)  # fmt: skip
+    step = 0
+    while reader.poll() is None:
+        step += 1
+        with atomic_folder(folder) as staging:
+            (staging / "config.txt").write_text(str(step))
+            (staging / "weights.txt").write_text(str(step))
+    out, err = reader.communicate()
+    assert reader.returncode == 0, err
+    assert int(out) > 1 and step > 1  # it saw several saves
+    assert os.listdir(tmp_path) == ["checkpoint"]
