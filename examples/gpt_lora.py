@@ -315,9 +315,10 @@ class TrainingState:
             print(f"--resume: no training state in {self.folder}; starting from the beginning")
             return None
         saved = torch.load(self.folder / "state.pt", weights_only=True)
-        changed = sorted(k for k in self.options if saved["options"].get(k) != self.options[k])
+        changed = ", ".join(f"--{key}".replace("_", "-") for key, value in self.options.items()
+                            if saved["options"].get(key) != value)
         if changed:
-            fail(f"--resume: {self.folder} was saved with other options: {', '.join('--' + k.replace('_', '-') for k in changed)}")
+            fail(f"--resume: {self.folder} was saved with other options: {changed}")
         print(f"resumed from {self.folder}: {saved['phase']} phase, step {saved['step']} of {self.cfg.steps}")
         return saved
 

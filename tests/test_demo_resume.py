@@ -78,6 +78,6 @@ def test_killed_three_times_and_resumed_equals_an_uninterrupted_run(tmp_path):
     assert all(torch.equal(adapters[key], whole_adapters[key]) for key in adapters)
     assert sorted(os.listdir(out)) == ["adapter", "gpt_lora_loss.png", "train_state"]
     refused = run(tmp_path / "whole", "--resume", "--lora-rank", "4")
-    assert (refused.returncode, refused.stderr) == (2, f"gpt_lora.py: error: --resume: {tmp_path / 'whole' / 'train_state'} "
-                                                       "was saved with other options: --lora-rank\n")
+    message = f"--resume: {tmp_path / 'whole' / 'train_state'} was saved with other options: --lora-rank"
+    assert (refused.returncode, refused.stderr) == (2, f"gpt_lora.py: error: {message}\n")
 

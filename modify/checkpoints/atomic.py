@@ -38,7 +38,9 @@ _NO_EXCHANGE = {errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP}
 
 
 @contextmanager
-def atomic_folder(folder: str | os.PathLike, *, replaces: Iterable[str] = ("*",), owner: str = "save") -> Iterator[Path]:
+def atomic_folder(
+    folder: str | os.PathLike, *, replaces: Iterable[str] = ("*",), owner: str = "save"
+) -> Iterator[Path]:
     """Write a checkpoint folder so that, at every instant, it holds the old checkpoint or the new one.
 
     A context manager giving an empty staging folder to write the new checkpoint into (with any
