@@ -26,7 +26,7 @@ from torch import nn
 from .._core.arguments import typechecked
 from ..models import gpt, llama
 from ..checkpoints.loading import CheckpointError, KeyFormat
-from ..checkpoints.pretrained import output_folder
+from ..checkpoints.atomic import atomic_folder
 from ..rewriting.selection import select
 from ..rewriting.walk import positions
 from .blocks import LoRA, layer_kind
@@ -100,12 +100,17 @@ def save_adapters(model: nn.Module, folder: PathLike) -> None:
 
     Args:
         model: a model holding :class:`~modify.LoRA` blocks (one level, not stacked).
-        folder: created if needed; the two files are overwritten.
+        folder: created if needed. The two files replace any earlier adapter there
+            (``adapter_config.json``, ``adapter_model.*``), in one atomic swap of the folder
+            (:func:`~modify.checkpoints.atomic_folder`): a save killed or failing midway leaves
+            the previous adapter whole; other files are kept.
 
     Raises:
         TypeError: an argument of the wrong type.
-        ValueError: no LoRA block; stacked blocks; blocks that mix ``use_rslora`` or ``dora``;
-            ``folder`` an existing file.
+        ValueError: no LoRA block; stacked blocks; blocks that mix ``use_rslora`` or ``dora``.
+        OSError: the save failed (disk full, permission, ``folder`` or a folder above it a
+            file: ``NotADirectoryError``), naming the folder and the cause; the folder is as
+            it was.
 
     Example:
         >>> import tempfile, os, modify
@@ -126,9 +131,10 @@ def save_adapters(model: nn.Module, folder: PathLike) -> None:
         for name, block in blocks.items()
         for suffix, tensor in peft_tensors(block).items()
     }
-    folder = output_folder(folder, "save_adapters")
-    save_file(tensors, folder / WEIGHTS_FILE, metadata={"format": "pt"})
-    (folder / CONFIG_FILE).write_text(json.dumps(_config(model, blocks), indent=2, sort_keys=True))
+    config = _config(model, blocks)
+    with atomic_folder(folder, replaces=(CONFIG_FILE, "adapter_model.*"), owner="save_adapters") as staging:
+        save_file(tensors, staging / WEIGHTS_FILE, metadata={"format": "pt"})
+        (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
 
 
 def _read_config(folder: Path, owner: str) -> dict[str, Any]:
