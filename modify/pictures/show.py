@@ -21,7 +21,7 @@ body { font-family: sans-serif; margin: 1em; }
 .modify-show { display: flex; gap: 2em; align-items: flex-start; }
 .modify-show > section { flex: 1 1 0; min-width: 0; overflow-x: auto; }
 .modify-show h3 { font-size: 1em; margin: 0 0 0.5em 0; }
-.modify-show .legend span { border-radius: 3px; padding: 0 4px; margin-right: 1em; }
+.legend span { border-radius: 3px; padding: 0 4px; margin-right: 1em; }
 """
 
 
