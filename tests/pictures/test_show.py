@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 
 import pytest
 import torch
@@ -121,3 +122,25 @@ def test_bad_arguments_raise():
         modify.show(torch.zeros(2))
     with pytest.raises(TypeError):
         modify.show(modify.Linear(2, 2), path=3)
+
+
+def test_in_a_notebook_the_page_is_displayed_inline(monkeypatch):
+    import types
+
+    shown = []
+
+    class ZMQInteractiveShell:  # the kernel's shell class, by name
+        pass
+
+    ipython = types.ModuleType("IPython")
+    ipython.get_ipython = ZMQInteractiveShell
+    display = types.ModuleType("IPython.display")
+    display.HTML = lambda data: ("HTML", data)
+    display.display = shown.append
+    monkeypatch.setitem(sys.modules, "IPython", ipython)
+    monkeypatch.setitem(sys.modules, "IPython.display", display)
+    page = modify.show(modify.Linear(2, 2))
+    assert shown == [("HTML", page)]
+    ipython.get_ipython = lambda: None  # a plain Python session: nothing displayed
+    modify.show(modify.Linear(2, 2))
+    assert len(shown) == 1
