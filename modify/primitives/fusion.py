@@ -47,8 +47,10 @@ def _scales(first: Scale, second: Scale) -> bool:
 
 
 RULES: tuple[Fusion, ...] = (
-    Fusion(((LayerNorm, ElementwiseAffine),), AffineLayerNorm.fits, AffineLayerNorm.from_pair, SECOND, AffineLayerNorm.run_pair),
-    Fusion(((RMSNorm, ElementwiseAffine),), AffineRMSNorm.fits, AffineRMSNorm.from_pair, SECOND, AffineRMSNorm.run_pair),
+    Fusion(((LayerNorm, ElementwiseAffine),), AffineLayerNorm.fits, AffineLayerNorm.from_pair, SECOND,
+           AffineLayerNorm.run_pair),
+    Fusion(((RMSNorm, ElementwiseAffine),), AffineRMSNorm.fits, AffineRMSNorm.from_pair, SECOND,
+           AffineRMSNorm.run_pair),
     Fusion(((GroupNorm, ElementwiseAffine),), AffineGroupNorm.fits, AffineGroupNorm.from_pair, SECOND),
     Fusion(((Linear, Scale), (ScaledLinear, Scale)), ScaledLinear.fits, ScaledLinear.from_pair, FIRST),
     Fusion(((Scale, Scale),), _scales, lambda a, b: Scale(a.c * b.c), FIRST),

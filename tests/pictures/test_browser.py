@@ -26,7 +26,9 @@ pytestmark = pytest.mark.skipif(BROWSER is None and not os.environ.get("CI"), re
 # No network, no profile, no background services: the page must draw from the file alone.
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
          "--disable-sync", "--no-first-run", "--window-size=1400,900"]  # fmt: skip
-RENDERED_TEXT = "Array.from(document.querySelectorAll('treescope-container')).map(c => c.shadowRoot.textContent).join('\\n')"
+RENDERED_TEXT = (
+    "Array.from(document.querySelectorAll('treescope-container')).map(c => c.shadowRoot.textContent).join('\\n')"
+)
 
 
 def _high_fds(*fds: int) -> list[int]:
