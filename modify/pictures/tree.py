@@ -126,8 +126,9 @@ def module_node(
         line = parts.siblings(title, _comment(path, module))
         return parts.build_one_line_tree_node(line, path=path or None, background_color=background)
     state = parts.ExpandState.EXPANDED if path in marks.open_paths else parts.ExpandState.COLLAPSED
+    folded = parts.comment_color(parts.text(f"{len(lines)} {'entry' if len(lines) == 1 else 'entries'}"))
     return parts.build_foldable_tree_node_from_children(
-        prefix=parts.siblings(title, " ["), children=lines, suffix="]", path=path or None,
+        prefix=parts.siblings(title, " [", parts.fold_condition(collapsed=folded)),
+        children=[parts.fold_condition(expanded=parts.on_separate_lines(lines))], suffix="]", path=path or None,
         background_color=background, first_line_annotation=_comment(path, module), expand_state=state,
-        child_type_single_and_plural=("entry", "entries"),
     )
