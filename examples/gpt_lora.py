@@ -17,7 +17,8 @@
    (or your own text with ``--text``).
 3. Prints both models' held-out loss on both corpora, a sample from each, ``modify.summary`` of
    both (parameters shared by identity: ``p_base is p_adapted``; the adapters' size), and that
-   ``merge_lora`` gives the same outputs; saves a loss plot.
+   ``merge_lora`` gives the same outputs; saves a loss plot and ``models.html``, both models
+   drawn side by side by ``modify.show`` (shared parameters and the LoRA blocks marked).
 4. Saves the adapters alone with ``modify.save_adapters`` (PEFT's folder format) under ``--out``,
    reloads them into a fresh sibling with ``modify.load_adapters`` and shows the same held-out
    loss; with ``--hf-checkpoint``, loads the folder with PEFT onto ``transformers``' GPT-2 too.
@@ -586,6 +587,9 @@ def run(cfg: DemoConfig, env: dict) -> None:
         table = loss_table({"base": base, "adapted (LoRA)": adapted}, held_out, tokenizer)
         unchanged = all(torch.equal(value, before[key]) for key, value in base.state_dict().items())
         sharing(base, adapted, unchanged, name_b)
+        picture = Path(cfg.out) / "models.html"
+        modify.show(base, adapted, path=picture)
+        print(f"models side by side (open in a browser; shared parameters and LoRA blocks marked): {picture}")
         merging(base, adapted, held_out[name_b][0][0])
         adapter_files(cfg, base, adapted, held_out[name_b], name_b)
         for label, model in (("base", base), ("adapted (LoRA)", adapted)):

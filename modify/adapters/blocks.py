@@ -25,7 +25,7 @@ from torch import nn
 
 from .._core.arguments import typechecked
 from .._core.checks import expect_tensor
-from .._core.module import Leaf
+from .._core.module import Leaf, Sealed
 from ..combinators import Parallel, Sequential
 from ..primitives.activations import Dropout
 from ..primitives.arithmetic import Add, Scale
@@ -169,7 +169,7 @@ def _factors(kind: str, base: nn.Module, rank: int, place: dict) -> tuple[nn.Mod
     return down, conv(rank, base.out_channels, 1, bias=False, weight_init=zeros, **place)
 
 
-class LoRA(Sequential):
+class LoRA(Sequential, Sealed):
     """A base layer plus a trainable low-rank update: ``x -> W(x) + s * up(down(dropout(x)))``.
 
     Shaped ``Sequential(Copy(2), Parallel(W, Sequential(Dropout(dropout), down, up, Scale(s))),
