@@ -21,7 +21,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .._core.identity import group_by_identity
-from ..primitives import RotaryEmbedding
+from .._core.module import ModifyModule
 from .errors import CheckpointError
 from .files import Checkpoint, Entry, Source, read_config, read_entries
 
@@ -234,12 +234,12 @@ def _fill(model: nn.Module, plan: list[_Target], keys: KeyFormat, dtype: torch.d
             path, _, name = key.rpartition(".")
             module = modules[path]
             (module._parameters if name in module._parameters else module._buffers)[name] = value
-    for path, module in modules.items():  # non-persistent buffers: computed on the device
-        if isinstance(module, RotaryEmbedding):
+    for path, module in modules.items():  # non-persistent buffers: each leaf computes its own on the device
+        if isinstance(module, ModifyModule):
             with torch.device(device):
-                module.inv_freq = RotaryEmbedding(module.dim, base=module.base, scaling=module.scaling).inv_freq
+                module.reset_buffers()
         leftover = [name for name, buffer in module._buffers.items() if buffer is not None and buffer.is_meta]
-        if leftover:
+        if leftover and device.type != "meta":
             raise RuntimeError(f"{owner}: no way to fill the buffers {leftover} of '{path}'")  # a bug here
 
 
