@@ -41,7 +41,7 @@ _KEY_FORMATS: tuple[tuple[type, KeyFormat], ...] = ((gpt.GPT, gpt.HF_KEYS), (lla
 def peft_tensors(block: LoRA) -> dict[str, torch.Tensor]:
     """The block's adapter tensors by PEFT suffix, in PEFT's layout (views of the parameters)."""
     if block.dora:
-        update = block.adapter[-1]
+        update = block.update
         return {"lora_A.weight": update.lora_A, "lora_B.weight": update.lora_B, "lora_magnitude_vector": update.magnitude}
     if block.kind == "embedding":
         return {"lora_embedding_A": block.down.weight.t(), "lora_embedding_B": block.up.weight}

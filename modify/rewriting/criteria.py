@@ -1,4 +1,9 @@
-"""The criteria of ``select``: a module class, a trait, a path glob or a predicate, as one test."""
+"""The criteria of ``select``: a module class, a trait, a path glob or a predicate, as one test.
+
+A tuple of criteria means *all of* them (as ``select(model, *where)`` does); :func:`any_of` is the
+one criterion that holds when any of its criteria does. A glob matches a module's path or its
+``reference_name`` (the name the reference implementation gives the layer).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,65 @@ from typing import Callable, Union
 from torch import nn
 
 from .._core.inference import traits_of
+from .._core.module import ModifyModule
 from ..traits import Trait
 
 Criterion = Union[type, str, Callable[[str, nn.Module], bool]]
+Where = Union[Criterion, tuple[Criterion, ...]]
 Match = Callable[[str, nn.Module], bool]
+
+
+class AnyOf:
+    """One criterion that holds when any of ``criteria`` holds; made by :func:`any_of`."""
+
+    def __init__(self, criteria: tuple[Criterion, ...]):
+        self.criteria, self.tests = criteria, [_criterion(c) for c in criteria]
+
+    def __call__(self, path: str, module: nn.Module) -> bool:
+        return any(test(path, module) for test in self.tests)
+
+    def __repr__(self) -> str:
+        return f"any_of({', '.join(describe(c) for c in self.criteria)})"
+
+
+def any_of(*criteria: Criterion) -> AnyOf:
+    """One criterion that holds when any of ``criteria`` does: a union where a tuple is an intersection.
+
+    ``where=("*.q_proj", "*.v_proj")`` asks for modules matching *both* globs (none); PEFT's
+    ``target_modules=["q_proj", "v_proj"]`` is ``where=modify.any_of("*.q_proj", "*.v_proj")``.
+
+    Args:
+        *criteria: criteria as in :func:`modify.select` (classes, traits, globs, predicates,
+            other ``any_of``), at least one.
+
+    Returns:
+        A criterion (a predicate ``(path, module) -> bool``) for ``select``, ``rewrite`` and
+        every rewriter's ``where=``.
+
+    Raises:
+        TypeError: no criterion, or one of a kind ``select`` does not take.
+
+    Example:
+        >>> import modify
+        >>> net = modify.Sequential(q=modify.Linear(4, 4), k=modify.Linear(4, 4), v=modify.Linear(4, 4))
+        >>> modify.select(net, modify.any_of("q", "v")).paths()
+        ['q', 'v']
+        >>> modify.select(net, "q", "v").paths()   # several criteria (a tuple ``where=``): all of them
+        []
+    """
+    if not criteria:
+        raise TypeError("any_of: give at least one criterion")
+    return AnyOf(criteria)
+
+
+def as_criteria(where: Where) -> tuple[Criterion, ...]:
+    """``where`` as a tuple of criteria: one criterion or a tuple of them (all of which must hold)."""
+    return where if isinstance(where, tuple) else (where,)
+
+
+def describe(criterion: object) -> str:
+    """A criterion as written: a class by name, anything else by ``repr``."""
+    return criterion.__name__ if isinstance(criterion, type) else repr(criterion)
 
 
 def matcher(where: tuple) -> Match:
@@ -28,12 +88,14 @@ def matcher(where: tuple) -> Match:
 
 
 def _criterion(criterion: object) -> Match:
+    if isinstance(criterion, AnyOf):
+        return criterion
     if isinstance(criterion, type) and issubclass(criterion, nn.Module):
         return lambda path, module: isinstance(module, criterion)
     if isinstance(criterion, type) and issubclass(criterion, Trait):
         return lambda path, module: any(issubclass(t, criterion) for t in traits_of(module))
     if isinstance(criterion, str):
-        return lambda path, module: fnmatch.fnmatchcase(path, criterion)
+        return _glob(criterion)
     if isinstance(criterion, type):
         raise TypeError(
             f"select: a class criterion must be a torch.nn.Module subclass or a modify trait, got {criterion.__name__}"
@@ -41,6 +103,18 @@ def _criterion(criterion: object) -> Match:
     if callable(criterion):
         return _checked_predicate(criterion)
     raise TypeError(f"select: a criterion is a class, a trait, a glob or a predicate, got {type(criterion).__name__}")
+
+
+def _glob(pattern: str) -> Match:
+    """``fnmatch`` over the path, or over the module's ``reference_name`` where it has one."""
+
+    def test(path: str, module: nn.Module) -> bool:
+        if fnmatch.fnmatchcase(path, pattern):
+            return True
+        name = module.reference_name if isinstance(module, ModifyModule) else None
+        return name is not None and fnmatch.fnmatchcase(name, pattern)
+
+    return test
 
 
 def _checked_predicate(predicate: Callable) -> Match:

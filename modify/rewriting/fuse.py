@@ -19,7 +19,7 @@ from ..combinators import Sequential
 from ..primitives.activations import Dropout
 from ..primitives.arithmetic import Scale
 from ..primitives.structure import Identity
-from ..adapters.blocks import LoRA
+from .._core.module import Sealed
 from ..primitives.fused import AffineGroupNorm, AffineLayerNorm, AffineRMSNorm, ScaledLinear
 from .walk import rebuild
 
@@ -131,7 +131,7 @@ def fuse(model: nn.Module) -> nn.Module:
     fuse_once = once_per_object(_fused_sequence)  # a Sequential placed twice is fused once, and stays shared
 
     def keep_lora(path: str, module: nn.Module) -> nn.Module | None:
-        return module if isinstance(module, LoRA) else None
+        return module if isinstance(module, Sealed) else None
 
     def fuse_sequence(path: str, original: nn.Module, new: nn.Module) -> nn.Module:
         if type(new) is not Sequential:
