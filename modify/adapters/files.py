@@ -6,7 +6,9 @@ and ``adapter_model.safetensors`` with one entry per adapter tensor, named
 ``base_model.model.<layer>.<suffix>`` as PEFT's ``save_pretrained`` writes them (``lora_A.weight``,
 ``lora_B.weight``, ``lora_embedding_A``/``lora_embedding_B`` for an Embedding,
 ``lora_magnitude_vector`` for DoRA). ``<layer>`` is the reference implementation's module name
-for ``modify.models`` (read off the models' checkpoint key maps), the modify path otherwise.
+where the layer has one (its ``reference_name``: transformers' names for ``modify.models``, which
+read them off their checkpoint key maps; the original path for a converted model), the modify
+path otherwise.
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .._core.arguments import typechecked
-from ..models import gpt, llama
-from ..checkpoints.loading import CheckpointError, KeyFormat
-from ..checkpoints.pretrained import output_folder
+from .._core.module import ModifyModule
+from ..checkpoints.loading import CheckpointError
+from ..checkpoints.pretrained import Pretrained, output_folder
 from ..rewriting.selection import select
 from ..rewriting.walk import positions
 from .blocks import LoRA, layer_kind
@@ -35,7 +37,6 @@ PathLike = Union[str, os.PathLike]
 PREFIX = "base_model.model."
 CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
 _SUFFIXES = ("lora_A.weight", "lora_B.weight", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector")
-_KEY_FORMATS: tuple[tuple[type, KeyFormat], ...] = ((gpt.GPT, gpt.HF_KEYS), (llama.Llama, llama.HF_KEYS))
 
 
 def peft_tensors(block: LoRA) -> dict[str, torch.Tensor]:
@@ -49,18 +50,13 @@ def peft_tensors(block: LoRA) -> dict[str, torch.Tensor]:
 
 
 def layer_names(model: nn.Module) -> dict[str, str]:
-    """Module path -> the layer's name in an adapter file, for every module of ``model``."""
-    keys = next((k for cls, k in _KEY_FORMATS if isinstance(model, cls)), None)
-    paths = [path for path, _, _ in positions(model)]
-    if keys is None:
-        return {path: path for path in paths}
-    names = {}
-    for path in paths:
-        try:
-            names[path] = keys.reference_key(f"{path}.weight").removesuffix(".weight")
-        except RuntimeError:  # a module without a weight of its own in the reference layout
-            names[path] = path
-    return names
+    """Module path -> the layer's name in an adapter file (its ``reference_name``, else the path)."""
+    return {path: _name(path, module) for path, module, _ in positions(model)}
+
+
+def _name(path: str, module: nn.Module) -> str:
+    reference = module.reference_name if isinstance(module, ModifyModule) else None
+    return path if reference is None else reference
 
 
 def _most_common(values: dict[str, Any]) -> Any:
@@ -76,7 +72,8 @@ def _config(model: nn.Module, blocks: dict[str, LoRA]) -> dict[str, Any]:
         if len({getattr(b, flag) for b in blocks.values()}) > 1:
             raise ValueError(f"save_adapters: PEFT's format has one {flag} for all layers; the blocks differ")
     r, alpha, first = _most_common(ranks), _most_common(alphas), next(iter(blocks.values()))
-    conv1d_layers = isinstance(model, gpt.GPT) and all(b.kind == "linear" for b in blocks.values())
+    transposed = isinstance(model, Pretrained) and model.family.keys.fan_in_fan_out
+    conv1d_layers = transposed and all(b.kind == "linear" for b in blocks.values())
     return {
         "peft_type": "LORA", "task_type": None, "base_model_name_or_path": None, "revision": None,
         "inference_mode": True, "r": r, "lora_alpha": alpha, "lora_dropout": _most_common(dropouts),

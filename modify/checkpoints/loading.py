@@ -47,6 +47,8 @@ class KeyFormat:
         optional: glob patterns of model keys a checkpoint may lack; they get their initial
             value (``num_batches_tracked``, absent from checkpoints older than PyTorch 0.4.1,
             as ``torch.nn.BatchNorm2d`` allows).
+        fan_in_fan_out: the reference's linear layers store their weights ``(in, out)`` (GPT-2's
+            ``Conv1D``), as PEFT's ``LoraConfig.fan_in_fan_out`` says.
     """
 
     rules: Sequence[tuple[str, str | Callable[[re.Match[str]], str]]]
@@ -54,14 +56,35 @@ class KeyFormat:
     transform: Callable[[str, torch.Tensor], torch.Tensor] | None = None
     ignore: Sequence[str] = field(default_factory=tuple)
     optional: Sequence[str] = field(default_factory=tuple)
+    fan_in_fan_out: bool = False
 
     def reference_key(self, key: str) -> str:
         """The reference's name for the model key ``key``."""
+        reference = self.matched_key(key)
+        if reference is None:
+            raise RuntimeError(f"no checkpoint key rule for the model key '{key}'")  # a bug in the rules
+        return reference
+
+    def matched_key(self, key: str) -> str | None:
+        """The reference's name for ``key`` by the first rule that matches it, or ``None``."""
         for pattern, replacement in self.rules:
             match = re.fullmatch(pattern, key)
             if match:
                 return match.expand(replacement) if isinstance(replacement, str) else replacement(match)
-        raise RuntimeError(f"no checkpoint key rule for the model key '{key}'")  # a bug in the rules
+        return None
+
+    def name_modules(self, model: nn.Module) -> None:
+        """Set the ``reference_name`` of every module of ``model`` that holds a ``weight``.
+
+        The name is the reference's for that weight without ``.weight`` (GPT-2's
+        ``transformer.h.0.attn.c_attn``): the key map, read once, names the layers for ``select``
+        globs and adapter files. A model family calls it when it builds a model.
+        """
+        for path, module in model.named_modules():
+            if isinstance(module, ModifyModule) and "weight" in module._parameters:
+                reference = self.matched_key(f"{path}.weight")
+                if reference is not None:
+                    module.reference_name = reference.removesuffix(".weight")
 
     def transformed(self, key: str, value: torch.Tensor) -> torch.Tensor:
         """``transform(key, value)``, or ``value`` without a transform."""

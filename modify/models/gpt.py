@@ -141,6 +141,7 @@ class GPT(Pretrained, Sequential):
         )
         super().__init__(transformer=transformer, lm_head=lm_head)
         self.config = config
+        HF_KEYS.name_modules(self)  # reference names: transformers' layer names
 
     def reference_config(self) -> dict[str, Any]:
         """``GPT2Config``'s ``config.json`` fields for this model (see ``save_pretrained``)."""
@@ -219,6 +220,7 @@ HF_KEYS = KeyFormat(
     base_prefix="transformer",
     transform=_transpose_conv1d,
     ignore=("transformer.h.*.attn.bias", "transformer.h.*.attn.masked_bias"),
+    fan_in_fan_out=True,
 )
 
 

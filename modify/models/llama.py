@@ -211,6 +211,7 @@ class Llama(Pretrained, Sequential):
             norm=rms_norm(config.hidden_size, config.rms_norm_eps),
         )
         super().__init__(model=model, lm_head=lm_head)
+        HF_KEYS.name_modules(self)  # reference names: transformers' layer names
         self.config = config
 
     def reference_config(self) -> dict[str, Any]:
