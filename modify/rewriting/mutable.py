@@ -78,12 +78,11 @@ class _Shared(torch.Tensor):
             target = kwargs.get("out", kwargs.get("tensor", args[0] if args else None))
             in_place = name in _IN_PLACE or (name.endswith("_") and not name.endswith("__")) or "out" in kwargs
             if in_place and isinstance(target, _Shared):
-                leaf = "a leaf Variable that requires grad is being used in an in-place operation: " if (
-                    torch.is_grad_enabled() and target.requires_grad and getattr(func, "__module__", None) != "torch.nn.init") else ""
-                raise RuntimeError(
-                    f"mutable: {leaf}in-place {name} on a parameter still shared with the original model; "
-                    "assign a new tensor first (m.weight = m.weight + 1)"
-                )
+                problem = (f"mutable: in-place {name} on a parameter still shared with the original model; "
+                           "assign a new tensor first (m.weight = m.weight + 1)")
+                if torch.is_grad_enabled() and target.requires_grad and getattr(func, "__module__", "") != "torch.nn.init":
+                    problem = f"a leaf Variable that requires grad is being used in an in-place operation ({problem})"
+                raise RuntimeError(problem)
             result = func(*args, **kwargs)
         if isinstance(result, torch.Tensor) and result._is_view() and args and isinstance(args[0], _Shared):
             return result.as_subclass(_Shared)  # a view of a shared parameter is guarded too
