@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._core.arguments import typechecked
+from .._core.arguments import check_adapter_settings, typechecked
 from .._core.checks import expect_tensor
 from .._core.module import Leaf, Sealed
 from ..combinators import Parallel, Sequential
@@ -248,7 +248,7 @@ class LoRA(Sequential, Sealed):
         adapter_dtype: torch.dtype | None = None,
     ):
         kind = layer_kind(base, "base", dora)
-        alpha = check_settings(rank, alpha, dropout)
+        alpha = check_adapter_settings("LoRA", rank, alpha, dropout)
         scale = alpha / (math.sqrt(rank) if use_rslora else rank)
         base_dtype = base.weight.dtype
         dtype = adapter_dtype or (torch.float32 if base_dtype in _LOW_PRECISION else base_dtype)
@@ -302,20 +302,3 @@ class LoRA(Sequential, Sealed):
         variant = ", use_rslora=True" if self.use_rslora else ""
         variant += ", dora=True" if self.dora else ""
         return f"rank={self.rank}, alpha={self.alpha:g}{variant}"
-
-
-def check_settings(rank: int, alpha: float | None, dropout: float, owner: str = "LoRA") -> float:
-    """The checked ``alpha`` (``rank`` when ``None``).
-
-    Raises:
-        ValueError: ``rank < 1``, ``alpha`` nan or infinite, ``dropout`` outside ``[0, 1)``, the message
-            starting with ``owner`` (the class or function called).
-    """
-    if rank < 1:
-        raise ValueError(f"{owner}: rank must be at least 1, got {rank}")
-    alpha = float(rank) if alpha is None else float(alpha)
-    if not math.isfinite(alpha):
-        raise ValueError(f"{owner}: alpha must be a finite number, got {alpha}")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"{owner}: dropout must be in [0, 1), got {dropout}")
-    return alpha

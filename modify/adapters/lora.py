@@ -10,14 +10,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .._core.arguments import typechecked
+from .._core.arguments import check_adapter_settings, typechecked
 from .._core.identity import unique
 from .._core.sibling import sibling
 from ..primitives.linear import Linear
 from ..rewriting.criteria import Where, as_criteria
 from ..rewriting.selection import matching, select
 from ..rewriting.walk import positions
-from .blocks import LoRA, check_settings, layer_kind
+from .blocks import LoRA, layer_kind
 
 def lora_blocks(model: nn.Module) -> list[LoRA]:
     """Every :class:`LoRA` block of ``model``, once each, in module order."""
@@ -90,7 +90,7 @@ def lora(
         >>> [tuple(p.shape) for p in modify.lora_parameters(adapted)]
         [(2, 8), (8, 2)]
     """
-    check_settings(rank, alpha, dropout, "lora")
+    check_adapter_settings("lora", rank, alpha, dropout)
     if adapter_dtype is not None and not adapter_dtype.is_floating_point:
         raise TypeError(f"lora: adapter_dtype must be a floating-point dtype, got {adapter_dtype}")
     where = as_criteria(where)

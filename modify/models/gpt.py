@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.distributions import Normal
 
-from .._core.arguments import typechecked
+from .._core.arguments import check_fields, check_positive, typechecked
 from ..combinators import Parallel, Residual, Sequential
 from ..primitives import (
     GELU,
@@ -30,7 +30,7 @@ from ..primitives import (
 )
 from ..checkpoints.loading import Family, KeyFormat, hf_value, require
 from ..checkpoints.pretrained import Pretrained
-from .building import check_fields, check_positive, layer_norm
+from .building import layer_norm
 
 
 @dataclass

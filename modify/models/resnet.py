@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .._core.arguments import typechecked
+from .._core.arguments import check_fields, check_positive, typechecked
 from ..combinators import Sequential
 from ..primitives import AdaptiveAvgPool2d, Flatten, Linear, MaxPool2d, ReLU
 from ..checkpoints.loading import Family, KeyFormat, hf_value, load_pretrained, require
 from ..checkpoints.files import Source
 from ..checkpoints.pretrained import Pretrained
-from .building import batch_norm, check_fields, check_positive
+from .building import batch_norm
 from .resnet_blocks import BasicBlock, Bottleneck, conv
 
 ARCHITECTURES: dict[str, dict[str, Any]] = {
