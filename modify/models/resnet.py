@@ -160,6 +160,7 @@ class ResNet(Pretrained, Sequential):
         head = Sequential(pool=AdaptiveAvgPool2d(1), flatten=Flatten(1), fc=fc)
         super().__init__(embedder=embedder, stages=stages, head=head)
         self.config = config
+        HF_KEYS.name_modules(self)  # reference names: transformers' layer names
 
     def reference_config(self) -> dict[str, Any]:
         """``ResNetConfig``'s ``config.json`` fields for this model (see ``save_pretrained``)."""
