@@ -26,9 +26,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .._core.arguments import typechecked
-from .._core.module import ModifyModule
 from ..checkpoints.loading import CheckpointError
 from ..checkpoints.pretrained import Pretrained, output_folder
+from ..rewriting.criteria import reference_name
 from ..rewriting.selection import select
 from ..rewriting.walk import positions
 from .blocks import LoRA, layer_kind
@@ -55,7 +55,7 @@ def layer_names(model: nn.Module) -> dict[str, str]:
 
 
 def _name(path: str, module: nn.Module) -> str:
-    reference = module.reference_name if isinstance(module, ModifyModule) else None
+    reference = reference_name(module)
     return path if reference is None else reference
 
 

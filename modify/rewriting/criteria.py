@@ -2,12 +2,17 @@
 
 A tuple of criteria means *all of* them (as ``select(model, *where)`` does); :func:`any_of` is the
 one criterion that holds when any of its criteria does. A glob matches a module's path or its
-``reference_name`` (the name the reference implementation gives the layer).
+``reference_name`` (the name the reference implementation gives the layer). A module that a rewrite
+put in a layer's place takes the layer's name (a LoRA block, a wrapper), and the layer inside it
+keeps it: there the name belongs to the outermost matching module, so ``select`` passes the paths
+whose name an enclosing selected module carries as ``shadowed``, and a glob matches those by path
+only.
 """
 
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Container
 from typing import Callable, Union
 
 from torch import nn
@@ -25,7 +30,7 @@ class AnyOf:
     """One criterion that holds when any of ``criteria`` holds; made by :func:`any_of`."""
 
     def __init__(self, criteria: tuple[Criterion, ...]):
-        self.criteria, self.tests = criteria, [_criterion(c) for c in criteria]
+        self.criteria, self.tests = criteria, [_criterion(c, frozenset()) for c in criteria]
 
     def __call__(self, path: str, module: nn.Module) -> bool:
         return any(test(path, module) for test in self.tests)
@@ -64,6 +69,11 @@ def any_of(*criteria: Criterion) -> AnyOf:
     return AnyOf(criteria)
 
 
+def reference_name(module: nn.Module) -> str | None:
+    """``module.reference_name`` for a modify module, ``None`` for a plain ``torch.nn`` one."""
+    return module.reference_name if isinstance(module, ModifyModule) else None
+
+
 def as_criteria(where: Where) -> tuple[Criterion, ...]:
     """``where`` as a tuple of criteria: one criterion or a tuple of them (all of which must hold)."""
     return where if isinstance(where, tuple) else (where,)
@@ -74,28 +84,31 @@ def describe(criterion: object) -> str:
     return criterion.__name__ if isinstance(criterion, type) else repr(criterion)
 
 
-def matcher(where: tuple) -> Match:
+def matcher(where: tuple, shadowed: Container[str] = frozenset()) -> Match:
     """One predicate ``(path, module) -> bool`` that holds when every criterion in ``where`` does.
+
+    Globs match the paths in ``shadowed`` (filled by ``select`` as it walks) by path only.
 
     Raises:
         TypeError: a criterion that is neither a module class, a trait, a glob string nor a
             callable; a predicate that returns something other than a ``bool``.
     """
-    tests = [_criterion(c) for c in where]
+    tests = [_criterion(c, shadowed) for c in where]
     if len(tests) == 1:
         return tests[0]
     return lambda path, module: all(test(path, module) for test in tests)
 
 
-def _criterion(criterion: object) -> Match:
+def _criterion(criterion: object, shadowed: Container[str]) -> Match:
     if isinstance(criterion, AnyOf):
-        return criterion
+        tests = [_criterion(c, shadowed) for c in criterion.criteria]
+        return lambda path, module: any(test(path, module) for test in tests)
     if isinstance(criterion, type) and issubclass(criterion, nn.Module):
         return lambda path, module: isinstance(module, criterion)
     if isinstance(criterion, type) and issubclass(criterion, Trait):
         return lambda path, module: any(issubclass(t, criterion) for t in traits_of(module))
     if isinstance(criterion, str):
-        return _glob(criterion)
+        return _glob(criterion, shadowed)
     if isinstance(criterion, type):
         raise TypeError(
             f"select: a class criterion must be a torch.nn.Module subclass or a modify trait, got {criterion.__name__}"
@@ -105,14 +118,14 @@ def _criterion(criterion: object) -> Match:
     raise TypeError(f"select: a criterion is a class, a trait, a glob or a predicate, got {type(criterion).__name__}")
 
 
-def _glob(pattern: str) -> Match:
-    """``fnmatch`` over the path, or over the module's ``reference_name`` where it has one."""
+def _glob(pattern: str, shadowed: Container[str]) -> Match:
+    """``fnmatch`` over the path, or over the module's ``reference_name`` where it has one (not shadowed)."""
 
     def test(path: str, module: nn.Module) -> bool:
         if fnmatch.fnmatchcase(path, pattern):
             return True
-        name = module.reference_name if isinstance(module, ModifyModule) else None
-        return name is not None and fnmatch.fnmatchcase(name, pattern)
+        name = reference_name(module)
+        return name is not None and path not in shadowed and fnmatch.fnmatchcase(name, pattern)
 
     return test
 

@@ -16,7 +16,7 @@ from torch import nn
 from .._core.arguments import typechecked
 from .._core.identity import once_per_object, unique
 from ..combinators import Combinator, Sequential
-from .criteria import Criterion, describe, matcher
+from .criteria import Criterion, describe, matcher, reference_name
 from .walk import positions, rebuild
 
 _PLAIN_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
@@ -235,7 +235,9 @@ def select(model: nn.Module, *where: Criterion) -> Selection:
               dots (``"blocks.*.attn.*"``); the root's path is ``""``. It also matches a
               module's ``reference_name`` (transformers' ``transformer.h.0.attn.c_attn`` for
               the ``c_attn`` of ``modify.models.GPT``; a converted model's original path), so
-              the names in a PEFT ``adapter_config.json`` select the same layers;
+              the names in a PEFT ``adapter_config.json`` select the same layers. Inside a
+              selected module that took a layer's name (its LoRA block), the layer is matched by
+              path only, so a name selects the outermost module carrying it that matches;
             - a predicate ``(path, module) -> bool``, e.g. :func:`modify.any_of` (the union of
               criteria).
 
@@ -261,9 +263,14 @@ def select(model: nn.Module, *where: Criterion) -> Selection:
         >>> modify.select(net, modify.traits.Elementwise).paths()
         ['block.1.0', 'block.1.1.1', 'block.2']
     """
-    match, pairs, leaves = matcher(where), [], {}
+    shadowed: set[str] = set()  # paths whose reference name an enclosing selected module carries
+    match, pairs, leaves, names = matcher(where, shadowed), [], {}, {}
     for path, module, leaf in positions(model):
+        name = reference_name(module)
+        if name is not None and path and any(names.get(a) == name for a in _ancestors(path)):
+            shadowed.add(path)
         if match(path, module):
+            names[path] = name
             pairs.append((path, module))
             if leaf is not None:
                 leaves[path] = leaf

@@ -87,3 +87,19 @@ def test_a_tuple_that_matches_nothing_says_it_means_all_of_and_names_any_of():
         modify.lora(gpt(), 8, where=("*.c_attn", "*.c_proj", "*.c_fc"))
     with pytest.raises(ValueError, match=r"^lora: `where` \('nothing'\) matches no layer of the GPT$"):
         modify.lora(gpt(), 8, where="nothing")
+
+
+def test_a_reference_name_selects_the_outermost_module_carrying_it():
+    adapted = modify.lora(gpt(), rank=2, where=modify.any_of("lm_head", "*.c_attn"))
+    assert modify.select(adapted, "lm_head").paths() == ["lm_head"]  # the block, not the layer inside it
+    assert modify.select(adapted, "transformer.h.0.attn.c_attn").paths() == ["transformer.h.0.attn.1.1.c_attn"]
+    assert modify.select(adapted, "*.base").paths() != []  # the layer inside is still reached by its path
+    wrapped = modify.select(adapted, "lm_head").insert_after(modify.Scale(1.0))
+    assert type(wrapped.lm_head[0]) is modify.LoRA and type(wrapped.lm_head[0].base) is modify.Linear
+    ids = torch.randint(0, 16, (2, 5))
+    assert torch.equal(wrapped(ids), adapted(ids))
+    with pytest.raises(TypeError, match="is a LoRA"):  # the name selects the block, as its path does
+        modify.lora(adapted, rank=2, where="transformer.h.0.attn.c_attn")
+    stacked = modify.lora(adapted, rank=2, where=(modify.Linear, "transformer.h.0.attn.c_attn"))  # the layer inside
+    assert modify.select(stacked, modify.LoRA, "transformer.h.0.*").paths() == [
+        "transformer.h.0.attn.1.1.c_attn", "transformer.h.0.attn.1.1.c_attn.1.base"]
