@@ -89,10 +89,11 @@ def save_adapters(model: nn.Module, folder: PathLike) -> None:
     """Write only the adapters of a LoRA sibling, in PEFT's folder format.
 
     ``adapter_config.json`` and ``adapter_model.safetensors`` as PEFT's ``save_pretrained``
-    writes them, so ``PeftModel.from_pretrained(reference_model, folder)`` loads them; for
-    ``modify.models.GPT`` and ``Llama`` the layer names are the ``transformers`` model's
-    (``transformer.h.0.attn.c_attn``, ``model.layers.0.self_attn.q_proj``), for other models
-    the modify paths. Ranks and alphas that differ between layers go to ``rank_pattern`` and
+    writes them, so ``PeftModel.from_pretrained(reference_model, folder)`` loads them. A layer is
+    named by its ``reference_name`` where it has one (for ``modify.models`` the ``transformers``
+    model's: ``transformer.h.0.attn.c_attn``, ``model.layers.0.self_attn.q_proj``,
+    ``resnet.embedder.embedder.convolution``; a converted model's original paths), by its modify
+    path otherwise. Ranks and alphas that differ between layers go to ``rank_pattern`` and
     ``alpha_pattern``. Tensors are saved in the adapters' own dtype.
 
     Args:
@@ -229,8 +230,8 @@ def load_adapters(base: nn.Module, folder: PathLike) -> nn.Module:
     """A LoRA sibling of ``base`` carrying the adapters of a PEFT-format folder.
 
     Reads what :func:`save_adapters` writes, or PEFT's ``save_pretrained`` for the reference
-    model (``transformers``' GPT-2 or Llama onto ``modify.models.GPT``/``Llama``; module paths
-    for other models): ``r``, ``lora_alpha``, ``rank_pattern``, ``alpha_pattern``,
+    model (``transformers``' GPT-2, Llama or ResNet onto ``modify.models``; layers are found by
+    ``reference_name``, else by module path): ``r``, ``lora_alpha``, ``rank_pattern``, ``alpha_pattern``,
     ``lora_dropout``, ``use_rslora`` and ``use_dora`` from the config, the adapted layers from
     the weights file. Every key and shape is checked before anything is built; ``base`` is left
     untouched (the sibling shares its parameters, as :func:`~modify.lora` does). Base weights
