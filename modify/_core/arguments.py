@@ -9,6 +9,7 @@ them); sizes, finiteness, dtypes and child names by the ``check_*`` helpers. Err
 from __future__ import annotations
 
 import collections.abc
+import dataclasses
 import functools
 import inspect
 import math
@@ -17,7 +18,7 @@ import typing
 from typing import Any, Callable, TypeVar
 
 import torch
-from typeguard import TypeCheckError, check_type
+from typeguard import CollectionCheckStrategy, TypeCheckError, check_type
 
 from .checks import checks_enabled
 
@@ -45,6 +46,47 @@ def check_floating_dtype(owner: str, dtype: torch.dtype | None) -> None:
     """Raise ``TypeError`` naming ``owner`` unless ``dtype`` is ``None`` or a floating-point dtype."""
     if dtype is not None and not dtype.is_floating_point:
         raise TypeError(f"{owner}: dtype must be a floating-point dtype, got {dtype}")
+
+
+def check_fields(config: object) -> None:
+    """Check a config dataclass's field values against their annotations.
+
+    Raises:
+        TypeError: naming the config class, the field, what it got and what it expects.
+    """
+    hints = typing.get_type_hints(type(config))
+    for item in dataclasses.fields(config):  # type: ignore[arg-type]
+        value, hint = getattr(config, item.name), hints[item.name]
+        try:
+            refuse_bool(value, hint)
+            check_type(value, hint, collection_check_strategy=CollectionCheckStrategy.ALL_ITEMS)
+        except TypeCheckError as error:
+            raise TypeError(f"{type(config).__name__}: field '{item.name}' got {value!r}, which {error}") from None
+
+
+def check_positive(config: object, *names: str) -> None:
+    """Raise ``ValueError`` naming the first of ``names`` whose value is not a positive number."""
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and value <= 0:
+            raise ValueError(f"{type(config).__name__}: {name} must be positive, got {value}")
+
+
+def check_adapter_settings(owner: str, rank: int, alpha: float | None, dropout: float) -> float:
+    """A low-rank adapter's checked ``alpha`` (``rank`` when ``None``).
+
+    Raises:
+        ValueError: ``rank < 1``, ``alpha`` nan or infinite, ``dropout`` outside ``[0, 1)``, the
+            message starting with ``owner`` (the class or function called).
+    """
+    if rank < 1:
+        raise ValueError(f"{owner}: rank must be at least 1, got {rank}")
+    alpha = float(rank) if alpha is None else float(alpha)
+    if not math.isfinite(alpha):
+        raise ValueError(f"{owner}: alpha must be a finite number, got {alpha}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"{owner}: dropout must be in [0, 1), got {dropout}")
+    return alpha
 
 
 def check_child_name(parent: torch.nn.Module, name: object) -> None:

@@ -1,13 +1,7 @@
-"""Pieces shared by the models: normalisation pairs and config checks."""
+"""Pieces shared by the models: normalisation pairs (config checks live in ``_core/arguments.py``)."""
 
 from __future__ import annotations
 
-import dataclasses
-import typing
-
-from typeguard import CollectionCheckStrategy, TypeCheckError, check_type
-
-from .._core.arguments import refuse_bool
 from ..combinators import Sequential
 from ..primitives import BatchNorm2d, ElementwiseAffine, LayerNorm, RMSNorm
 
@@ -25,27 +19,3 @@ def rms_norm(features: int, eps: float) -> Sequential:
 def batch_norm(channels: int) -> Sequential:
     """``torch.nn.BatchNorm2d(channels)`` as ``Sequential(norm=..., affine=ElementwiseAffine(C, dim=1))``."""
     return Sequential(norm=BatchNorm2d(channels), affine=ElementwiseAffine(channels, dim=1))
-
-
-def check_fields(config: object) -> None:
-    """Check a config dataclass's field values against their annotations.
-
-    Raises:
-        TypeError: naming the config class, the field, what it got and what it expects.
-    """
-    hints = typing.get_type_hints(type(config))
-    for item in dataclasses.fields(config):  # type: ignore[arg-type]
-        value, hint = getattr(config, item.name), hints[item.name]
-        try:
-            refuse_bool(value, hint)
-            check_type(value, hint, collection_check_strategy=CollectionCheckStrategy.ALL_ITEMS)
-        except TypeCheckError as error:
-            raise TypeError(f"{type(config).__name__}: field '{item.name}' got {value!r}, which {error}") from None
-
-
-def check_positive(config: object, *names: str) -> None:
-    """Raise ``ValueError`` naming the first of ``names`` whose value is not a positive number."""
-    for name in names:
-        value = getattr(config, name)
-        if value is not None and value <= 0:
-            raise ValueError(f"{type(config).__name__}: {name} must be positive, got {value}")

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.distributions import Normal
 
-from .._core.arguments import typechecked
+from .._core.arguments import check_fields, check_positive, typechecked
 from ..combinators import Parallel, Residual, Sequential
 from ..primitives import (
     GELU,
@@ -30,7 +30,7 @@ from ..primitives import (
 )
 from ..checkpoints.loading import Family, KeyFormat, hf_value, require
 from ..checkpoints.pretrained import Pretrained
-from .building import check_fields, check_positive, layer_norm
+from .building import layer_norm
 
 
 @dataclass
@@ -148,6 +148,7 @@ class GPT(Pretrained, Sequential):
         )
         super().__init__(transformer=transformer, lm_head=lm_head)
         self.config = config
+        HF_KEYS.name_modules(self)  # reference names: transformers' layer names
 
     def reference_config(self) -> dict[str, Any]:
         """``GPT2Config``'s ``config.json`` fields for this model (see ``save_pretrained``)."""
@@ -226,6 +227,7 @@ HF_KEYS = KeyFormat(
     base_prefix="transformer",
     transform=_transpose_conv1d,
     ignore=("transformer.h.*.attn.bias", "transformer.h.*.attn.masked_bias"),
+    fan_in_fan_out=True,
 )
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from torch import nn
 from torch.distributions import Normal
 
-from .._core.arguments import typechecked
+from .._core.arguments import check_fields, check_positive, typechecked
 from ..combinators import Parallel, Residual, Sequential
 from ..primitives import (
     Copy,
@@ -29,7 +29,7 @@ from ..primitives import (
 from ..primitives.attention import check_rope_scaling
 from ..checkpoints.loading import Family, KeyFormat, hf_value, require
 from ..checkpoints.pretrained import Pretrained
-from .building import check_fields, check_positive, rms_norm
+from .building import rms_norm
 
 # model_type -> the transformers class of that family, all read by Llama.from_pretrained.
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
@@ -211,6 +211,7 @@ class Llama(Pretrained, Sequential):
             norm=rms_norm(config.hidden_size, config.rms_norm_eps),
         )
         super().__init__(model=model, lm_head=lm_head)
+        HF_KEYS.name_modules(self)  # reference names: transformers' layer names
         self.config = config
 
     def reference_config(self) -> dict[str, Any]:

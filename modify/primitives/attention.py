@@ -202,6 +202,10 @@ class RotaryEmbedding(Leaf, Unary, ParamFree, Linear, Vector):
         self.dim, self.base, self.scaling = dim, float(base), scaling
         self.register_buffer("inv_freq", rope_inverse_frequencies(dim, self.base, scaling), persistent=False)
 
+    def reset_buffers(self) -> None:
+        """Recompute ``inv_freq`` on the default device (see :meth:`ModifyModule.reset_buffers`)."""
+        self.inv_freq = rope_inverse_frequencies(self.dim, self.base, self.scaling)
+
     def forward(self, x):
         x = expect_floating(self, x)
         if checks_enabled() and (x.dim() < 2 or x.shape[-1] != self.dim):
