@@ -21,19 +21,33 @@ How it works, in four steps (one file each):
 
 from __future__ import annotations
 
+from typing import Any
+
+import torch
 from torch import nn
 
 from .._core.arguments import typechecked
 from .._core.module import ModifyModule
 from .._core.wrapped import wrap
 from .known_layers import convert_layer, known_layer
+from ..combinators import Sequential
+from ..primitives.function import Function
+from .export import capture
 from .scopes import Scopes
 from .trace import trace
-from .units import Units
+from .units import Units, pick
+from .verify import FixedSizes, verify
 
 
 @typechecked
-def convert(module: nn.Module, *, leaf_modules: tuple[type, ...] | list[type] = ()) -> nn.Module:
+def convert(
+    module: nn.Module,
+    args: torch.Tensor | tuple[torch.Tensor, ...] | None = None,
+    kwargs: dict[str, Any] | None = None,
+    *,
+    leaf_modules: tuple[type, ...] | list[type] = (),
+    output: str | tuple[str, ...] | None = None,
+) -> nn.Module:
     """A tree of leaves joined by ``Sequential``/``Parallel`` computing what ``module`` computes.
 
     ``module.forward`` is traced with ``torch.fx`` (Reed et al. 2022, "torch.fx: Practical
@@ -110,13 +124,58 @@ def convert(module: nn.Module, *, leaf_modules: tuple[type, ...] | list[type] = 
     if known_layer(module):
         leaf = convert_layer(module)
         if leaf is not None:
+            leaf.reference_name = ""
             return leaf
-    graph, inputs = trace(module, lambda m: known_layer(m) or isinstance(m, keep_whole))
-    units = Units(module, graph, inputs)
+    args = (args,) if isinstance(args, torch.Tensor) else args
+    kwargs = dict(kwargs or {})
+
+    def keep(m: nn.Module) -> bool:
+        return known_layer(m) or isinstance(m, keep_whole)
+
+    try:
+        graph, inputs = trace(module, keep, kwargs)
+        tree, layers = _build(module, graph, inputs, output)
+    except TypeError as error:
+        if args is None:
+            raise TypeError(f"{error}{_hint(module)}") from error
+        tree, layers = _exported(module, args, kwargs, output, keep)
+    _set_mode(tree, module.training, layers)
+    if args is not None:
+        verify(module, tree, args, kwargs, output)
+    return tree
+
+
+def _build(module: nn.Module, graph, inputs, output) -> tuple[nn.Module, set[int]]:
+    """The tree of a captured graph, and the ids of its leaves made from layers (in their own mode)."""
+    units = Units(module, graph, inputs, output)
     scopes = Scopes(units.units, units.chains, units.targets, units.output)
     tree = scopes.region(units.units, list(units.inputs), units.output)
-    _set_mode(tree, module.training, {id(m) for m in units.leaves.values()})
-    return tree
+    return tree, {id(m) for m in units.leaves.values()}
+
+
+def _exported(module: nn.Module, args: tuple, kwargs: dict, output, keep) -> tuple[nn.Module, set[int]]:
+    """The tree of ``torch.export``'s capture, checking first the input axes it fixed."""
+    graph, inputs, fixed = capture(module, args, kwargs, lambda out: _fields(out, output, module), keep)
+    tree, layers = _build(module, graph, inputs, output)
+    if not fixed:
+        return tree, layers
+    guard = Function(FixedSizes(fixed, len(inputs), type(module).__name__), name="fixed_sizes")
+    children = dict(tree.named_children()) if type(tree) is Sequential else {"model": tree}
+    return Sequential(fixed_sizes=guard, **children), layers
+
+
+def _fields(result: object, output, module: nn.Module) -> object:
+    return pick(result, output, type(module).__name__) if isinstance(result, dict) else result
+
+
+def _hint(module: nn.Module) -> str:
+    if not type(module).__module__.startswith("transformers."):
+        return ""
+    return (
+        " For a transformers model, pass example inputs so that torch.export captures it: "
+        "modify.convert(model, (input_ids,), {'use_cache': False}); for GPT-2 and Llama checkpoints "
+        "modify.models.GPT.from_pretrained / modify.models.Llama.from_pretrained build them from primitives."
+    )
 
 
 def _set_mode(tree: nn.Module, training: bool, kept: set[int]) -> None:

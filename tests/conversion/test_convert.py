@@ -213,8 +213,10 @@ def test_unsupported_inputs_and_outputs_raise_type_errors():
 
     with pytest.raises(TypeError, match=r"Star.forward takes \*xs"):
         modify.convert(Star())
-    with pytest.raises(TypeError, match="must return a tensor.*a dict with keys"):
-        modify.convert(Dict())
+    with pytest.raises(TypeError, match=r"returns the fields \['y'\]; output='z'"):
+        modify.convert(Dict(), output="z")
+    x = torch.randn(2, 3)
+    torch.testing.assert_close(modify.convert(Dict(), output="y")(x), x * 2)
     with pytest.raises(TypeError, match="leaf_modules"):
         modify.convert(nn.Linear(2, 2), leaf_modules=("Linear",))
 
