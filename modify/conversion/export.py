@@ -1,6 +1,6 @@
 """Capturing ``forward`` with ``torch.export`` where ``torch.fx`` cannot trace it.
 
-``torch.export.export`` (non-strict, every input axis ``Dim.AUTO``) captures decorated
+``torch.export.export`` (non-strict, input axes ``Dim.AUTO``: see :func:`dynamic_axes`) captures decorated
 ``forward``\\ s, ``**kwargs``, ``ModelOutput`` results and Python control flow on sizes, as an ATen
 graph that keeps each node's module path (``nn_module_stack``) and the high-level ops
 (``aten.linear``, ``aten.layer_norm``, ``aten.scaled_dot_product_attention``). :func:`capture`
@@ -81,7 +81,7 @@ def capture(module: nn.Module, args: tuple, kwargs: dict, pick, keep) -> tuple[f
     Raises:
         TypeError: ``torch.export`` cannot capture ``forward`` (naming the construct).
     """
-    dynamic = tuple({axis: Dim.AUTO for axis in range(a.dim())} for a in args)
+    dynamic = tuple(dynamic_axes(a) for a in args)
     try:
         program = torch.export.export(_Selected(module, kwargs, pick), args, dynamic_shapes=(dynamic,), strict=False)
     except Exception as error:  # noqa: BLE001 - re-raised as the documented TypeError
@@ -101,6 +101,14 @@ def capture(module: nn.Module, args: tuple, kwargs: dict, pick, keep) -> tuple[f
         if isinstance(size, int)
     }
     return graph, inputs, fixed
+
+
+def dynamic_axes(example: torch.Tensor) -> dict[int, object]:
+    """The axes export keeps symbolic: every axis of a sequence input (rank at most 3), the batch
+    axis of an image (rank 4 or more: the symbolic image sizes of windowed attention, Swin's,
+    take export minutes; images keep the example's size, another size is refused by name)."""
+    axes = range(example.dim()) if example.dim() <= 3 else range(min(1, example.dim()))
+    return {axis: Dim.AUTO for axis in axes}
 
 
 def _strip(path: str) -> str:

@@ -90,7 +90,10 @@ class Units:
             return ALIAS
         if id(module) not in self.leaves:
             leaf = module if isinstance(module, ModifyModule) else convert_layer(module)
-            self.leaves[id(module)] = leaf if leaf is not None else wrap(module)
+            leaf = leaf if leaf is not None else wrap(module)
+            if leaf is not module:
+                leaf.reference_name = node.target  # the original's module path
+            self.leaves[id(module)] = leaf
         return self.leaves[id(module)], [node.args[0]]
 
     def _output(self, node: fx.Node) -> object:
