@@ -27,6 +27,7 @@ from .._core.arguments import typechecked
 from ..models import gpt, llama
 from ..checkpoints.loading import CheckpointError, KeyFormat
 from ..checkpoints.pretrained import output_folder
+from ..primitives.transposed_linear import TransposedLinear
 from ..rewriting.selection import select
 from ..rewriting.walk import positions
 from .blocks import LoRA, layer_kind
@@ -53,7 +54,7 @@ def layer_names(model: nn.Module) -> dict[str, str]:
     keys = next((k for cls, k in _KEY_FORMATS if isinstance(model, cls)), None)
     paths = [path for path, _, _ in positions(model)]
     if keys is None:
-        return {path: path for path in paths}
+        return {path: _reference_name(module) or path for path, module, _ in positions(model)}
     names = {}
     for path in paths:
         try:
@@ -61,6 +62,12 @@ def layer_names(model: nn.Module) -> dict[str, str]:
         except RuntimeError:  # a module without a weight of its own in the reference layout
             names[path] = path
     return names
+
+
+def _reference_name(module: nn.Module) -> str | None:
+    """The original module path ``convert`` gave the layer (branch convert's stand-in for house's version)."""
+    base = module.base if isinstance(module, LoRA) else module
+    return getattr(base, "reference_name", None)
 
 
 def _most_common(values: dict[str, Any]) -> Any:
@@ -76,7 +83,8 @@ def _config(model: nn.Module, blocks: dict[str, LoRA]) -> dict[str, Any]:
         if len({getattr(b, flag) for b in blocks.values()}) > 1:
             raise ValueError(f"save_adapters: PEFT's format has one {flag} for all layers; the blocks differ")
     r, alpha, first = _most_common(ranks), _most_common(alphas), next(iter(blocks.values()))
-    conv1d_layers = isinstance(model, gpt.GPT) and all(b.kind == "linear" for b in blocks.values())
+    transposed = isinstance(model, gpt.GPT) or all(isinstance(b.base, TransposedLinear) for b in blocks.values())
+    conv1d_layers = transposed and all(b.kind == "linear" for b in blocks.values())
     return {
         "peft_type": "LORA", "task_type": None, "base_model_name_or_path": None, "revision": None,
         "inference_mode": True, "r": r, "lora_alpha": alpha, "lora_dropout": _most_common(dropouts),

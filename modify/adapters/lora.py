@@ -17,6 +17,7 @@ from ..combinators import Combinator
 from ..primitives.linear import Linear
 from .._core.identity import unique
 from .._core.sibling import sibling
+from ..primitives.transposed_linear import TransposedLinear
 from ..rewriting.criteria import Criterion
 from ..rewriting.selection import select
 from ..rewriting.walk import positions
@@ -197,7 +198,10 @@ def delta_weight(block: LoRA, weight: torch.Tensor) -> torch.Tensor:
     down, up = block.down.weight.to(wide), block.up.weight.to(wide)
     if block.kind == "embedding":
         return weight + block.scale * (down @ up.T)
-    return weight + block.scale * (up.flatten(1) @ down.flatten(1)).reshape(weight.shape)
+    delta = up.flatten(1) @ down.flatten(1)
+    if isinstance(block.base, TransposedLinear):  # GPT-2's Conv1D layout (in, out): PEFT's fan_in_fan_out
+        delta = delta.T
+    return weight + block.scale * delta.reshape(weight.shape)
 
 
 def _merged(block: LoRA, path: str, safe: bool) -> nn.Module:

@@ -176,13 +176,15 @@ def _environment(piece: list[Unit], env: list[object], output: object) -> nn.Mod
     for i, unit in enumerate(piece):
         later = {v for u in piece[i + 1 :] for v in u.inputs} | {output}
         survivors = [v for v in env if v in later]
-        compute = unit.module if unit.inputs == env else Sequential(select(env, unit.inputs), unit.module)
+        name, compute = unit.name, unit.module
+        if unit.inputs != env:  # the unit keeps its own name inside: globs on it find the unit itself
+            name, compute = f"{unit.name}_step", Sequential(**{"inputs": select(env, unit.inputs), unit.name: unit.module})
         if survivors:
             branches = {str(j): select(env, [v]) for j, v in enumerate(survivors)}
-            _add(branches, unit.name, compute)
+            _add(branches, name, compute)
             _add(steps, "step", fork(branches))
         else:
-            _add(steps, unit.name, compute)
+            _add(steps, name, compute)
         env = survivors + [unit.output]
     return Sequential(**steps)
 

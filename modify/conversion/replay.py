@@ -77,8 +77,8 @@ class _Builder:
     def template(self, arg: object) -> object:
         if isinstance(arg, fx.Node):
             return self._node(arg)
-        if isinstance(arg, (tuple, list)):
-            return type(arg)(self.template(a) for a in arg)
+        if isinstance(arg, (tuple, list)):  # fx's immutable_list as a plain list (torch.compile reads it)
+            return (tuple if isinstance(arg, tuple) else list)(self.template(a) for a in arg)
         if isinstance(arg, dict):
             return {k: self.template(v) for k, v in arg.items()}
         if isinstance(arg, slice):
