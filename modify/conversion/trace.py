@@ -37,6 +37,7 @@ class _Tracer(fx.Tracer):
     def __init__(self, keep):
         super().__init__()
         self.keep, self.paths = keep, []
+        self.proxy_buffer_attributes = True  # ``self.bias[:, :, :T, :T]`` slices a traced buffer
 
     def is_leaf_module(self, m: nn.Module, qualified_name: str) -> bool:
         return isinstance(m, ModifyModule) or self.keep(m) or super().is_leaf_module(m, qualified_name)
@@ -125,7 +126,7 @@ def is_meta(node: fx.Node) -> bool:
         return False
     if node.target is getattr:
         return node.args[1] in _SHAPE_ATTRS
-    if node.target in _INT_OPS:
+    if node.target in _INT_OPS or getattr(node.target, "__module__", None) == "math":  # ``math.sqrt(k.size(-1))``
         sources = [a for a in node.all_input_nodes]
         return bool(sources) and all(is_meta(a) for a in sources)
     return False
