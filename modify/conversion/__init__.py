@@ -4,13 +4,16 @@ How it works, in four steps (one file each):
 
 1. :mod:`~modify.conversion.trace`: ``torch.fx`` traces ``forward``, keeping whole the modules that
    become one leaf and inlining every other submodule, and records which module call each node
-   ran in.
+   ran in. Where it cannot and example ``args`` are given, :mod:`~modify.conversion.export`
+   captures ``forward`` with ``torch.export`` and rewrites the ATen graph into the same form
+   (layer calls as ``call_module`` nodes by ``nn_module_stack``, ATen ops as their torch calls).
 2. :mod:`~modify.conversion.units`: every node that makes a value becomes a leaf: a known
-   ``torch.nn`` layer its modify leaf holding the same parameters (:mod:`~.layers`), a function,
+   ``torch.nn`` layer its modify leaf holding the same parameters (:mod:`~.known_layers`), a function,
    method or operator with a primitive that primitive (:mod:`~.functions`; views whose sizes come
    from ``x.size()`` through :mod:`~.shapes`), anything else an opaque :class:`~modify.Function`
-   replaying the call (:mod:`~.opaque`). Sizes and shapes are not values: they are recomputed
-   inside the leaf that uses them.
+   replaying the call (:mod:`~.replay`). Sizes and shapes are not values: they are recomputed
+   inside the leaf that uses them; values computed from no input (a mask buffer's slice) are
+   replayed inside one leaf holding their tensors.
 3. :mod:`~modify.conversion.scopes`: the leaves of one submodule call are grouped under the
    submodule's attribute name, recursively, so the tree reads like the original.
 4. :mod:`~modify.conversion.graph`: each group's dataflow becomes combinators. Chains are
@@ -65,10 +68,23 @@ def convert(
     module used twice is one object in the result. Parameters ``forward`` never uses are not in
     the result.
 
+    With example ``args``, a ``forward`` that ``torch.fx`` cannot trace (decorated, ``**kwargs``,
+    a ``ModelOutput``, Python control flow on sizes: ``transformers``' and ``timm``'s models) is
+    captured with ``torch.export`` instead, and the result is checked on the example against
+    ``module`` before it is returned. Every leaf made from a module of ``module`` has that
+    module's path as its ``reference_name`` (``transformer.h.0.attn.c_attn``), which
+    :func:`modify.save_adapters` writes, so PEFT loads the adapters onto ``module``.
+
     Args:
         module: the model, any ``torch.nn.Module`` (a modify module is returned as it is).
+        args: example inputs, a tensor or a tuple of tensors, as ``torch.export.export`` takes
+            them (a batch of 2 or more: export fixes axes of size 1).
+        kwargs: keyword arguments fixed for every call (``{"use_cache": False}``).
         leaf_modules: ``torch.nn.Module`` classes to keep whole as opaque leaves (their inside
             is not converted; use it for code ``torch.fx`` cannot trace).
+        output: for a ``forward`` returning a dict or ``ModelOutput``: the field to return
+            (default ``"logits"`` if present, else the first field), or a tuple of field names
+            to return a tuple.
 
     Returns:
         A ``ModifyModule`` in ``module``'s training mode (each leaf in its layer's mode).
@@ -78,10 +94,14 @@ def convert(
         inputs ``(x_1, ..., x_n)`` as one tuple.
 
     Raises:
-        TypeError: ``forward`` takes ``*args``/``**kwargs`` or returns something other than
-            tensors (a dict, ``None``); code ``torch.fx`` cannot trace (Python control flow on a
-            tensor's values, say), naming the module path and the construct, with the
-            ``leaf_modules`` hint.
+        TypeError: ``forward`` takes ``*args`` (or ``**kwargs`` without example ``args``) or
+            returns something other than tensors; an ``output`` field it does not return; code
+            neither capture can read (Python control flow on a tensor's values, say), naming the
+            module path and the construct, with the ``leaf_modules`` hint (and, for a
+            ``transformers`` model, ``convert(model, args)`` and ``modify.models``); a tree
+            whose output on the example differs from ``module``'s.
+        ValueError: (when called) an input size other than the example's on an axis that
+            ``torch.export`` fixed, naming the input and axis.
 
     Example:
         >>> import torch, modify

@@ -16,7 +16,7 @@ from ..combinators import Sequential
 from ..primitives.arithmetic import Add
 from ..primitives.joins import Split
 from .functions import ALIAS, primitive
-from .graph import Unit, fork, select
+from .graph import Unit, gather, named_fork
 from .known_layers import convert_layer
 from .replay import opaque_function
 from .shapes import Shapes, split_count
@@ -152,5 +152,5 @@ def _describe(value: object) -> str:
 def _pack(structure: object, inputs: list[object], resolve) -> nn.Module:
     """The module taking ``inputs`` (one value or a tuple) to the nested tuple ``structure``."""
     if not isinstance(structure, (tuple, list)):
-        return select(inputs, [resolve(structure)])
-    return fork({str(i): _pack(item, inputs, resolve) for i, item in enumerate(structure)})
+        return gather(inputs, [resolve(structure)])
+    return named_fork({str(i): _pack(item, inputs, resolve) for i, item in enumerate(structure)})
