@@ -16,7 +16,9 @@ module from the region's inputs to its output, trying the readable shapes first:
    the values still needed and appends the new one (``Index`` picks, ``Copy`` duplicates).
 
 Children are named after the units (the original attribute names); composite steps are named
-``fork``, ``residual`` or ``step`` (with ``_1``, ``_2``, ... when a name repeats).
+``fork``, ``residual`` or ``step`` (with ``_1``, ``_2``, ... when a name repeats), and a unit that
+first gathers its inputs is ``<unit>_step = Sequential(inputs=..., <unit>=...)``, so a glob on the
+unit's name finds the unit itself.
 """
 
 from __future__ import annotations
