@@ -13,6 +13,8 @@ example's size are returned, so the converted model can refuse another size by n
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
@@ -86,7 +88,13 @@ def capture(module: nn.Module, args: tuple, kwargs: dict, pick, keep) -> tuple[f
         program = torch.export.export(_Selected(module, kwargs, pick), args, dynamic_shapes=(dynamic,), strict=False)
     except Exception as error:  # noqa: BLE001 - re-raised as the documented TypeError
         raise untraceable(module, "", f"torch.export cannot capture it ({type(error).__name__}: {str(error).splitlines()[0]})") from error
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch's own pytree deprecation notice inside
+        program = program.run_decompositions({})  # functional: in-place writes (``index_put_``) become dataflow
     graph = program.graph
+    mutating = [n for n in graph.nodes if isinstance(n.target, torch._ops.OpOverload) and n.target._schema.is_mutable]
+    if mutating:
+        raise untraceable(module, "", f"an in-place write torch.export left in place ({mutating[0].target})")
     inputs = _lift(program, graph)
     for node in graph.nodes:
         _normalise(node)
