@@ -21,10 +21,6 @@ from transformers_families import FAMILIES, SIZES, example
 import modify
 
 transformers = pytest.importorskip("transformers")
-# Known open problems, stated in the docs table too
-GRADIENT_OPEN = {
-    "BEiT": "outputs equal, but the relative position bias table's gradient is ~0 in the converted tree (open)",
-}
 PAGE = Path(__file__).parents[2] / "docs" / "how-to" / "convert.md"
 
 
@@ -64,8 +60,6 @@ def test_a_transformers_family_converts_exactly(family, make, kind, field, kwarg
             torch.testing.assert_close(converted(inputs), expected, atol=1e-5, rtol=1e-5)
     row = table_row(family, model, converted)
     assert row in PAGE.read_text(), f"docs/how-to/convert.md lacks (run benchmarks/convert_table.py):\n{row}"
-    if family in GRADIENT_OPEN:
-        pytest.xfail(GRADIENT_OPEN[family])
     grads = _grads(model, lambda t: getattr(model(t, **kwargs), field), x)
     got = _grads(model, converted, x)
     assert got.keys() == grads.keys()
