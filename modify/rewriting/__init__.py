@@ -1,9 +1,10 @@
 """Queries and non-destructive rewriters, all on one tree walk (:mod:`modify.rewriting.walk`)."""
 
+from .checkpoint import checkpoint_activations
 from .fuse import fuse
 from .mutable import mutable
 from .selection import Selection, parameters, rewrite, select
 
 __all__ = [
-    "Selection", "fuse", "mutable", "parameters", "rewrite", "select",
+    "Selection", "checkpoint_activations", "fuse", "mutable", "parameters", "rewrite", "select",
 ]
