@@ -15,6 +15,7 @@ from torch import nn
 from .._core.arguments import typechecked
 from ..combinators import Combinator
 from ..primitives.linear import Linear
+from ..primitives.quantized import QuantizedLinear
 from .._core.identity import unique
 from .._core.sibling import sibling
 from ..rewriting.criteria import Criterion
@@ -202,6 +203,8 @@ def delta_weight(block: LoRA, weight: torch.Tensor) -> torch.Tensor:
 
 def _merged(block: LoRA, path: str, safe: bool) -> nn.Module:
     base = _merged(block.base, f"{path}.1.0", safe) if isinstance(block.base, LoRA) else block.base
+    if isinstance(base, QuantizedLinear):  # QLoRA: merged into a float Linear
+        base = base.float_leaf()
     weight = base.weight
     with torch.no_grad():
         merged = delta_weight(block, weight)
