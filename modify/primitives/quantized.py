@@ -9,6 +9,7 @@ and ``torch.compile`` and FSDP2 see ordinary parameters. torchao is imported on 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 from collections.abc import Iterator
@@ -125,6 +126,19 @@ class QuantizedLinear(Linear):
         frozen = nn.Parameter(weight, requires_grad=False)
         new = sibling(layer, cls=cls, parameters={**layer._parameters, "weight": frozen})
         new.scheme, new.block_size = scheme, block_size
+        return new
+
+    def __deepcopy__(self, memo: dict) -> QuantizedLinear:
+        """A deep copy; the weight's packed tensors are copied as they are (torchao's ``clone`` of an
+        ``NF4Tensor`` would quantize its dequantized values again, with default block sizes)."""
+        weight = self._parameters["weight"]
+        names, context = weight.__tensor_flatten__()
+        inner = {name: getattr(weight, name).clone() for name in names}
+        copied = type(weight).__tensor_unflatten__(inner, context, weight.shape, weight.stride())
+        memo[id(weight)] = nn.Parameter(copied, requires_grad=False)
+        new = object.__new__(type(self))
+        memo[id(self)] = new
+        new.__dict__.update(copy.deepcopy(self.__dict__, memo))
         return new
 
     def reset_parameters(self) -> None:
