@@ -23,6 +23,16 @@ def tied_elsewhere(model: nn.Module, chosen: set[int]) -> set[int]:
     return {id(t) for m in holders for t in m._parameters.values() if t is not None and id(t) in weights}
 
 
+def quantizable(model: nn.Module, selection: list[tuple[str, nn.Module]] | None = None) -> list[tuple[str, Linear]]:
+    """The ``(path, layer)`` of ``selection`` (default: every ``Linear``) that :func:`quantize` quantizes.
+
+    Those not yet quantized whose weight no module outside the selection holds.
+    """
+    selection = list(select(model, Linear) if selection is None else selection)
+    tied = tied_elsewhere(model, {id(m) for _, m in selection})
+    return [(p, m) for p, m in selection if not isinstance(m, QuantizedLinear) and id(m.weight) not in tied]
+
+
 @typechecked
 def quantize(model: nn.Module, scheme: str = "nf4", where: Where = Linear, *, block_size: int = 64) -> nn.Module:
     """A sibling of ``model`` whose matched ``Linear`` layers hold frozen 4-bit NormalFloat (or int8) weights.
@@ -73,8 +83,7 @@ def quantize(model: nn.Module, scheme: str = "nf4", where: Where = Linear, *, bl
     for path, module in selection:
         if not isinstance(module, Linear):
             raise TypeError(f"quantize: the match at '{path or '<root>'}' is a {type(module).__name__}, not a modify.Linear")
-    tied = tied_elsewhere(model, {id(m) for _, m in selection})
-    chosen = [(p, m) for p, m in selection if not isinstance(m, QuantizedLinear) and id(m.weight) not in tied]
+    chosen = quantizable(model, selection)
     if not chosen:
         return model
     paths = {id(m): p for p, m in reversed(chosen)}
