@@ -147,10 +147,9 @@ class QuantizedLinear(Linear):
 
     def dequantize(self) -> torch.Tensor:
         """The weight as a float tensor ``(out_features, in_features)`` in the compute dtype (a new tensor)."""
-        weight = self.weight.detach()
-        if self.scheme == "nf4":
-            return weight.get_original_weight()
-        return weight.dequantize(weight.dtype)
+        weight = self.weight
+        with torch.no_grad():
+            return weight.get_original_weight() if self.scheme == "nf4" else weight.dequantize(weight.dtype)
 
     def float_leaf(self) -> Linear:
         """A plain :class:`~modify.Linear` holding :meth:`dequantize` (frozen) and this layer's bias."""
@@ -160,7 +159,10 @@ class QuantizedLinear(Linear):
         return new
 
     def forward(self, x):
-        return F.linear(expect_last_dim(self, x, self.in_features), self.weight.detach(), self.bias)
+        weight = self.weight
+        if weight.requires_grad:  # set by hand (``model.requires_grad_()``): still frozen
+            weight = weight.detach()
+        return F.linear(expect_last_dim(self, x, self.in_features), weight, self.bias)
 
     def extra_repr(self) -> str:
         block = f", block_size={self.block_size}" if self.scheme == "nf4" else ""
