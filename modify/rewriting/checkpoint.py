@@ -35,6 +35,9 @@ class ActivationCheckpoint(Derived):
     def forward(self, x):
         return checkpoint(super().forward, x, use_reentrant=False)
 
+    def extra_repr(self) -> str:
+        return ", ".join(filter(None, (super().extra_repr(), "checkpointed=True")))
+
 
 def checkpointed(module: nn.Module) -> nn.Module:
     """A sibling of ``module`` (its class plus :class:`ActivationCheckpoint`) sharing all its state."""

@@ -102,6 +102,7 @@ def test_sibling_shares_everything_and_leaves_the_original_untouched():
     assert wrapped == [f"transformer.h.{i}" for i in range(3)]
     assert all(isinstance(m, modify.Sequential) for _, m in checkpointed(light))
     assert modify.checkpoint_activations(light, where="transformer.h.*").transformer.h[0] is light.transformer.h[0]
+    assert "checkpointed=True" in repr(light.transformer.h[0]) and "checkpointed" not in repr(model)
 
 
 def test_wrapper_takes_the_training_mode_of_the_module_it_replaces():
