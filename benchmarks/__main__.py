@@ -8,6 +8,7 @@
 6. mixed: ``modify.MixedLoRA`` vs PEFT's mixed-adapter batch (``adapter_names=``), 4 adapters.
 7. convert: a ``modify.convert``-ed plain-torch nanoGPT vs the original, eager training step.
 8. generate: decoding 100 tokens through the key/value-cache sibling vs transformers' ``generate``.
+9. finetune: a LoRA step at GPT-2 124M shape and a QLoRA + activation-checkpointing step vs PEFT.
 
 Ratios are measured in one process, the sides interleaved, medians over rounds; see
 ``benchmarks/timing.py``. Never used as assertions in tests. Results: ``docs/benchmarks.md``.
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from . import convert, functional, generate, loading, lora, overhead, rewrite_cost, timing
+from . import convert, finetune, functional, generate, loading, lora, overhead, rewrite_cost, timing
 from .timing import machine
 
 BENCHMARKS = {
@@ -34,6 +35,7 @@ BENCHMARKS = {
     "mixed": ("6. Mixed-adapter batches: modify.MixedLoRA vs PEFT's adapter_names=", lora.run_mixed),
     "convert": ("7. modify.convert: converted nanoGPT vs the original, eager training step", convert.run),
     "generate": ("8. Decoding 100 tokens, one thread: modify vs transformers", generate.run),
+    "finetune": ("9. Fine-tuning at real size: LoRA and QLoRA training steps vs PEFT", finetune.run),
 }
 
 

@@ -4,7 +4,7 @@ Each side runs in a fresh subprocess (``python -m benchmarks.finetune --child SI
 every library (torch, transformers, PEFT, bitsandbytes, torchao, modify), warms them up on a tiny
 model, resets the peak resident memory to the current one (Linux's ``/proc/self/clear_refs``) and
 records it (``ru_maxrss``) as the baseline; then it builds or loads the model, makes the adapters
-and an AdamW over them, and runs one warm-up and ``STEPS`` timed training steps (forward,
+and an AdamW over them, and runs one warm-up and ``STEPS`` timed training steps (2 for GPT-2, 1 for the Llama) (forward,
 cross-entropy, backward, optimizer step). Peak RSS growth covers the weights, the activations and
 the optimizer state; the step time is the median of the timed steps. Sides run one after the
 other (not interleaved in one process: each needs its own peak), so time ratios carry the
@@ -22,6 +22,8 @@ machine's load drift; the load average is printed with the figures.
   ``gradient_checkpointing_enable(use_reentrant=False)`` and ``get_peft_model``
   (``prepare_model_for_kbit_training`` is left out: it upcasts the embeddings and norms to float32,
   which only adds memory to PEFT's side).
+- ``load``: ``Llama.from_pretrained`` of that folder to the first logits, bf16 vs
+  ``quantize="nf4"`` (peak RSS: the quantized copy plus the float layer being read).
 """
 
 from __future__ import annotations
@@ -40,14 +42,18 @@ import torch
 import torch.nn.functional as F
 
 FOLDER = Path("build") / "finetune" / "llama-200m"
-STEPS = 2
+STEPS = {"gpt2": 2, "llama": 1}  # timed steps after one warm-up (a 0.2B bf16 step takes minutes here)
 GPT2 = dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50257)
 LLAMA = dict(
     vocab_size=32000, hidden_size=1024, intermediate_size=2816, num_hidden_layers=12, num_attention_heads=16,
     num_key_value_heads=8, max_position_embeddings=2048,
 )  # fmt: skip
 PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-SIDES = {"gpt2": ("modify-lora", "peft-lora"), "llama": ("modify-qlora", "peft-bf16", "peft-qlora")}
+SIDES = {
+    "gpt2": ("modify-lora", "peft-lora"),
+    "llama": ("modify-qlora", "peft-bf16", "peft-qlora"),
+    "load": ("load-bf16", "load-nf4"),
+}
 
 
 def make_llama(folder: Path) -> Path:
@@ -131,6 +137,18 @@ def warm_up() -> None:
     import bitsandbytes  # noqa: F401  (imported by PEFT's QLoRA path)
 
 
+def load_child(side: str, folder: str, baseline: int) -> None:
+    """``Llama.from_pretrained`` in bf16, plain or quantized while loading, to the first logits."""
+    from modify.models import Llama
+
+    start = time.perf_counter()
+    model = Llama.from_pretrained(folder, dtype=torch.bfloat16, quantize="nf4" if side == "load-nf4" else None)
+    with torch.no_grad():
+        model(torch.randint(0, 100, (1, 8)))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline
+    print(json.dumps({"step_s": time.perf_counter() - start, "peak_mib": peak / 1024}))
+
+
 def child(side: str, folder: str) -> None:
     """One side in this process: prints ``{"step_s": ..., "peak_mib": ...}``."""
     warnings.simplefilter("ignore")
@@ -138,16 +156,18 @@ def child(side: str, folder: str) -> None:
     Path("/proc/self/clear_refs").write_text("5")  # Linux: the peak restarts from the current RSS
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     torch.manual_seed(0)
+    if side in SIDES["load"]:
+        return load_child(side, folder, baseline)
     if side in SIDES["gpt2"]:
         model, trainable, logits_of = gpt2_model(side)
-        vocab, shape = GPT2["vocab_size"], (4, 129)
+        vocab, shape, steps = GPT2["vocab_size"], (4, 129), STEPS["gpt2"]
     else:
         model, trainable, logits_of = llama_model(side, folder)
-        vocab, shape = LLAMA["vocab_size"], (2, 257)
+        vocab, shape, steps = LLAMA["vocab_size"], (2, 257), STEPS["llama"]
     optimizer = torch.optim.AdamW(trainable, lr=1e-4)
     tokens = torch.randint(0, vocab, shape, generator=torch.Generator().manual_seed(1))
     times = []
-    for _ in range(STEPS + 1):
+    for _ in range(steps + 1):
         start = time.perf_counter()
         logits = logits_of(tokens[:, :-1])
         loss = F.cross_entropy(logits.reshape(-1, vocab).float(), tokens[:, 1:].reshape(-1))
@@ -171,7 +191,7 @@ def measure(side: str, folder: Path) -> dict:
     return figures
 
 
-def run(quick: bool = False, cases: tuple[str, ...] = ("gpt2", "llama")) -> str:
+def run(quick: bool = False, cases: tuple[str, ...] = tuple(SIDES)) -> str:
     """Each case's sides once, then the ratios against PEFT."""
     lines = []
     if "gpt2" in cases:
@@ -197,13 +217,25 @@ def run(quick: bool = False, cases: tuple[str, ...] = ("gpt2", "llama")) -> str:
             f"| training step | {ours['step_s']:.2f} s | {bf16['step_s']:.2f} s | {qlora['step_s']:.2f} s | "
             f"{ours['step_s'] / bf16['step_s']:.2f} | {ours['step_s'] / qlora['step_s']:.2f} | vs QLoRA <= 1.0 |",
         ]
+    if "load" in cases:
+        folder = make_llama(FOLDER)
+        plain, nf4 = (measure(side, folder) for side in SIDES["load"])
+        size = sum(f.stat().st_size for f in folder.glob("*.safetensors")) / 2**20
+        lines += [
+            "",
+            f"Llama.from_pretrained of the same folder ({size:.0f} MiB bf16) to the first logits:",
+            "| | dtype=bf16 | quantize=\"nf4\" | ratio |",
+            "|---|---|---|---|",
+            f"| peak RSS growth | {plain['peak_mib']:.0f} MiB | {nf4['peak_mib']:.0f} MiB | {nf4['peak_mib'] / plain['peak_mib']:.2f} |",
+            f"| wall time | {plain['step_s']:.2f} s | {nf4['step_s']:.2f} s | {nf4['step_s'] / plain['step_s']:.2f} |",
+        ]
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m benchmarks.finetune", description=__doc__.splitlines()[0])
     parser.add_argument("--child", nargs=2, metavar=("SIDE", "FOLDER"), help=argparse.SUPPRESS)
-    parser.add_argument("--case", nargs="+", choices=("gpt2", "llama"), default=("gpt2", "llama"))
+    parser.add_argument("--case", nargs="+", choices=tuple(SIDES), default=tuple(SIDES))
     args = parser.parse_args()
     if args.child:
         child(*args.child)

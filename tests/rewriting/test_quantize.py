@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import modify
-from modify.models import GPT, GPTConfig
+from modify.models import GPT, GPTConfig, generate
 from modify.primitives.quantized import QuantizedLinear
 
 from helpers import assert_close, assert_state_equal, state_snapshot
@@ -154,3 +154,12 @@ def test_deepcopy_keeps_the_quantized_weights(scheme):
     assert again[0].weight is not small[0].weight and again[0].weight.__tensor_flatten__()[0]
     x = torch.randn(2, 64)
     assert torch.equal(again(x), small(x)) and isinstance(again[0], QuantizedLinear)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_fuse_and_cached_decoding_run_on_a_quantized_model(scheme, gen):
+    small = modify.quantize(gpt().eval(), scheme)
+    ids = torch.randint(0, 64, (2, 8), generator=gen)
+    assert torch.equal(modify.fuse(small)(ids), small(ids))
+    cached = generate(small, ids, 6, top_k=1)
+    assert torch.equal(cached, generate(small, ids, 6, top_k=1, use_cache=False))
