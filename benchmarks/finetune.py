@@ -4,11 +4,13 @@ Each side runs in a fresh subprocess (``python -m benchmarks.finetune --child SI
 every library (torch, transformers, PEFT, bitsandbytes, torchao, modify), warms them up on a tiny
 model, resets the peak resident memory to the current one (Linux's ``/proc/self/clear_refs``) and
 records it (``ru_maxrss``) as the baseline; then it builds or loads the model, makes the adapters
-and an AdamW over them, and runs one warm-up and ``STEPS`` timed training steps (2 for GPT-2, 1 for the Llama) (forward,
-cross-entropy, backward, optimizer step). Peak RSS growth covers the weights, the activations and
-the optimizer state; the step time is the median of the timed steps. Sides run one after the
-other (not interleaved in one process: each needs its own peak), so time ratios carry the
-machine's load drift; the load average is printed with the figures.
+and an AdamW over them, and runs one warm-up and ``STEPS`` timed training steps (forward,
+cross-entropy, backward, optimizer step; 2 for GPT-2, while the Llama's first step is timed).
+Peak RSS growth covers the weights, the activations and the optimizer state; the step time is the median of the timed steps. GPT-2's sides run one after
+the other (not interleaved in one process: each needs its own peak), so their time ratio carries
+the machine's load drift; the Llama's three sides run at once, one thread each, so they see the
+same load, and one step each (bf16 matrix products are slow on a CPU without bf16 units: a step
+takes minutes), timed whole.
 
 - ``gpt2``: GPT-2 124M shape (12 layers, width 768, vocabulary 50257), random float32 weights,
   batch 4 x 128, LoRA rank 8 (alpha 16) on ``c_attn``/``c_proj``/``c_fc``, no dropout:
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -42,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 FOLDER = Path("build") / "finetune" / "llama-200m"
-STEPS = {"gpt2": 2, "llama": 1}  # timed steps after one warm-up (a 0.2B bf16 step takes minutes here)
+STEPS = {"gpt2": 2, "llama": 0}  # timed steps after the first; 0: the first step is timed (minutes long)
 GPT2 = dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50257)
 LLAMA = dict(
     vocab_size=32000, hidden_size=1024, intermediate_size=2816, num_hidden_layers=12, num_attention_heads=16,
@@ -175,20 +178,33 @@ def child(side: str, folder: str) -> None:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - start)
+    times = times[1:] or times
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline
     trainable_count = sum(p.numel() for p in trainable)
-    print(json.dumps({"step_s": statistics.median(times[1:]), "peak_mib": peak / 1024, "trainable": trainable_count,
+    print(json.dumps({"step_s": statistics.median(times), "peak_mib": peak / 1024, "trainable": trainable_count,
                       "loss": loss.item()}))  # fmt: skip
 
 
 def measure(side: str, folder: Path) -> dict:
-    command = [sys.executable, "-m", "benchmarks.finetune", "--child", side, str(folder)]
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode:
-        raise RuntimeError(f"{side} failed:\n{result.stderr[-3000:]}")
-    figures = json.loads(result.stdout.strip().splitlines()[-1])
-    print(f"  {side}: {figures}", file=sys.stderr, flush=True)
-    return figures
+    return measure_together([side], folder)[0]
+
+
+def measure_together(sides: list[str], folder: Path, threads: int | None = None) -> list[dict]:
+    """Each side in its own subprocess, all at once (so they share the machine's load alike)."""
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    children = [
+        subprocess.Popen([sys.executable, "-m", "benchmarks.finetune", "--child", side, str(folder)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for side in sides
+    ]  # fmt: skip
+    results = []
+    for side, process in zip(sides, children):
+        out, err = process.communicate()
+        if process.returncode:
+            raise RuntimeError(f"{side} failed:\n{err[-3000:]}")
+        results.append(json.loads(out.strip().splitlines()[-1]))
+        print(f"  {side}: {results[-1]}", file=sys.stderr, flush=True)
+    return results
 
 
 def run(quick: bool = False, cases: tuple[str, ...] = tuple(SIDES)) -> str:
@@ -207,7 +223,7 @@ def run(quick: bool = False, cases: tuple[str, ...] = tuple(SIDES)) -> str:
         ]
     if "llama" in cases:
         folder = make_llama(FOLDER)
-        ours, bf16, qlora = (measure(side, folder) for side in SIDES["llama"])
+        ours, bf16, qlora = measure_together(list(SIDES["llama"]), folder, threads=1)
         lines += [
             "Llama-shaped 0.2B bf16 folder, batch 2 x 256, r=16 on all 7 projections, activation checkpointing:",
             "| | modify QLoRA (torchao NF4) | PEFT bf16 LoRA | PEFT QLoRA (bitsandbytes NF4) | ratio vs bf16 | ratio vs QLoRA | target |",
