@@ -5,12 +5,12 @@ every library (torch, transformers, PEFT, bitsandbytes, torchao, modify), warms 
 model, resets the peak resident memory to the current one (Linux's ``/proc/self/clear_refs``) and
 records it (``ru_maxrss``) as the baseline; then it builds or loads the model, makes the adapters
 and an AdamW over them, and runs one warm-up and ``STEPS`` timed training steps (forward,
-cross-entropy, backward, optimizer step; 2 for GPT-2, while the Llama's first step is timed).
-Peak RSS growth covers the weights, the activations and the optimizer state; the step time is the median of the timed steps. GPT-2's sides run one after
-the other (not interleaved in one process: each needs its own peak), so their time ratio carries
-the machine's load drift; the Llama's three sides run at once, one thread each, so they see the
-same load, and one step each (bf16 matrix products are slow on a CPU without bf16 units: a step
-takes minutes), timed whole.
+cross-entropy, backward, optimizer step; 2 for GPT-2, while the Llama's first step is timed). Peak
+RSS growth covers the weights, the activations and the optimizer state; the step time is the median
+of the timed steps. GPT-2's sides run one after the other (not interleaved in one process: each
+needs its own peak), so their time ratio carries the machine's load drift; the Llama's three sides
+run at once, one thread each, so they see the same load, and one step each (bf16 matrix products
+are slow on a CPU without bf16 units: a step takes minutes), timed whole.
 
 - ``gpt2``: GPT-2 124M shape (12 layers, width 768, vocabulary 50257), random float32 weights,
   batch 4 x 128, LoRA rank 8 (alpha 16) on ``c_attn``/``c_proj``/``c_fc``, no dropout:
