@@ -148,3 +148,14 @@ def test_compiles_without_graph_breaks():
 def test_where_matching_nothing_is_a_value_error():
     with pytest.raises(ValueError, match=r"checkpoint_activations: `where` \('blocks\.\*'\) matches no module of the GPT"):
         modify.checkpoint_activations(gpt(), where="blocks.*")
+
+
+def test_deepcopy_and_pickle_keep_the_checkpointing():
+    import copy
+    import pickle
+
+    light = modify.checkpoint_activations(gpt(), where="transformer.h.*")
+    ids = torch.randint(0, 64, (2, 16))
+    for again in (copy.deepcopy(light), pickle.loads(pickle.dumps(light))):
+        assert len(checkpointed(again)) == 3
+        assert torch.equal(again(ids), light(ids))
