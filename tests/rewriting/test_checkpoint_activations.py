@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
+
 import pytest
 import torch
 
@@ -151,9 +154,6 @@ def test_where_matching_nothing_is_a_value_error():
 
 
 def test_deepcopy_and_pickle_keep_the_checkpointing():
-    import copy
-    import pickle
-
     light = modify.checkpoint_activations(gpt(), where="transformer.h.*")
     ids = torch.randint(0, 64, (2, 16))
     for again in (copy.deepcopy(light), pickle.loads(pickle.dumps(light))):
