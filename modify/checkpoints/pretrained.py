@@ -53,9 +53,9 @@ class Pretrained:
                 float32.
             device: where the weights go (``None``: the CPU).
             quantize: ``"nf4"`` or ``"int8"``: the model :func:`modify.quantize` would make, with
-                each ``Linear`` weight quantized as soon as it is read (in ``dtype``), so peak
-                memory stays about one quantized copy plus the largest layer (QLoRA's
-                ``load_in_4bit``); ``None`` (default) keeps every weight in ``dtype``.
+                each ``Linear`` weight quantized as soon as it is read (in ``dtype``), so no
+                float copy of the ``Linear`` weights is built (QLoRA's ``load_in_4bit``);
+                ``None`` (default) keeps every weight in ``dtype``.
             **config_overrides: fields of the model's config dataclass, on top of
                 ``config.json`` (a folder) or of the defaults (a file or a ``state_dict``: pass
                 at least the sizes).
