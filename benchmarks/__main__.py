@@ -9,6 +9,7 @@
 7. convert: a ``modify.convert``-ed plain-torch nanoGPT vs the original, eager training step.
 8. generate: decoding 100 tokens through the key/value-cache sibling vs transformers' ``generate``.
 9. convert_transformers: ``modify.convert`` of transformers' GPT-2 124M (time) and GPT-2/Llama training steps.
+10. finetune: a LoRA step at GPT-2 124M shape and a QLoRA + activation-checkpointing step vs PEFT.
 
 Ratios are measured in one process, the sides interleaved, medians over rounds; see
 ``benchmarks/timing.py``. Never used as assertions in tests. Results: ``docs/benchmarks.md``.
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from . import convert, convert_transformers, functional, generate, loading, lora, overhead, rewrite_cost, timing
+from . import convert, convert_transformers, finetune, functional, generate, loading, lora, overhead, rewrite_cost, timing
 from .timing import machine
 
 BENCHMARKS = {
@@ -36,6 +37,7 @@ BENCHMARKS = {
     "convert": ("7. modify.convert: converted nanoGPT vs the original, eager training step", convert.run),
     "generate": ("8. Decoding 100 tokens, one thread: modify vs transformers", generate.run),
     "convert_transformers": ("9. modify.convert of transformers models: convert time, eager training step", convert_transformers.run),
+    "finetune": ("10. Fine-tuning at real size: LoRA and QLoRA training steps vs PEFT", finetune.run),
 }
 
 

@@ -1,6 +1,7 @@
 """Training runs for ``test_distributed.py``: one process of a 2-process gloo job, or the single-process reference.
 
-Each *scenario* trains a tiny GPT (or a LoRA sibling of it with the base frozen) for a few SGD
+Each *scenario* trains a tiny GPT (or a LoRA sibling of it with the base frozen, its blocks
+checkpointed or not) for a few SGD
 steps on a fixed global batch, wrapped in DDP or FSDP2 (``fully_shard`` per block, then the root).
 Rank ``r`` takes rows ``r::world`` of each global batch; gradients are averaged across ranks, so
 the run must equal one process training on the whole batch.
@@ -22,7 +23,7 @@ import modify
 from modify.models import GPT, GPTConfig
 
 STEPS, GLOBAL_BATCH, T, VOCAB = 3, 4, 8, 32
-SCENARIOS = [(wrapper, model) for wrapper in ("ddp", "fsdp") for model in ("gpt", "lora")]
+SCENARIOS = [(wrapper, model) for wrapper in ("ddp", "fsdp") for model in ("gpt", "lora", "lora+checkpoint")]
 
 
 def make_model(kind: str) -> nn.Module:
@@ -37,6 +38,8 @@ def make_model(kind: str) -> nn.Module:
     with torch.no_grad():  # a non-zero B, so that A gets a gradient from the first step
         for p in modify.lora_parameters(adapted):
             p.normal_(0.0, 0.1)
+    if kind == "lora+checkpoint":  # every block recomputed in the backward pass
+        return modify.checkpoint_activations(adapted, where="transformer.h.*")
     return adapted
 
 

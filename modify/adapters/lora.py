@@ -14,6 +14,7 @@ from .._core.arguments import check_adapter_settings, typechecked
 from .._core.identity import unique
 from .._core.sibling import sibling
 from ..primitives.linear import Linear
+from ..primitives.quantized import QuantizedLinear
 from ..primitives.transposed_linear import TransposedLinear
 from ..rewriting.criteria import Where, as_criteria
 from ..rewriting.selection import matching, select
@@ -160,6 +161,8 @@ def delta_weight(block: LoRA, weight: torch.Tensor) -> torch.Tensor:
 
 def _merged(block: LoRA, path: str, safe: bool) -> nn.Module:
     base = _merged(block.base, f"{path}.1.base", safe) if isinstance(block.base, LoRA) else block.base
+    if isinstance(base, QuantizedLinear):  # QLoRA: merged into a float Linear
+        base = base.float_leaf()
     weight = base.weight
     with torch.no_grad():
         merged = delta_weight(block, weight)

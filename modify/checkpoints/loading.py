@@ -22,6 +22,9 @@ from torch.overrides import TorchFunctionMode
 
 from .._core.identity import group_by_identity
 from .._core.module import ModifyModule
+from ..primitives.quantized import is_quantized, quantized_weight
+from ..rewriting.quantize import quantizable
+from ..rewriting.quantize import quantize as quantize_layers
 from .errors import CheckpointError
 from .files import Checkpoint, Entry, Source, read_config, read_entries
 
@@ -118,8 +121,12 @@ def load_pretrained(
     *,
     dtype: DType = None,
     device: Device = None,
+    quantize: str | None = None,
 ) -> nn.Module:
     """Check ``source`` against ``make(config)`` built on the meta device, then fill it; eval mode.
+
+    With ``quantize`` (``"nf4"``/``"int8"``), each weight :func:`~modify.quantize` would quantize
+    is quantized as soon as it is read, so at most one layer is ever held in float.
 
     Raises:
         TypeError: an unknown config override; a bad ``dtype``/``device`` type.
@@ -133,8 +140,17 @@ def load_pretrained(
     with torch.device("meta"), _SkipMetaInit():
         model = make(config)
     plan = _plan(model, checkpoint, family.keys, owner)
-    _fill(model, plan, family.keys, dtype, device, owner)
-    return model.eval()
+    if quantize is None:
+        _fill(model, plan, family.keys, dtype, device, owner)
+        return model.eval()
+    chosen = {id(layer.weight): path for path, layer in quantizable(model)}
+
+    def quantized(target: _Target, value: torch.Tensor) -> torch.Tensor:
+        path = chosen.get(id(target.meta))
+        return value if path is None else quantized_weight(value, quantize, 64, f"{owner}: the Linear at '{path}'")
+
+    _fill(model, plan, family.keys, dtype, device, owner, quantized)
+    return quantize_layers(model, quantize).eval()
 
 
 class _SkipMetaInit(TorchFunctionMode):
@@ -246,13 +262,18 @@ def _with_base_prefix(entries: dict[str, Entry], prefix: str) -> tuple[dict[str,
     return {f"{prefix}.{k}": v for k, v in entries.items()}, note
 
 
-def _fill(model: nn.Module, plan: list[_Target], keys: KeyFormat, dtype: torch.dtype | None, device: torch.device, owner: str):
-    """Replace every meta tensor by the checkpoint's, one tensor at a time (tied ones stay one object)."""
+def _fill(
+    model: nn.Module, plan: list[_Target], keys: KeyFormat, dtype: torch.dtype | None, device: torch.device,
+    owner: str, convert: Callable[[_Target, torch.Tensor], torch.Tensor] | None = None,
+):
+    """Replace every meta tensor by the checkpoint's (or ``convert(target, value)``), one tensor at a
+    time (tied ones stay one object)."""
     modules = dict(model.named_modules())
     for target in plan:
         value = _value(target, keys, dtype, device, owner)
+        value = value if convert is None else convert(target, value)
         if isinstance(target.meta, nn.Parameter):
-            value = nn.Parameter(value, requires_grad=target.meta.requires_grad)
+            value = nn.Parameter(value, requires_grad=target.meta.requires_grad and not is_quantized(value))
         for key in target.keys:
             path, _, name = key.rpartition(".")
             module = modules[path]

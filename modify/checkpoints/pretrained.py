@@ -15,6 +15,7 @@ from .._core.arguments import typechecked
 from .._core.identity import group_by_identity
 from .atomic import atomic_folder
 from .files import WEIGHT_FILES, Source
+from ..primitives.quantized import SCHEMES
 from .loading import Device, DType, Family, KeyFormat, load_pretrained
 
 # What a saved checkpoint replaces in its folder: the config and the weights in every layout
@@ -39,7 +40,8 @@ class Pretrained:
     @classmethod
     @typechecked
     def from_pretrained(
-        cls, source: Source, *, dtype: DType = None, device: Device = None, **config_overrides: Any
+        cls, source: Source, *, dtype: DType = None, device: Device = None, quantize: str | None = None,
+        **config_overrides: Any,
     ) -> Self:
         """Load the reference implementation's weights (see the model's own docstring for which).
 
@@ -54,6 +56,10 @@ class Pretrained:
                 checkpoint's). Buffers the reference keeps in float32 (rotary frequencies) stay
                 float32.
             device: where the weights go (``None``: the CPU).
+            quantize: ``"nf4"`` or ``"int8"``: the model :func:`modify.quantize` would make, with
+                each ``Linear`` weight quantized as soon as it is read (in ``dtype``), so no
+                float copy of the ``Linear`` weights is built (QLoRA's ``load_in_4bit``);
+                ``None`` (default) keeps every weight in ``dtype``.
             **config_overrides: fields of the model's config dataclass, on top of
                 ``config.json`` (a folder) or of the defaults (a file or a ``state_dict``: pass
                 at least the sizes).
@@ -66,7 +72,7 @@ class Pretrained:
         Raises:
             FileNotFoundError: a missing path; a folder without ``config.json`` or weights.
             TypeError: an unknown config field; a bad ``dtype``.
-            ValueError: a ``device`` string torch does not know.
+            ValueError: a ``device`` string torch does not know; an unknown ``quantize`` scheme.
             CheckpointError: (a ``ValueError``) a folder of another ``model_type``; a
                 ``config.json`` with options the model does not implement (each model lists
                 them); an unreadable file; one error listing every missing, unexpected and
@@ -90,7 +96,11 @@ class Pretrained:
             torch.bfloat16
         """
         owner = f"{cls.__name__}.from_pretrained"
-        return load_pretrained(cls, cls.family, source, config_overrides, owner, dtype=dtype, device=device)
+        if quantize is not None and quantize not in SCHEMES:
+            raise ValueError(f"{owner}: quantize must be one of {list(SCHEMES)} or None, got {quantize!r}")
+        return load_pretrained(
+            cls, cls.family, source, config_overrides, owner, dtype=dtype, device=device, quantize=quantize
+        )
 
     def reference_config(self) -> dict[str, Any]:
         """The reference's ``config.json`` for this model (with ``model_type`` and ``architectures``)."""

@@ -1,0 +1,262 @@
+"""Fine-tuning at real size: a LoRA training step and a QLoRA + activation-checkpointing step, modify vs PEFT.
+
+Each side runs in a fresh subprocess (``python -m benchmarks.finetune --child SIDE``) that imports
+every library (torch, transformers, PEFT, bitsandbytes, torchao, modify), warms them up on a tiny
+model, resets the peak resident memory to the current one (Linux's ``/proc/self/clear_refs``) and
+records it (``ru_maxrss``) as the baseline; then it builds or loads the model, makes the adapters
+and an AdamW over them, and runs one warm-up and ``STEPS`` timed training steps (forward,
+cross-entropy, backward, optimizer step; 2 for GPT-2, while the Llama's first step is timed). Peak
+RSS growth covers the weights, the activations and the optimizer state; the step time is the median
+of the timed steps. GPT-2's sides run one after the other (not interleaved in one process: each
+needs its own peak), so their time ratio carries the machine's load drift; the Llama's three sides
+run at once, one thread each, so they see the same load, and one step each (bf16 matrix products
+are slow on a CPU without bf16 units: a step takes minutes), timed whole.
+
+- ``gpt2``: GPT-2 124M shape (12 layers, width 768, vocabulary 50257), random float32 weights,
+  batch 4 x 128, LoRA rank 8 (alpha 16) on ``c_attn``/``c_proj``/``c_fc``, no dropout:
+  ``modify.lora`` on ``modify.models.GPT`` vs ``get_peft_model`` on ``GPT2LMHeadModel``.
+- ``llama``: a Llama-shaped bf16 folder of 0.2B parameters (12 layers, hidden 1024, GQA 16/8,
+  intermediate 2816, vocabulary 32000) written here; batch 2 x 256, rank 16 (alpha 32) on all 7
+  projections of every layer, activation checkpointing on every layer. modify:
+  ``Llama.from_pretrained(..., quantize="nf4")`` (torchao NF4), ``lora``, ``checkpoint_activations``.
+  PEFT: ``LlamaForCausalLM.from_pretrained`` in bf16 (``peft-bf16``) or with bitsandbytes'
+  4-bit NF4, double quantization, bf16 compute (``peft-qlora``), each with
+  ``gradient_checkpointing_enable(use_reentrant=False)`` and ``get_peft_model``
+  (``prepare_model_for_kbit_training`` is left out: it upcasts the embeddings and norms to float32,
+  which only adds memory to PEFT's side).
+- ``load``: ``Llama.from_pretrained`` of that folder to the first logits, bf16 vs
+  ``quantize="nf4"`` (peak RSS: the quantized copy plus the float layer being read).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+FOLDER = Path("build") / "finetune" / "llama-200m"
+STEPS = {"gpt2": 2, "llama": 0}  # timed steps after the first; 0: the first step is timed (minutes long)
+GPT2 = dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50257)
+LLAMA = dict(
+    vocab_size=32000, hidden_size=1024, intermediate_size=2816, num_hidden_layers=12, num_attention_heads=16,
+    num_key_value_heads=8, max_position_embeddings=2048,
+)  # fmt: skip
+PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+SIDES = {
+    "gpt2": ("modify-lora", "peft-lora"),
+    "llama": ("modify-qlora", "peft-bf16", "peft-qlora"),
+    "load": ("load-bf16", "load-nf4"),
+}
+
+
+def make_llama(folder: Path) -> Path:
+    """A random bf16 Llama-shaped folder, tensor by tensor (no float32 model in memory)."""
+    import transformers
+    from huggingface_hub import save_torch_state_dict
+
+    if not (folder / "config.json").exists():
+        config = transformers.LlamaConfig(**LLAMA, dtype="bfloat16")
+        with torch.device("meta"):
+            shapes = {k: v.shape for k, v in transformers.LlamaForCausalLM(config).state_dict().items()}
+        gen = torch.Generator().manual_seed(0)
+        state = {
+            k: (torch.ones(s) if "norm" in k else 0.02 * torch.randn(s, generator=gen)).to(torch.bfloat16)
+            for k, s in shapes.items()
+        }
+        folder.mkdir(parents=True, exist_ok=True)
+        save_torch_state_dict(state, folder, metadata={"format": "pt"})
+        config.save_pretrained(folder)
+    return folder
+
+
+def gpt2_model(side: str):
+    """The adapted GPT-2-shaped model of ``side`` (the base frozen), and a function of ids to logits."""
+    import transformers
+    from peft import LoraConfig, get_peft_model
+
+    import modify
+    from modify.models import GPT, GPTConfig
+
+    if side == "modify-lora":
+        base = GPT(GPTConfig(block_size=1024, **GPT2)).requires_grad_(False)
+        model = modify.lora(base, 8, 16.0, where=lambda path, m: path.endswith(("c_attn", "c_proj", "c_fc")))
+        return model.train(), modify.lora_parameters(model), model
+    config = transformers.GPT2Config(**GPT2, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    lora = LoraConfig(r=8, lora_alpha=16, target_modules=["c_attn", "c_proj", "c_fc"], fan_in_fan_out=True)
+    model = get_peft_model(transformers.GPT2LMHeadModel(config), lora).train()
+    return model, [p for p in model.parameters() if p.requires_grad], lambda ids: model(input_ids=ids).logits
+
+
+def llama_model(side: str, folder: str):
+    """The adapted, checkpointed Llama of ``side``, its trainable parameters and ids -> logits."""
+    import transformers
+    from peft import LoraConfig, get_peft_model
+
+    import modify
+    from modify.models import Llama
+
+    if side == "modify-qlora":
+        base = Llama.from_pretrained(folder, dtype=torch.bfloat16, quantize="nf4").requires_grad_(False)
+        adapted = modify.lora(base, 16, 32.0, where=(modify.Linear, "model.layers.*"))
+        model = modify.checkpoint_activations(adapted, where="model.layers.*").train()
+        return model, modify.lora_parameters(model), model
+    quantization = None
+    if side == "peft-qlora":
+        quantization = transformers.BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )  # fmt: skip
+    hf = transformers.LlamaForCausalLM.from_pretrained(
+        folder, dtype=torch.bfloat16, quantization_config=quantization, device_map="cpu" if quantization else None
+    )
+    hf.config.use_cache = False
+    hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = get_peft_model(hf, LoraConfig(r=16, lora_alpha=32, target_modules=PROJECTIONS)).train()
+    return model, [p for p in model.parameters() if p.requires_grad], lambda ids: model(input_ids=ids).logits
+
+
+def warm_up() -> None:
+    """First calls of every library on a tiny model, so their lazy imports are in the baseline."""
+    import transformers
+
+    import modify
+    from modify.models import GPT, GPTConfig
+
+    ids = torch.randint(0, 64, (1, 8))
+    tiny = GPT(GPTConfig(block_size=8, vocab_size=64, n_layer=1, n_head=2, n_embd=64))
+    modify.lora(modify.quantize(tiny), 2)(ids).sum().backward()
+    config = transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64, n_positions=8)
+    transformers.GPT2LMHeadModel(config)(ids).logits.sum().backward()
+    import bitsandbytes  # noqa: F401  (imported by PEFT's QLoRA path)
+
+
+def load_child(side: str, folder: str, baseline: int) -> None:
+    """``Llama.from_pretrained`` in bf16, plain or quantized while loading, to the first logits."""
+    from modify.models import Llama
+
+    start = time.perf_counter()
+    model = Llama.from_pretrained(folder, dtype=torch.bfloat16, quantize="nf4" if side == "load-nf4" else None)
+    with torch.no_grad():
+        model(torch.randint(0, 100, (1, 8)))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline
+    print(json.dumps({"step_s": time.perf_counter() - start, "peak_mib": peak / 1024}))
+
+
+def child(side: str, folder: str) -> None:
+    """One side in this process: prints ``{"step_s": ..., "peak_mib": ...}``."""
+    warnings.simplefilter("ignore")
+    warm_up()
+    Path("/proc/self/clear_refs").write_text("5")  # Linux: the peak restarts from the current RSS
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    torch.manual_seed(0)
+    if side in SIDES["load"]:
+        return load_child(side, folder, baseline)
+    if side in SIDES["gpt2"]:
+        model, trainable, logits_of = gpt2_model(side)
+        vocab, shape, steps = GPT2["vocab_size"], (4, 129), STEPS["gpt2"]
+    else:
+        model, trainable, logits_of = llama_model(side, folder)
+        vocab, shape, steps = LLAMA["vocab_size"], (2, 257), STEPS["llama"]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-4)
+    tokens = torch.randint(0, vocab, shape, generator=torch.Generator().manual_seed(1))
+    times = []
+    for _ in range(steps + 1):
+        start = time.perf_counter()
+        logits = logits_of(tokens[:, :-1])
+        loss = F.cross_entropy(logits.reshape(-1, vocab).float(), tokens[:, 1:].reshape(-1))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - start)
+    times = times[1:] or times
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline
+    trainable_count = sum(p.numel() for p in trainable)
+    print(json.dumps({"step_s": statistics.median(times), "peak_mib": peak / 1024, "trainable": trainable_count,
+                      "loss": loss.item()}))  # fmt: skip
+
+
+def measure(side: str, folder: Path) -> dict:
+    return measure_together([side], folder)[0]
+
+
+def measure_together(sides: list[str], folder: Path, threads: int | None = None) -> list[dict]:
+    """Each side in its own subprocess, all at once (so they share the machine's load alike)."""
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    children = [
+        subprocess.Popen([sys.executable, "-m", "benchmarks.finetune", "--child", side, str(folder)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for side in sides
+    ]  # fmt: skip
+    results = []
+    for side, process in zip(sides, children):
+        out, err = process.communicate()
+        if process.returncode:
+            raise RuntimeError(f"{side} failed:\n{err[-3000:]}")
+        results.append(json.loads(out.strip().splitlines()[-1]))
+        print(f"  {side}: {results[-1]}", file=sys.stderr, flush=True)
+    return results
+
+
+def run(quick: bool = False, cases: tuple[str, ...] = tuple(SIDES)) -> str:
+    """Each case's sides once, then the ratios against PEFT."""
+    lines = []
+    if "gpt2" in cases:
+        ours, peft = (measure(side, FOLDER) for side in SIDES["gpt2"])
+        lines += [
+            "GPT-2 124M shape, float32, batch 4 x 128, LoRA r=8 on c_attn/c_proj/c_fc:",
+            "| | modify.lora | PEFT LoRA | ratio | target |",
+            "|---|---|---|---|---|",
+            f"| training step | {ours['step_s']:.2f} s | {peft['step_s']:.2f} s | {ours['step_s'] / peft['step_s']:.2f} | <= 0.75 |",
+            f"| peak RSS growth | {ours['peak_mib']:.0f} MiB | {peft['peak_mib']:.0f} MiB | "
+            f"{ours['peak_mib'] / peft['peak_mib']:.2f} | <= 0.75 |",
+            "",
+        ]
+    if "llama" in cases:
+        folder = make_llama(FOLDER)
+        ours, bf16, qlora = measure_together(list(SIDES["llama"]), folder, threads=1)
+        lines += [
+            "Llama-shaped 0.2B bf16 folder, batch 2 x 256, r=16 on all 7 projections, activation checkpointing:",
+            "| | modify QLoRA (torchao NF4) | PEFT bf16 LoRA | PEFT QLoRA (bitsandbytes NF4) | ratio vs bf16 | ratio vs QLoRA | target |",
+            "|---|---|---|---|---|---|---|",
+            f"| peak RSS growth | {ours['peak_mib']:.0f} MiB | {bf16['peak_mib']:.0f} MiB | {qlora['peak_mib']:.0f} MiB | "
+            f"{ours['peak_mib'] / bf16['peak_mib']:.2f} | {ours['peak_mib'] / qlora['peak_mib']:.2f} | <= 0.5 / <= 1.0 |",
+            f"| training step | {ours['step_s']:.2f} s | {bf16['step_s']:.2f} s | {qlora['step_s']:.2f} s | "
+            f"{ours['step_s'] / bf16['step_s']:.2f} | {ours['step_s'] / qlora['step_s']:.2f} | vs QLoRA <= 1.0 |",
+        ]
+    if "load" in cases:
+        folder = make_llama(FOLDER)
+        plain, nf4 = (measure(side, folder) for side in SIDES["load"])
+        size = sum(f.stat().st_size for f in folder.glob("*.safetensors")) / 2**20
+        lines += [
+            "",
+            f"Llama.from_pretrained of the same folder ({size:.0f} MiB bf16) to the first logits:",
+            "| | dtype=bf16 | quantize=\"nf4\" | ratio |",
+            "|---|---|---|---|",
+            f"| peak RSS growth | {plain['peak_mib']:.0f} MiB | {nf4['peak_mib']:.0f} MiB | {nf4['peak_mib'] / plain['peak_mib']:.2f} |",
+            f"| wall time | {plain['step_s']:.2f} s | {nf4['step_s']:.2f} s | {nf4['step_s'] / plain['step_s']:.2f} |",
+        ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.finetune", description=__doc__.splitlines()[0])
+    parser.add_argument("--child", nargs=2, metavar=("SIDE", "FOLDER"), help=argparse.SUPPRESS)
+    parser.add_argument("--case", nargs="+", choices=tuple(SIDES), default=tuple(SIDES))
+    args = parser.parse_args()
+    if args.child:
+        child(*args.child)
+    else:
+        from .timing import machine
+
+        print(f"machine: {machine()}")
+        print(run(cases=tuple(args.case)))

@@ -1,0 +1,169 @@
+"""Linear layers with frozen low-bit weights, stored by torchao: ``QuantizedLinear``.
+
+The weight tensors are torchao's (``NF4Tensor`` for ``"nf4"``, ``Int8Tensor`` for ``"int8"``):
+tensor subclasses that ``F.linear`` dispatches on, so the leaf's ``forward`` is ``torch.nn.Linear``'s
+and ``torch.compile`` and FSDP2 see ordinary parameters. torchao is imported on first use
+(it takes seconds to import).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._core.checks import expect_last_dim
+from .._core.sibling import sibling
+from .linear import Linear
+
+SCHEMES = ("nf4", "int8")
+_SCALER_BLOCK = 256  # QLoRA's double quantization: 256 block scales share one float32 scale
+
+
+def quantized_weight(weight: torch.Tensor, scheme: str, block_size: int, owner: str) -> torch.Tensor:
+    """``weight`` ``(out, in)`` as torchao's quantized tensor of ``scheme``, in ``weight``'s dtype.
+
+    ``"nf4"``: 4-bit NormalFloat in blocks of ``block_size`` with double-quantized block scales
+    (Dettmers et al. 2023, arXiv:2305.14314; torchao's ``to_nf4``). ``"int8"``: symmetric int8
+    with one scale per output row (torchao's ``Int8Tensor.from_hp(..., PerRow())``).
+
+    Raises:
+        ValueError: an unknown scheme; with ``"nf4"``, a weight whose size is not a multiple of
+            ``block_size``; each message starts with ``owner``.
+    """
+    if scheme not in SCHEMES:
+        raise ValueError(f"{owner}: scheme must be one of {list(SCHEMES)}, got {scheme!r}")
+    weight = weight.detach()
+    with _quiet_import():
+        from torchao.quantization import PerRow
+        from torchao.quantization.quantize_.workflows.int8.int8_tensor import Int8Tensor
+        from torchao.quantization.quantize_.workflows.nf4.nf4_tensor import to_nf4
+    if scheme == "int8":
+        return Int8Tensor.from_hp(weight, granularity=PerRow())
+    if block_size < 1 or weight.numel() % block_size:
+        raise ValueError(
+            f"{owner}: nf4 quantizes blocks of block_size={block_size} values; a weight of shape "
+            f"{tuple(weight.shape)} ({weight.numel()} values) is not a whole number of blocks"
+        )
+    blocks = weight.numel() // block_size
+    return to_nf4(weight.contiguous(), block_size, math.gcd(blocks, _SCALER_BLOCK))
+
+
+@contextlib.contextmanager
+def _quiet_import() -> Iterator[None]:
+    """Import torchao without its load-time log lines (CUDA kernels absent on a CPU machine)."""
+    loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def is_quantized(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` is one of torchao's quantized tensors (without importing torchao)."""
+    return type(tensor).__module__.startswith("torchao.")
+
+
+class QuantizedLinear(Linear):
+    """A ``Linear`` whose weight is frozen in 4-bit NormalFloat (``"nf4"``) or per-row int8 (``"int8"``).
+
+    Made by :func:`modify.quantize` (or ``from_pretrained(..., quantize="nf4")``) from a
+    ``Linear``: a sibling sharing its bias, configuration and training mode, whose ``weight`` is a
+    frozen ``nn.Parameter`` holding torchao's quantized tensor (``NF4Tensor``: QLoRA's storage,
+    Dettmers et al. 2023, arXiv:2305.14314; ``Int8Tensor``: weight-only int8). The forward is
+    ``F.linear(x, weight, bias)``, which torchao computes from the dequantized weight in the
+    weight's original dtype (the compute dtype); no gradient ever reaches the weight (it is
+    detached), while the bias keeps its ``requires_grad``. Being a ``Linear``, it is matched by
+    ``where=modify.Linear`` and adapted by :func:`modify.lora` (QLoRA).
+
+    Shape:
+        ``(*, in_features) -> (*, out_features)``, as :class:`~modify.Linear`.
+
+    Attributes:
+        weight: frozen quantized ``(out_features, in_features)``; ``weight.dtype`` is the compute dtype.
+        bias: ``(out_features,)`` float, shared with the layer it was made from, or ``None``.
+        scheme: ``"nf4"`` or ``"int8"``.
+        block_size: values per NF4 block (``64`` by default; unused by ``"int8"``).
+
+    Raises:
+        ModifyTypeError: the input is not a floating tensor.
+        ModifyValueError: input whose last dimension is not ``in_features``.
+
+    Example:
+        >>> import torch, torch.nn.functional as F, modify
+        >>> layer = modify.quantize(modify.Linear(64, 32), "nf4")
+        >>> type(layer).__name__, layer.scheme, tuple(layer.dequantize().shape)
+        ('QuantizedLinear', 'nf4', (32, 64))
+        >>> x = torch.randn(4, 64)
+        >>> torch.allclose(layer(x), F.linear(x, layer.dequantize(), layer.bias), atol=1e-5)
+        True
+    """
+
+    scheme: str
+    block_size: int
+
+    @classmethod
+    def from_linear(cls, layer: Linear, scheme: str = "nf4", block_size: int = 64, path: str = "") -> QuantizedLinear:
+        """A sibling of ``layer`` with its weight quantized (kept as is if already of ``scheme``).
+
+        Raises:
+            ValueError: see :func:`quantized_weight`; the message names ``path``.
+        """
+        owner = f"quantize: the Linear at '{path or '<root>'}'"
+        weight = layer.weight
+        if not is_quantized(weight):
+            weight = quantized_weight(weight, scheme, block_size, owner)
+        frozen = nn.Parameter(weight, requires_grad=False)
+        new = sibling(layer, cls=cls, parameters={**layer._parameters, "weight": frozen})
+        new.scheme, new.block_size = scheme, block_size
+        return new
+
+    def __deepcopy__(self, memo: dict) -> QuantizedLinear:
+        """A deep copy; the weight's packed tensors are copied as they are (torchao's ``clone`` of an
+        ``NF4Tensor`` would quantize its dequantized values again, with default block sizes)."""
+        weight = self._parameters["weight"]
+        names, context = weight.__tensor_flatten__()
+        inner = {name: getattr(weight, name).clone() for name in names}
+        copied = type(weight).__tensor_unflatten__(inner, context, weight.shape, weight.stride())
+        memo[id(weight)] = nn.Parameter(copied, requires_grad=False)
+        new = object.__new__(type(self))
+        memo[id(self)] = new
+        new.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return new
+
+    def reset_parameters(self) -> None:
+        """Refused: a quantized weight is frozen (quantize a freshly initialised ``Linear`` instead)."""
+        raise TypeError("QuantizedLinear: the quantized weight is frozen; reset the Linear it was made from")
+
+    def dequantize(self) -> torch.Tensor:
+        """The weight as a float tensor ``(out_features, in_features)`` in the compute dtype (a new tensor)."""
+        weight = self.weight
+        with torch.no_grad():
+            return weight.get_original_weight() if self.scheme == "nf4" else weight.dequantize(weight.dtype)
+
+    def float_leaf(self) -> Linear:
+        """A plain :class:`~modify.Linear` holding :meth:`dequantize` (frozen) and this layer's bias."""
+        weight = nn.Parameter(self.dequantize(), requires_grad=False)
+        new = sibling(self, cls=Linear, parameters={**self._parameters, "weight": weight})
+        del new.scheme, new.block_size
+        return new
+
+    def forward(self, x):
+        weight = self.weight
+        if weight.requires_grad:  # set by hand (``model.requires_grad_()``): still frozen
+            weight = weight.detach()
+        return F.linear(expect_last_dim(self, x, self.in_features), weight, self.bias)
+
+    def extra_repr(self) -> str:
+        block = f", block_size={self.block_size}" if self.scheme == "nf4" else ""
+        return f"{super().extra_repr()}, scheme={self.scheme}{block}"

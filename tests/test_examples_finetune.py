@@ -1,0 +1,66 @@
+"""examples/finetune.py: LoRA and QLoRA runs, from a built model and from a checkpoint folder."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import modify
+from modify.models import GPT, GPTConfig
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "finetune.py"
+
+
+@pytest.fixture(scope="module")
+def finetune():
+    spec = importlib.util.spec_from_file_location("finetune_example", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules[spec.name]
+
+
+@pytest.mark.parametrize("quantize", ["none", "nf4"])
+def test_a_short_run_lowers_the_held_out_loss_and_saves_loadable_adapters(finetune, quantize, tmp_path, capsys):
+    config = finetune.parse(["--steps", "15", "--quantize", quantize, "--out", str(tmp_path), "--new-tokens", "4"])
+    losses = finetune.main(config)
+    assert losses["after"] < losses["before"] - 0.05, losses
+    base, _ = finetune.load_base(config)
+    loaded = modify.load_adapters(base, tmp_path / "adapter")
+    assert len(modify.lora_parameters(loaded)) == 2 * 7 * 2  # 7 projections in each of 2 blocks
+    out = capsys.readouterr().out
+    assert "held-out loss per byte" in out and out.count(" -> ") == config.prompts
+
+
+def test_runs_from_a_gpt2_folder_with_a_quantized_base(finetune, tmp_path):
+    gpt = GPT(GPTConfig(block_size=128, vocab_size=256, n_layer=2, n_head=2, n_embd=64))
+    gpt.save_pretrained(tmp_path / "gpt2")
+    argv = ["--checkpoint", str(tmp_path / "gpt2"), "--quantize", "nf4", "--steps", "10", "--out", str(tmp_path)]
+    losses = finetune.main(finetune.parse(argv))
+    assert losses["after"] < losses["before"], losses
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_right_padding_leaves_token_losses_unchanged(finetune):
+    """Padded batch loss equals the token-weighted mean of each row's own loss (pads ignored)."""
+    base, _ = finetune.load_base(finetune.parse([]))
+    rows = [list(b"short"), list(b"a longer example line")]
+    ids, mask = finetune.pad_right(rows)
+    batch = finetune.token_loss(base, ids, mask)
+    alone = [finetune.token_loss(base, *finetune.pad_right([row])) for row in rows]
+    weights = torch.tensor([len(r) - 1 for r in rows], dtype=torch.float32)
+    torch.testing.assert_close(batch, (torch.stack(alone) * weights).sum() / weights.sum(), atol=1e-5, rtol=1e-5)
+    left, left_mask = finetune.pad_left(rows)
+    assert left_mask[0].tolist() == [0] * 16 + [1] * 5 and left[0, -5:].tolist() == rows[0]
+
+
+def test_bad_flags_are_refused(finetune):
+    with pytest.raises(SystemExit):
+        finetune.parse(["--quantize", "fp4"])
+    with pytest.raises(SystemExit):
+        finetune.parse(["--steps", "0"])
