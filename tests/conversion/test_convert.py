@@ -106,7 +106,8 @@ def test_globs_on_the_original_names_find_the_converted_layers(name, make, input
         found = modify.select(converted, glob)
         weights = {id(p) for _, m in found for p in m.parameters()}
         expected = {id(original.get_submodule(p).weight) for p in paths}
-        assert len(found) == len(paths) and weights >= expected, (glob, [p for p, _ in found])
+        # a module the original calls twice sits at two paths, both named after it: one module found
+        assert len({id(m) for _, m in found}) == len(paths) and weights >= expected, (glob, [p for p, _ in found])
 
 
 @pytest.mark.parametrize(("name", "make", "inputs", "globs"), CASES, ids=IDS)
