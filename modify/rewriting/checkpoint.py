@@ -9,18 +9,13 @@ any other combinator (a ``lora`` over a checkpointed block keeps the checkpointi
 
 from __future__ import annotations
 
-from typing import Union
-
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .._core.arguments import typechecked
 from .._core.sibling import Derived, derived_class, sibling
-from .criteria import Criterion
-from .selection import select
-
-Where = Union[Criterion, tuple[Criterion, ...]]
-
+from .criteria import Where, as_criteria
+from .selection import matching
 
 class ActivationCheckpoint(Derived):
     """Mixin: run the module's own ``forward`` under non-reentrant activation checkpointing.
@@ -83,9 +78,4 @@ def checkpoint_activations(model: nn.Module, where: Where) -> nn.Module:
         >>> torch.equal(light(x), net(x))
         True
     """
-    where = where if isinstance(where, tuple) else (where,)
-    selection = select(model, *where)
-    if not selection:
-        shown = ", ".join(c.__name__ if isinstance(c, type) else repr(c) for c in where)
-        raise ValueError(f"checkpoint_activations: `where` ({shown}) matches no module of the {type(model).__name__}")
-    return selection.apply(checkpointed)
+    return matching(model, as_criteria(where), "checkpoint_activations").apply(checkpointed)

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Union
-
 from torch import nn
 
 from .._core.arguments import typechecked
 from ..primitives.linear import Linear
 from ..primitives.quantized import SCHEMES, QuantizedLinear
-from .criteria import Criterion
-from .selection import select
+from .criteria import Where, as_criteria
+from .selection import matching, select
 from .walk import positions
-
-Where = Union[Criterion, tuple[Criterion, ...]]
-
 
 def tied_elsewhere(model: nn.Module, chosen: set[int]) -> set[int]:
     """Ids of the weights of ``chosen`` modules that a module outside ``chosen`` also holds."""
@@ -77,9 +72,7 @@ def quantize(model: nn.Module, scheme: str = "nf4", where: Where = Linear, *, bl
     """
     if scheme not in SCHEMES:
         raise ValueError(f"quantize: scheme must be one of {list(SCHEMES)}, got {scheme!r}")
-    selection = select(model, *(where if isinstance(where, tuple) else (where,)))
-    if not selection:
-        raise ValueError(f"quantize: `where` ({where!r}) matches no layer of the {type(model).__name__}")
+    selection = matching(model, as_criteria(where), "quantize")
     for path, module in selection:
         if not isinstance(module, Linear):
             raise TypeError(f"quantize: the match at '{path or '<root>'}' is a {type(module).__name__}, not a modify.Linear")

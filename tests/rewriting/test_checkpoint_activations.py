@@ -149,7 +149,7 @@ def test_compiles_without_graph_breaks():
 
 
 def test_where_matching_nothing_is_a_value_error():
-    with pytest.raises(ValueError, match=r"checkpoint_activations: `where` \('blocks\.\*'\) matches no module of the GPT"):
+    with pytest.raises(ValueError, match=r"checkpoint_activations: `where` \('blocks\.\*'\) matches no layer of the GPT"):
         modify.checkpoint_activations(gpt(), where="blocks.*")
 
 
