@@ -16,21 +16,11 @@ from torch.distributions import Normal
 
 from .._core.arguments import typechecked
 from ..combinators import Parallel, Residual, Sequential
-from ..primitives import (
-    GELU,
-    Add,
-    Copy,
-    Dropout,
-    Embedding,
-    Linear,
-    Positions,
-    Rearrange,
-    ScaledDotProductAttention,
-    Split,
-)
+from ..primitives import GELU, Dropout, Embedding, Identity, Index, Linear, Rearrange, ScaledDotProductAttention, Split
 from ..checkpoints.loading import Family, KeyFormat, hf_value, require
 from ..checkpoints.pretrained import Pretrained
-from .building import check_fields, check_positive, layer_norm
+from .building import carried_residual, check_fields, check_positive, layer_norm
+from .padding import CarryAdd, Pick, TokenInput
 
 
 @dataclass
@@ -135,8 +125,9 @@ class GPT(Pretrained, Sequential):
         lm_head = Linear(config.n_embd, config.vocab_size, bias=False, weight_init=_normal(0.02), device="meta")
         lm_head.weight = wte.weight
         transformer = Sequential(
-            embed=_embeddings(config, wte),
-            h=Sequential(*(_block(config) for _ in range(config.n_layer))),
+            embed=_embeddings(config, wte),  # (x, mask)
+            h=Sequential(*(_block(config) for _ in range(config.n_layer))),  # (x, mask)
+            hidden=Index(0),  # (B, T, C)
             ln_f=layer_norm(config.n_embd, config.bias),
         )
         super().__init__(transformer=transformer, lm_head=lm_head)
@@ -166,27 +157,38 @@ def _linear(config: GPTConfig, n_in: int, n_out: int, std: float = 0.02) -> Line
 
 
 def _embeddings(config: GPTConfig, wte: Embedding) -> Sequential:
-    """``(B, T)`` ids -> ``(B, T, C)`` token plus position embeddings (``embed``)."""
-    wpe = Sequential(
-        positions=Positions(limit=config.block_size),
-        embedding=Embedding(config.block_size, config.n_embd, weight_init=_normal(0.02)),
+    """``ids`` or ``(ids, mask)`` -> ``((B, T, C) token plus position embeddings, mask)`` (``embed``)."""
+    wpe = Embedding(config.block_size, config.n_embd, weight_init=_normal(0.02))
+    return Sequential(
+        tokens=TokenInput(limit=config.block_size),  # (ids, positions, mask)
+        lookup=Parallel(wte=wte, wpe=wpe, mask=Identity()),  # (B, T, C), (B, T, C), mask
+        add=CarryAdd(),  # (B, T, C), mask
+        dropout=Parallel(Dropout(config.dropout), Identity()),
     )
-    return Sequential(copy=Copy(2), lookup=Parallel(wte=wte, wpe=wpe), add=Add(), dropout=Dropout(config.dropout))
 
 
 def _block(config: GPTConfig) -> Sequential:
-    """One pre-LayerNorm transformer block: ``x + attn(ln_1(x))``, then ``x + mlp(ln_2(x))``."""
+    """One pre-LayerNorm block on ``(x, mask)``: ``x + attn(ln_1(x))``, then ``x + mlp(ln_2(x))``."""
     C, H, p = config.n_embd, config.n_head, config.dropout
     projection_std = 0.02 / math.sqrt(2 * config.n_layer)
-    attn = Sequential(
+    qkv = Sequential(
         ln_1=layer_norm(C, config.bias),
         c_attn=_linear(config, C, 3 * C),  # (B, T, 3C)
         heads=Rearrange("b t (k h d) -> b (k h) t d", k=3, h=H),  # (B, 3H, T, C/H)
         split=Split(H, dim=1),  # q, k, v: (B, H, T, C/H)
-        attend=ScaledDotProductAttention(causal=True, dropout=p),  # (B, H, T, C/H)
+    )
+    out = Sequential(
+        attend=ScaledDotProductAttention(causal=True, dropout=p),  # (q, k, v, mask) -> (B, H, T, C/H)
         merge=Rearrange("b h t d -> b t (h d)"),  # (B, T, C)
         c_proj=_linear(config, C, C, projection_std),
         dropout=Dropout(p),
+    )
+    attn = Sequential(
+        Pick(0, 0, 1),  # (x, x, mask)
+        Parallel(Identity(), qkv, Identity()),  # (x, (q, k, v), mask)
+        Pick(0, ("1.0", "1.1", "1.2", 2), 2),  # (x, (q, k, v, mask), mask)
+        Parallel(Identity(), out, Identity()),  # (x, y, mask)
+        CarryAdd(),  # (x + y, mask)
     )
     mlp = Sequential(
         ln_2=layer_norm(C, config.bias),
@@ -195,7 +197,7 @@ def _block(config: GPTConfig) -> Sequential:
         c_proj=_linear(config, 4 * C, C, projection_std),
         dropout=Dropout(p),
     )
-    return Sequential(attn=Residual(attn), mlp=Residual(mlp))
+    return Sequential(attn=attn, mlp=carried_residual(mlp, carried=1))
 
 
 def _transpose_conv1d(key: str, value: torch.Tensor) -> torch.Tensor:
@@ -209,10 +211,10 @@ def _transpose_conv1d(key: str, value: torch.Tensor) -> torch.Tensor:
 HF_KEYS = KeyFormat(
     rules=(
         (r"transformer\.embed\.lookup\.wte\.weight", "transformer.wte.weight"),
-        (r"transformer\.embed\.lookup\.wpe\.embedding\.weight", "transformer.wpe.weight"),
+        (r"transformer\.embed\.lookup\.wpe\.weight", "transformer.wpe.weight"),
         (r"transformer\.h\.(\d+)\.attn\.1\.1\.ln_1\.affine\.(\w+)", r"transformer.h.\1.ln_1.\2"),
         (r"transformer\.h\.(\d+)\.mlp\.1\.1\.ln_2\.affine\.(\w+)", r"transformer.h.\1.ln_2.\2"),
-        (r"transformer\.h\.(\d+)\.(attn|mlp)\.1\.1\.(\w+)\.(\w+)", r"transformer.h.\1.\2.\3.\4"),
+        (r"transformer\.h\.(\d+)\.(attn|mlp)\.[13]\.1\.(\w+)\.(\w+)", r"transformer.h.\1.\2.\3.\4"),
         (r"transformer\.ln_f\.affine\.(\w+)", r"transformer.ln_f.\1"),
         (r"lm_head\.weight", "lm_head.weight"),
     ),

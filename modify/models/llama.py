@@ -19,6 +19,7 @@ from ..primitives import (
     Copy,
     Embedding,
     Identity,
+    Index,
     Linear,
     Mul,
     Rearrange,
@@ -29,7 +30,8 @@ from ..primitives import (
 from ..primitives.attention import check_rope_scaling
 from ..checkpoints.loading import Family, KeyFormat, hf_value, require
 from ..checkpoints.pretrained import Pretrained
-from .building import check_fields, check_positive, rms_norm
+from .building import carried_residual, check_fields, check_positive, rms_norm
+from .padding import CarryAdd, Pick, TokenInput
 
 # model_type -> the transformers class of that family, all read by Llama.from_pretrained.
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
@@ -206,8 +208,10 @@ class Llama(Pretrained, Sequential):
         if tied:
             lm_head.weight = embed_tokens.weight
         model = Sequential(
-            embed_tokens=embed_tokens,
+            tokens=TokenInput(),  # (ids, positions, mask)
+            embed=Parallel(embed_tokens=embed_tokens, positions=Identity(), mask=Identity()),  # (x, positions, mask)
             layers=Sequential(*(_decoder_layer(config) for _ in range(config.num_hidden_layers))),
+            hidden=Index(0),  # (B, T, D)
             norm=rms_norm(config.hidden_size, config.rms_norm_eps),
         )
         super().__init__(model=model, lm_head=lm_head)
@@ -243,11 +247,11 @@ def _normal(config: LlamaConfig) -> Normal:
 
 
 def _decoder_layer(config: LlamaConfig) -> Sequential:
-    """``x + self_attn(input_layernorm(x))``, then ``x + mlp(post_attention_layernorm(x))``."""
+    """On ``(x, positions, mask)``: ``x + self_attn(input_layernorm(x))``, then ``x + mlp(post_attention_layernorm(x))``."""
     D, I, hd = config.hidden_size, config.intermediate_size, config.head_dim
     H, KV = config.num_attention_heads, config.num_key_value_heads
     qkv_bias, mlp_bias = config.attention_bias or config.model_type == "qwen2", config.mlp_bias
-    self_attn = Sequential(
+    qkv = Sequential(
         input_layernorm=rms_norm(D, config.rms_norm_eps),
         copy=Copy(3),
         proj=Parallel(  # (B, T, H*hd), (B, T, KV*hd), (B, T, KV*hd)
@@ -255,10 +259,21 @@ def _decoder_layer(config: LlamaConfig) -> Sequential:
             k_proj=_linear(config, D, KV * hd, qkv_bias),
             v_proj=_linear(config, D, KV * hd, qkv_bias),
         ),
-        heads=Parallel(q=_rotary_heads(config), k=_rotary_heads(config), v=Rearrange("b t (h d) -> b h t d", d=hd)),
+    )
+    out = Sequential(
+        heads=Parallel(  # ((q, positions), (k, positions), v, mask) -> (B, H, T, hd), (B, KV, T, hd) x 2, mask
+            q=_rotary_heads(config), k=_rotary_heads(config), v=Rearrange("b t (h d) -> b h t d", d=hd), mask=Identity()
+        ),
         attend=ScaledDotProductAttention(causal=True, dropout=config.attention_dropout),  # (B, H, T, hd)
         merge=Rearrange("b h t d -> b t (h d)"),  # (B, T, H*hd)
         o_proj=_linear(config, H * hd, D, config.attention_bias),
+    )
+    self_attn = Sequential(
+        Pick(0, 0, 1, 2),  # (x, x, positions, mask)
+        Parallel(Identity(), qkv, Identity(), Identity()),  # (x, (q, k, v), positions, mask)
+        Pick(0, (("1.0", 2), ("1.1", 2), "1.2", 3), 2, 3),  # (x, ((q, positions), (k, positions), v, mask), ...)
+        Parallel(Identity(), out, Identity(), Identity()),  # (x, y, positions, mask)
+        CarryAdd(),  # (x + y, positions, mask)
     )
     mlp = Sequential(
         post_attention_layernorm=rms_norm(D, config.rms_norm_eps),
@@ -268,25 +283,26 @@ def _decoder_layer(config: LlamaConfig) -> Sequential:
         mul=Mul(),  # SwiGLU: silu(gate) * up
         down_proj=_linear(config, I, D, mlp_bias),
     )
-    return Sequential(self_attn=Residual(self_attn), mlp=Residual(mlp))
+    return Sequential(self_attn=self_attn, mlp=carried_residual(mlp, carried=2))
 
 
 def _rotary_heads(config: LlamaConfig) -> Sequential:
-    """``(B, T, n*hd) -> (B, n, T, hd)``, each head rotated by position."""
+    """``((B, T, n*hd), (B, T) positions) -> (B, n, T, hd)``, each head rotated by position."""
     rope = RotaryEmbedding(config.head_dim, base=config.rope_theta, scaling=config.rope_scaling)
-    return Sequential(split=Rearrange("b t (h d) -> b h t d", d=config.head_dim), rope=rope)
+    return Sequential(split=Parallel(Rearrange("b t (h d) -> b h t d", d=config.head_dim), Identity()), rope=rope)
 
 
 # Our state_dict keys -> Hugging Face LlamaForCausalLM's.
 HF_KEYS = KeyFormat(
     rules=(
-        (r"model\.embed_tokens\.weight", "model.embed_tokens.weight"),
+        (r"model\.embed\.embed_tokens\.weight", "model.embed_tokens.weight"),
         (
             r"model\.layers\.(\d+)\.(?:self_attn|mlp)\.1\.1\.(\w+_layernorm)\.affine\.weight",
             r"model.layers.\1.\2.weight",
         ),
         (r"model\.layers\.(\d+)\.(self_attn|mlp)\.1\.1\.proj\.(\w+)\.(\w+)", r"model.layers.\1.\2.\3.\4"),
-        (r"model\.layers\.(\d+)\.(self_attn|mlp)\.1\.1\.(o_proj|down_proj)\.(\w+)", r"model.layers.\1.\2.\3.\4"),
+        (r"model\.layers\.(\d+)\.self_attn\.3\.1\.(o_proj)\.(\w+)", r"model.layers.\1.self_attn.\2.\3"),
+        (r"model\.layers\.(\d+)\.mlp\.1\.1\.(down_proj)\.(\w+)", r"model.layers.\1.mlp.\2.\3"),
         (r"model\.norm\.affine\.weight", "model.norm.weight"),
         (r"lm_head\.weight", "lm_head.weight"),
     ),
