@@ -8,6 +8,7 @@
 6. mixed: ``modify.MixedLoRA`` vs PEFT's mixed-adapter batch (``adapter_names=``), 4 adapters.
 7. convert: a ``modify.convert``-ed plain-torch nanoGPT vs the original, eager training step.
 8. generate: decoding 100 tokens through the key/value-cache sibling vs transformers' ``generate``.
+9. padded: the same for a batch of 8 left-padded prompts with ``attention_mask``.
 
 Ratios are measured in one process, the sides interleaved, medians over rounds; see
 ``benchmarks/timing.py``. Never used as assertions in tests. Results: ``docs/benchmarks.md``.
@@ -34,6 +35,7 @@ BENCHMARKS = {
     "mixed": ("6. Mixed-adapter batches: modify.MixedLoRA vs PEFT's adapter_names=", lora.run_mixed),
     "convert": ("7. modify.convert: converted nanoGPT vs the original, eager training step", convert.run),
     "generate": ("8. Decoding 100 tokens, one thread: modify vs transformers", generate.run),
+    "padded": ("9. Decoding 8 left-padded prompts, 100 tokens, one thread: modify vs transformers", generate.run_padded),
 }
 
 
