@@ -161,8 +161,11 @@ def _cached_logits(model: nn.Module, block_size: int, compile: bool = False) -> 
             start, cached = ids.shape[1] - block_size, 0
         new = ids[:, start:]
         seen, cached = ids.shape[1], cached + new.shape[1]
-        run = step if new.shape[1] == 1 else sibling
-        return run(_inputs(new, None if mask is None else mask[:, start:]))[:, -1]
+        inputs = _inputs(new, None if mask is None else mask[:, start:])
+        if new.shape[1] != 1 or not compile:
+            return sibling(inputs)[:, -1]
+        with torch._dynamo.config.patch(allow_unspec_int_on_nn_module=True):  # offsets: symbolic, not one graph each
+            return step(inputs)[:, -1]
 
     return next_logits
 

@@ -72,19 +72,25 @@ class GPT(Pretrained, Sequential):
     LayerNorm and an output head tied to the token embedding: ``lm_head.weight`` *is*
     ``transformer.embed.lookup.wte.weight`` (one ``Parameter``; ``named_parameters()`` lists it
     once, ``state_dict()`` under both names). A ``Sequential`` subclass that only names the
-    tree and keeps its :class:`GPTConfig` as ``config``::
+    tree and keeps its :class:`GPTConfig` as ``config``. The blocks' stream is ``(x, mask)``: a
+    padded batch's attention mask travels beside the hidden states (see
+    :class:`~modify.models.TokenInput`)::
 
-        transformer.embed     Copy(2) -> Parallel(wte=Embedding, wpe=Positions -> Embedding) -> Add -> Dropout
-        transformer.h.<i>     Residual(attn) -> Residual(mlp), the branch of each at "1.1":
-          attn.1.1            ln_1 -> c_attn -> heads (Rearrange) -> split (Split) -> attend (SDPA, causal)
-                              -> merge (Rearrange) -> c_proj -> dropout
+        transformer.embed     tokens (TokenInput: ids or (ids, mask) -> (ids, positions, mask))
+                              -> lookup (Parallel: wte, wpe = Embedding, mask) -> add (CarryAdd) -> dropout
+        transformer.h.<i>     attn, then mlp, each (x, mask) -> (x + branch(x), mask):
+          attn.1.1            ln_1 -> c_attn -> heads (Rearrange) -> split (Split): q, k, v
+          attn.3.1            attend (SDPA, causal, on (q, k, v, mask)) -> merge (Rearrange) -> c_proj -> dropout
           mlp.1.1             ln_2 -> c_fc -> gelu -> c_proj -> dropout
+        transformer.hidden    Index(0): the hidden states alone
         transformer.ln_f      LayerNorm -> ElementwiseAffine
         lm_head               Linear(n_embd, vocab_size, bias=False), weight tied to wte
 
-    so the query projection of block 0 is ``transformer.h.0.attn.1.1.c_attn`` and every
-    Hugging Face key maps to one of ours (``transformer.h.0.ln_1.weight`` is
-    ``transformer.h.0.attn.1.1.ln_1.affine.weight``).
+    (``attn.0``/``attn.2`` are :class:`~modify.models.Pick` leaves routing the stream,
+    ``attn.4`` a :class:`~modify.models.CarryAdd`), so the query projection of block 0 is
+    ``transformer.h.0.attn.1.1.c_attn`` and every Hugging Face key maps to one of ours
+    (``transformer.h.0.ln_1.weight`` is ``transformer.h.0.attn.1.1.ln_1.affine.weight``,
+    ``transformer.h.0.attn.c_proj.weight`` is ``transformer.h.0.attn.3.1.c_proj.weight``).
 
     :meth:`from_pretrained` reads Hugging Face's ``GPT2LMHeadModel`` (``model_type`` ``gpt2``)
     or a bare ``GPT2Model`` (keys without the ``transformer.`` prefix); ``Conv1D`` weights,
@@ -96,7 +102,10 @@ class GPT(Pretrained, Sequential):
         config: the hyperparameters.
 
     Shape:
-        ``(B, T)`` int64 token ids, ``T <= block_size`` -> ``(B, T, vocab_size)`` logits.
+        ``(B, T)`` int64 token ids, ``T <= block_size``, or ``(ids, attention_mask)`` with a
+        ``(B, T)`` bool or integer mask (1: token, 0: padding, left or right) ->
+        ``(B, T, vocab_size)`` logits; with a mask, those at tokens equal transformers'
+        ``model(ids, attention_mask=mask, position_ids=(cumsum(mask) - 1).clamp(min=0))``.
 
     Attributes:
         config: the :class:`GPTConfig`. Initialisation as nanoGPT: linear and embedding
@@ -104,10 +113,9 @@ class GPT(Pretrained, Sequential):
             biases zero, layer norms one/zero.
 
     Raises:
-        ModifyValueError: (at call) ``T > block_size``, naming the ``Positions`` leaf's path.
-        ModifyTypeError: (at call) ids that are not integers.
-        einops.EinopsError: (a ``RuntimeError``, at call) ids that are not ``(B, T)``; a note
-            names the module path.
+        ModifyValueError: (at call) ids that are not ``(B, T)``, ``T > block_size``, or a mask of
+            another shape, naming ``transformer.embed.tokens`` and what arrived.
+        ModifyTypeError: (at call) ids that are not integers, a float mask.
 
     Example:
         >>> import torch
@@ -116,6 +124,9 @@ class GPT(Pretrained, Sequential):
         >>> gpt(torch.randint(0, 50, (3, 10))).shape
         torch.Size([3, 10, 50])
         >>> gpt.lm_head.weight is gpt.transformer.embed.lookup.wte.weight
+        True
+        >>> ids, mask = torch.randint(0, 50, (2, 6)), torch.tensor([[0, 0, 1, 1, 1, 1], [1] * 6])
+        >>> torch.allclose(gpt((ids, mask))[0, 2:], gpt(ids[:1, 2:])[0], atol=1e-5)  # a left-padded row
         True
     """
 

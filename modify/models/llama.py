@@ -134,22 +134,26 @@ class Llama(Pretrained, Sequential):
     :class:`~modify.Residual`), a final RMSNorm and an output head, untied or tied to the
     embedding (``tie_word_embeddings``: one ``Parameter`` under two ``state_dict`` keys).
     RMSNorm is ``RMSNorm`` followed by ``ElementwiseAffine(bias=False)``. A ``Sequential``
-    subclass that only names the tree and keeps its :class:`LlamaConfig` as ``config``::
+    subclass that only names the tree and keeps its :class:`LlamaConfig` as ``config``. The
+    layers' stream is ``(x, positions, mask)``: a padded batch's positions and attention mask
+    travel beside the hidden states (see :class:`~modify.models.TokenInput`)::
 
-        model.embed_tokens         Embedding
-        model.layers.<i>           Residual(self_attn) -> Residual(mlp), each branch at "1.1":
-          self_attn.1.1            input_layernorm -> copy (Copy(3))
-                                   -> proj (Parallel: q_proj, k_proj, v_proj)
-                                   -> heads (Parallel: q, k = Rearrange -> RotaryEmbedding; v = Rearrange)
+        model.tokens               TokenInput: ids or (ids, mask) -> (ids, positions, mask)
+        model.embed                Parallel: embed_tokens (Embedding), positions, mask
+        model.layers.<i>           self_attn, then mlp, each (x, ...) -> (x + branch(x), ...):
+          self_attn.1.1            input_layernorm -> copy (Copy(3)) -> proj (Parallel: q_proj, k_proj, v_proj)
+          self_attn.3.1            heads (Parallel: q, k = (Rearrange, positions) -> RotaryEmbedding; v; mask)
                                    -> attend (SDPA, causal, kv heads repeated) -> merge (Rearrange) -> o_proj
           mlp.1.1                  post_attention_layernorm -> copy (Copy(2))
                                    -> proj (Parallel: gate_proj, up_proj) -> act (Parallel: SiLU, Identity)
                                    -> mul (Mul) -> down_proj
+        model.hidden               Index(0): the hidden states alone
         model.norm                 RMSNorm -> ElementwiseAffine
         lm_head                    Linear(hidden_size, vocab_size, bias=False)
 
     Hugging Face's ``model.layers.0.self_attn.q_proj.weight`` is our
-    ``model.layers.0.self_attn.1.1.proj.q_proj.weight``.
+    ``model.layers.0.self_attn.1.1.proj.q_proj.weight``, its ``model.embed_tokens.weight`` our
+    ``model.embed.embed_tokens.weight``.
 
     :meth:`from_pretrained` reads Hugging Face's Llama-architecture weights (Llama 1-3.2,
     Mistral, Qwen2): ``LlamaForCausalLM``, ``MistralForCausalLM`` (``model_type`` ``mistral``)
@@ -164,16 +168,19 @@ class Llama(Pretrained, Sequential):
         config: the hyperparameters.
 
     Shape:
-        ``(B, T)`` int64 token ids -> ``(B, T, vocab_size)`` logits.
+        ``(B, T)`` int64 token ids, or ``(ids, attention_mask)`` with a ``(B, T)`` bool or integer
+        mask (1: token, 0: padding, left or right) -> ``(B, T, vocab_size)`` logits; with a
+        mask, those at tokens equal transformers' with the same mask and
+        ``position_ids=(cumsum(mask) - 1).clamp(min=0)``.
 
     Attributes:
         config: the :class:`LlamaConfig`. Initialisation as transformers: weights
             ``N(0, initializer_range)``, biases zero, norm weights one.
 
     Raises:
-        ModifyTypeError: (at call) ids that are not integers.
-        einops.EinopsError: (a ``RuntimeError``, at call) ids that are not ``(B, T)``; a note
-            names the module path.
+        ModifyValueError: (at call) ids that are not ``(B, T)`` or a mask of another shape,
+            naming ``model.tokens`` and what arrived.
+        ModifyTypeError: (at call) ids that are not integers, a float mask.
 
     Example:
         >>> import torch
