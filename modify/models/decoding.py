@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .._core.arguments import typechecked
+from .._core.checks import set_checks
 from ..rewriting.selection import select
 from .cache import LastPosition, kv_cache, reset_cache
 from .gpt import GPT
@@ -146,8 +147,9 @@ def _cached_logits(model: nn.Module, block_size: int, compile: bool = False) -> 
 
     Each call's ``ids`` extend the previous call's. When the new ids would overflow
     ``block_size`` cached positions, the cache is emptied and refilled from the last
-    ``block_size`` ids, which is what the full re-run sees. With ``compile``, the one-position
-    steps run through ``torch.compile`` (the prompt, of another length, runs eagerly).
+    ``block_size`` ids, which is what the full re-run sees. One-position steps run with runtime
+    checks off (the prompt's call checked every leaf, and ``generate`` checked the ids); with
+    ``compile`` they run through ``torch.compile`` (the prompt runs eagerly).
     """
     sibling = _last_only(kv_cache(model))
     step = torch.compile(sibling, dynamic=True) if compile else sibling
@@ -162,10 +164,13 @@ def _cached_logits(model: nn.Module, block_size: int, compile: bool = False) -> 
         new = ids[:, start:]
         seen, cached = ids.shape[1], cached + new.shape[1]
         inputs = _inputs(new, None if mask is None else mask[:, start:])
-        if new.shape[1] != 1 or not compile:
+        if new.shape[1] != 1:
             return sibling(inputs)[:, -1]
-        with torch._dynamo.config.patch(allow_unspec_int_on_nn_module=True):  # offsets: symbolic, not one graph each
-            return step(inputs)[:, -1]
+        with set_checks(False):  # the prompt's call checked every leaf; a step differs only in length
+            if not compile:
+                return sibling(inputs)[:, -1]
+            with torch._dynamo.config.patch(allow_unspec_int_on_nn_module=True):  # offsets: symbolic
+                return step(inputs)[:, -1]
 
     return next_logits
 

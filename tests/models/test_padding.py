@@ -211,3 +211,11 @@ def test_masked_attention_gradcheck_in_float64():
     allowed = torch.ones(4, 4, dtype=torch.bool).tril() & key_mask[:, None, None, :] | torch.eye(4, dtype=torch.bool)
     expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
     torch.testing.assert_close(attend((q, k, v, key_mask)), expected)
+
+
+def test_generate_compiled_decodes_the_same_tokens():
+    _, ours = gpt_pair()
+    ids, mask = batch("left")
+    ids = ids * mask
+    expected = generate(ours, ids, 6, top_k=1, attention_mask=mask)
+    assert torch.equal(generate(ours, ids, 6, top_k=1, attention_mask=mask, compile=True), expected)
