@@ -91,6 +91,7 @@ class TokenInput(Leaf, Unary, ParamFree, Linear, Restructure):
         """``ids`` after checking it is ``(B, T)`` integers with ``T <= limit``."""
         if not checks_enabled():
             return ids
+        x = x if isinstance(x, torch.Tensor) else ids  # name the ids themselves
         if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
             raise ModifyTypeError(self, f"expected integer token ids (B, T), got {describe(x)}")
         if ids.dim() != 2 or (self.limit is not None and ids.shape[1] > self.limit):
@@ -102,10 +103,11 @@ class TokenInput(Leaf, Unary, ParamFree, Linear, Restructure):
     def check_mask(self, ids: torch.Tensor, mask: torch.Tensor, x: object) -> torch.Tensor:
         """``mask`` as bool after checking it is a ``(B, T)`` bool or integer mask of the ids' shape."""
         if checks_enabled():
+            got = f"got ids {describe(ids)} and attention_mask {describe(mask)}"
             if mask.is_floating_point() or mask.is_complex():
-                raise ModifyTypeError(self, f"expected a bool or integer attention_mask, got {describe(x)}")
+                raise ModifyTypeError(self, f"expected a bool or integer attention_mask, {got}")
             if mask.shape != ids.shape:
-                raise ModifyValueError(self, f"expected an attention_mask of the ids' shape (B, T), got {describe(x)}")
+                raise ModifyValueError(self, f"expected an attention_mask of the ids' shape (B, T), {got}")
         return mask.bool()
 
     def extra_repr(self) -> str:
