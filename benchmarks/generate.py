@@ -94,7 +94,9 @@ def padded_sides(size: Size) -> dict:
     prompt = torch.randint(1, size.vocab_size, mask.shape, generator=gen) * mask  # pad id 0
 
     def theirs():
-        return reference.generate(prompt, attention_mask=mask, max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=0)
+        return reference.generate(
+            prompt, attention_mask=mask, max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=0
+        )
 
     def cached():
         return generate(ours, prompt, NEW_TOKENS, top_k=1, attention_mask=mask)

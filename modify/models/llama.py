@@ -254,7 +254,8 @@ def _normal(config: LlamaConfig) -> Normal:
 
 
 def _decoder_layer(config: LlamaConfig) -> Sequential:
-    """On ``(x, positions, mask)``: ``x + self_attn(input_layernorm(x))``, then ``x + mlp(post_attention_layernorm(x))``."""
+    """On ``(x, positions, mask)``: ``x + self_attn(input_layernorm(x))``, then
+    ``x + mlp(post_attention_layernorm(x))``."""
     D, I, hd = config.hidden_size, config.intermediate_size, config.head_dim
     H, KV = config.num_attention_heads, config.num_key_value_heads
     qkv_bias, mlp_bias = config.attention_bias or config.model_type == "qwen2", config.mlp_bias

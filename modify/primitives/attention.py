@@ -255,11 +255,12 @@ class RotaryEmbedding(Leaf, Unary, ParamFree, Linear, Vector):
         if positions is None:
             positions = torch.arange(x.shape[-2], device=x.device)
         elif checks_enabled() and (x.dim() != 4 or positions.shape != (x.shape[0], x.shape[-2])):
-            raise ModifyValueError(self, f"expected ((B, H, T, {self.dim}), (B, T) positions), got {describe((x, positions))}")
+            detail = f"expected ((B, H, T, {self.dim}), (B, T) positions), got {describe((x, positions))}"
+            raise ModifyValueError(self, detail)
         return self.rotate(x, positions)
 
     def rotate(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """``x`` rotated for ``positions``: ``(T,)`` for every row, or ``(B, T)`` per row (``x`` then ``(B, H, T, dim)``)."""
+        """``x`` rotated for ``positions``: ``(T,)`` for all rows, or ``(B, T)`` per row (``x``: ``(B, H, T, dim)``)."""
         freqs = positions.float()[..., None] * self.inv_freq.float()  # (T, dim/2) or (B, T, dim/2)
         angles = torch.cat((freqs, freqs), dim=-1)
         if angles.dim() == 3:
