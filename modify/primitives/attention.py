@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from .._core.arguments import check_finite, check_sizes, typechecked
 from .._core.checks import checks_enabled, expect_floating, expect_tensors
-from .._core.errors import ModifyValueError, describe
+from .._core.errors import ModifyTypeError, ModifyValueError, describe
 from .._core.module import Leaf
 from ..traits import Linear, Matrix, NonLinear, ParamFree, Ternary, Unary, Vector
 
@@ -223,8 +223,10 @@ class RotaryEmbedding(Leaf, Unary, ParamFree, Linear, Vector):
         ValueError: odd or non-positive ``dim``; ``base`` not positive and finite; a ``scaling``
             whose ``rope_type`` is not ``"default"`` or ``"llama3"``, or a ``"llama3"`` one
             without one of its four keys or with a value that is zero or not a number.
-        ModifyTypeError: the input is not a floating-point tensor.
-        ModifyValueError: last dimension not ``dim``, or fewer than two dimensions.
+        ModifyTypeError: the input is not a floating-point tensor (or a pair of it and integer
+            positions).
+        ModifyValueError: last dimension not ``dim``, or fewer than two dimensions; positions
+            that are not ``(B, T)`` for a ``(B, H, T, dim)`` input.
 
     Example:
         >>> import torch, modify
@@ -249,6 +251,9 @@ class RotaryEmbedding(Leaf, Unary, ParamFree, Linear, Vector):
         positions = None
         if isinstance(x, tuple):
             x, positions = expect_tensors(self, x, 2)
+            if checks_enabled() and (positions.is_floating_point() or positions.is_complex()):
+                detail = f"expected a tensor or (x, integer positions), got {describe((x, positions))}"
+                raise ModifyTypeError(self, detail)
         x = expect_floating(self, x)
         if checks_enabled() and (x.dim() < 2 or x.shape[-1] != self.dim):
             raise ModifyValueError(self, f"expected (*, T, {self.dim}), got {describe(x)}")
