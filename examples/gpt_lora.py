@@ -4,6 +4,7 @@
     python examples/gpt_lora.py                 # the same, in an environment with modify installed
     python examples/gpt_lora.py --text notes.txt --steps 500
     python examples/gpt_lora.py --hf-checkpoint ./gpt2 --steps 30 --batch-size 8
+    python examples/gpt_lora.py --save-every 50  # after a crash, the same command with --resume
     torchrun --nproc-per-node 2 examples/gpt_lora.py --ddp
     python examples/gpt_lora.py --help          # every option of DemoConfig below
 
@@ -16,7 +17,8 @@
    (or your own text with ``--text``).
 3. Prints both models' held-out loss on both corpora, a sample from each, ``modify.summary`` of
    both (parameters shared by identity: ``p_base is p_adapted``; the adapters' size), and that
-   ``merge_lora`` gives the same outputs; saves a loss plot.
+   ``merge_lora`` gives the same outputs; saves a loss plot and ``models.html``, both models
+   drawn side by side by ``modify.show`` (shared parameters and the LoRA blocks marked).
 4. Saves the adapters alone with ``modify.save_adapters`` (PEFT's folder format) under ``--out``,
    reloads them into a fresh sibling with ``modify.load_adapters`` and shows the same held-out
    loss; with ``--hf-checkpoint``, loads the folder with PEFT onto ``transformers``' GPT-2 too.
@@ -25,6 +27,13 @@
 pretraining. Text is then tokenized with the folder's own GPT-2 tokenizer if it has one and
 ``transformers`` is installed; otherwise with GPT-2's 256 single-byte tokens (exact GPT-2 tokens,
 unmerged, so the loss is per byte). ``--tokenizer`` forces one.
+
+``--save-every N`` writes the training state to ``--out``/train_state every N steps and at the
+end of each phase, atomically (``modify.checkpoints.atomic_folder``: a kill at any moment leaves
+the previous state whole): the phase's trainable weights, the optimizer's state, the step, the
+batch generator (the data position) and the RNG states of torch and ``random``. Killed at any
+step, the same command with ``--resume`` continues from the last state and ends with the very
+adapters and losses of an uninterrupted run (bit for bit on the CPU with one thread).
 
 ``--ddp`` under ``torchrun`` trains with DistributedDataParallel (gloo on CPU, nccl on GPU); only
 rank 0 prints and plots. Bad input stops the run before any work with a one-line error, exit code 2.
@@ -46,6 +55,7 @@ import json
 import math
 import os
 import pickle
+import random
 import sys
 import sysconfig
 import time
@@ -56,9 +66,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 import modify
+from modify.checkpoints import atomic_folder
 from modify.models import GPT, GPTConfig, generate
 from modify.traits import Linear, ParamFree, Restructure, Unary
 
@@ -119,7 +131,10 @@ class DemoConfig:
                        number(int, 0, what="0 (automatic) or a positive integer"))
     compile: bool = opt(False, "train through torch.compile")
     ddp: bool = opt(False, "DistributedDataParallel; launch with torchrun (gloo on CPU, nccl on GPU)")
-    out: str = opt("build/demo", "folder for the loss plot and the saved adapter (adapter/)")
+    out: str = opt("build/demo", "folder for the loss plot, the saved adapter (adapter/) and the training state")
+    save_every: int = opt(0, "save the training state to OUT/train_state every N steps (0: never)",
+                          number(int, 0, what="0 (never) or a positive integer"))
+    resume: bool = opt(False, "continue from OUT/train_state, saved by an interrupted run with the same options")
 
 
 # ----------------------------------------------------------------------------- corpora
@@ -251,16 +266,21 @@ def lr_at(step: int, steps: int, peak: float) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def train(module, params: list, data: torch.Tensor, cfg: DemoConfig, env: dict, *, lr: float, weight_decay: float,
-          seed: int, desc: str) -> list[float]:
-    """AdamW on ``params`` only (decaying matrices, not vectors), for ``cfg.steps`` steps; the loss of every step."""
+def train(model, phase: str, data: torch.Tensor, cfg: DemoConfig, env: dict, *, lr: float, weight_decay: float,
+          seed: int, desc: str, state: TrainingState) -> list[float]:
+    """AdamW on ``model``'s trainable parameters only (decaying matrices, not vectors), for ``cfg.steps`` steps
+    (from the step ``state`` resumes at); the loss of every step. ``state`` saves every ``--save-every`` steps."""
+    named = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    params = list(named.values())
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.99))
     gen = torch.Generator().manual_seed(seed + 1000 * env["rank"])  # each process its own batches
-    losses = []
+    start, losses = state.restore(phase, named, optimizer, gen)
+    module = wrap_for_training(model, cfg, env)
     module.train()
-    bar = tqdm(range(cfg.steps), desc=desc, disable=not env["main"], dynamic_ncols=True)
+    bar = tqdm(range(start, cfg.steps), desc=desc, disable=not env["main"], dynamic_ncols=True, initial=start,
+               total=cfg.steps)
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg.steps, lr)
@@ -272,7 +292,80 @@ def train(module, params: list, data: torch.Tensor, cfg: DemoConfig, env: dict, 
         optimizer.step()
         losses.append(loss.item())
         bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+        state.step_done(phase, step + 1, named, optimizer, gen, losses)
     return losses
+
+
+class TrainingState:
+    """``--save-every``/``--resume``: everything a phase needs to go on exactly, in ``OUT/train_state``.
+
+    ``base.safetensors`` (a base pretrained here), ``adapters.safetensors`` (in the adaptation
+    phase) and ``state.pt``: phase, step, optimizer, batch generator, torch and ``random`` RNG
+    states, the losses so far and the options. Written through ``atomic_folder``, so a kill at any
+    moment leaves the previous state whole; the base is carried over, not rewritten, while adapting.
+    """
+
+    def __init__(self, cfg: DemoConfig, env: dict):
+        self.cfg, self.folder, self.main = cfg, Path(cfg.out) / "train_state", env["main"]
+        self.options = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("resume", "save_every")}
+        self.saved = self.load() if cfg.resume else None
+        self.losses = self.saved["losses"] if self.saved else {"pretrain": [], "adapt": []}
+
+    def load(self) -> dict | None:
+        if not (self.folder / "state.pt").is_file():
+            print(f"--resume: no training state in {self.folder}; starting from the beginning")
+            return None
+        saved = torch.load(self.folder / "state.pt", weights_only=True)
+        changed = ", ".join(f"--{key}".replace("_", "-") for key, value in self.options.items()
+                            if saved["options"].get(key) != value)
+        if changed:
+            fail(f"--resume: {self.folder} was saved with other options: {changed}")
+        print(f"resumed from {self.folder}: {saved['phase']} phase, step {saved['step']} of {self.cfg.steps}")
+        return saved
+
+    def phase_done(self, phase: str) -> bool:
+        """Whether the saved state is past ``phase`` (``"pretrain"`` done once adapting, or at its last step)."""
+        saved = self.saved
+        return saved is not None and (saved["phase"] != phase or saved["step"] == self.cfg.steps)
+
+    def restore(self, phase: str, named: dict, optimizer, gen: torch.Generator) -> tuple[int, list[float]]:
+        """The step to start ``phase`` at and its losses so far, after loading the saved tensors and states."""
+        if self.saved is None or self.saved["phase"] != phase:
+            return 0, []
+        self.fill(named, "base.safetensors" if phase == "pretrain" else "adapters.safetensors")
+        optimizer.load_state_dict(self.saved["optimizer"])
+        gen.set_state(self.saved["generator"])
+        return self.saved["step"], list(self.losses[phase])
+
+    def skip_pretraining(self, base) -> list[float]:
+        """Fill ``base`` with the saved pretrained weights and restore the RNGs (the adapters' init draws
+        from them); the pretraining losses."""
+        self.fill(dict(base.named_parameters()), "base.safetensors")
+        return self.losses["pretrain"]
+
+    def fill(self, named: dict, file: str) -> None:
+        """Copy the saved tensors of ``file`` into ``named`` parameters, and restore the RNG states."""
+        tensors = load_file(self.folder / file)
+        with torch.no_grad():
+            for name, p in named.items():
+                p.copy_(tensors[name])
+        torch.set_rng_state(self.saved["torch_rng"])
+        random.setstate(self.saved["python_rng"])
+
+    def step_done(self, phase: str, step: int, named: dict, optimizer, gen: torch.Generator, losses: list) -> None:
+        """Save every ``--save-every`` steps and at the phase's last step (process 0 only)."""
+        self.losses[phase] = list(losses)
+        if not (self.cfg.save_every and self.main and (step % self.cfg.save_every == 0 or step == self.cfg.steps)):
+            return
+        weights = "base.safetensors" if phase == "pretrain" else "adapters.safetensors"
+        replaces = ("*",) if phase == "pretrain" else ("state.pt", "adapters.safetensors")  # keep the base
+        state = {"phase": phase, "step": step, "optimizer": optimizer.state_dict(), "generator": gen.get_state(),
+                 "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(), "losses": self.losses,
+                 "options": self.options}
+        with atomic_folder(self.folder, replaces=replaces, owner="gpt_lora.py --save-every") as staging:
+            save_file({name: p.detach().contiguous() for name, p in named.items()}, staging / weights)
+            with open(staging / "state.pt", "wb") as file:  # a file object: a failed write is an OSError
+                torch.save(state, file)
 
 
 @torch.no_grad()
@@ -333,6 +426,8 @@ def validate(cfg: DemoConfig) -> None:
         check_checkpoint(Path(cfg.hf_checkpoint), cfg.tokenizer)
     if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
         fail(f"--out {cfg.out} exists and is not a folder")
+    if cfg.ddp and (cfg.save_every or cfg.resume):
+        fail("--save-every and --resume run in one process (without --ddp)")
     if cfg.ddp and not all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")):
         fail("--ddp needs the environment torchrun sets: torchrun --nproc-per-node 2 examples/gpt_lora.py --ddp")
     resolve_device(cfg.device, local_rank=0)
@@ -473,15 +568,18 @@ def run(cfg: DemoConfig, env: dict) -> None:
     for name, train_ids, val_ids in splits:
         log(f"corpus {name}: {len(train_ids):,} training tokens, {len(val_ids):,} held out")
 
+    state = TrainingState(cfg, env)
     pre_losses = []
-    if cfg.hf_checkpoint is None:
-        pre_losses = train(wrap_for_training(base, cfg, env), list(base.parameters()), train_a, cfg, env,
-                           lr=cfg.lr, weight_decay=0.1, seed=cfg.seed, desc=f"pretrain on {name_a}")
+    if cfg.hf_checkpoint is None and state.phase_done("pretrain"):
+        pre_losses = state.skip_pretraining(base)
+    elif cfg.hf_checkpoint is None:
+        pre_losses = train(base, "pretrain", train_a, cfg, env, lr=cfg.lr, weight_decay=0.1, seed=cfg.seed,
+                           desc=f"pretrain on {name_a}", state=state)
     base.requires_grad_(False)  # phase 2 trains the adapters only
     before = {key: value.clone() for key, value in base.state_dict().items()}
     adapted = modify.lora(base, rank=cfg.lora_rank, alpha=cfg.lora_alpha)
-    ada_losses = train(wrap_for_training(adapted, cfg, env), modify.lora_parameters(adapted), train_b, cfg, env,
-                       lr=cfg.lora_lr, weight_decay=0.0, seed=cfg.seed + 1, desc=f"LoRA on {name_b}")
+    ada_losses = train(adapted, "adapt", train_b, cfg, env, lr=cfg.lora_lr, weight_decay=0.0, seed=cfg.seed + 1,
+                       desc=f"LoRA on {name_b}", state=state)
     if env["main"]:
         gen = torch.Generator().manual_seed(cfg.seed)
         held_out = {name: [batch(val, cfg, gen, env["device"]) for _ in range(cfg.eval_batches)]
@@ -489,6 +587,9 @@ def run(cfg: DemoConfig, env: dict) -> None:
         table = loss_table({"base": base, "adapted (LoRA)": adapted}, held_out, tokenizer)
         unchanged = all(torch.equal(value, before[key]) for key, value in base.state_dict().items())
         sharing(base, adapted, unchanged, name_b)
+        picture = Path(cfg.out) / "models.html"
+        modify.show(base, adapted, path=picture)
+        print(f"models side by side (open in a browser; shared parameters and LoRA blocks marked): {picture}")
         merging(base, adapted, held_out[name_b][0][0])
         adapter_files(cfg, base, adapted, held_out[name_b], name_b)
         for label, model in (("base", base), ("adapted (LoRA)", adapted)):

@@ -21,13 +21,14 @@ from ._core.inference import traits_of
 from .adapters import *  # noqa: F403
 from .adapters import __all__ as _adapters
 from .conversion import convert
+from .pictures import show
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Combinator", "Fork", "Leaf", "ModifyError", "ModifyModule", "ModifyTypeError", "ModifyValueError",
     "Parallel", "Residual", "Sequential", "checks_enabled", "set_checks", "traits", "traits_of",
-    "models", "convert",
+    "models", "convert", "show",
     *_primitives,
     *_functional,
     *_rewriting,

@@ -9,7 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import final
 
+import torch
 from torch import nn
+from torch.nn.modules import module as torch_module
 
 from ._core.arguments import check_child_name, typechecked
 from ._core.checks import checks_enabled, expect_tuple, is_compiling
@@ -19,8 +21,32 @@ from ._core.module import ModifyModule
 from ._core.wrapped import wrap
 from ._core.sibling import sibling
 from .primitives.arithmetic import Add
-from .primitives.norm_pair import fusable, norm_affine
+from .primitives.fusion import CALL_TIME
 from .primitives.structure import Copy, Identity
+
+
+_PLAIN_CALL = nn.Module.__call__
+
+
+def _unobserved() -> bool:
+    """Whether no one watches module calls globally: ``torch.nn.Module._call_impl``'s fast-path test.
+
+    No global module hooks, no JIT tracing, and ``nn.Module.__call__`` not patched (``torch.fx``
+    tracing and ``torch.export`` patch it to see each module call).
+    """
+    return not (
+        torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks
+        or torch_module._global_backward_hooks or torch_module._global_backward_pre_hooks
+        or torch._C._get_tracing_state() or nn.Module.__call__ is not _PLAIN_CALL
+    )  # fmt: skip
+
+
+def _unhooked(module: nn.Module) -> bool:
+    """Whether calling ``module.forward`` is what ``module(x)`` would do: no hooks, not compiled in place."""
+    return not (
+        module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+        or module._backward_pre_hooks or module._compiled_call_impl is not None
+    )  # fmt: skip
 
 
 class Combinator(ModifyModule):
@@ -166,23 +192,33 @@ class Sequential(Combinator):
             for module in modules.values():
                 x = module(x)
             return x
-        if len(modules) == 2:  # a norm and its affine: one call, one autograd node (norm_pair.py)
-            (name, norm), (_, affine) = modules.items()
-            if fusable(norm, affine):
-                try:
-                    y = norm_affine(norm, affine, x)
-                except Exception as error:
-                    annotate(error, name, norm)
-                    raise
-                if y is not None:
-                    return y
+        # Where nothing can observe the calls (no hooks, no tracing), run each child's forward
+        # directly (torch's own fast path, without its frames), and a pair with a call-time
+        # fusion rule (a norm and its affine) in one call.
+        direct = _unobserved()
+        if direct and len(modules) == 2:
+            y = self._run_fused(x)
+            if y is not None:
+                return y
         for name, module in modules.items():
             try:
-                x = module(x)
+                x = module.forward(x) if direct and _unhooked(module) else module(x)
             except Exception as error:
                 annotate(error, name, module)
                 raise
         return x
+
+    def _run_fused(self, x):
+        """Both children in one call by their fusion rule, or ``None`` (no rule, hooks, another dtype)."""
+        (name, first), (_, second) = self._modules.items()
+        rule = CALL_TIME.get((type(first), type(second)))
+        if rule is None or not (rule.fits(first, second) and _unhooked(first) and _unhooked(second)):
+            return None
+        try:
+            return rule.run(first, second, x)
+        except Exception as error:
+            annotate(error, name, first)
+            raise
 
     def _infer_traits(self) -> frozenset[type]:
         own = next(self.parameters(recurse=False), None) is not None
@@ -226,10 +262,11 @@ class Parallel(Combinator):
             return tuple(m(v) for m, v in zip(modules.values(), x))
         if (not isinstance(x, tuple) or len(x) != len(modules)) and checks_enabled():
             self._check(x)
+        direct = _unobserved()  # as in Sequential.forward
         out = []
         for (name, module), value in zip(modules.items(), x, strict=True):
             try:
-                out.append(module(value))
+                out.append(module.forward(value) if direct and _unhooked(module) else module(value))
             except Exception as error:
                 annotate(error, name, module)
                 raise

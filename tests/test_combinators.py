@@ -180,6 +180,71 @@ def test_forward_hooks_fire_on_leaves_and_combinators(gen):
     assert seen == [("0", (2, 6)), ("1.0", (2, 6)), ("1.1", (2, 4)), ("1", (2, 4)), ("", (2, 4))]
 
 
+def _tiny_gpt() -> nn.Module:
+    from modify.models import GPT, GPTConfig
+
+    return GPT(GPTConfig(block_size=8, vocab_size=16, n_layer=1, n_head=2, n_embd=8, dropout=0.0))
+
+
+def _leaf_paths(model: nn.Module) -> list[str]:
+    return [name for name, m in model.named_modules() if not isinstance(m, modify.Combinator)]
+
+
+def test_every_leaf_hook_fires_also_when_registered_after_a_first_call():
+    model, ids = _tiny_gpt(), torch.randint(0, 16, (2, 5))
+    expected = model(ids)
+    leaves = _leaf_paths(model)
+    pre, post, backward = [], [], []
+    for name in leaves:
+        module = model.get_submodule(name)
+        module.register_forward_pre_hook(lambda m, args, name=name: pre.append(name))
+        module.register_forward_hook(lambda m, args, out, name=name: post.append(name))
+    model.get_submodule(leaves[-1]).register_full_backward_hook(lambda m, gi, go: backward.append(go[0].shape))
+    out = model(ids)
+    out.sum().backward()
+    assert sorted(set(pre)) == sorted(set(post)) == sorted(leaves)
+    assert backward == [out.shape]
+    torch.testing.assert_close(out, expected, atol=0, rtol=0)
+
+
+def test_a_hook_that_changes_an_output_changes_the_result():
+    model, ids = _tiny_gpt(), torch.randint(0, 16, (2, 5))
+    expected = model(ids)
+    norm = next(m for m in model.modules() if isinstance(m, modify.LayerNorm))  # one of a fusable pair
+    handle = norm.register_forward_hook(lambda m, args, out: out * 0)
+    changed = model(ids)
+    handle.remove()
+    assert not torch.allclose(changed, expected)
+    torch.testing.assert_close(model(ids), expected, atol=0, rtol=0)
+
+
+def test_global_module_hooks_see_every_leaf_call():
+    from torch.nn.modules.module import register_module_forward_hook
+
+    model, ids = _tiny_gpt(), torch.randint(0, 16, (2, 5))
+    seen = []
+    handle = register_module_forward_hook(lambda m, args, out: seen.append(m))
+    try:
+        model(ids)
+    finally:
+        handle.remove()
+    called = {id(m) for m in seen}
+    assert all(id(model.get_submodule(name)) in called for name in _leaf_paths(model))
+
+
+def test_fx_tracing_sees_every_module_call():
+    """``torch.fx`` patches ``nn.Module.__call__`` while it traces: the combinators call through it."""
+    model = modify.Sequential(modify.Linear(4, 4), modify.Sequential(modify.LayerNorm(4), modify.ElementwiseAffine(4)))
+
+    class KeepLeaves(torch.fx.Tracer):
+        def is_leaf_module(self, m, qualname):
+            return not isinstance(m, modify.Combinator)
+
+    graph = KeepLeaves().trace(model)
+    targets = [node.target for node in graph.nodes if node.op == "call_module"]
+    assert targets == ["0", "1.0", "1.1"]
+
+
 def _tied_model():
     embed = modify.Embedding(10, 4)
     head = modify.Linear(4, 10, bias=False)

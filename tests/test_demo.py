@@ -78,6 +78,9 @@ def test_tiny_run_prints_table_plot_sharing_and_merge(demo, capsys, tmp_path):
     plot = tmp_path / "gpt_lora_loss.png"
     assert f"loss plot: {plot}" in out
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    picture = tmp_path / "models.html"
+    assert f"models side by side (open in a browser; shared parameters and LoRA blocks marked): {picture}" in out
+    assert picture.read_text(encoding="utf-8").count("LoRA(") >= 1
 
 
 def test_text_option_replaces_the_adaptation_corpus(demo, capsys, tmp_path):

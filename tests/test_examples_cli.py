@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-CONFIGS = {"gpt_lora": "DemoConfig", "maml": "Config", "hypernetwork": "Config", "resnet": "ExampleConfig"}
+CONFIGS = {"gpt_lora": "DemoConfig", "maml": "Config", "hypernetwork": "Config", "hypernetwork_lora": "Config",
+           "resnet": "ExampleConfig"}
 
 
 def config_fields(name: str) -> list[str]:
@@ -49,6 +50,10 @@ def test_help_describes_every_flag_and_its_default(name):
         ("maml", ["--inner-lr", "inf"], "maml.py: error: argument --inner-lr: must be positive, got inf"),
         ("hypernetwork", ["--batch-size", "-1"], "hypernetwork.py: error: argument --batch-size: must be positive, got -1"),
         ("hypernetwork", ["--lr", "nan"], "hypernetwork.py: error: argument --lr: must be positive, got nan"),
+        ("hypernetwork_lora", ["--rank", "0"],
+         "hypernetwork_lora.py: error: argument --rank: must be positive, got 0"),
+        ("hypernetwork_lora", ["--alpha", "nan"],
+         "hypernetwork_lora.py: error: argument --alpha: must be positive, got nan"),
         ("resnet", ["--steps", "0"], "resnet.py: error: argument --steps: must be positive, got 0"),
         ("resnet", ["--noise", "-0.5"], "resnet.py: error: argument --noise: must be non-negative, got -0.5"),
         ("resnet", ["--width", "wide"], "resnet.py: error: argument --width: invalid int value: 'wide'"),

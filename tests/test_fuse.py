@@ -275,3 +275,22 @@ def test_from_pair_refuses_a_pair_it_does_not_compute(cls, first, second):
         cls.from_pair(first, second)
     with pytest.raises(TypeError, match="from_pair"):
         cls.from_pair(first, "not a module")
+
+
+@pytest.mark.parametrize("shape, scope", [(6, modify.traits.Vector), ((4, 6), modify.traits.Matrix)])
+def test_fused_norm_reports_the_traits_of_the_pair(shape, scope):
+    """A ``LayerNorm((4, 6))`` pair reports ``Matrix``; so does its fused leaf (not the class's ``Vector``)."""
+    for norm in (LayerNorm(shape), RMSNorm(shape)):
+        pair = Sequential(norm, ElementwiseAffine(shape))
+        fused = modify.fuse(pair)
+        assert scope in modify.traits_of(pair) and modify.traits_of(fused) == modify.traits_of(pair)
+
+
+def test_fused_norms_check_eps_as_the_norms_do():
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="eps"):
+            LayerNorm(4, eps=bad)
+        with pytest.raises(ValueError, match="eps"):
+            AffineLayerNorm(4, eps=bad)
+        with pytest.raises(ValueError, match="eps"):
+            AffineRMSNorm(4, eps=bad)

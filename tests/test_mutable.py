@@ -54,7 +54,8 @@ def test_starts_shared_and_assignment_never_touches_the_original(gen):
     x = torch.randn(5, 3, generator=gen)
     out, state = base(x), state_snapshot(base)
     mut = modify.mutable(base)
-    assert mut[0].weight is base[0].weight and list(mut.parameters()) == list(base.parameters())
+    assert dict(mut.named_parameters())["0.weight"] is base[0].weight and list(mut.parameters()) == list(base.parameters())
+    assert mut[0].weight.data_ptr() == base[0].weight.data_ptr()  # read as an attribute: a guarded alias
     assert torch.equal(mut(x), out)
     predicted = torch.randn(4, 3, generator=gen, requires_grad=True) * 2  # non-leaf
     mut[0].weight = predicted
@@ -70,6 +71,28 @@ def test_in_place_on_a_still_shared_parameter_raises_the_leaf_error():
     mut = modify.mutable(make_mlp())
     with pytest.raises(RuntimeError, match="leaf Variable that requires grad"):
         mut[0].weight += 1
+
+
+@pytest.mark.parametrize("init", [torch.nn.init.zeros_, torch.nn.init.kaiming_uniform_, torch.nn.init.orthogonal_,
+                                  lambda t: torch.nn.init.constant_(t, 2.0)])
+def test_nn_init_on_a_still_shared_parameter_raises_and_leaves_the_original(init):
+    base = make_mlp()
+    state = state_snapshot(base)
+    mut = modify.mutable(base)
+    assert torch.is_grad_enabled() and base[0].weight.requires_grad
+    with pytest.raises(RuntimeError, match="still shared with the original"):
+        init(mut[0].weight)
+    assert_state_equal(base, state)
+    mut[0].weight = torch.zeros(4, 3)  # assigned first: then anything goes
+    init(mut[0].weight)
+    assert_state_equal(base, state)
+
+
+def test_the_grad_of_a_shared_parameter_read_as_an_attribute_is_the_parameters(gen):
+    base = make_mlp()
+    mut = modify.mutable(base)
+    mut(torch.randn(5, 3, generator=gen)).sum().backward()
+    assert mut[0].weight.grad is base[0].weight.grad and base[0].weight.grad is not None
 
 
 def test_in_place_after_assignment_is_differentiable(gen):

@@ -9,6 +9,7 @@ them); sizes, finiteness, dtypes and child names by the ``check_*`` helpers. Err
 from __future__ import annotations
 
 import collections.abc
+import dataclasses
 import functools
 import inspect
 import math
@@ -17,7 +18,7 @@ import typing
 from typing import Any, Callable, TypeVar
 
 import torch
-from typeguard import TypeCheckError, check_type
+from typeguard import CollectionCheckStrategy, TypeCheckError, check_type
 
 from .checks import checks_enabled
 
@@ -45,6 +46,47 @@ def check_floating_dtype(owner: str, dtype: torch.dtype | None) -> None:
     """Raise ``TypeError`` naming ``owner`` unless ``dtype`` is ``None`` or a floating-point dtype."""
     if dtype is not None and not dtype.is_floating_point:
         raise TypeError(f"{owner}: dtype must be a floating-point dtype, got {dtype}")
+
+
+def check_fields(config: object) -> None:
+    """Check a config dataclass's field values against their annotations.
+
+    Raises:
+        TypeError: naming the config class, the field, what it got and what it expects.
+    """
+    hints = typing.get_type_hints(type(config))
+    for item in dataclasses.fields(config):  # type: ignore[arg-type]
+        value, hint = getattr(config, item.name), hints[item.name]
+        try:
+            refuse_bool(value, hint)
+            check_type(value, hint, collection_check_strategy=CollectionCheckStrategy.ALL_ITEMS)
+        except TypeCheckError as error:
+            raise TypeError(f"{type(config).__name__}: field '{item.name}' got {value!r}, which {error}") from None
+
+
+def check_positive(config: object, *names: str) -> None:
+    """Raise ``ValueError`` naming the first of ``names`` whose value is not a positive number."""
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and value <= 0:
+            raise ValueError(f"{type(config).__name__}: {name} must be positive, got {value}")
+
+
+def check_adapter_settings(owner: str, rank: int, alpha: float | None, dropout: float) -> float:
+    """A low-rank adapter's checked ``alpha`` (``rank`` when ``None``).
+
+    Raises:
+        ValueError: ``rank < 1``, ``alpha`` nan or infinite, ``dropout`` outside ``[0, 1)``, the
+            message starting with ``owner`` (the class or function called).
+    """
+    if rank < 1:
+        raise ValueError(f"{owner}: rank must be at least 1, got {rank}")
+    alpha = float(rank) if alpha is None else float(alpha)
+    if not math.isfinite(alpha):
+        raise ValueError(f"{owner}: alpha must be a finite number, got {alpha}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"{owner}: dropout must be in [0, 1), got {dropout}")
+    return alpha
 
 
 def check_child_name(parent: torch.nn.Module, name: object) -> None:
@@ -214,12 +256,34 @@ def _check_arguments(fn: Callable, signature: inspect.Signature, checkers: dict,
         else:
             items = [(None, value)]
         for key, item in items:
+            if arg == "where":
+                _refuse_list_criterion(_callable_name(fn, signature, args), item)
             try:
                 check(item)
             except TypeCheckError as error:
                 where = arg if key is None else f"{arg}[{key!r}]"
                 name = _callable_name(fn, signature, args)
                 raise TypeError(f"{name}: argument '{where}' got {_brief(item)}, which {error}") from None
+
+
+def _refuse_list_criterion(owner: str, where: Any) -> None:
+    """Raise ``TypeError`` for a ``list`` (or set) given as a ``where=`` criterion, naming ``any_of``.
+
+    PEFT's ``target_modules=["c_attn", "c_fc"]`` means *any of* these names; in modify a tuple
+    means *all of* its criteria, and ``modify.any_of("*.c_attn", "*.c_fc")`` is the one
+    criterion that holds when any does. A list inside a tuple of criteria is refused the same way.
+    """
+    if isinstance(where, tuple):
+        for criterion in where:
+            _refuse_list_criterion(owner, criterion)
+    if not isinstance(where, (list, set, frozenset)):
+        return
+    shown = ", ".join(repr(f"*.{c}" if isinstance(c, str) and "*" not in c else c) for c in where)
+    raise TypeError(
+        f"{owner}: argument 'where' got a {type(where).__name__} {repr(where)[:80]}; a {type(where).__name__} is not "
+        f"a criterion. For PEFT's target_modules (any of these layers) write where=modify.any_of({shown}); "
+        "a tuple means all of its criteria must hold"
+    )
 
 
 def _brief(value: Any) -> str:

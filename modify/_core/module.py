@@ -42,6 +42,23 @@ class ModifyModule(torch.nn.Module, Traited):
     #: module's name.
     reference_name: str | None = None
 
+    def reset_buffers(self) -> None:
+        """Recompute this module's non-persistent buffers from its configuration; by default nothing.
+
+        The hook a leaf with computed buffers (``RotaryEmbedding``'s ``inv_freq``) overrides, as
+        ``reset_parameters()`` re-initialises parameters: the checkpoint loader builds models on the
+        meta device and calls it under ``torch.device(target)``, so the buffers are made on the
+        target device (the meta device included) without the loader naming any class.
+
+        Example:
+            >>> import torch, modify
+            >>> with torch.device("meta"):
+            ...     rope = modify.RotaryEmbedding(8)
+            >>> rope.reset_buffers()
+            >>> rope.inv_freq.device.type
+            'cpu'
+        """
+
 
 class Sealed:
     """Marker mixin: a block that restructuring rewriters (``fuse``) keep whole.

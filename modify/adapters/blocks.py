@@ -12,7 +12,10 @@ base layer              ``down`` (PEFT's A)                              ``up`` 
 ``Embedding``           ``Embedding(num, r)`` (A transposed), zeros        ``Linear(r, dim)`` (B), ``N(0, 1)``
 ======================  ===============================================  =====================================
 
-DoRA (Liu et al. 2024) replaces ``down``/``up``/``Scale`` by one :class:`DoRAUpdate` leaf.
+DoRA (Liu et al. 2024) replaces ``down``/``up``/``scale`` by one :class:`DoRAUpdate` leaf
+(``update``). The block's parts are named children, read by name everywhere: the ``Parallel``'s
+``base`` and ``adapter``, and inside the adapter ``cast`` (where the adapter's dtype differs),
+``dropout`` (not for an Embedding), ``down``, ``up`` and ``scale`` (or ``update``).
 """
 
 from __future__ import annotations
@@ -23,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._core.arguments import typechecked
+from .._core.arguments import check_adapter_settings, typechecked
 from .._core.checks import expect_tensor
-from .._core.module import Leaf
+from .._core.module import Leaf, Sealed
 from ..combinators import Parallel, Sequential
 from ..primitives.activations import Dropout
 from ..primitives.arithmetic import Add, Scale
@@ -121,7 +124,7 @@ class DoRAUpdate(Leaf, Unary, Param, NonLinear, Vector):
     Example:
         >>> import torch, modify
         >>> block = modify.lora(modify.Linear(4, 3), rank=2, dora=True)
-        >>> type(block.adapter[-1]).__name__, tuple(block.adapter[-1].magnitude.shape)
+        >>> type(block.adapter.update).__name__, tuple(block.adapter.update.magnitude.shape)
         ('DoRAUpdate', (3,))
     """
 
@@ -169,12 +172,13 @@ def _factors(kind: str, base: nn.Module, rank: int, place: dict) -> tuple[nn.Mod
     return down, conv(rank, base.out_channels, 1, bias=False, weight_init=zeros, **place)
 
 
-class LoRA(Sequential):
+class LoRA(Sequential, Sealed):
     """A base layer plus a trainable low-rank update: ``x -> W(x) + s * up(down(dropout(x)))``.
 
-    Shaped ``Sequential(Copy(2), Parallel(W, Sequential(Dropout(dropout), down, up, Scale(s))),
-    Add())``: the base layer (the given object, not a copy) at path ``"1.0"``, the adapter branch
-    at ``"1.1"`` with ``down`` and ``up`` its third- and second-last leaves. ``s`` is
+    Shaped ``Sequential(Copy(2), Parallel(base=W, adapter=Sequential(dropout=Dropout(dropout),
+    down=down, up=up, scale=Scale(s))), Add())``: the base layer (the given object, not a copy)
+    at path ``"1.base"``, the adapter branch at ``"1.adapter"``, its parts read by name. A
+    :class:`~modify.rewriting.fuse` keeps the block whole (it is ``Sealed``). ``s`` is
     ``alpha / rank`` (Hu et al. 2021, arXiv:2106.09685) or, with ``use_rslora``,
     ``alpha / sqrt(rank)`` (Kalajdzievski 2023, arXiv:2312.03732). Each layer type is adapted as
     PEFT's ``tuners/lora/layer.py`` adapts it (same shapes, init, scaling, dropout placement: see
@@ -216,12 +220,12 @@ class LoRA(Sequential):
           rank=2, alpha=4
           (0): Copy(n=2)
           (1): Parallel(
-            (0): Linear(in_features=8, out_features=4, bias=True)
-            (1): Sequential(
-              (0): Dropout(p=0)
-              (1): Linear(in_features=8, out_features=2, bias=False)
-              (2): Linear(in_features=2, out_features=4, bias=False)
-              (3): Scale(c=2)
+            (base): Linear(in_features=8, out_features=4, bias=True)
+            (adapter): Sequential(
+              (dropout): Dropout(p=0)
+              (down): Linear(in_features=8, out_features=2, bias=False)
+              (up): Linear(in_features=2, out_features=4, bias=False)
+              (scale): Scale(c=2)
             )
           )
           (2): Add()
@@ -244,41 +248,50 @@ class LoRA(Sequential):
         adapter_dtype: torch.dtype | None = None,
     ):
         kind = layer_kind(base, "base", dora)
-        alpha = check_settings(rank, alpha, dropout)
+        alpha = check_adapter_settings("LoRA", rank, alpha, dropout)
         scale = alpha / (math.sqrt(rank) if use_rslora else rank)
         base_dtype = base.weight.dtype
         dtype = adapter_dtype or (torch.float32 if base_dtype in _LOW_PRECISION else base_dtype)
         place = {"device": base.weight.device, "dtype": dtype}
+        parts = {}
+        if dtype != base_dtype and kind != "embedding":
+            parts["cast"] = AsType(dtype)
+        if kind != "embedding":
+            parts["dropout"] = Dropout(dropout)
         if dora:
-            tail = [DoRAUpdate(base.weight, rank, scale, dtype)]
+            parts["update"] = DoRAUpdate(base.weight, rank, scale, dtype)
         else:
-            tail = [*_factors(kind, base, rank, place), Scale(scale)]
-        head = [] if kind == "embedding" else [Dropout(dropout)]
-        cast_in = [AsType(dtype)] if dtype != base_dtype and kind != "embedding" else []
+            parts["down"], parts["up"] = _factors(kind, base, rank, place)
+            parts["scale"] = Scale(scale)
         cast_out = [AsType(base_dtype)] if dtype != base_dtype else []
-        super().__init__(Copy(2), Parallel(base, Sequential(*cast_in, *head, *tail)), Add(), *cast_out)
+        super().__init__(Copy(2), Parallel(base=base, adapter=Sequential(**parts)), Add(), *cast_out)
         self.kind, self.rank, self.alpha, self.scale, self.dropout = kind, rank, alpha, scale, dropout
         self.use_rslora, self.dora = use_rslora, dora
 
     @property
     def base(self) -> nn.Module:
-        """The adapted layer (path ``"1.0"``)."""
-        return self[1][0]
+        """The adapted layer (path ``"1.base"``)."""
+        return self[1].base
 
     @property
     def adapter(self) -> nn.Module:
-        """The low-rank branch (path ``"1.1"``), e.g. ``Sequential(Dropout, down, up, Scale)``."""
-        return self[1][1]
+        """The low-rank branch (path ``"1.adapter"``), e.g. ``Sequential(dropout, down, up, scale)``."""
+        return self[1].adapter
 
     @property
     def down(self) -> nn.Module:
-        """``A``: the branch's third-last leaf (``Linear(in_features, rank)`` for a Linear); not with DoRA."""
-        return self.adapter[-3]
+        """``A``: the branch's ``down`` (``Linear(in_features, rank)`` for a Linear); not with DoRA."""
+        return self.adapter.down
 
     @property
     def up(self) -> nn.Module:
-        """``B``: the branch's second-last leaf (``Linear(rank, out_features)`` for a Linear); not with DoRA."""
-        return self.adapter[-2]
+        """``B``: the branch's ``up`` (``Linear(rank, out_features)`` for a Linear); not with DoRA."""
+        return self.adapter.up
+
+    @property
+    def update(self) -> DoRAUpdate:
+        """DoRA's :class:`DoRAUpdate` leaf (the branch's ``update``); only with DoRA."""
+        return self.adapter.update
 
     def adapter_parameters(self) -> list[nn.Parameter]:
         """The branch's own parameters: those of the branch that are not the base's (DoRA ties ``W``)."""
@@ -289,20 +302,3 @@ class LoRA(Sequential):
         variant = ", use_rslora=True" if self.use_rslora else ""
         variant += ", dora=True" if self.dora else ""
         return f"rank={self.rank}, alpha={self.alpha:g}{variant}"
-
-
-def check_settings(rank: int, alpha: float | None, dropout: float, owner: str = "LoRA") -> float:
-    """The checked ``alpha`` (``rank`` when ``None``).
-
-    Raises:
-        ValueError: ``rank < 1``, ``alpha`` nan or infinite, ``dropout`` outside ``[0, 1)``, the message
-            starting with ``owner`` (the class or function called).
-    """
-    if rank < 1:
-        raise ValueError(f"{owner}: rank must be at least 1, got {rank}")
-    alpha = float(rank) if alpha is None else float(alpha)
-    if not math.isfinite(alpha):
-        raise ValueError(f"{owner}: alpha must be a finite number, got {alpha}")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"{owner}: dropout must be in [0, 1), got {dropout}")
-    return alpha

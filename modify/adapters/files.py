@@ -6,7 +6,9 @@ and ``adapter_model.safetensors`` with one entry per adapter tensor, named
 ``base_model.model.<layer>.<suffix>`` as PEFT's ``save_pretrained`` writes them (``lora_A.weight``,
 ``lora_B.weight``, ``lora_embedding_A``/``lora_embedding_B`` for an Embedding,
 ``lora_magnitude_vector`` for DoRA). ``<layer>`` is the reference implementation's module name
-for ``modify.models`` (read off the models' checkpoint key maps), the modify path otherwise.
+where the layer has one (its ``reference_name``: transformers' names for ``modify.models``, which
+read them off their checkpoint key maps; the original path for a converted model), the modify
+path otherwise.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .._core.arguments import typechecked
-from ..models import gpt, llama
-from ..checkpoints.loading import CheckpointError, KeyFormat
-from ..checkpoints.pretrained import output_folder
+from ..checkpoints.loading import CheckpointError
+from ..checkpoints.atomic import atomic_folder
+from ..checkpoints.pretrained import Pretrained
+from ..rewriting.criteria import reference_name
 from ..rewriting.selection import select
 from ..rewriting.walk import positions
 from .blocks import LoRA, layer_kind
@@ -35,13 +38,12 @@ PathLike = Union[str, os.PathLike]
 PREFIX = "base_model.model."
 CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
 _SUFFIXES = ("lora_A.weight", "lora_B.weight", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector")
-_KEY_FORMATS: tuple[tuple[type, KeyFormat], ...] = ((gpt.GPT, gpt.HF_KEYS), (llama.Llama, llama.HF_KEYS))
 
 
 def peft_tensors(block: LoRA) -> dict[str, torch.Tensor]:
     """The block's adapter tensors by PEFT suffix, in PEFT's layout (views of the parameters)."""
     if block.dora:
-        update = block.adapter[-1]
+        update = block.update
         return {"lora_A.weight": update.lora_A, "lora_B.weight": update.lora_B, "lora_magnitude_vector": update.magnitude}
     if block.kind == "embedding":
         return {"lora_embedding_A": block.down.weight.t(), "lora_embedding_B": block.up.weight}
@@ -49,18 +51,13 @@ def peft_tensors(block: LoRA) -> dict[str, torch.Tensor]:
 
 
 def layer_names(model: nn.Module) -> dict[str, str]:
-    """Module path -> the layer's name in an adapter file, for every module of ``model``."""
-    keys = next((k for cls, k in _KEY_FORMATS if isinstance(model, cls)), None)
-    paths = [path for path, _, _ in positions(model)]
-    if keys is None:
-        return {path: path for path in paths}
-    names = {}
-    for path in paths:
-        try:
-            names[path] = keys.reference_key(f"{path}.weight").removesuffix(".weight")
-        except RuntimeError:  # a module without a weight of its own in the reference layout
-            names[path] = path
-    return names
+    """Module path -> the layer's name in an adapter file (its ``reference_name``, else the path)."""
+    return {path: _name(path, module) for path, module, _ in positions(model)}
+
+
+def _name(path: str, module: nn.Module) -> str:
+    reference = reference_name(module)
+    return path if reference is None else reference
 
 
 def _most_common(values: dict[str, Any]) -> Any:
@@ -76,7 +73,8 @@ def _config(model: nn.Module, blocks: dict[str, LoRA]) -> dict[str, Any]:
         if len({getattr(b, flag) for b in blocks.values()}) > 1:
             raise ValueError(f"save_adapters: PEFT's format has one {flag} for all layers; the blocks differ")
     r, alpha, first = _most_common(ranks), _most_common(alphas), next(iter(blocks.values()))
-    conv1d_layers = isinstance(model, gpt.GPT) and all(b.kind == "linear" for b in blocks.values())
+    transposed = isinstance(model, Pretrained) and model.family.keys.fan_in_fan_out
+    conv1d_layers = transposed and all(b.kind == "linear" for b in blocks.values())
     return {
         "peft_type": "LORA", "task_type": None, "base_model_name_or_path": None, "revision": None,
         "inference_mode": True, "r": r, "lora_alpha": alpha, "lora_dropout": _most_common(dropouts),
@@ -92,20 +90,26 @@ def save_adapters(model: nn.Module, folder: PathLike) -> None:
     """Write only the adapters of a LoRA sibling, in PEFT's folder format.
 
     ``adapter_config.json`` and ``adapter_model.safetensors`` as PEFT's ``save_pretrained``
-    writes them, so ``PeftModel.from_pretrained(reference_model, folder)`` loads them; for
-    ``modify.models.GPT`` and ``Llama`` the layer names are the ``transformers`` model's
-    (``transformer.h.0.attn.c_attn``, ``model.layers.0.self_attn.q_proj``), for other models
-    the modify paths. Ranks and alphas that differ between layers go to ``rank_pattern`` and
+    writes them, so ``PeftModel.from_pretrained(reference_model, folder)`` loads them. A layer is
+    named by its ``reference_name`` where it has one (for ``modify.models`` the ``transformers``
+    model's: ``transformer.h.0.attn.c_attn``, ``model.layers.0.self_attn.q_proj``,
+    ``resnet.embedder.embedder.convolution``; a converted model's original paths), by its modify
+    path otherwise. Ranks and alphas that differ between layers go to ``rank_pattern`` and
     ``alpha_pattern``. Tensors are saved in the adapters' own dtype.
 
     Args:
         model: a model holding :class:`~modify.LoRA` blocks (one level, not stacked).
-        folder: created if needed; the two files are overwritten.
+        folder: created if needed. The two files replace any earlier adapter there
+            (``adapter_config.json``, ``adapter_model.*``), in one atomic swap of the folder
+            (:func:`~modify.checkpoints.atomic_folder`): a save killed or failing midway leaves
+            the previous adapter whole; other files are kept.
 
     Raises:
         TypeError: an argument of the wrong type.
-        ValueError: no LoRA block; stacked blocks; blocks that mix ``use_rslora`` or ``dora``;
-            ``folder`` an existing file.
+        ValueError: no LoRA block; stacked blocks; blocks that mix ``use_rslora`` or ``dora``.
+        OSError: the save failed (disk full, permission, ``folder`` or a folder above it a
+            file: ``NotADirectoryError``), naming the folder and the cause; the folder is as
+            it was.
 
     Example:
         >>> import tempfile, os, modify
@@ -126,9 +130,10 @@ def save_adapters(model: nn.Module, folder: PathLike) -> None:
         for name, block in blocks.items()
         for suffix, tensor in peft_tensors(block).items()
     }
-    folder = output_folder(folder, "save_adapters")
-    save_file(tensors, folder / WEIGHTS_FILE, metadata={"format": "pt"})
-    (folder / CONFIG_FILE).write_text(json.dumps(_config(model, blocks), indent=2, sort_keys=True))
+    config = _config(model, blocks)
+    with atomic_folder(folder, replaces=(CONFIG_FILE, "adapter_model.*"), owner="save_adapters") as staging:
+        save_file(tensors, staging / WEIGHTS_FILE, metadata={"format": "pt"})
+        (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
 
 
 def _read_config(folder: Path, owner: str) -> dict[str, Any]:
@@ -232,8 +237,8 @@ def load_adapters(base: nn.Module, folder: PathLike) -> nn.Module:
     """A LoRA sibling of ``base`` carrying the adapters of a PEFT-format folder.
 
     Reads what :func:`save_adapters` writes, or PEFT's ``save_pretrained`` for the reference
-    model (``transformers``' GPT-2 or Llama onto ``modify.models.GPT``/``Llama``; module paths
-    for other models): ``r``, ``lora_alpha``, ``rank_pattern``, ``alpha_pattern``,
+    model (``transformers``' GPT-2, Llama or ResNet onto ``modify.models``; layers are found by
+    ``reference_name``, else by module path): ``r``, ``lora_alpha``, ``rank_pattern``, ``alpha_pattern``,
     ``lora_dropout``, ``use_rslora`` and ``use_dora`` from the config, the adapted layers from
     the weights file. Every key and shape is checked before anything is built; ``base`` is left
     untouched (the sibling shares its parameters, as :func:`~modify.lora` does). Base weights

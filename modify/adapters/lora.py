@@ -7,28 +7,18 @@ Each is a few lines on top of ``select(...).apply(...)``, the one tree walk.
 
 from __future__ import annotations
 
-from typing import Union
-
 import torch
 from torch import nn
 
-from .._core.arguments import typechecked
-from ..combinators import Combinator
-from ..primitives.linear import Linear
+from .._core.arguments import check_adapter_settings, typechecked
 from .._core.identity import unique
 from .._core.sibling import sibling
-from ..rewriting.criteria import Criterion
-from ..rewriting.selection import select
+from ..primitives.linear import Linear
+from ..rewriting.criteria import Where, as_criteria
+from ..rewriting.selection import matching, select
 from ..rewriting.walk import positions
-from .blocks import LoRA, check_settings, layer_kind
-
-Where = Union[Criterion, tuple[Criterion, ...]]
-_PLAIN_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
-
-
-def criteria(where: Where) -> tuple[Criterion, ...]:
-    """``where`` as a tuple of criteria: one criterion or a tuple of them, as every rewriter takes."""
-    return where if isinstance(where, tuple) else (where,)
+from .blocks import LoRA, layer_kind
+from .peft_names import peft_names
 
 
 def lora_blocks(model: nn.Module) -> list[LoRA]:
@@ -41,41 +31,7 @@ def _adapter_modules(model: nn.Module) -> set[int]:
     return {id(m) for block in lora_blocks(model) for m in block.adapter.modules()}
 
 
-def _container_problem(model: nn.Module, paths: list[str]) -> str:
-    """Why the walk cannot reach ``paths``: a plain ``torch.nn`` container on the way, or ``""``."""
-    containers = {
-        path: module
-        for path, module, _ in positions(model)
-        if isinstance(module, _PLAIN_CONTAINERS) and not isinstance(module, Combinator)
-    }
-    if not containers:
-        return ""
-    for path in paths:
-        parts = path.split(".") if path else []
-        for depth in range(len(parts)):
-            prefix = ".".join(parts[:depth])
-            module = containers.get(prefix)
-            if module is not None:
-                return (
-                    f"'{path}' lies inside a plain torch.nn {type(module).__name__} container at "
-                    f"'{prefix or '<root>'}', which modify's rewriters do not open: rebuild it with "
-                    f"modify.Sequential(*container) (its layers are kept, as opaque leaves), or convert the "
-                    "model with modify.convert(model)"
-                )
-    return ""
-
-
-def _no_match(model: nn.Module, where: tuple) -> str:
-    hint = ""
-    if isinstance(model, _PLAIN_CONTAINERS) and not isinstance(model, Combinator):
-        hint = (
-            f"; the model is a plain torch.nn {type(model).__name__} container, which modify's rewriters do not "
-            "open: use modify.Sequential(*model) or modify.convert(model)"
-        )
-    shown = ", ".join(c.__name__ if isinstance(c, type) else repr(c) for c in where)
-    return f"lora: `where` ({shown}) matches no layer of the {type(model).__name__} (nothing to adapt){hint}"
-
-
+@peft_names
 @typechecked
 def lora(
     model: nn.Module,
@@ -106,7 +62,9 @@ def lora(
         alpha: scale numerator (``None``: ``alpha = rank``), finite.
         dropout: adapter-input dropout probability (not for Embedding layers, as PEFT).
         where: one criterion or a tuple of criteria as in :func:`modify.select`, all of which
-            must hold; default every ``modify.Linear`` layer. ``torch.nn.Linear`` matches
+            must hold (:func:`modify.any_of` for any of them: PEFT's ``target_modules``); default
+            every ``modify.Linear`` layer. Globs match paths and reference names
+            (``"transformer.h.0.attn.c_attn"``). ``torch.nn.Linear`` matches
             ``torch.nn`` layers wrapped in a combinator.
         use_rslora: scale by ``alpha / sqrt(rank)`` (rsLoRA, Kalajdzievski 2023).
         dora: DoRA blocks (Liu et al. 2024; Linear layers only).
@@ -119,7 +77,8 @@ def lora(
     Raises:
         TypeError: a match of another layer type (naming its path), DoRA on a non-Linear layer;
             a non-floating ``adapter_dtype``; an argument of the wrong type.
-        ValueError: ``where`` matches nothing; ``rank < 1``; ``alpha`` nan or infinite; bad
+        ValueError: ``where`` matches nothing (a tuple that matches nothing says it means *all
+            of* and names ``any_of``); ``rank < 1``; ``alpha`` nan or infinite; bad
             ``dropout``; a match inside a plain ``torch.nn`` container or another opaque leaf.
 
     Example:
@@ -134,17 +93,12 @@ def lora(
         >>> [tuple(p.shape) for p in modify.lora_parameters(adapted)]
         [(2, 8), (8, 2)]
     """
-    check_settings(rank, alpha, dropout, "lora")
+    check_adapter_settings("lora", rank, alpha, dropout)
     if adapter_dtype is not None and not adapter_dtype.is_floating_point:
         raise TypeError(f"lora: adapter_dtype must be a floating-point dtype, got {adapter_dtype}")
-    where = criteria(where)
+    where = as_criteria(where)
     adapters = _adapter_modules(model)
-    selection = select(model, *where, lambda path, module: id(module) not in adapters)
-    if not selection:
-        raise ValueError(_no_match(model, where))
-    problem = _container_problem(model, selection.paths())
-    if problem:
-        raise ValueError(f"lora: {problem}")
+    selection = matching(model, where, "lora", unsaid=(lambda path, module: id(module) not in adapters,))
     for path, module in selection:
         layer_kind(module, path, dora)
     options = {"use_rslora": use_rslora, "dora": dora, "adapter_dtype": adapter_dtype}
@@ -190,7 +144,7 @@ def delta_weight(block: LoRA, weight: torch.Tensor) -> torch.Tensor:
     wide = torch.promote_types(weight.dtype, torch.float32)
     weight = weight.to(wide)
     if block.dora:
-        update = block.adapter[-1]
+        update = block.update
         a, b = update.lora_A.to(wide), update.lora_B.to(wide)
         combined = weight + block.scale * (b @ a)
         return (update.magnitude.to(wide) / torch.linalg.norm(combined, dim=1)).unsqueeze(1) * combined
@@ -201,7 +155,7 @@ def delta_weight(block: LoRA, weight: torch.Tensor) -> torch.Tensor:
 
 
 def _merged(block: LoRA, path: str, safe: bool) -> nn.Module:
-    base = _merged(block.base, f"{path}.1.0", safe) if isinstance(block.base, LoRA) else block.base
+    base = _merged(block.base, f"{path}.1.base", safe) if isinstance(block.base, LoRA) else block.base
     weight = base.weight
     with torch.no_grad():
         merged = delta_weight(block, weight)
@@ -247,11 +201,10 @@ def merge_lora(model: nn.Module, *, safe: bool = False) -> nn.Module:
         True
     """
     selection = select(model, LoRA)
-    merged: dict[int, nn.Module] = {}
-    for path, block in selection:  # outermost first; every block merged (and checked) before any is placed
-        if id(block) not in merged and not any(path.startswith(f"{p}.") for p in selection.paths()):
-            merged[id(block)] = _merged(block, path, safe)
-    return selection.apply(lambda block: merged[id(block)])
+    paths: dict[int, str] = {}
+    for path, block in selection:
+        paths.setdefault(id(block), path)
+    return selection.apply(lambda block: _merged(block, paths[id(block)], safe))
 
 
 @typechecked

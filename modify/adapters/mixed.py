@@ -51,7 +51,7 @@ class _MixedLayer(nn.Module):
         dtype = self.column_scale.dtype
         if self.kind == "embedding":
             return F.embedding(x, torch.cat([b.down.weight for b in self.blocks], 1), self.base.padding_idx)
-        inputs = [b.adapter[-4](x.to(dtype)) for b in self.blocks]  # each sibling's own dropout
+        inputs = [b.adapter.dropout(x.to(dtype)) for b in self.blocks]  # each sibling's own dropout
         if self.kind == "linear":
             if not self.training or all(i is inputs[0] for i in inputs):
                 return F.linear(inputs[0], torch.cat([b.down.weight for b in self.blocks]))

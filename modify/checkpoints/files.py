@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -57,7 +58,9 @@ def read_config(source: Source, owner: str) -> tuple[dict[str, Any] | None, str]
 
     Raises:
         TypeError: a source of another type.
-        FileNotFoundError: a path that does not exist; a folder without ``config.json``.
+        FileNotFoundError: a path that does not exist (one that looks like a Hub name, ``"gpt2"``,
+            says that nothing is downloaded and how to write the folder with transformers);
+            a folder without ``config.json``.
         CheckpointError: a ``config.json`` that is not a JSON object.
     """
     if isinstance(source, Mapping):
@@ -67,7 +70,7 @@ def read_config(source: Source, owner: str) -> tuple[dict[str, Any] | None, str]
         raise TypeError(f"{owner}: source must be a folder, a weights file or a state_dict, got {kind}")
     path = Path(source)
     if not path.exists():
-        raise FileNotFoundError(f"{owner}: no such checkpoint folder or file: '{path}'")
+        raise FileNotFoundError(f"{owner}: no such checkpoint folder or file: '{path}'{_hub_name_hint(source, owner)}")
     if not path.is_dir():
         return None, f"'{path}'"
     config_file = path / "config.json"
@@ -77,6 +80,24 @@ def read_config(source: Source, owner: str) -> tuple[dict[str, Any] | None, str]
             f"weights file (e.g. '{path / 'model.safetensors'}') together with the config as keywords"
         )
     return _json_object(config_file, owner, "config.json"), f"'{path}'"
+
+
+def _hub_name_hint(source: str | os.PathLike, owner: str) -> str:
+    """For a source that looks like a Hub name (``"gpt2"``, ``"meta-llama/Llama-3.2-1B"``): how to make the folder."""
+    name = os.fspath(source)
+    if not isinstance(name, str) or not _HUB_NAME.fullmatch(name) or name.endswith(_WEIGHT_SUFFIXES):
+        return ""
+    local = f"{name.rsplit('/', 1)[-1]}-local"
+    return (
+        f". Nothing is downloaded: {name!r} looks like a Hugging Face Hub name, and from_pretrained reads a local "
+        "folder (config.json and weights, as transformers' save_pretrained writes). Make one with transformers on "
+        f"a machine with internet, e.g. AutoModelForCausalLM.from_pretrained({name!r}).save_pretrained({local!r}) "
+        f"(GPT2LMHeadModel, LlamaForCausalLM; AutoModelForImageClassification for a ResNet), then {owner}({local!r})"
+    )
+
+
+_HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".json")
 
 
 def read_entries(source: Source, owner: str) -> dict[str, Entry]:

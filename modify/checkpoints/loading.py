@@ -21,7 +21,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .._core.identity import group_by_identity
-from ..primitives import RotaryEmbedding
+from .._core.module import ModifyModule
 from .errors import CheckpointError
 from .files import Checkpoint, Entry, Source, read_config, read_entries
 
@@ -47,6 +47,8 @@ class KeyFormat:
         optional: glob patterns of model keys a checkpoint may lack; they get their initial
             value (``num_batches_tracked``, absent from checkpoints older than PyTorch 0.4.1,
             as ``torch.nn.BatchNorm2d`` allows).
+        fan_in_fan_out: the reference's linear layers store their weights ``(in, out)`` (GPT-2's
+            ``Conv1D``), as PEFT's ``LoraConfig.fan_in_fan_out`` says.
     """
 
     rules: Sequence[tuple[str, str | Callable[[re.Match[str]], str]]]
@@ -54,14 +56,35 @@ class KeyFormat:
     transform: Callable[[str, torch.Tensor], torch.Tensor] | None = None
     ignore: Sequence[str] = field(default_factory=tuple)
     optional: Sequence[str] = field(default_factory=tuple)
+    fan_in_fan_out: bool = False
 
     def reference_key(self, key: str) -> str:
         """The reference's name for the model key ``key``."""
+        reference = self.matched_key(key)
+        if reference is None:
+            raise RuntimeError(f"no checkpoint key rule for the model key '{key}'")  # a bug in the rules
+        return reference
+
+    def matched_key(self, key: str) -> str | None:
+        """The reference's name for ``key`` by the first rule that matches it, or ``None``."""
         for pattern, replacement in self.rules:
             match = re.fullmatch(pattern, key)
             if match:
                 return match.expand(replacement) if isinstance(replacement, str) else replacement(match)
-        raise RuntimeError(f"no checkpoint key rule for the model key '{key}'")  # a bug in the rules
+        return None
+
+    def name_modules(self, model: nn.Module) -> None:
+        """Set the ``reference_name`` of every module of ``model`` that holds a ``weight``.
+
+        The name is the reference's for that weight without ``.weight`` (GPT-2's
+        ``transformer.h.0.attn.c_attn``): the key map, read once, names the layers for ``select``
+        globs and adapter files. A model family calls it when it builds a model.
+        """
+        for path, module in model.named_modules():
+            if isinstance(module, ModifyModule) and "weight" in module._parameters:
+                reference = self.matched_key(f"{path}.weight")
+                if reference is not None:
+                    module.reference_name = reference.removesuffix(".weight")
 
     def transformed(self, key: str, value: torch.Tensor) -> torch.Tensor:
         """``transform(key, value)``, or ``value`` without a transform."""
@@ -234,12 +257,12 @@ def _fill(model: nn.Module, plan: list[_Target], keys: KeyFormat, dtype: torch.d
             path, _, name = key.rpartition(".")
             module = modules[path]
             (module._parameters if name in module._parameters else module._buffers)[name] = value
-    for path, module in modules.items():  # non-persistent buffers: computed on the device
-        if isinstance(module, RotaryEmbedding):
+    for path, module in modules.items():  # non-persistent buffers: each leaf computes its own on the device
+        if isinstance(module, ModifyModule):
             with torch.device(device):
-                module.inv_freq = RotaryEmbedding(module.dim, base=module.base, scaling=module.scaling).inv_freq
+                module.reset_buffers()
         leftover = [name for name, buffer in module._buffers.items() if buffer is not None and buffer.is_meta]
-        if leftover:
+        if leftover and device.type != "meta":
             raise RuntimeError(f"{owner}: no way to fill the buffers {leftover} of '{path}'")  # a bug here
 
 

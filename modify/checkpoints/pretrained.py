@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import torch
@@ -14,8 +13,13 @@ from torch import nn
 
 from .._core.arguments import typechecked
 from .._core.identity import group_by_identity
+from .atomic import atomic_folder
+from .files import WEIGHT_FILES, Source
 from .loading import Device, DType, Family, KeyFormat, load_pretrained
-from .files import Source
+
+# What a saved checkpoint replaces in its folder: the config and the weights in every layout
+# (shards included); other files (a tokenizer, a README) are kept.
+CHECKPOINT_FILES = ("config.json", *WEIGHT_FILES, "model-*-of-*.safetensors", "pytorch_model-*-of-*.bin")
 
 
 class Pretrained:
@@ -102,13 +106,22 @@ class Pretrained:
         transformers does (the output head is left out when tied to the embedding). The
         model's own ``from_pretrained`` reads the folder back bit for bit, in the dtype saved.
 
+        Saving never loses a checkpoint: the folder is written beside the old one and swapped in
+        whole (:func:`~modify.checkpoints.atomic_folder`), so a save that is killed or fails
+        (a full disk) leaves the complete previous checkpoint, and the next save removes what it
+        left.
+
         Args:
-            folder: where to write (created if needed; earlier shards there are replaced).
+            folder: where to write (created if needed). An earlier checkpoint there (its config and
+                weights in any layout, shards included) is replaced; other files are kept.
             max_shard_size: largest shard, in bytes or as ``"5GB"``/``"500MB"``.
 
         Raises:
-            ValueError: a model the reference cannot express (e.g. a GPT without biases); ``folder``
-                an existing file; ``max_shard_size`` not a positive size.
+            ValueError: a model the reference cannot express (e.g. a GPT without biases);
+                ``max_shard_size`` not a positive size.
+            OSError: the save failed (disk full, permission, ``folder`` or a folder above it a
+                file: ``NotADirectoryError``), naming the folder and the cause; the folder is as
+                it was.
 
         Example:
             >>> import tempfile, torch
@@ -124,30 +137,16 @@ class Pretrained:
         owner = f"{type(self).__name__}.save_pretrained"
         max_shard_size = _shard_size(max_shard_size, owner)
         config = {**self.reference_config(), "dtype": str(next(self.parameters()).dtype).removeprefix("torch.")}
-        folder = output_folder(folder, owner)
         state = reference_state(self, self.family.keys)
-        save_torch_state_dict(state, folder, max_shard_size=max_shard_size, metadata={"format": "pt"})
-        (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        with atomic_folder(folder, replaces=CHECKPOINT_FILES, owner=owner) as staging:
+            save_torch_state_dict(state, staging, max_shard_size=max_shard_size, metadata={"format": "pt"})
+            (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def reference_state(model: nn.Module, keys: KeyFormat) -> dict[str, torch.Tensor]:
     """``model``'s persistent tensors under the reference's names and layout, tied ones once (first name)."""
     groups = group_by_identity(model.state_dict(keep_vars=True).items())
     return {keys.reference_key(names[0]): keys.transformed(names[0], t.detach()).contiguous() for names, t in groups}
-
-
-def output_folder(folder: str | os.PathLike, owner: str) -> Path:
-    """``folder`` as a ``Path``, created if needed.
-
-    Raises:
-        ValueError: ``folder`` (or a folder above it) is an existing file, named in the message.
-    """
-    folder = Path(folder)
-    for above in (folder, *folder.parents):
-        if above.exists() and not above.is_dir():
-            raise ValueError(f"{owner}: '{folder}' must be a folder, but '{above}' is a file")
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 def _shard_size(size: int | str, owner: str) -> int:

@@ -14,12 +14,12 @@ import torch
 from torch import nn
 from torch.distributions import Normal
 
-from .._core.arguments import typechecked
-from ..combinators import Parallel, Residual, Sequential
+from .._core.arguments import check_fields, check_positive, typechecked
+from ..combinators import Parallel, Sequential
 from ..primitives import GELU, Dropout, Embedding, Identity, Index, Linear, Rearrange, ScaledDotProductAttention, Split
 from ..checkpoints.loading import Family, KeyFormat, hf_value, require
 from ..checkpoints.pretrained import Pretrained
-from .building import carried_residual, check_fields, check_positive, layer_norm
+from .building import carried_residual, layer_norm
 from .padding import CarryAdd, Pick, TokenInput
 
 
@@ -60,6 +60,12 @@ class GPTConfig:
         check_positive(self, "block_size", "vocab_size", "n_layer", "n_head", "n_embd")
         if self.n_embd % self.n_head:
             raise ValueError(f"GPTConfig: n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+        if isinstance(self.dropout, _UnequalDropouts):
+            found = ", ".join(f"{name}={value:g}" for name, value in self.dropout.found.items())
+            raise ValueError(
+                f"GPTConfig: config.json's {found} differ, and GPT has one dropout for all three: pass dropout= "
+                f"explicitly, e.g. GPT.from_pretrained(folder, dropout={self.dropout.found['resid_pdrop']:g})"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"GPTConfig: dropout must be in [0, 1), got {self.dropout}")
 
@@ -68,7 +74,7 @@ class GPT(Pretrained, Sequential):
     """GPT-2: token ids to next-token logits, a tree of leaves (nanoGPT's ``GPT``).
 
     Learned token and position embeddings, ``n_layer`` pre-LayerNorm blocks (causal
-    self-attention, then a GELU(tanh) MLP, each inside a :class:`~modify.Residual`), a final
+    self-attention, then a GELU(tanh) MLP, each inside a residual connection), a final
     LayerNorm and an output head tied to the token embedding: ``lm_head.weight`` *is*
     ``transformer.embed.lookup.wte.weight`` (one ``Parameter``; ``named_parameters()`` lists it
     once, ``state_dict()`` under both names). A ``Sequential`` subclass that only names the
@@ -95,7 +101,8 @@ class GPT(Pretrained, Sequential):
     :meth:`from_pretrained` reads Hugging Face's ``GPT2LMHeadModel`` (``model_type`` ``gpt2``)
     or a bare ``GPT2Model`` (keys without the ``transformer.`` prefix); ``Conv1D`` weights,
     stored ``(in, out)``, are transposed. Config overrides are :class:`GPTConfig` fields
-    (``dropout`` 0.0 unless given, as nanoGPT; ``bias`` ``True``); a ``config.json`` with cross
+    (``dropout`` from the folder's ``resid_pdrop``, ``embd_pdrop`` and ``attn_pdrop`` when they agree,
+    as transformers trains; when they differ, pass ``dropout=``; ``bias`` ``True``); a ``config.json`` with cross
     attention, another activation or ``n_inner`` other than ``4 n_embd`` is refused.
 
     Args:
@@ -143,6 +150,7 @@ class GPT(Pretrained, Sequential):
         )
         super().__init__(transformer=transformer, lm_head=lm_head)
         self.config = config
+        HF_KEYS.name_modules(self)  # reference names: transformers' layer names
 
     def reference_config(self) -> dict[str, Any]:
         """``GPT2Config``'s ``config.json`` fields for this model (see ``save_pretrained``)."""
@@ -232,6 +240,7 @@ HF_KEYS = KeyFormat(
     base_prefix="transformer",
     transform=_transpose_conv1d,
     ignore=("transformer.h.*.attn.bias", "transformer.h.*.attn.masked_bias"),
+    fan_in_fan_out=True,
 )
 
 
@@ -254,9 +263,27 @@ def _config_from_hf(hf: dict[str, Any], owner: str) -> dict[str, Any]:
         n_layer=hf_value(hf, "n_layer", 12),
         n_head=hf_value(hf, "n_head", 12),
         n_embd=n_embd,
-        dropout=0.0,
+        dropout=_dropout_from_hf(hf),
         bias=True,
     )
+
+
+_PDROPS = ("resid_pdrop", "embd_pdrop", "attn_pdrop")
+
+
+class _UnequalDropouts(float):
+    """``config.json``'s three dropouts when they differ: ``GPTConfig`` refuses it unless ``dropout=`` replaces it."""
+
+    def __new__(cls, found: dict[str, float]) -> _UnequalDropouts:
+        value = super().__new__(cls, max(found.values()))
+        value.found = found
+        return value
+
+
+def _dropout_from_hf(hf: dict[str, Any]) -> float:
+    """GPT's one ``dropout``: ``GPT2Config``'s ``resid_pdrop``, ``embd_pdrop``, ``attn_pdrop`` (0.1 each by default)."""
+    found = {name: float(hf_value(hf, name, 0.1)) for name in _PDROPS}
+    return found["resid_pdrop"] if len(set(found.values())) == 1 else _UnequalDropouts(found)
 
 
 FAMILY = Family(GPTConfig, HF_KEYS, ("gpt2",), _config_from_hf)

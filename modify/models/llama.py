@@ -13,8 +13,8 @@ from typing import Any
 from torch import nn
 from torch.distributions import Normal
 
-from .._core.arguments import typechecked
-from ..combinators import Parallel, Residual, Sequential
+from .._core.arguments import check_fields, check_positive, typechecked
+from ..combinators import Parallel, Sequential
 from ..primitives import (
     Copy,
     Embedding,
@@ -30,7 +30,7 @@ from ..primitives import (
 from ..primitives.attention import check_rope_scaling
 from ..checkpoints.loading import Family, KeyFormat, hf_value, require
 from ..checkpoints.pretrained import Pretrained
-from .building import carried_residual, check_fields, check_positive, rms_norm
+from .building import carried_residual, rms_norm
 from .padding import CarryAdd, Pick, TokenInput
 
 # model_type -> the transformers class of that family, all read by Llama.from_pretrained.
@@ -130,8 +130,8 @@ class Llama(Pretrained, Sequential):
     """Llama: token ids to next-token logits, a tree of leaves (Hugging Face's ``LlamaForCausalLM``).
 
     Token embedding, ``num_hidden_layers`` pre-norm decoder layers (RMSNorm; grouped-query
-    causal attention with rotary embeddings on queries and keys; SwiGLU MLP; each inside a
-    :class:`~modify.Residual`), a final RMSNorm and an output head, untied or tied to the
+    causal attention with rotary embeddings on queries and keys; SwiGLU MLP; each inside a residual
+    connection), a final RMSNorm and an output head, untied or tied to the
     embedding (``tie_word_embeddings``: one ``Parameter`` under two ``state_dict`` keys).
     RMSNorm is ``RMSNorm`` followed by ``ElementwiseAffine(bias=False)``. A ``Sequential``
     subclass that only names the tree and keeps its :class:`LlamaConfig` as ``config``. The
@@ -222,6 +222,7 @@ class Llama(Pretrained, Sequential):
             norm=rms_norm(config.hidden_size, config.rms_norm_eps),
         )
         super().__init__(model=model, lm_head=lm_head)
+        HF_KEYS.name_modules(self)  # reference names: transformers' layer names
         self.config = config
 
     def reference_config(self) -> dict[str, Any]:

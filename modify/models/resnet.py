@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .._core.arguments import typechecked
+from .._core.arguments import check_fields, check_positive, typechecked
 from ..combinators import Sequential
 from ..primitives import AdaptiveAvgPool2d, Flatten, Linear, MaxPool2d, ReLU
 from ..checkpoints.loading import Family, KeyFormat, hf_value, load_pretrained, require
 from ..checkpoints.files import Source
 from ..checkpoints.pretrained import Pretrained
-from .building import batch_norm, check_fields, check_positive
+from .building import batch_norm
 from .resnet_blocks import BasicBlock, Bottleneck, conv
 
 ARCHITECTURES: dict[str, dict[str, Any]] = {
@@ -160,6 +160,7 @@ class ResNet(Pretrained, Sequential):
         head = Sequential(pool=AdaptiveAvgPool2d(1), flatten=Flatten(1), fc=fc)
         super().__init__(embedder=embedder, stages=stages, head=head)
         self.config = config
+        HF_KEYS.name_modules(self)  # reference names: transformers' layer names
 
     def reference_config(self) -> dict[str, Any]:
         """``ResNetConfig``'s ``config.json`` fields for this model (see ``save_pretrained``)."""

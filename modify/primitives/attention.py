@@ -247,6 +247,10 @@ class RotaryEmbedding(Leaf, Unary, ParamFree, Linear, Vector):
         self.dim, self.base, self.scaling = dim, float(base), scaling
         self.register_buffer("inv_freq", rope_inverse_frequencies(dim, self.base, scaling), persistent=False)
 
+    def reset_buffers(self) -> None:
+        """Recompute ``inv_freq`` on the default device (see :meth:`ModifyModule.reset_buffers`)."""
+        self.inv_freq = rope_inverse_frequencies(self.dim, self.base, self.scaling)
+
     def forward(self, x):
         positions = None
         if isinstance(x, tuple):

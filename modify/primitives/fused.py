@@ -13,13 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._core.arguments import check_sizes, typechecked
+from .._core.arguments import check_finite, check_sizes, typechecked
 from .._core.checks import expect_channels, expect_last_dim, expect_trailing
 from .._core.module import Leaf
 from .._core.sibling import holding
 from .arithmetic import Scale
 from .linear import Linear, reset_like_torch
-from .norms import ElementwiseAffine, GroupNorm, LayerNorm, RMSNorm, as_shape, reset_affine
+from .norms import ElementwiseAffine, GroupNorm, LayerNorm, RMSNorm, as_shape, reset_affine, trailing_scope
 from ..traits import Linear as LinearTrait
 from ..traits import NonLinear, Param, Unary, Vector
 
@@ -54,8 +54,10 @@ class _AffineNorm(Leaf):
         weight: ``normalized_shape``, ones. bias: ``normalized_shape``, zeros, or ``None``.
 
     Raises:
-        ValueError: a size below 1.
+        ValueError: a size below 1; ``eps`` (when given) not positive and finite.
         ModifyValueError: the input's trailing shape differs from ``normalized_shape``.
+
+    The traits are the norm's: ``Vector`` over one trailing axis, ``Matrix`` over two.
     """
 
     norm_class: type = LayerNorm
@@ -72,6 +74,7 @@ class _AffineNorm(Leaf):
 
     def __init__(self, normalized_shape, eps, bias: bool, device, dtype):  # the subclasses check the types
         super().__init__()
+        check_finite(type(self).__name__, positive=True, eps=eps)
         self.normalized_shape, self.eps = as_shape(normalized_shape, type(self).__name__), eps
         self.weight = nn.Parameter(torch.empty(self.normalized_shape, device=device, dtype=dtype))
         self.register_parameter("bias", _optional(self.normalized_shape, bias, device, dtype))
@@ -94,6 +97,29 @@ class _AffineNorm(Leaf):
         _require(cls, norm, affine, f"{cls.norm_class.__name__}(s) then ElementwiseAffine(s, dim=-1)")
         fused = cls(norm.normalized_shape, norm.eps, bias=False, device="meta")
         return holding(fused, affine, "weight", "bias")
+
+    @classmethod
+    def run_pair(cls, norm: nn.Module, affine: ElementwiseAffine, x: object) -> torch.Tensor | None:
+        """``affine(norm(x))`` in one call, as this class computes it, without building the leaf.
+
+        The call-time form of the rule (:mod:`modify.primitives.fusion`): the norm's input check
+        runs as in ``norm.forward`` (its errors name the norm).
+
+        Returns:
+            The output, or ``None`` where ``x``'s dtype differs from the weight's (the two leaves
+            promote; one call would not).
+        """
+        x = expect_trailing(norm, x, norm.normalized_shape)
+        if x.dtype != affine.weight.dtype:
+            return None
+        return cls.compute(x, norm.normalized_shape, affine.weight, affine.bias, norm.eps)
+
+    def forward(self, x):
+        x = expect_trailing(self, x, self.normalized_shape)
+        return self.compute(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+    def _infer_traits(self) -> frozenset[type]:
+        return trailing_scope(super()._infer_traits(), self.normalized_shape)
 
     def extra_repr(self) -> str:
         return f"{self.normalized_shape}, eps={self.eps}, bias={self.bias is not None}"
@@ -133,9 +159,10 @@ class AffineLayerNorm(_AffineNorm, Unary, Param, NonLinear, Vector):
 
     norm_class = LayerNorm
 
-    def forward(self, x):
-        x = expect_trailing(self, x, self.normalized_shape)
-        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+    @staticmethod
+    def compute(x, normalized_shape, weight, bias, eps):
+        """``F.layer_norm`` with the affine's weight and bias."""
+        return F.layer_norm(x, normalized_shape, weight, bias, eps)
 
 
 class AffineRMSNorm(_AffineNorm, Unary, Param, NonLinear, Vector):
@@ -170,9 +197,11 @@ class AffineRMSNorm(_AffineNorm, Unary, Param, NonLinear, Vector):
 
     norm_class = RMSNorm
 
-    def forward(self, x):
-        y = F.rms_norm(expect_trailing(self, x, self.normalized_shape), self.normalized_shape, self.weight, self.eps)
-        return y if self.bias is None else y + self.bias
+    @staticmethod
+    def compute(x, normalized_shape, weight, bias, eps):
+        """``F.rms_norm`` with the affine's weight, then its bias if any."""
+        y = F.rms_norm(x, normalized_shape, weight, eps)
+        return y if bias is None else y + bias
 
 
 class AffineGroupNorm(Leaf, Unary, Param, NonLinear):

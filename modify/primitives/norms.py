@@ -48,7 +48,7 @@ def as_shape(value: int | tuple[int, ...] | list[int], owner: str) -> tuple[int,
     return shape
 
 
-def _trailing_scope(traits: frozenset[type], normalized_shape: tuple[int, ...]) -> frozenset[type]:
+def trailing_scope(traits: frozenset[type], normalized_shape: tuple[int, ...]) -> frozenset[type]:
     """The instance's scope: ``Vector`` over one trailing axis, ``Matrix`` over two, else none."""
     scope = {1: {Vector}, 2: {Matrix}}.get(len(normalized_shape), set())
     return (traits - {Vector, Matrix}) | scope
@@ -195,7 +195,7 @@ class LayerNorm(Leaf, Unary, ParamFree, NonLinear, Vector):
         return F.layer_norm(x, self.normalized_shape, None, None, self.eps)
 
     def _infer_traits(self) -> frozenset[type]:
-        return _trailing_scope(super()._infer_traits(), self.normalized_shape)
+        return trailing_scope(super()._infer_traits(), self.normalized_shape)
 
     def extra_repr(self) -> str:
         return f"{self.normalized_shape}, eps={self.eps:g}"
@@ -248,7 +248,7 @@ class RMSNorm(Leaf, Unary, ParamFree, NonLinear, Vector):
         return F.rms_norm(x, self.normalized_shape, None, self.eps)
 
     def _infer_traits(self) -> frozenset[type]:
-        return _trailing_scope(super()._infer_traits(), self.normalized_shape)
+        return trailing_scope(super()._infer_traits(), self.normalized_shape)
 
     def extra_repr(self) -> str:
         return f"{self.normalized_shape}, eps={self.eps}"

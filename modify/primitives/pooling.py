@@ -62,14 +62,8 @@ class MaxPool2d(_Pool2d, Unary, ParamFree, NonLinear, Reduction, Matrix):
     """
 
     @typechecked
-    def __init__(
-        self,
-        kernel_size: Size2,
-        stride: Size2 | None = None,
-        padding: Size2 = 0,
-        dilation: Size2 = 1,
-        ceil_mode: bool = False,
-    ):
+    def __init__(self, kernel_size: Size2, stride: Size2 | None = None, padding: Size2 = 0, dilation: Size2 = 1,
+                 ceil_mode: bool = False):  # fmt: skip
         super().__init__()
         self._window(kernel_size, stride, padding, ceil_mode)
         _pair("MaxPool2d", "dilation", dilation, 1)
@@ -99,15 +93,8 @@ class AvgPool2d(_Pool2d, Unary, ParamFree, Linear, Reduction, Matrix):
     """
 
     @typechecked
-    def __init__(
-        self,
-        kernel_size: Size2,
-        stride: Size2 | None = None,
-        padding: Size2 = 0,
-        ceil_mode: bool = False,
-        count_include_pad: bool = True,
-        divisor_override: int | None = None,
-    ):
+    def __init__(self, kernel_size: Size2, stride: Size2 | None = None, padding: Size2 = 0, ceil_mode: bool = False,
+                 count_include_pad: bool = True, divisor_override: int | None = None):  # fmt: skip
         super().__init__()
         self._window(kernel_size, stride, padding, ceil_mode)
         self.count_include_pad, self.divisor_override = count_include_pad, divisor_override

@@ -9,36 +9,16 @@ parameter identities are unchanged.
 
 from __future__ import annotations
 
-from typing import Callable
-
 from torch import nn
 
 from .._core.arguments import typechecked
 from .._core.identity import once_per_object
+from .._core.module import Sealed
 from ..combinators import Sequential
 from ..primitives.activations import Dropout
-from ..primitives.arithmetic import Scale
+from ..primitives.fusion import rule_for
 from ..primitives.structure import Identity
-from ..adapters.blocks import LoRA
-from ..primitives.fused import AffineGroupNorm, AffineLayerNorm, AffineRMSNorm, ScaledLinear
 from .walk import rebuild
-
-
-def _scales(first: nn.Module, second: nn.Module) -> bool:
-    return type(first) is Scale and type(second) is Scale
-
-
-FIRST, SECOND = 0, 1
-
-# (fits(first, second), build(first, second), which child's name the fused leaf takes)
-Rule = tuple[Callable[[nn.Module, nn.Module], bool], Callable[[nn.Module, nn.Module], nn.Module], int]
-RULES: tuple[Rule, ...] = (
-    (AffineLayerNorm.fits, AffineLayerNorm.from_pair, SECOND),
-    (AffineRMSNorm.fits, AffineRMSNorm.from_pair, SECOND),
-    (AffineGroupNorm.fits, AffineGroupNorm.from_pair, SECOND),
-    (ScaledLinear.fits, ScaledLinear.from_pair, FIRST),
-    (_scales, lambda a, b: Scale(a.c * b.c), FIRST),
-)
 
 
 def _is_identity(module: nn.Module) -> bool:
@@ -47,10 +27,10 @@ def _is_identity(module: nn.Module) -> bool:
 
 
 def _fuse_pair(first: tuple[str, nn.Module], second: tuple[str, nn.Module]) -> tuple[str, nn.Module] | None:
-    for fits, build, keep in RULES:
-        if fits(first[1], second[1]):
-            return ((first, second)[keep][0], build(first[1], second[1]))
-    return None
+    rule = rule_for(first[1], second[1])
+    if rule is None:
+        return None
+    return ((first, second)[rule.named_as][0], rule.build(first[1], second[1]))
 
 
 def _fused_children(children: dict[str, nn.Module]) -> list[tuple[str, nn.Module]]:
@@ -78,8 +58,10 @@ def fuse(model: nn.Module) -> nn.Module:
     """A sibling of ``model`` for eager speed: adjacent leaves computed in one call; outputs equal.
 
     Inside every plain ``Sequential`` (not a subclass such as ``Residual``, ``LoRA`` or a model
-    class, whose shape other code relies on; the inside of a :class:`~modify.LoRA` block is left
-    as is, so ``merge_lora`` still reads it), neighbouring children are merged by these rules:
+    class, whose shape other code relies on; a block marked :class:`~modify._core.module.Sealed`,
+    such as a :class:`~modify.LoRA` block, is left whole, so ``merge_lora`` still reads it),
+    neighbouring children are merged by the rules of one table (``modify.primitives.fusion``,
+    which ``Sequential``'s call-time path reads too):
 
     | pair | fused leaf | named as |
     |---|---|---|
@@ -90,7 +72,7 @@ def fuse(model: nn.Module) -> nn.Module:
     | ``Scale(a)``, ``Scale(b)`` | ``Scale(a * b)`` | the first |
 
     (the affine must cover exactly the normalised axes; each fused class's ``fits`` says when a
-    pair qualifies), and ``Identity`` / ``Dropout(p=0)`` children are dropped (the sibling does
+    pair qualifies; the fused leaf reports the pair's traits), and ``Identity`` / ``Dropout(p=0)`` children are dropped (the sibling does
     not see a later change of ``p`` on the original's ``Dropout``). Chains fuse left to right. A ``BatchNorm`` keeps its separate affine:
     its buffers and the affine's parameters live at two paths, which one leaf cannot keep.
 
@@ -130,12 +112,12 @@ def fuse(model: nn.Module) -> nn.Module:
     """
     fuse_once = once_per_object(_fused_sequence)  # a Sequential placed twice is fused once, and stays shared
 
-    def keep_lora(path: str, module: nn.Module) -> nn.Module | None:
-        return module if isinstance(module, LoRA) else None
+    def keep_sealed(path: str, module: nn.Module) -> nn.Module | None:
+        return module if isinstance(module, Sealed) else None
 
     def fuse_sequence(path: str, original: nn.Module, new: nn.Module) -> nn.Module:
         if type(new) is not Sequential:
             return new
         return fuse_once(new)
 
-    return rebuild(model, keep_lora, fuse_sequence)
+    return rebuild(model, keep_sealed, fuse_sequence)

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .._core.arguments import typechecked
+from .._core.checks import is_compiling
 from .._core.identity import once_per_object
 from .._core.sibling import Derived, derived_class, sibling
 from ..combinators import Combinator
@@ -57,37 +58,45 @@ def _detached_copy(tensor: torch.Tensor, memo: dict) -> torch.Tensor:
 
 
 class _Shared(torch.Tensor):
-    """A still-shared parameter as read where PyTorch would let an in-place op write into it.
+    """A still-shared parameter as a mutable sibling's attribute reads it: in-place ops on it raise.
 
-    Under ``torch.no_grad()`` or for a frozen parameter, ``m.weight += 1`` raises no leaf error;
-    reading the parameter there gives this alias, whose in-place ops raise instead (DESIGN §4).
+    ``m.weight += 1`` in grad mode raises PyTorch's leaf error, but under ``torch.no_grad()``, for a
+    frozen parameter or inside ``torch.nn.init`` (which runs under ``no_grad``) PyTorch would write
+    into the original model's parameter. Reading the parameter gives this alias (same storage,
+    gradients flow to the parameter, ``.grad`` is the parameter's), whose in-place ops raise
+    instead (DESIGN §4); so do views of it (``torch.nn.init.orthogonal_`` writes through one).
     Every other op returns a plain tensor.
     """
 
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        name = getattr(func, "__name__", "")
-        target = kwargs.get("out", args[0] if args else None)
-        in_place = name in _IN_PLACE or (name.endswith("_") and not name.endswith("__")) or "out" in kwargs
-        if in_place and isinstance(target, _Shared):
-            raise RuntimeError(
-                f"mutable: in-place {name} on a parameter still shared with the original model; "
-                "assign a new tensor first (m.weight = m.weight + 1)"
-            )
         with torch._C.DisableTorchFunctionSubclass():
-            return func(*args, **kwargs)
+            if func == _GRAD:
+                return args[0]._base.grad  # the shared parameter's own gradient
+            name = getattr(func, "__name__", "")
+            target = kwargs.get("out", kwargs.get("tensor", args[0] if args else None))
+            in_place = name in _IN_PLACE or (name.endswith("_") and not name.endswith("__")) or "out" in kwargs
+            if in_place and isinstance(target, _Shared):
+                problem = (f"mutable: in-place {name} on a parameter still shared with the original model; "
+                           "assign a new tensor first (m.weight = m.weight + 1)")
+                if torch.is_grad_enabled() and target.requires_grad and getattr(func, "__module__", "") != "torch.nn.init":
+                    problem = f"a leaf Variable that requires grad is being used in an in-place operation ({problem})"
+                raise RuntimeError(problem)
+            result = func(*args, **kwargs)
+        if isinstance(result, torch.Tensor) and result._is_view() and args and isinstance(args[0], _Shared):
+            return result.as_subclass(_Shared)  # a view of a shared parameter is guarded too
+        return result
 
 
+_GRAD = torch.Tensor.grad.__get__
 _IN_PLACE = {f"__i{op}__" for op in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and", "or",
                                       "xor", "lshift", "rshift")} | {"__setitem__"}
 
 
 def _guarded(tensor: torch.Tensor) -> torch.Tensor:
-    """``tensor``, or a :class:`_Shared` alias where an in-place op on it would not raise."""
-    if torch.is_grad_enabled() and tensor.requires_grad:
-        return tensor  # PyTorch's own leaf error guards it
-    return tensor.as_subclass(_Shared)
+    """``tensor`` as a :class:`_Shared` alias whose in-place ops raise (``tensor`` itself under ``torch.compile``)."""
+    return tensor if is_compiling() else tensor.as_subclass(_Shared)
 
 
 class _Mutable(Derived, nn.Module):
@@ -235,7 +244,12 @@ def mutable(model: nn.Module) -> nn.Module:
     tensor`` replaces the tensor in use, only in the sibling; the tensor may be a non-leaf (e.g.
     predicted by a hypernetwork, so ``loss.backward()`` reaches the predictor) and in-place ops on
     it (``m.weight += 1``) are then recorded by autograd. An in-place op on a parameter still
-    shared with ``model`` raises PyTorch's usual leaf error, so ``model`` is never touched.
+    shared with ``model`` raises (PyTorch's leaf error in grad mode; a clear error under
+    ``no_grad``, for a frozen parameter and for ``torch.nn.init``, which writes under ``no_grad``),
+    so ``model`` is never touched: reading a still-shared parameter as an attribute gives an alias
+    of it (same storage, gradients reach the parameter, its ``.grad`` is the parameter's) whose
+    in-place ops raise; ``parameters()`` and ``state_dict(keep_vars=True)`` give the parameter
+    objects themselves.
 
     - ``state_dict()`` reports the tensors in use under the original names, ``load_state_dict``
       assigns new parameters (copies of the loaded values) instead of writing into shared ones.

@@ -16,8 +16,12 @@ from torch import nn
 from .._core.arguments import typechecked
 from .._core.identity import once_per_object, unique
 from ..combinators import Combinator, Sequential
-from .criteria import Criterion, Match, matcher
+from .criteria import Criterion, describe, matcher, reference_name
+from .foreign import foreign_model_hint
 from .walk import positions, rebuild
+
+_PLAIN_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
 
 class Selection(list):
     """The ``(path, module)`` pairs of a model that match some criteria, in ``named_modules`` order.
@@ -87,6 +91,9 @@ class Selection(list):
         A replaced subtree is not descended: ``fn`` is not called for selected modules inside it.
         ``fn`` is called once per distinct module; its result goes to every selected path of that
         module. Plain ``torch.nn`` results are wrapped as opaque leaves when placed in a combinator.
+        Modules of the result that were not in the model take the training mode of the module
+        they replace, and the result its ``reference_name`` (the walk's rule, see
+        :func:`~modify.rewriting.walk.rebuild`).
 
         Args:
             fn: ``module -> module``.
@@ -226,8 +233,14 @@ def select(model: nn.Module, *where: Criterion) -> Selection:
             - a module class (``modify.Linear``, ``torch.nn.LayerNorm``): ``isinstance``;
             - a trait (``modify.traits.Elementwise``): in ``modify.traits_of(module)``;
             - a glob over the dotted path with ``fnmatch`` semantics, where ``*`` also spans
-              dots (``"blocks.*.attn.*"``); the root's path is ``""``;
-            - a predicate ``(path, module) -> bool``.
+              dots (``"blocks.*.attn.*"``); the root's path is ``""``. It also matches a
+              module's ``reference_name`` (transformers' ``transformer.h.0.attn.c_attn`` for
+              the ``c_attn`` of ``modify.models.GPT``; a converted model's original path), so
+              the names in a PEFT ``adapter_config.json`` select the same layers. Inside a
+              selected module that took a layer's name (its LoRA block), the layer is matched by
+              path only, so a name selects the outermost module carrying it that matches;
+            - a predicate ``(path, module) -> bool``, e.g. :func:`modify.any_of` (the union of
+              criteria).
 
             ``modify.Linear`` (the layer class) and ``modify.traits.Linear`` (the trait of every
             affine module, combinators included) are different criteria.
@@ -251,9 +264,14 @@ def select(model: nn.Module, *where: Criterion) -> Selection:
         >>> modify.select(net, modify.traits.Elementwise).paths()
         ['block.1.0', 'block.1.1.1', 'block.2']
     """
-    match, pairs, leaves = matcher(where), [], {}
+    shadowed: set[str] = set()  # paths whose reference name an enclosing selected module carries
+    match, pairs, leaves, names = matcher(where, shadowed), [], {}, {}
     for path, module, leaf in positions(model):
+        name = reference_name(module)
+        if name is not None and path and any(names.get(a) == name for a in _ancestors(path)):
+            shadowed.add(path)
         if match(path, module):
+            names[path] = name
             pairs.append((path, module))
             if leaf is not None:
                 leaves[path] = leaf
@@ -266,7 +284,7 @@ def select(model: nn.Module, *where: Criterion) -> Selection:
 def rewrite(model: nn.Module, fn: Callable[[nn.Module], nn.Module], *where: Criterion) -> nn.Module:
     """A new model where every module matching ``where`` is replaced by ``fn(module)``.
 
-    ``select(model, *where).apply(fn)`` in one pass (Penzai's ``select(...).apply(fn)``, for
+    Exactly ``select(model, *where).apply(fn)`` (Penzai's ``select(...).apply(fn)``, for
     ``torch.nn`` trees): outermost matches first, a replaced subtree is not descended, unmatched
     subtrees are shared by identity, and only the combinators on the way to a change are
     rebuilt. ``model``, its ``state_dict``, outputs and parameters are unchanged.
@@ -291,32 +309,46 @@ def rewrite(model: nn.Module, fn: Callable[[nn.Module], nn.Module], *where: Crit
         >>> silu[0] is mlp[0], type(silu[1]).__name__, type(mlp[1]).__name__
         (True, 'SiLU', 'ReLU')
     """
-    match, replace = matcher(where), once_per_object(lambda module, path: _checked_module(fn(module), path, "fn"))
-
-    def pre(path: str, module: nn.Module) -> nn.Module | None:
-        if match(path, module):
-            return replace(module, path)
-        if module._modules and not isinstance(module, Combinator):
-            _refuse_matches_inside(path, module, match)
-        return None
-
-    return rebuild(model, pre)
-
-
-def _refuse_matches_inside(path: str, leaf: nn.Module, match: Match) -> None:
-    """``rewrite``'s check for a leaf it does not open: nothing inside may match."""
-    prefix = f"{path}." if path else ""
-    inside = [prefix + p for p, m, _ in positions(leaf)[1:] if match(prefix + p, m)]
-    if inside:
-        _refuse(inside, path, leaf)
+    return select(model, *where).apply(fn)
 
 
 def _refuse(inside: list[str], path: str, leaf: nn.Module) -> None:
+    """The one "cannot rewrite inside a leaf" error, with the way out for a plain ``torch.nn`` container."""
+    where, first = path or "<root>", sorted(inside)[0]
+    if isinstance(leaf, _PLAIN_CONTAINERS) and not isinstance(leaf, Combinator):
+        advice = (f"it is a plain torch.nn {type(leaf).__name__} container: rebuild it with "
+                  "modify.Sequential(*container) (its layers are kept, as opaque leaves), or convert the model "
+                  "with modify.convert(model)")
+    else:
+        advice = foreign_model_hint(leaf) or "select the leaf itself or build that part from modify modules"
     raise ValueError(
-        f"cannot rewrite {sorted(inside)[:3]}: inside the leaf {type(leaf).__name__} at '{path or '<root>'}', which "
-        "rewrites do not open (only Sequential/Parallel are walked); select the leaf itself or build that part "
-        "from modify modules"
+        f"cannot rewrite {sorted(inside)[:3]}: '{first}' lies inside the leaf {type(leaf).__name__} at '{where}', "
+        f"which rewrites do not open (only modify's Sequential/Parallel are walked); {advice}"
     )
+
+
+def matching(model: nn.Module, where: tuple, owner: str, unsaid: tuple = ()) -> Selection:
+    """``select(model, *where, *unsaid)``, refusing an empty selection: the one "matches nothing" error of rewriters.
+
+    ``unsaid`` holds the rewriter's own criteria (``lora`` skips adapter layers), left out of the message.
+
+    Raises:
+        ValueError: nothing matched, naming ``owner`` and ``where``; for several criteria, that a
+            tuple means *all of* them and :func:`~modify.any_of` is the union; for a plain
+            ``torch.nn`` container, how to make it walkable.
+    """
+    selection = select(model, *where, *unsaid)
+    if selection:
+        return selection
+    shown = ", ".join(describe(c) for c in where)
+    hint = ""
+    if len(where) > 1:
+        hint = (f"; a tuple `where` means all of its criteria at once: for any of them, "
+                f"use where=modify.any_of({shown})")
+    if isinstance(model, _PLAIN_CONTAINERS) and not isinstance(model, Combinator):
+        hint += (f"; the model is a plain torch.nn {type(model).__name__} container, which modify's rewriters do "
+                 "not open: use modify.Sequential(*model) or modify.convert(model)")
+    raise ValueError(f"{owner}: `where` ({shown}) matches no layer of the {type(model).__name__}{hint}")
 
 
 @typechecked

@@ -9,6 +9,11 @@ combinators on the way to a change. Every rewriter in modify (LoRA, merge, strip
 is a small "find this, replace with that" on top of it. Everything else is shared by identity, so
 the input model, its ``state_dict``, its outputs and its parameter objects are never touched.
 
+:func:`rebuild` also owns the rule for modules a rewrite creates (DESIGN §4): every module placed
+that was not in the model (an adapter branch, a fused or cached leaf, a wrapper) takes the training
+mode of the module it replaces, so an adapted eval model is an eval model; the module placed at a
+position takes the replaced module's ``reference_name`` unless it has its own.
+
 Paths are the dotted names of ``named_modules``; the root's path is ``""``. A module reachable by
 two paths (the same object placed twice) is visited at each path: criteria are evaluated per path,
 and a replacement function is called once per distinct matched module, its result placed at every
@@ -24,6 +29,7 @@ from typing import Callable, Union
 
 from torch import nn
 
+from .._core.module import ModifyModule
 from ..combinators import Combinator
 
 Pre = Callable[[str, nn.Module], Union[nn.Module, None]]
@@ -70,8 +76,11 @@ def rebuild(root: nn.Module, pre: Pre | None = None, post: Post | None = None) -
     where a rewriter that restructures a ``Sequential``'s children (fusing adjacent pairs, say)
     does its work. Leaves, opaque ``torch.nn`` modules included, have no children to visit.
 
-    A combinator placed at several paths and given identical new children is rebuilt once, so
-    shared structure stays shared. If nothing changes, ``root`` itself is returned. Python's cyclic
+    A module that ``pre`` or ``post`` puts in place of another, and every module inside it that was
+    not in ``root``, takes the replaced module's training mode; the placed module takes its
+    ``reference_name`` unless it has one (rewriters never set these themselves). A combinator
+    placed at several paths and given identical new children is rebuilt once, so shared structure
+    stays shared. If nothing changes, ``root`` itself is returned. Python's cyclic
     garbage collector is paused meanwhile: a rewrite makes many long-lived objects and little
     garbage, and each collection would rescan the growing model (half of ``lora``'s time on
     5,000 layers).
@@ -98,12 +107,20 @@ def rebuild(root: nn.Module, pre: Pre | None = None, post: Post | None = None) -
         (6.0, True)
     """
     memo: dict[tuple[int, ...], nn.Module] = {}
+    known: set[int] = set()  # ids of the model's modules and of what the walk already placed
+
+    def placed(original: nn.Module, new: nn.Module) -> nn.Module:
+        if new is not original:
+            if not known:
+                known.update(map(id, root.modules()))
+            _adopt(new, original, known)
+        return new
 
     def visit(path: str, module: nn.Module) -> nn.Module:
         if pre is not None:
             replacement = pre(path, module)
             if replacement is not None:
-                return replacement
+                return placed(module, replacement)
         new = module
         if isinstance(module, Combinator):
             prefix, children, changed = f"{path}." if path else "", {}, False
@@ -115,7 +132,8 @@ def rebuild(root: nn.Module, pre: Pre | None = None, post: Post | None = None) -
                 new = memo.get(key)
                 if new is None:
                     new = memo[key] = module.rebuilt(children)
-        return new if post is None else post(path, module, new)
+                    known.add(id(new))  # a sibling: the combinator's own mode and name
+        return new if post is None else placed(module, post(path, module, new))
 
     enabled = gc.isenabled()
     gc.disable()
@@ -124,3 +142,19 @@ def rebuild(root: nn.Module, pre: Pre | None = None, post: Post | None = None) -
     finally:
         if enabled:
             gc.enable()
+
+
+def _adopt(new: nn.Module, original: nn.Module, known: set[int]) -> None:
+    """``new`` and the modules inside it not in ``known`` take ``original``'s mode; ``new`` its name."""
+    if id(new) not in known and isinstance(new, ModifyModule) and new.reference_name is None:
+        name = original.reference_name if isinstance(original, ModifyModule) else None
+        if name is not None:
+            new.reference_name = name
+    stack = [new]
+    while stack:
+        module = stack.pop()
+        if id(module) in known:
+            continue
+        known.add(id(module))
+        module.training = original.training
+        stack.extend(child for child in module._modules.values() if child is not None)

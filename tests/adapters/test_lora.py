@@ -40,7 +40,7 @@ def test_block_shape_is_the_documented_sequential():
     assert block.down is down and block.up is up and block.base is base
     assert torch.count_nonzero(up.weight) == 0
     assert "rank=3, alpha=6" in repr(block)
-    assert [n for n, _ in block.named_parameters()] == ["1.0.weight", "1.0.bias", "1.1.1.weight", "1.1.2.weight"]
+    assert [n for n, _ in block.named_parameters()] == ["1.base.weight", "1.base.bias", "1.adapter.down.weight", "1.adapter.up.weight"]
 
 
 def test_down_init_matches_peft_kaiming_uniform():
@@ -317,10 +317,10 @@ def test_plain_torch_sequential_says_how_to_proceed():
     seq = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
     with pytest.raises(ValueError, match=r"plain torch.nn Sequential container.*modify.Sequential\(\*model\)"):
         modify.lora(seq, rank=2)
-    with pytest.raises(ValueError, match=r"'0' lies inside a plain torch.nn Sequential container at '<root>'"):
+    with pytest.raises(ValueError, match=r"'0' lies inside the leaf Sequential at '<root>'.*plain torch.nn Sequential container"):
         modify.lora(seq, rank=2, where=nn.Linear)
     nested = modify.Sequential(body=seq)
-    with pytest.raises(ValueError, match=r"inside a plain torch.nn Sequential container at 'body'.*modify.convert"):
+    with pytest.raises(ValueError, match=r"inside the leaf Sequential at 'body'.*plain torch.nn Sequential container.*modify.convert"):
         modify.lora(nested, rank=2, where=nn.Linear)
     adapted = modify.lora(modify.Sequential(*seq), rank=2, where=nn.Linear)  # the advice works
     assert modify.select(adapted, modify.LoRA).paths() == ["0", "2"]

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import modify
-from modify.models import GPT, CheckpointError, Llama
+from modify.models import GPT, CheckpointError, Llama, ResNet
 from tests.helpers import assert_close
 
 peft = pytest.importorskip("peft")
@@ -122,6 +122,26 @@ def test_a_folder_peft_wrote_loads_with_equal_logits(name, tmp_path, gen):
     modify.save_adapters(adapted, round_trip)
     again = modify.load_adapters(base, round_trip)
     assert torch.equal(logits(again, ids), logits(adapted, ids))
+
+
+def test_resnet_folder_names_transformers_layers_and_loads_in_peft(tmp_path, gen):
+    with quiet():
+        hf = transformers.ResNetForImageClassification(transformers.ResNetConfig(
+            num_labels=5, layer_type="basic", embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1])).eval()
+    hf.save_pretrained(tmp_path / "model")
+    base = ResNet.from_pretrained(tmp_path / "model")
+    adapted = modify.lora(base, rank=2, where=modify.any_of(modify.Conv2d, "classifier.1"))
+    randomise(modify.lora_parameters(adapted), gen)
+    modify.save_adapters(adapted, tmp_path / "adapters")
+    targets = json.loads((tmp_path / "adapters" / "adapter_config.json").read_text())["target_modules"]
+    assert "resnet.embedder.embedder.convolution" in targets and "classifier.1" in targets
+    with quiet():
+        peft_model = peft.PeftModel.from_pretrained(copy.deepcopy(hf), tmp_path / "adapters").eval()
+    images = torch.randn(2, 3, 32, 32, generator=gen)
+    expected = logits(peft_model, images)
+    assert_close(logits(adapted, images), expected, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(expected, logits(hf, images), atol=1e-3)  # the adapters matter
+    assert torch.equal(logits(modify.load_adapters(base, tmp_path / "adapters"), images), logits(adapted, images))
 
 
 def test_modify_paths_for_other_models(tmp_path, gen):

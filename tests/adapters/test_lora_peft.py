@@ -152,7 +152,7 @@ def test_dora_starts_equal_to_the_base_and_merges(gen):
     x = torch.randn(4, 6, generator=gen)
     assert_close(adapted(x), base(x))
     assert len(modify.lora_parameters(adapted)) == 3
-    assert adapted.fc.adapter[-1].weight is base.fc.weight  # tied, not copied
+    assert adapted.fc.update.weight is base.fc.weight  # tied, not copied
     with torch.no_grad():
         for p in modify.lora_parameters(adapted):
             p.add_(torch.randn(p.shape, generator=gen))
@@ -160,5 +160,5 @@ def test_dora_starts_equal_to_the_base_and_merges(gen):
     x64 = x.double().requires_grad_(True)
     block64 = modify.lora(modify.Linear(6, 5, dtype=torch.float64), rank=2, dora=True)
     with torch.no_grad():
-        block64.adapter[-1].lora_B.normal_(generator=gen)
+        block64.update.lora_B.normal_(generator=gen)
     assert torch.autograd.gradcheck(block64, (x64,))

@@ -137,9 +137,9 @@ def test_per_sample_lora_adapters_over_one_shared_base(gen):
         hyper.head.weight.normal_(generator=gen)
     z, x = torch.randn(6, 5, generator=gen), torch.randn(6, 7, 4, generator=gen)
     params = hyper(z)
-    assert list(params) == names == ["1.1.1.weight", "1.1.2.weight"]
+    assert list(params) == names == ["1.adapter.down.weight", "1.adapter.up.weight"]
     got = torch.func.vmap(lambda p, x: modify.functional_call(adapted, p, x, strict=False))(params, x)
-    a, b = params["1.1.1.weight"], params["1.1.2.weight"]  # (6, 2, 4), (6, 3, 2)
+    a, b = params["1.adapter.down.weight"], params["1.adapter.up.weight"]  # (6, 2, 4), (6, 3, 2)
     expected = base(x) + 2.0 * torch.einsum("bti,bri,bor->bto", x, a, b)
     assert_close(got, expected)
     grads = torch.autograd.grad(got.square().sum(), [hyper.head.weight, base.weight], retain_graph=True)

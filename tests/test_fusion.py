@@ -1,4 +1,7 @@
-"""A norm then its ``ElementwiseAffine`` in a ``Sequential`` runs as one call, unless anything could tell."""
+"""The fusion table (``modify.primitives.fusion``): ``fuse`` and the call-time path read the same rules.
+
+A norm then its ``ElementwiseAffine`` in a ``Sequential`` runs as one call, unless anything could tell.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import pytest
 import torch
 
 import modify
+from modify.primitives.fusion import CALL_TIME, RULES, rule_for
 
 
 def pair(kind: str, bias: bool = True) -> modify.Sequential:
@@ -67,3 +71,21 @@ def test_a_wrong_input_names_the_norm():
         pair("layer")(torch.randn(2, 7))
     with pytest.raises(TypeError, match=r"at 'norm'.*expected a tensor"):
         pair("rms")((torch.randn(2, 8),))
+
+
+def test_call_time_rules_compute_what_the_fused_leaf_computes():
+    """One table: each call-time rule's one call equals the leaf ``fuse`` builds from the same pair."""
+    x = torch.randn(3, 8, dtype=torch.float64)
+    for kind in ("layer", "rms"):
+        block = pair(kind).double()
+        rule = rule_for(block.norm, block.affine)
+        assert rule is CALL_TIME[(type(block.norm), type(block.affine))] and rule in RULES
+        torch.testing.assert_close(rule.run(block.norm, block.affine, x), rule.build(block.norm, block.affine)(x))
+        assert type(modify.fuse(block).affine) is type(rule.build(block.norm, block.affine))
+
+
+def test_a_pair_the_rule_does_not_fit_runs_as_two_leaves():
+    block = modify.Sequential(norm=modify.LayerNorm(8), affine=modify.ElementwiseAffine(8, dim=-2))
+    assert rule_for(block.norm, block.affine) is None
+    x = torch.randn(8, 8)
+    torch.testing.assert_close(block(x), reference(block, x), atol=0, rtol=0)

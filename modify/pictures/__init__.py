@@ -1,0 +1,5 @@
+"""Pictures: models drawn as interactive treescope trees (:func:`show`)."""
+
+from .show import show
+
+__all__ = ["show"]

@@ -1,0 +1,82 @@
+"""The fusion rules: which two neighbouring leaves compute as one, in one table.
+
+Two readers share it. :func:`modify.fuse` replaces each fitting pair inside a plain ``Sequential``
+by the rule's fused leaf (``build``); ``Sequential.forward`` runs a two-child ``Sequential`` whose
+children fit a rule with a call-time form (``run``) in one call, keeping the two leaves in the
+tree, wherever nothing could observe the difference (the combinator decides that). A leaf joins a
+rule by its class, never by a special case in either reader.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from .arithmetic import Scale
+from .fused import AffineGroupNorm, AffineLayerNorm, AffineRMSNorm, ScaledLinear
+from .linear import Linear
+from .norms import ElementwiseAffine, GroupNorm, LayerNorm, RMSNorm
+
+FIRST, SECOND = 0, 1
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """One rule: the classes of a pair, when it fits, and what it becomes.
+
+    Args:
+        pairs: the exact ``(type(first), type(second))`` pairs the rule looks at.
+        fits: ``fits(first, second)``: whether this pair (its settings, not only its classes) fuses.
+        build: ``build(first, second)``: the fused leaf, holding the pair's parameter objects.
+        named_as: ``FIRST`` or ``SECOND``: whose name the fused leaf takes (the one with parameters).
+        run: ``run(first, second, x)``: the pair's output in one call, or ``None`` where this input
+            needs the two leaves (another dtype); ``None`` for a rule only :func:`modify.fuse` applies.
+    """
+
+    pairs: tuple[tuple[type, type], ...]
+    fits: Callable[[nn.Module, nn.Module], bool]
+    build: Callable[[nn.Module, nn.Module], nn.Module]
+    named_as: int
+    run: Callable[[nn.Module, nn.Module, object], object] | None = None
+
+
+def _scales(first: Scale, second: Scale) -> bool:
+    return True
+
+
+RULES: tuple[Fusion, ...] = (
+    Fusion(((LayerNorm, ElementwiseAffine),), AffineLayerNorm.fits, AffineLayerNorm.from_pair, SECOND,
+           AffineLayerNorm.run_pair),
+    Fusion(((RMSNorm, ElementwiseAffine),), AffineRMSNorm.fits, AffineRMSNorm.from_pair, SECOND,
+           AffineRMSNorm.run_pair),
+    Fusion(((GroupNorm, ElementwiseAffine),), AffineGroupNorm.fits, AffineGroupNorm.from_pair, SECOND),
+    Fusion(((Linear, Scale), (ScaledLinear, Scale)), ScaledLinear.fits, ScaledLinear.from_pair, FIRST),
+    Fusion(((Scale, Scale),), _scales, lambda a, b: Scale(a.c * b.c), FIRST),
+)
+
+_BY_CLASSES = {pair: rule for rule in RULES for pair in rule.pairs}
+#: The rules with a call-time form, by the classes of the pair (read by ``Sequential.forward``).
+CALL_TIME = {pair: rule for pair, rule in _BY_CLASSES.items() if rule.run is not None}
+
+
+def rule_for(first: nn.Module, second: nn.Module) -> Fusion | None:
+    """The rule that fuses ``first`` then ``second``, or ``None``.
+
+    Args:
+        first, second: neighbouring children of a ``Sequential``, in order.
+
+    Returns:
+        The :class:`Fusion` whose classes and ``fits`` accept the pair, else ``None``.
+
+    Example:
+        >>> import modify
+        >>> from modify.primitives.fusion import rule_for
+        >>> rule_for(modify.LayerNorm(4), modify.ElementwiseAffine(4)).build.__self__.__name__
+        'AffineLayerNorm'
+        >>> rule_for(modify.LayerNorm(4), modify.ElementwiseAffine(3)) is None
+        True
+    """
+    rule = _BY_CLASSES.get((type(first), type(second)))
+    return rule if rule is not None and rule.fits(first, second) else None
