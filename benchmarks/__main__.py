@@ -8,7 +8,8 @@
 6. mixed: ``modify.MixedLoRA`` vs PEFT's mixed-adapter batch (``adapter_names=``), 4 adapters.
 7. convert: a ``modify.convert``-ed plain-torch nanoGPT vs the original, eager training step.
 8. generate: decoding 100 tokens through the key/value-cache sibling vs transformers' ``generate``.
-9. padded: the same for a batch of 8 left-padded prompts with ``attention_mask``.
+9. convert_transformers: ``modify.convert`` of transformers' GPT-2 124M (time) and GPT-2/Llama training steps.
+10. padded: decoding a batch of 8 left-padded prompts with ``attention_mask`` vs transformers' ``generate``.
 
 Ratios are measured in one process, the sides interleaved, medians over rounds; see
 ``benchmarks/timing.py``. Never used as assertions in tests. Results: ``docs/benchmarks.md``.
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from . import convert, functional, generate, loading, lora, overhead, rewrite_cost, timing
+from . import convert, convert_transformers, functional, generate, loading, lora, overhead, rewrite_cost, timing
 from .timing import machine
 
 BENCHMARKS = {
@@ -35,7 +36,8 @@ BENCHMARKS = {
     "mixed": ("6. Mixed-adapter batches: modify.MixedLoRA vs PEFT's adapter_names=", lora.run_mixed),
     "convert": ("7. modify.convert: converted nanoGPT vs the original, eager training step", convert.run),
     "generate": ("8. Decoding 100 tokens, one thread: modify vs transformers", generate.run),
-    "padded": ("9. Decoding 8 left-padded prompts, 100 tokens, one thread: modify vs transformers", generate.run_padded),
+    "convert_transformers": ("9. modify.convert of transformers models: convert time, eager training step", convert_transformers.run),
+    "padded": ("10. Decoding 8 left-padded prompts, 100 tokens, one thread: modify vs transformers", generate.run_padded),
 }
 
 

@@ -34,6 +34,7 @@ from ..primitives.activations import Dropout
 from ..primitives.arithmetic import Add, Scale
 from ..primitives.linear import Conv1d, Conv2d, Embedding, Linear, expect_last_dim
 from ..primitives.structure import Copy
+from ..primitives.transposed_linear import TransposedLinear
 from ..traits import Elementwise, NonLinear, Param, ParamFree, Unary, Vector
 from ..traits import Linear as LinearTrait
 
@@ -59,7 +60,7 @@ def layer_kind(module: nn.Module, path: str, dora: bool = False) -> str:
             f"lora adapts Linear, Embedding, Conv1d and Conv2d layers (modify's or torch.nn's); the match at "
             f"{where} is a {type(module).__name__}: narrow `where`"
         )
-    if dora and kind != "linear":
+    if dora and (kind != "linear" or isinstance(module, TransposedLinear)):  # DoRA reads W as (out, in)
         raise TypeError(f"lora(dora=True) adapts Linear layers only; the match at {where} is a {type(module).__name__}")
     if kind == "conv" and (module.groups != 1 or any(d != 1 for d in module.dilation)):
         raise TypeError(

@@ -29,6 +29,7 @@ from .._core.arguments import typechecked
 from ..checkpoints.loading import CheckpointError
 from ..checkpoints.atomic import atomic_folder
 from ..checkpoints.pretrained import Pretrained
+from ..primitives.transposed_linear import TransposedLinear
 from ..rewriting.criteria import reference_name
 from ..rewriting.selection import select
 from ..rewriting.walk import positions
@@ -73,7 +74,9 @@ def _config(model: nn.Module, blocks: dict[str, LoRA]) -> dict[str, Any]:
         if len({getattr(b, flag) for b in blocks.values()}) > 1:
             raise ValueError(f"save_adapters: PEFT's format has one {flag} for all layers; the blocks differ")
     r, alpha, first = _most_common(ranks), _most_common(alphas), next(iter(blocks.values()))
-    transposed = isinstance(model, Pretrained) and model.family.keys.fan_in_fan_out
+    transposed = (isinstance(model, Pretrained) and model.family.keys.fan_in_fan_out) or all(
+        isinstance(b.base, TransposedLinear) for b in blocks.values()
+    )
     conv1d_layers = transposed and all(b.kind == "linear" for b in blocks.values())
     return {
         "peft_type": "LORA", "task_type": None, "base_model_name_or_path": None, "revision": None,

@@ -14,6 +14,7 @@ from .._core.arguments import check_adapter_settings, typechecked
 from .._core.identity import unique
 from .._core.sibling import sibling
 from ..primitives.linear import Linear
+from ..primitives.transposed_linear import TransposedLinear
 from ..rewriting.criteria import Where, as_criteria
 from ..rewriting.selection import matching, select
 from ..rewriting.walk import positions
@@ -151,7 +152,10 @@ def delta_weight(block: LoRA, weight: torch.Tensor) -> torch.Tensor:
     down, up = block.down.weight.to(wide), block.up.weight.to(wide)
     if block.kind == "embedding":
         return weight + block.scale * (down @ up.T)
-    return weight + block.scale * (up.flatten(1) @ down.flatten(1)).reshape(weight.shape)
+    delta = up.flatten(1) @ down.flatten(1)
+    if isinstance(block.base, TransposedLinear):  # GPT-2's Conv1D layout (in, out): PEFT's fan_in_fan_out
+        delta = delta.T
+    return weight + block.scale * delta.reshape(weight.shape)
 
 
 def _merged(block: LoRA, path: str, safe: bool) -> nn.Module:

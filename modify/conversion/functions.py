@@ -73,6 +73,8 @@ def _sequence(cls: type) -> Callable[[Call], Mapped]:
         tensors, dim = c.arg(0, "tensors"), c.arg(1, "dim", 0)
         if not isinstance(tensors, (tuple, list)) or not all(c.value(t) for t in tensors) or not isinstance(dim, int):
             return None
+        if len(tensors) == 1:  # ``cat([x])`` is ``x``; ``stack([x])`` adds an axis (a Function)
+            return ALIAS if cls is P.Cat else None
         return cls(dim), list(tensors)
 
     return build

@@ -16,7 +16,9 @@ module from the region's inputs to its output, trying the readable shapes first:
    the values still needed and appends the new one (``Index`` picks, ``Copy`` duplicates).
 
 Children are named after the units (the original attribute names); composite steps are named
-``fork``, ``residual`` or ``step`` (with ``_1``, ``_2``, ... when a name repeats).
+``fork``, ``residual`` or ``step`` (with ``_1``, ``_2``, ... when a name repeats), and a unit that
+first gathers its inputs is ``<unit>_step = Sequential(inputs=..., <unit>=...)``, so a glob on the
+unit's name finds the unit itself.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ class Unit:
 def build(units: list[Unit], inputs: list[object], output: object) -> nn.Module:
     """The module from ``inputs`` (one value, or a tuple in this order) to ``output``."""
     if not units:
-        return select(inputs, [output])
+        return gather(inputs, [output])
     steps: dict[str, nn.Module] = {}
     env = list(inputs)
     for piece in _pieces(units, inputs, output):
@@ -119,7 +121,7 @@ def _fan(piece: list[Unit], source: object) -> tuple[nn.Module, str] | None:
         members, module = branches[value]
         _add(named, members[0].name if len(members) == 1 else str(i), module)
     steps: dict[str, nn.Module] = {}
-    _add(steps, "fork", fork(named))
+    _add(steps, "fork", named_fork(named))
     _add(steps, last.name, last.module)
     return Sequential(**steps), "fork"
 
@@ -162,7 +164,7 @@ def _named(members: list[Unit], module: nn.Module) -> nn.Module:
     return Sequential(**{members[0].name: module}) if len(members) == 1 else module
 
 
-def fork(named: dict[str, nn.Module]) -> Fork:
+def named_fork(named: dict[str, nn.Module]) -> Fork:
     """``Fork`` over ``named`` branches, the branch names kept (``Fork`` names them ``"0"``, ...)."""
     modules = list(named.values())
     plain = Fork(*modules)
@@ -176,18 +178,20 @@ def _environment(piece: list[Unit], env: list[object], output: object) -> nn.Mod
     for i, unit in enumerate(piece):
         later = {v for u in piece[i + 1 :] for v in u.inputs} | {output}
         survivors = [v for v in env if v in later]
-        compute = unit.module if unit.inputs == env else Sequential(select(env, unit.inputs), unit.module)
+        name, compute = unit.name, unit.module
+        if unit.inputs != env:  # the unit keeps its own name inside: globs on it find the unit itself
+            name, compute = f"{unit.name}_step", Sequential(**{"inputs": gather(env, unit.inputs), unit.name: unit.module})
         if survivors:
-            branches = {str(j): select(env, [v]) for j, v in enumerate(survivors)}
-            _add(branches, unit.name, compute)
-            _add(steps, "step", fork(branches))
+            branches = {str(j): gather(env, [v]) for j, v in enumerate(survivors)}
+            _add(branches, name, compute)
+            _add(steps, "step", named_fork(branches))
         else:
-            _add(steps, unit.name, compute)
+            _add(steps, name, compute)
         env = survivors + [unit.output]
     return Sequential(**steps)
 
 
-def select(env: list[object], wanted: list[object]) -> nn.Module:
+def gather(env: list[object], wanted: list[object]) -> nn.Module:
     """The module taking the environment ``env`` (one value or a tuple) to ``wanted``'s values."""
     if len(env) == 1:
         return Identity() if len(wanted) == 1 else Copy(len(wanted))

@@ -3,7 +3,9 @@
 Each leaf is built on the ``meta`` device (so nothing is allocated or re-randomised) and then
 given the original ``Parameter`` and buffer objects: zero bytes copied, the original untouched.
 A norm with an affine part becomes ``Sequential(norm=..., affine=ElementwiseAffine(...))``.
-Layers with options modify's leaves lack (``Embedding(max_norm=...)``, ``MaxPool2d(
+``transformers``' ``Conv1D`` (GPT-2's ``c_attn``) is known too, by its class name and module: it
+becomes a :class:`~modify.primitives.transposed_linear.TransposedLinear` holding its ``(in, out)``
+weight. Layers with options modify's leaves lack (``Embedding(max_norm=...)``, ``MaxPool2d(
 return_indices=True)``, ``Softmax(dim=None)``) are not known: they stay whole as opaque leaves.
 """
 
@@ -16,6 +18,7 @@ from torch import nn
 from .. import primitives as P
 from .._core.sibling import holding
 from ..combinators import Sequential
+from ..primitives.transposed_linear import TransposedLinear
 
 _META = "meta"
 
@@ -116,9 +119,21 @@ _LAYERS: dict[type, Callable[[nn.Module], nn.Module | None]] = {
 }
 
 
+def _transposed_linear(m: nn.Module) -> nn.Module:
+    leaf = TransposedLinear(*m._parameters["weight"].shape, bias=m.bias is not None, device=_META, dtype=m.weight.dtype)
+    return _share(leaf, m, "weight", "bias")
+
+
+def _is_conv1d(module: nn.Module) -> bool:
+    """``transformers``' ``Conv1D`` (GPT-2): ``x @ weight + bias``, ``weight`` stored ``(in, out)``."""
+    kind = type(module)
+    weight = module._parameters.get("weight")  # not ``module.weight``: a Proxy while torch.fx traces
+    return kind.__name__ == "Conv1D" and kind.__module__.startswith("transformers.") and getattr(weight, "ndim", 0) == 2
+
+
 def known_layer(module: nn.Module) -> bool:
     """Whether ``module``'s class (exactly, not a subclass with its own ``forward``) has a leaf."""
-    return type(module) in _LAYERS
+    return type(module) in _LAYERS or _is_conv1d(module)
 
 
 def convert_layer(module: nn.Module) -> nn.Module | None:
@@ -126,7 +141,7 @@ def convert_layer(module: nn.Module) -> nn.Module | None:
 
     The result holds ``module``'s own parameters and buffers and has its ``training`` flag.
     """
-    build = _LAYERS.get(type(module))
+    build = _transposed_linear if _is_conv1d(module) else _LAYERS.get(type(module))
     if build is None:
         return None
     leaf = build(module)

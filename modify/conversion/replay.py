@@ -77,8 +77,8 @@ class _Builder:
     def template(self, arg: object) -> object:
         if isinstance(arg, fx.Node):
             return self._node(arg)
-        if isinstance(arg, (tuple, list)):
-            return type(arg)(self.template(a) for a in arg)
+        if isinstance(arg, (tuple, list)):  # fx's immutable_list as a plain list (torch.compile reads it)
+            return (tuple if isinstance(arg, tuple) else list)(self.template(a) for a in arg)
         if isinstance(arg, dict):
             return {k: self.template(v) for k, v in arg.items()}
         if isinstance(arg, slice):
@@ -92,8 +92,9 @@ class _Builder:
             return _In(self.inputs.index(node))
         if node.op == "get_attr":
             return self._tensor(node.target)
-        if is_meta(node):
-            return _Call(node.op, node.target, self.template(node.args), self.template(node.kwargs))
+        if is_meta(node) or node.op in ("call_function", "call_method"):  # a size, or a step computed from no input
+            target = "reshape" if node.target == "view" else node.target
+            return _Call(node.op, target, self.template(node.args), self.template(node.kwargs))
         raise TypeError(f"modify.convert: cannot replay the node '{node.name}' ({node.op} {node.target})")
 
     def hold(self, path: str, module: nn.Module) -> None:
@@ -116,20 +117,25 @@ class _Builder:
         return _Tensor(key)
 
 
-def opaque_function(root: nn.Module, node: fx.Node, values: set[fx.Node], name: str) -> tuple[Function, list[fx.Node]]:
+def opaque_function(
+    root: nn.Module, node: fx.Node, values: set[fx.Node], name: str, first_input: fx.Node
+) -> tuple[Function, list[fx.Node]]:
     """A :class:`~modify.Function` replaying ``node``, and the value nodes it takes, in order.
 
-    Raises:
-        TypeError: the node takes no value (a constant computed from nothing traced).
+    A ``view`` replays as ``reshape`` (the same values where the view exists; a ``contiguous``
+    before it is dropped as an alias). A value computed from no input (a mask buffer, a
+    parameter-only ``gamma.view(...)``) takes the values whose sizes it reads, or ``first_input``
+    (the model's input) when it reads none, and ignores them but for their sizes.
     """
     builder = _Builder(root, values)
-    call = _Call(node.op, node.target, builder.template(node.args), builder.template(node.kwargs))
+    target = "reshape" if node.op == "call_method" and node.target == "view" else node.target
+    call = _Call(node.op, target, builder.template(node.args), builder.template(node.kwargs))
     if node.op == "call_module":
         module = attribute(root, node.target)
         call = _Call("call_function", module, call.args, call.kwargs)
         builder.hold(node.target, module)
     if not builder.inputs:
-        raise TypeError(f"modify.convert: '{name}' computes a value from no input; only values from the input flow")
+        builder.inputs.append(first_input)
     arity = len(builder.inputs)
     function = Function(Replay(call, arity), name=name, arity=arity, parameters=builder.parameters, buffers=builder.buffers)
     return function, builder.inputs

@@ -56,6 +56,8 @@ class Scopes:
             made = {u.output for u in run}
             inputs = list(dict.fromkeys(v for u in run for v in u.inputs if v not in made))
             module = self._shared(inner[1], self.region(run, inputs, outputs[0], *inner))
+            if kind == "call" and module.reference_name is None:
+                module.reference_name = inner[1]  # the original's module path
             grouped.append(Unit(inner[1].rsplit(".", 1)[-1], module, inputs, outputs[0]))
         return grouped
 

@@ -1,5 +1,7 @@
 """Which dimensions of which tensors are equal, read off the traced graph without running it.
 
+A ``torch.export`` graph records every node's shape (``node.meta["val"]``, sizes as symbolic
+expressions of the input's), which is read directly. In a ``torch.fx`` graph,
 ``x.view(B, T, n_head, C // n_head)`` with ``B, T, C = x.size()`` has a shape computed at run
 time, yet it only splits the last axis. To turn it into primitives, each dimension gets a symbol
 (``("dim", node, i)``): ops known to keep a dimension pass its symbol on (a ``Linear`` keeps all
@@ -49,6 +51,8 @@ class Shapes:
             return arg
         if not isinstance(arg, fx.Node):
             return None
+        if isinstance(arg.meta.get("val"), (int, torch.SymInt)):
+            return _symbolic(arg.meta["val"])
         if arg.op == "call_method" and arg.target == "size" and len(arg.args) == 2:
             return self._symbol(arg.args[0], arg.args[1])
         if arg.target is operator.getitem and isinstance(arg.args[0], fx.Node) and isinstance(arg.args[1], int):
@@ -69,6 +73,8 @@ class Shapes:
         return self.dim(tensor, i)
 
     def _rank(self, node: fx.Node) -> int | None:
+        if isinstance(node.meta.get("val"), torch.Tensor):
+            return node.meta["val"].dim()
         evidence = _unpacked_rank(node)
         if evidence is not None:
             return evidence
@@ -86,6 +92,8 @@ class Shapes:
         return None
 
     def _dim(self, node: fx.Node, i: int) -> object:
+        if isinstance(node.meta.get("val"), torch.Tensor):
+            return _symbolic(node.meta["val"].shape[i])
         kind, source = self._rule(node)
         fresh = ("dim", node, i)
         rank = self.rank(node)
@@ -147,6 +155,11 @@ class Shapes:
             nodes = [a for a in node.args if isinstance(a, fx.Node)]
             return ("binary", tuple(nodes)) if len(nodes) == 2 else ("all", nodes[0]) if nodes else ("unknown", None)
         return "unknown", None
+
+
+def _symbolic(size: int | torch.SymInt) -> object:
+    """A size that ``torch.export`` recorded: an ``int``, or its symbolic expression (``s0*s1``)."""
+    return size if isinstance(size, int) else ("sym", str(size.node.expr))
 
 
 def _normal(d: object, rank: int | None) -> int | None:

@@ -14,6 +14,7 @@ import inspect
 import operator
 import re
 
+import torch
 from torch import fx, nn
 
 from .._core.module import ModifyModule
@@ -36,6 +37,7 @@ class _Tracer(fx.Tracer):
     def __init__(self, keep):
         super().__init__()
         self.keep, self.paths = keep, []
+        self.proxy_buffer_attributes = True  # ``self.bias[:, :, :T, :T]`` slices a traced buffer
 
     def is_leaf_module(self, m: nn.Module, qualified_name: str) -> bool:
         return isinstance(m, ModifyModule) or self.keep(m) or super().is_leaf_module(m, qualified_name)
@@ -47,29 +49,30 @@ class _Tracer(fx.Tracer):
         return result
 
 
-def trace(root: nn.Module, keep) -> tuple[fx.Graph, list[fx.Node]]:
+def trace(root: nn.Module, keep, kwargs: dict | None = None) -> tuple[fx.Graph, list[fx.Node]]:
     """Trace ``root.forward``; return the graph and its input placeholders, in order.
 
     Required positional parameters are the inputs (the first parameter if all have defaults, as
-    Hugging Face's ``input_ids=None``); parameters with defaults are fixed to their defaults.
+    Hugging Face's ``input_ids=None``); ``kwargs`` and parameters with defaults are fixed to
+    those values.
 
     Raises:
         TypeError: ``*args``/``**kwargs`` or a required keyword-only parameter in ``forward``, or
             code ``torch.fx`` cannot trace (naming the module path and the construct).
     """
-    inputs, concrete = _signature(root)
+    inputs, concrete = _signature(root, kwargs or {})
     tracer = _Tracer(keep)
     try:
         graph = tracer.trace(root, concrete_args=concrete or None)
     except Exception as error:  # noqa: BLE001 - re-raised as the documented TypeError
         where = tracer.paths[-1] if tracer.paths else ""
         raise untraceable(root, where, _construct(error)) from error
-    _drop_unused(graph)
+    drop_unused(graph)
     placeholders = [n for n in graph.nodes if n.op == "placeholder" and n.target in inputs]
     return graph, placeholders
 
 
-def _drop_unused(graph: fx.Graph) -> None:
+def drop_unused(graph: fx.Graph) -> None:
     """Erase unused function and method calls (``_`` of ``y, _ = attention(x)``), not in-place ones."""
     for node in reversed(list(graph.nodes)):
         in_place = str(node.target).endswith("_") or node.target in _IN_PLACE
@@ -94,7 +97,7 @@ def _construct(error: Exception) -> str:
     return f"{type(error).__name__}: {message}"
 
 
-def _signature(root: nn.Module) -> tuple[list[str], dict[str, object]]:
+def _signature(root: nn.Module, kwargs: dict) -> tuple[list[str], dict[str, object]]:
     name = type(root).__name__
     params = [p for p in inspect.signature(root.forward).parameters.values() if p.kind != p.VAR_KEYWORD]
     variadic = [p.name for p in params if p.kind == p.VAR_POSITIONAL]
@@ -105,19 +108,25 @@ def _signature(root: nn.Module) -> tuple[list[str], dict[str, object]]:
         raise TypeError(f"modify.convert: {name}.forward needs the keyword-only argument '{required_kw[0]}'")
     if not params:
         raise TypeError(f"modify.convert: {name}.forward takes no input; it must take one tensor or several")
-    inputs = [p.name for p in params if p.default is p.empty] or [params[0].name]
-    return inputs, {p.name: p.default for p in params if p.name not in inputs}
+    unknown = [k for k in kwargs if k not in {p.name for p in params}]
+    if unknown:
+        raise TypeError(f"modify.convert: {name}.forward takes no argument '{unknown[0]}' (from kwargs)")
+    inputs = [p.name for p in params if p.default is p.empty and p.name not in kwargs]
+    inputs = inputs or [next(p.name for p in params if p.name not in kwargs)]
+    return inputs, {p.name: kwargs.get(p.name, p.default) for p in params if p.name not in inputs}
 
 
 def is_meta(node: fx.Node) -> bool:
     """Whether ``node`` computes a size, shape, device or dtype (or integer arithmetic on them)."""
+    if node.op == "call_function" and isinstance(node.meta.get("val"), (torch.SymInt, torch.SymFloat, torch.SymBool, int)):
+        return True  # symbolic size arithmetic of a torch.export graph
     if node.op == "call_method":
         return node.target in _SHAPE_METHODS
     if node.op != "call_function":
         return False
     if node.target is getattr:
         return node.args[1] in _SHAPE_ATTRS
-    if node.target in _INT_OPS:
+    if node.target in _INT_OPS or getattr(node.target, "__module__", None) == "math":  # ``math.sqrt(k.size(-1))``
         sources = [a for a in node.all_input_nodes]
         return bool(sources) and all(is_meta(a) for a in sources)
     return False
@@ -128,6 +137,24 @@ def is_value(node: fx.Node, inputs: set[fx.Node]) -> bool:
     if node.op == "placeholder":
         return node in inputs
     return node.op in ("call_module", "call_function", "call_method") and not is_meta(node)
+
+
+def values(graph: fx.Graph, inputs: list[fx.Node]) -> set[fx.Node]:
+    """The value nodes of ``graph`` that flow between leaves.
+
+    A value computed from no input (from parameters, buffers, constants and sizes alone: a
+    causal-mask slice, ``gamma.view(...)``, ``arange(T)``) flows only where a value computed
+    from an input uses it (or it is returned); the steps before are replayed inside that leaf.
+    """
+    found = {n for n in graph.nodes if is_value(n, set(inputs))}
+    constant: set[fx.Node] = set()
+    for node in graph.nodes:
+        if node.op == "get_attr" or (node in found and node.op in ("call_function", "call_method") and all(
+            a in constant or is_meta(a) for a in node.all_input_nodes
+        )):
+            constant.add(node)
+    inner = {n for n in constant if n.users and all(u in constant for u in n.users)}
+    return found - inner
 
 
 def scope_chain(node: fx.Node) -> tuple[str, ...]:

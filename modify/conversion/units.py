@@ -12,14 +12,15 @@ from torch import fx, nn
 
 from .._core.module import ModifyModule
 from .._core.wrapped import wrap
+from ..combinators import Sequential
 from ..primitives.arithmetic import Add
 from ..primitives.joins import Split
 from .functions import ALIAS, primitive
-from .graph import Unit, fork, select
+from .graph import Unit, gather, named_fork
 from .known_layers import convert_layer
 from .replay import opaque_function
 from .shapes import Shapes, split_count
-from .trace import is_value, scope_chain
+from .trace import scope_chain, values
 
 
 class Units:
@@ -32,9 +33,9 @@ class Units:
         output: the value the graph returns (a node, or the pack unit's output).
     """
 
-    def __init__(self, root: nn.Module, graph: fx.Graph, inputs: list[fx.Node]):
-        self.root, self.inputs = root, inputs
-        self.values = {n for n in graph.nodes if is_value(n, set(inputs))}
+    def __init__(self, root: nn.Module, graph: fx.Graph, inputs: list[fx.Node], output: str | tuple[str, ...] | None = None):
+        self.root, self.inputs, self.fields = root, inputs, output
+        self.values = values(graph, inputs)
         modules = {n.target: root.get_submodule(n.target) for n in graph.nodes if n.op == "call_module"}
         self.modules, self.shapes = modules, Shapes(modules)
         self.alias: dict[fx.Node, fx.Node] = {}
@@ -55,7 +56,7 @@ class Units:
     def _add(self, node: fx.Node) -> None:
         made = self._module(node)
         if made == ALIAS:
-            self.alias[node] = node.args[0]
+            self.alias[node] = next(a for a in node.all_input_nodes if a in self.values)
             return
         module, inputs = made
         if isinstance(module, Split):
@@ -78,7 +79,7 @@ class Units:
             if mapped is not None:
                 return mapped
         path = ".".join(filter(None, (*scope_chain(node)[-1:], op_name(node))))
-        return opaque_function(self.root, node, self.values, path)
+        return opaque_function(self.root, node, self.values, path, self.inputs[0])
 
     def _layer(self, node: fx.Node) -> tuple[nn.Module, list[fx.Node]] | None:
         """A kept module called with one value and nothing else, as its leaf (one per module)."""
@@ -89,11 +90,16 @@ class Units:
             return ALIAS
         if id(module) not in self.leaves:
             leaf = module if isinstance(module, ModifyModule) else convert_layer(module)
-            self.leaves[id(module)] = leaf if leaf is not None else wrap(module)
+            leaf = leaf if leaf is not None else wrap(module)
+            if leaf is not module:
+                leaf.reference_name = node.target  # the original's module path
+            self.leaves[id(module)] = leaf
         return self.leaves[id(module)], [node.args[0]]
 
     def _output(self, node: fx.Node) -> object:
         result = node.args[0]
+        if isinstance(result, dict):
+            result = pick(result, self.fields, type(self.root).__name__)
         if isinstance(result, fx.Node) and result in self.values:
             return self._resolve(result)
         flat = _flatten(result)
@@ -109,13 +115,26 @@ class Units:
         return pack.output
 
 
+def pick(result: object, fields: str | tuple[str, ...] | None, owner: str) -> object:
+    """The ``fields`` of a dict or ``ModelOutput`` result (default: ``logits``, else the first tensor)."""
+    present = {k: v for k, v in result.items() if v is not None}
+    if fields is None:
+        fields = "logits" if "logits" in present else next(iter(present), None)
+    names = fields if isinstance(fields, tuple) else (fields,)
+    missing = [n for n in names if n not in present]
+    if missing or not names:
+        raise TypeError(f"modify.convert: {owner}.forward returns the fields {list(present)}; output={fields!r} names {missing}")
+    return tuple(present[n] for n in names) if isinstance(fields, tuple) else present[fields]
+
+
 def op_name(node: fx.Node) -> str:
     """``"c_attn"`` for a module call (its attribute name), ``"transpose"`` for an op."""
     if node.op == "call_module":
         return node.target.rsplit(".", 1)[-1]
     if node.op == "call_method":
         return node.target
-    return getattr(node.target, "__name__", type(node.target).__name__).strip("_")
+    name = getattr(node.target, "__name__", type(node.target).__name__).split(".")[0].strip("_")
+    return f"{name}_" if hasattr(Sequential, name) else name  # ``pow`` of ``pow.Tensor_Scalar``; ``to_``
 
 
 def _flatten(value: object) -> list[object]:
@@ -133,5 +152,5 @@ def _describe(value: object) -> str:
 def _pack(structure: object, inputs: list[object], resolve) -> nn.Module:
     """The module taking ``inputs`` (one value or a tuple) to the nested tuple ``structure``."""
     if not isinstance(structure, (tuple, list)):
-        return select(inputs, [resolve(structure)])
-    return fork({str(i): _pack(item, inputs, resolve) for i, item in enumerate(structure)})
+        return gather(inputs, [resolve(structure)])
+    return named_fork({str(i): _pack(item, inputs, resolve) for i, item in enumerate(structure)})

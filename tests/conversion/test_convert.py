@@ -213,8 +213,10 @@ def test_unsupported_inputs_and_outputs_raise_type_errors():
 
     with pytest.raises(TypeError, match=r"Star.forward takes \*xs"):
         modify.convert(Star())
-    with pytest.raises(TypeError, match="must return a tensor.*a dict with keys"):
-        modify.convert(Dict())
+    with pytest.raises(TypeError, match=r"returns the fields \['y'\]; output='z'"):
+        modify.convert(Dict(), output="z")
+    x = torch.randn(2, 3)
+    torch.testing.assert_close(modify.convert(Dict(), output="y")(x), x * 2)
     with pytest.raises(TypeError, match="leaf_modules"):
         modify.convert(nn.Linear(2, 2), leaf_modules=("Linear",))
 
@@ -285,3 +287,42 @@ def test_other_rewriters_apply_to_a_converted_model(gen):
     torch.testing.assert_close(fused(x), original(x), atol=1e-5, rtol=1e-5)
     params = dict(converted.named_parameters())
     torch.testing.assert_close(modify.functional_call(converted, params, x), original(x), atol=1e-6, rtol=0)
+
+
+def test_a_transformers_model_without_args_points_to_export_and_modify_models():
+    transformers = pytest.importorskip("transformers")
+    gpt2 = transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(n_positions=16, vocab_size=32, n_layer=1, n_head=2, n_embd=8, bos_token_id=0, eos_token_id=0)
+    )
+    with pytest.raises(TypeError, match=r"modify.convert\(model, \(input_ids,\).*modify.models.GPT.from_pretrained"):
+        modify.convert(gpt2)
+
+
+class _Images(nn.Module):
+    """A forward torch.fx cannot trace (``**kwargs``) over images: export fixes their height and width."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x, **kwargs):
+        return {"logits": self.conv(x).mean((2, 3)) * kwargs.get("scale", 1.0)}
+
+
+def test_export_takes_other_batch_sizes_and_refuses_a_fixed_axis_by_name(gen):
+    model = _Images()
+    converted = modify.convert(model, torch.randn(2, 3, 8, 8, generator=gen), {"scale": 2.0})
+    x = torch.randn(5, 3, 8, 8, generator=gen)
+    torch.testing.assert_close(converted(x), model(x, scale=2.0)["logits"], atol=1e-6, rtol=1e-5)
+    assert converted.conv.weight is model.conv.weight and converted.conv.reference_name == "conv"
+    with pytest.raises(ValueError, match=r"axis 2 of input 0 fixed at 8.*got size 9"):
+        converted(torch.randn(2, 3, 9, 9, generator=gen))
+
+
+def test_a_tree_that_differs_from_the_original_on_the_example_is_refused(gen, monkeypatch):
+    import modify.conversion as conversion
+
+    model = ResidualMLP()
+    monkeypatch.setattr(conversion, "_build", lambda *a: (modify.Identity(), set()))
+    with pytest.raises(TypeError, match="cannot convert the root module \\(ResidualMLP\\) exactly"):
+        modify.convert(model, torch.randn(2, 16, generator=gen))
