@@ -10,6 +10,7 @@
 8. generate: decoding 100 tokens through the key/value-cache sibling vs transformers' ``generate``.
 9. convert_transformers: ``modify.convert`` of transformers' GPT-2 124M (time) and GPT-2/Llama training steps.
 10. finetune: a LoRA step at GPT-2 124M shape and a QLoRA + activation-checkpointing step vs PEFT.
+11. padded: decoding a batch of 8 left-padded prompts with ``attention_mask`` vs transformers' ``generate``.
 
 Ratios are measured in one process, the sides interleaved, medians over rounds; see
 ``benchmarks/timing.py``. Never used as assertions in tests. Results: ``docs/benchmarks.md``.
@@ -38,6 +39,7 @@ BENCHMARKS = {
     "generate": ("8. Decoding 100 tokens, one thread: modify vs transformers", generate.run),
     "convert_transformers": ("9. modify.convert of transformers models: convert time, eager training step", convert_transformers.run),
     "finetune": ("10. Fine-tuning at real size: LoRA and QLoRA training steps vs PEFT", finetune.run),
+    "padded": ("11. Decoding 8 left-padded prompts, 100 tokens, one thread: modify vs transformers", generate.run_padded),
 }
 
 

@@ -3,7 +3,8 @@
 One random ``GPT2LMHeadModel`` per size, loaded into ``modify.models.GPT`` with
 ``from_pretrained(state_dict, ...)``; both decode 100 new tokens greedily (``top_k=1`` /
 ``do_sample=False``) after a 16-token prompt, batch 1, one thread, sides interleaved. The tokens
-are checked equal before timing. ``--quick`` skips the 124M model.
+are checked equal before timing. ``--quick`` skips the 124M model. :func:`run_padded` decodes a
+batch of 8 prompts of lengths 4 to 32, left-padded, with ``attention_mask`` on both sides.
 """
 
 from __future__ import annotations
@@ -78,4 +79,46 @@ def run(quick: bool) -> str:
     finally:
         torch.set_num_threads(threads)
     headers = ["model", "transformers generate", "modify generate", "ratio", "target", "met"]
+    return table(headers, rows)
+
+
+PADDED_ROWS = 8
+
+
+def padded_sides(size: Size) -> dict:
+    """8 left-padded prompts of lengths 4, 8, ..., 32, greedy, 100 new tokens, both with the mask."""
+    reference, ours = models(size)
+    gen = torch.Generator().manual_seed(2)
+    lengths = torch.arange(1, PADDED_ROWS + 1) * 4
+    mask = (torch.arange(int(lengths.max())) >= int(lengths.max()) - lengths[:, None]).long()
+    prompt = torch.randint(1, size.vocab_size, mask.shape, generator=gen) * mask  # pad id 0
+
+    def theirs():
+        return reference.generate(
+            prompt, attention_mask=mask, max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=0
+        )
+
+    def cached():
+        return generate(ours, prompt, NEW_TOKENS, top_k=1, attention_mask=mask)
+
+    if not torch.equal(theirs(), cached()):
+        raise RuntimeError(f"padded generate benchmark ({size.name}): modify and transformers decode different tokens")
+    return {"transformers": theirs, "modify": cached}
+
+
+def run_padded(quick: bool) -> str:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    rows = []
+    try:
+        for size in SIZES[:1] if quick else SIZES:
+            timing = compare(padded_sides(size), rounds=3, number=1, warmup=1)
+            ratio = timing.ratio("modify", "transformers")
+            rows.append([
+                size.name, us(timing.seconds("transformers")), us(timing.seconds("modify")), f"{ratio:.3f}x",
+                "<= 1.00x", "yes" if ratio <= 1.0 else "no",
+            ])  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    headers = ["model, 8 left-padded prompts", "transformers generate", "modify generate", "ratio", "target", "met"]
     return table(headers, rows)

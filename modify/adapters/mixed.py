@@ -89,8 +89,9 @@ class MixedLoRA(nn.Module):
         siblings: the LoRA siblings (at least one).
 
     Shape:
-        ``x``: the models' input with batch axis first, ``(B, ...)``; ``adapter_ids``: ``(B,)``
-        int64 in ``[-1, len(siblings))``. Output: the models' output, ``(B, ...)``.
+        ``x``: the models' input with batch axis first, ``(B, ...)``, or a tuple of such (a padded
+        batch of a language model: ``(ids, attention_mask)``); ``adapter_ids``: ``(B,)`` int64 in
+        ``[-1, len(siblings))``. Output: the models' output, ``(B, ...)``.
 
     Attributes:
         model: the mixed tree (shares every leaf with the siblings).
@@ -137,7 +138,8 @@ class MixedLoRA(nn.Module):
         return out
 
     def _check(self, x, ids: object) -> None:
-        batch = x.shape[0] if isinstance(x, torch.Tensor) and x.dim() else None
+        first = x[0] if isinstance(x, tuple) and x else x  # a padded batch: (ids, attention_mask)
+        batch = first.shape[0] if isinstance(first, torch.Tensor) and first.dim() else None
         if not isinstance(ids, torch.Tensor) or ids.dtype != torch.long or ids.shape != (batch,):
             got = f"{tuple(ids.shape)} {ids.dtype}" if isinstance(ids, torch.Tensor) else type(ids).__name__
             raise ValueError(f"MixedLoRA: adapter_ids must be ({batch},) int64, one per sample, got {got}")

@@ -22,7 +22,11 @@ Example:
     torch.Size([1, 8, 16])
 """
 
-from .cache import CachedAttention, CachedPositions, CachedRotaryEmbedding, LastPosition, cache_offset, kv_cache, reset_cache
+from .cache import (
+    CachedAttention, CachedPositions, CachedRotaryEmbedding, CachedTokenInput, LastPosition, cache_offset, kv_cache,
+    reset_cache,
+)
+from .padding import CarryAdd, Pick, TokenInput
 from ..checkpoints import CheckpointError
 from .decoding import generate
 from .resnet_blocks import BasicBlock, Bottleneck
@@ -31,7 +35,8 @@ from .llama import Llama, LlamaConfig
 from .resnet import ResNet, ResNetConfig, resnet18, resnet34, resnet50
 
 __all__ = [
-    "CachedAttention", "CachedPositions", "CachedRotaryEmbedding", "LastPosition", "cache_offset", "kv_cache", "reset_cache",
+    "CachedAttention", "CachedPositions", "CachedRotaryEmbedding", "CachedTokenInput", "CarryAdd", "LastPosition",
+    "Pick", "TokenInput", "cache_offset", "kv_cache", "reset_cache",
     "BasicBlock", "Bottleneck", "CheckpointError", "GPT", "GPTConfig", "Llama", "LlamaConfig",
     "ResNet", "ResNetConfig", "generate", "resnet18", "resnet34", "resnet50",
 ]

@@ -1,9 +1,15 @@
-"""Pieces shared by the models: normalisation pairs (config checks live in ``_core/arguments.py``)."""
+"""Pieces shared by the models: normalisation pairs and residuals over a carried stream.
+
+(Config checks live in ``_core/arguments.py``.)
+"""
 
 from __future__ import annotations
 
-from ..combinators import Sequential
-from ..primitives import BatchNorm2d, ElementwiseAffine, LayerNorm, RMSNorm
+from torch import nn
+
+from ..combinators import Parallel, Sequential
+from ..primitives import BatchNorm2d, ElementwiseAffine, Identity, LayerNorm, RMSNorm
+from .padding import CarryAdd, Pick
 
 
 def layer_norm(features: int, bias: bool, eps: float = 1e-5) -> Sequential:
@@ -19,3 +25,13 @@ def rms_norm(features: int, eps: float) -> Sequential:
 def batch_norm(channels: int) -> Sequential:
     """``torch.nn.BatchNorm2d(channels)`` as ``Sequential(norm=..., affine=ElementwiseAffine(C, dim=1))``."""
     return Sequential(norm=BatchNorm2d(channels), affine=ElementwiseAffine(channels, dim=1))
+
+
+def carried_residual(branch: nn.Module, carried: int) -> Sequential:
+    """``(x, *extra) -> (x + branch(x), *extra)`` for ``carried`` extra values (a padded batch's mask, positions).
+
+    ``Residual`` over a stream that carries values past the branch: the branch sits at ``"1.1"``
+    as in :class:`~modify.Residual` and sees the plain tensor ``x``.
+    """
+    rest = tuple(range(1, carried + 1))
+    return Sequential(Pick(0, 0, *rest), Parallel(Identity(), branch, *(Identity() for _ in rest)), CarryAdd())

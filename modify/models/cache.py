@@ -19,6 +19,8 @@ from .._core.checks import expect_tensor, expect_tensors
 from .._core.errors import ModifyValueError, describe
 from .._core.module import Leaf
 from ..primitives import Positions, RotaryEmbedding, ScaledDotProductAttention
+from ..primitives.attention import padded_mask
+from .padding import TokenInput, no_padding, positions_from_mask
 from ..rewriting.selection import rewrite, select
 from ..traits import Linear, ParamFree, Restructure, Unary
 
@@ -70,29 +72,28 @@ class CachedAttention(ScaledDotProductAttention):
         self.train(attention.training)
         self.register_buffer("cached_key", None, persistent=False)
         self.register_buffer("cached_value", None, persistent=False)
-
-    @property
-    def offset(self) -> int:
-        """The number of positions in the cache."""
-        return 0 if self.cached_key is None else self.cached_key.shape[-2]
+        self.register_buffer("cached_mask", None, persistent=False)
+        self.offset = 0
 
     def reset(self) -> None:
         """Empty the cache."""
-        self.cached_key = self.cached_value = None
+        self.cached_key = self.cached_value = self.cached_mask = None
+        self.offset = 0
 
     def forward(self, x):
-        q, k, v = expect_tensors(self, x, 3)
-        if self.cached_key is not None:
-            if k.shape[:-2] != self.cached_key.shape[:-2]:
-                detail = f"the cache holds keys {describe(self.cached_key)}, got {describe(k)}; reset the cache first"
-                raise ModifyValueError(self, detail)
-            k, v = torch.cat((self.cached_key, k), dim=-2), torch.cat((self.cached_value, v), dim=-2)
-        self._buffers["cached_key"], self._buffers["cached_value"] = k, v  # the registered buffers, set directly
+        q, k, v, key_mask = self.unpack(x)
+        if self.cached_key is not None and k.shape[:-2] != self.cached_key.shape[:-2]:
+            detail = f"the cache holds keys {describe(self.cached_key)}, got {describe(k)}; reset the cache first"
+            raise ModifyValueError(self, detail)
+        key_mask = self._append_mask(key_mask, k)
+        k, v = self._append(k, v)
         if q.dim() >= 3 and k.shape[-3] != q.shape[-3]:
             k, v = self._repeat_kv(q, k, v)
         length, total = q.shape[-2], k.shape[-2]
         mask = None
-        if 1 < length < total:  # new queries sit at offset .. total - 1: the mask is the bottom rows
+        if key_mask is not None:
+            mask = padded_mask(key_mask, length, total, causal=True)
+        elif 1 < length < total:  # new queries sit at offset .. total - 1: the mask is the bottom rows
             mask = torch.ones(length, total, dtype=torch.bool, device=q.device).tril(total - length)
         dropout = self.dropout if self.training else 0.0
         causal = mask is None and length > 1
@@ -100,8 +101,110 @@ class CachedAttention(ScaledDotProductAttention):
             q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal, scale=self.scale
         )
 
+    def _append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write ``k``, ``v`` after the cached positions; return every cached key and value (views).
+
+        Storage grows by doubling and new positions are written in place, so a decoding step
+        copies only its own keys and values (no concatenation of the whole cache). Where autograd
+        records (gradients enabled) the cache is concatenated instead: an in-place write would
+        invalidate the keys saved for the backward pass.
+        """
+        start, end = self.offset, self.offset + k.shape[-2]
+        self.offset = end
+        if torch.is_grad_enabled() and (k.requires_grad or v.requires_grad):
+            if start:
+                k = torch.cat((self.cached_key[..., :start, :], k), dim=-2)
+                v = torch.cat((self.cached_value[..., :start, :], v), dim=-2)
+            self._buffers["cached_key"], self._buffers["cached_value"] = k, v
+            return k, v
+        if self.cached_key is None or end > self.cached_key.shape[-2] or self.cached_key.dtype != k.dtype:
+            self._buffers["cached_key"] = _grown(self.cached_key, k, start, end)
+            self._buffers["cached_value"] = _grown(self.cached_value, v, start, end)
+        self.cached_key[..., start:end, :] = k
+        self.cached_value[..., start:end, :] = v
+        return self.cached_key[..., :end, :], self.cached_value[..., :end, :]
+
+    def _append_mask(self, key_mask: torch.Tensor | None, k: torch.Tensor) -> torch.Tensor | None:
+        """The ``(B, offset + L)`` key mask of every cached position, or ``None`` while nothing was padded."""
+        padded = key_mask is not None and key_mask.numel() > 0
+        if not padded and self.cached_mask is None:
+            return None
+        if not padded:
+            key_mask = torch.ones(k.shape[0], k.shape[-2], dtype=torch.bool, device=k.device)
+        if self.cached_mask is None:  # earlier positions had no padding
+            self.cached_mask = torch.ones(k.shape[0], self.offset, dtype=torch.bool, device=k.device)
+        self.cached_mask = torch.cat((self.cached_mask[:, : self.offset], key_mask), dim=-1)
+        return self.cached_mask
+
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, offset={self.offset}"
+
+
+def _grown(store: torch.Tensor | None, new: torch.Tensor, start: int, end: int) -> torch.Tensor:
+    """A storage of at least ``end`` positions (doubling) holding ``store``'s first ``start`` positions."""
+    capacity = max(end, 2 * (store.shape[-2] if store is not None else 0), 16)
+    grown = new.new_empty(*new.shape[:-2], capacity, new.shape[-1])
+    if start:
+        grown[..., :start, :] = store[..., :start, :]
+    return grown
+
+
+class CachedTokenInput(TokenInput):
+    """A :class:`~modify.models.TokenInput` whose positions continue where its last call stopped.
+
+    Plain ids get positions ``offset .. offset + T - 1``; a padded batch's rows continue from the
+    number of tokens each has seen (``seen + cumsum(mask) - 1``), so a left-padded prompt followed
+    by one token at a time gets transformers' ``generate`` positions.
+
+    Args:
+        tokens: the leaf to copy ``limit`` from.
+
+    Shape:
+        As :class:`~modify.models.TokenInput`.
+
+    Attributes:
+        offset: positions handed out so far (tokens and padding).
+        seen: ``(B,)`` tokens seen per row, ``None`` until a padded call.
+
+    Raises:
+        TypeError: ``tokens`` is not a ``TokenInput``.
+        ModifyValueError: (at call) ``offset + T > limit``; what ``TokenInput`` refuses.
+
+    Example:
+        >>> import torch
+        >>> from modify.models import CachedTokenInput, TokenInput
+        >>> cached = CachedTokenInput(TokenInput(limit=8))
+        >>> ids, mask = torch.zeros(2, 3, dtype=torch.long), torch.tensor([[0, 1, 1], [1, 1, 1]])
+        >>> cached((ids, mask))[1].tolist(), cached((ids[:, :1], mask[:, :1] * 0 + 1))[1].tolist()
+        ([[0, 0, 1], [0, 1, 2]], [[2], [3]])
+    """
+
+    @typechecked
+    def __init__(self, tokens: TokenInput):
+        super().__init__(tokens.limit)
+        self.offset, self.seen = 0, None
+
+    def reset(self) -> None:
+        """Start again from position 0."""
+        self.offset, self.seen = 0, None
+
+    def forward(self, x):
+        ids = x if isinstance(x, torch.Tensor) else expect_tensors(self, x, 2)[0]
+        ids = self.check_ids(ids, x)
+        start, self.offset = self.offset, self.offset + ids.shape[-1]
+        if self.limit is not None and self.offset > self.limit:
+            self.offset = start
+            raise ModifyValueError(self, f"expected (B, T) with {start} + T <= {self.limit}, got {describe(x)}")
+        if isinstance(x, torch.Tensor) and self.seen is None:
+            positions = torch.arange(start, self.offset, device=ids.device).expand(ids.shape)
+            return ids, positions, no_padding(ids)
+        mask = self.check_mask(ids, x[1], x) if isinstance(x, tuple) else torch.ones_like(ids, dtype=torch.bool)
+        seen = self.seen if self.seen is not None else torch.full(ids.shape[:1], start, device=ids.device)
+        self.seen = seen + mask.sum(-1)
+        return ids, positions_from_mask(mask, seen), mask
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, offset={self.offset}".lstrip(", ")
 
 
 class CachedPositions(Positions):
@@ -189,16 +292,15 @@ class CachedRotaryEmbedding(RotaryEmbedding):
         self.offset = 0
 
     def forward(self, x):
+        if isinstance(x, tuple):  # positions given (a padded batch's, from CachedTokenInput): count them only
+            self.offset += expect_tensors(self, x, 2)[0].shape[-2]
+            return super().forward(x)
         x = expect_tensor(self, x)
         if x.dim() < 2 or x.shape[-1] != self.dim:
             raise ModifyValueError(self, f"expected (*, T, {self.dim}), got {describe(x)}")
         start = self.offset
         self.offset = start + x.shape[-2]
-        positions = torch.arange(start, self.offset, device=x.device, dtype=torch.float32)
-        angles = torch.outer(positions, self.inv_freq.float()).repeat(1, 2)
-        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-        first, second = x.chunk(2, dim=-1)
-        return x * cos + torch.cat((-second, first), dim=-1) * sin
+        return self.rotate(x, torch.arange(start, self.offset, device=x.device))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, offset={self.offset}"
@@ -231,8 +333,8 @@ class LastPosition(Leaf, Unary, ParamFree, Linear, Restructure):
         return x[..., -1:, :]
 
 
-_CACHED = (CachedAttention, CachedPositions, CachedRotaryEmbedding)
-_STATEFUL = (ScaledDotProductAttention, Positions, RotaryEmbedding)
+_CACHED = (CachedAttention, CachedPositions, CachedRotaryEmbedding, CachedTokenInput)
+_STATEFUL = (ScaledDotProductAttention, Positions, RotaryEmbedding, TokenInput)
 
 
 @typechecked
@@ -332,6 +434,8 @@ def cache_offset(model: nn.Module) -> int:
 def _cached(module: nn.Module) -> nn.Module:
     if isinstance(module, ScaledDotProductAttention):
         return CachedAttention(module)
+    if isinstance(module, TokenInput):
+        return CachedTokenInput(module)
     if isinstance(module, Positions):
         return CachedPositions(module)
     return CachedRotaryEmbedding(module)

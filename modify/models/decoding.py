@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .._core.arguments import typechecked
+from .._core.checks import set_checks
 from ..rewriting.selection import select
 from .cache import LastPosition, kv_cache, reset_cache
 from .gpt import GPT
@@ -27,6 +28,8 @@ def generate(
     block_size: int | None = None,
     generator: torch.Generator | None = None,
     progress: Callable[[Iterable[int]], Iterable[int]] | None = None,
+    attention_mask: torch.Tensor | None = None,
+    compile: bool = False,
 ) -> torch.Tensor:
     """Sample ``max_new_tokens`` tokens after ``idx``, one at a time (nanoGPT's ``generate``).
 
@@ -42,6 +45,13 @@ def generate(
     ``torch.inference_mode()`` (the result is an ordinary tensor); the model's mode is left as
     is, so call ``model.eval()`` first to turn dropout off. ``model`` itself is never changed.
 
+    Prompts of different lengths share a batch left-padded, with ``attention_mask`` (1 for a
+    token, 0 for padding, as transformers): the model then sees ``(ids, mask)``, every new token
+    extends the mask with a 1, and each row's positions count its tokens only, so greedy tokens
+    equal transformers' ``generate(idx, attention_mask=mask, do_sample=False)``. With ``compile``
+    the one-position decode step runs through ``torch.compile`` (same tokens; the first call
+    pays the compilation).
+
     Args:
         model: a language model from ``(B, T)`` ids to ``(B, T, vocab)`` logits: a :class:`GPT`
             or :class:`~modify.models.Llama`, or any sibling or wrapper of one (with
@@ -56,6 +66,9 @@ def generate(
         generator: a ``torch.Generator`` for reproducible samples.
         progress: wraps the range of steps to show progress, e.g. ``tqdm.tqdm`` or
             ``functools.partial(tqdm.tqdm, desc="sampling")``.
+        attention_mask: ``(B, T)`` bool or integer, 1 for a token and 0 for padding, the padding
+            on the left of each row (``None``: no padding).
+        compile: run the cached decode step through ``torch.compile`` (with ``use_cache``).
 
     Shape:
         ``idx``: ``(B, T)`` -> ``(B, T + max_new_tokens)``.
@@ -68,7 +81,9 @@ def generate(
         ValueError: a ``temperature`` that is not finite and ``> 0``, ``top_k < 1``,
             ``max_new_tokens < 0``, an ``idx`` that is not ``(B, T)`` integers with ``B, T >= 1``
             or (for a GPT or Llama) holds ids outside ``[0, vocab_size)``, no known ``block_size``;
-            with ``use_cache``, a model without causal attention.
+            with ``use_cache``, a model without causal attention; an ``attention_mask`` not of
+            ``idx``'s shape, not bool or integer, or padded on the right (naming the rows), or a
+            row without a token.
 
     Example:
         >>> import torch
@@ -78,14 +93,26 @@ def generate(
         >>> fast = generate(gpt, prompt, 12, top_k=1)
         >>> fast.shape, torch.equal(fast, generate(gpt, prompt, 12, top_k=1, use_cache=False))
         (torch.Size([2, 13]), True)
+
+        Prompts of lengths 3 and 1, left-padded; each row decodes as it would alone:
+
+        >>> prompts, mask = torch.tensor([[4, 5, 6], [0, 0, 7]]), torch.tensor([[1, 1, 1], [0, 0, 1]])
+        >>> padded = generate(gpt, prompts, 4, top_k=1, attention_mask=mask)
+        >>> torch.equal(padded[1, 2:], generate(gpt, prompts[1:, 2:], 4, top_k=1)[0])
+        True
     """
     block_size = _context_length(model, block_size)
     _check_arguments(idx, max_new_tokens, temperature, top_k)
     _check_ids(model, idx)
+    mask = None if attention_mask is None else _check_mask(idx, attention_mask)
     with torch.inference_mode():  # as no_grad, without version counters: each step's ops are cheaper
-        next_logits = _cached_logits(model, block_size) if use_cache else _full_logits(model, block_size)
+        if use_cache:
+            next_logits = _cached_logits(model, block_size, compile)
+        else:
+            next_logits = _full_logits(model, block_size)
         for _ in range(max_new_tokens) if progress is None else progress(range(max_new_tokens)):
-            idx = torch.cat((idx, _sample(next_logits(idx), temperature, top_k, generator)), dim=1)
+            idx = torch.cat((idx, _sample(next_logits(idx, mask), temperature, top_k, generator)), dim=1)
+            mask = None if mask is None else torch.cat((mask, mask.new_ones(mask.shape[0], 1)), dim=1)
     return idx.clone()  # an ordinary tensor again, usable with autograd (an inference tensor is not)
 
 
@@ -100,33 +127,50 @@ def _sample(logits: torch.Tensor, temperature: float, top_k: int | None, generat
     return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)
 
 
-Logits = Callable[[torch.Tensor], torch.Tensor]
+Logits = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
+
+def _inputs(ids: torch.Tensor, mask: torch.Tensor | None):
+    """The model's input: ``ids``, or ``(ids, mask)`` for a padded batch."""
+    return ids if mask is None else (ids, mask)
 
 
 def _full_logits(model: nn.Module, block_size: int) -> Logits:
     """``ids (B, T) -> (B, vocab)``, the last position's logits: nanoGPT's re-run of the context."""
     last_only = _last_only(model)
-    return lambda ids: last_only(ids[:, -block_size:])[:, -1]
+    window = slice(-block_size, None)
+    return lambda ids, mask: last_only(_inputs(ids[:, window], None if mask is None else mask[:, window]))[:, -1]
 
 
-def _cached_logits(model: nn.Module, block_size: int) -> Logits:
+def _cached_logits(model: nn.Module, block_size: int, compile: bool = False) -> Logits:
     """Like :func:`_full_logits` through a ``kv_cache`` sibling fed only the ids it has not seen.
 
     Each call's ``ids`` extend the previous call's. When the new ids would overflow
     ``block_size`` cached positions, the cache is emptied and refilled from the last
-    ``block_size`` ids, which is what the full re-run sees.
+    ``block_size`` ids, which is what the full re-run sees. One-position steps run with runtime
+    checks off (the prompt's call checked every leaf, and ``generate`` checked the ids); with
+    ``compile`` they run through ``torch.compile`` (the prompt runs eagerly).
     """
     sibling = _last_only(kv_cache(model))
+    step = torch.compile(sibling, dynamic=True) if compile else sibling
     seen = cached = 0  # ids consumed so far; positions in the cache
 
-    def next_logits(ids: torch.Tensor) -> torch.Tensor:
+    def next_logits(ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         nonlocal seen, cached
-        new = ids[:, seen:]
-        if cached + new.shape[1] > block_size:
+        start = seen
+        if cached + ids.shape[1] - seen > block_size:
             reset_cache(sibling)
-            new, cached = ids[:, -block_size:], 0
+            start, cached = ids.shape[1] - block_size, 0
+        new = ids[:, start:]
         seen, cached = ids.shape[1], cached + new.shape[1]
-        return sibling(new)[:, -1]
+        inputs = _inputs(new, None if mask is None else mask[:, start:])
+        if new.shape[1] != 1:
+            return sibling(inputs)[:, -1]
+        with set_checks(False):  # the prompt's call checked every leaf; a step differs only in length
+            if not compile:
+                return sibling(inputs)[:, -1]
+            with torch._dynamo.config.patch(allow_unspec_int_on_nn_module=True):  # offsets: symbolic
+                return step(inputs)[:, -1]
 
     return next_logits
 
@@ -148,6 +192,26 @@ def _check_arguments(idx: torch.Tensor, max_new_tokens: int, temperature: float,
         raise ValueError(
             f"generate: idx must be (B, T) integer ids with B, T >= 1, got {tuple(idx.shape)} {idx.dtype}"
         )
+
+
+def _check_mask(idx: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The mask as bool after checking it: ``idx``'s shape, bool or integer, padding on the left only."""
+    if mask.shape != idx.shape or mask.is_floating_point() or mask.is_complex():
+        raise ValueError(
+            f"generate: attention_mask must be bool or integer of idx's shape {tuple(idx.shape)}, "
+            f"got {tuple(mask.shape)} {mask.dtype}"
+        )
+    mask = mask.bool()
+    right_padded = (mask[:, :-1] & ~mask[:, 1:]).any(dim=1).nonzero().flatten().tolist()
+    if right_padded:
+        raise ValueError(
+            f"generate: attention_mask rows {right_padded} are padded on the right (a 0 after a 1); "
+            "pad prompts on the left, where new tokens do not follow padding"
+        )
+    empty = (~mask.any(dim=1)).nonzero().flatten().tolist()
+    if empty:
+        raise ValueError(f"generate: attention_mask rows {empty} hold no token")
+    return mask
 
 
 def _check_ids(model: nn.Module, idx: torch.Tensor) -> None:

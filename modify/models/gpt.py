@@ -15,22 +15,12 @@ from torch import nn
 from torch.distributions import Normal
 
 from .._core.arguments import check_fields, check_positive, typechecked
-from ..combinators import Parallel, Residual, Sequential
-from ..primitives import (
-    GELU,
-    Add,
-    Copy,
-    Dropout,
-    Embedding,
-    Linear,
-    Positions,
-    Rearrange,
-    ScaledDotProductAttention,
-    Split,
-)
+from ..combinators import Parallel, Sequential
+from ..primitives import GELU, Dropout, Embedding, Identity, Index, Linear, Rearrange, ScaledDotProductAttention, Split
 from ..checkpoints.loading import Family, KeyFormat, hf_value, require
 from ..checkpoints.pretrained import Pretrained
-from .building import layer_norm
+from .building import carried_residual, layer_norm
+from .padding import CarryAdd, Pick, TokenInput
 
 
 @dataclass
@@ -84,23 +74,29 @@ class GPT(Pretrained, Sequential):
     """GPT-2: token ids to next-token logits, a tree of leaves (nanoGPT's ``GPT``).
 
     Learned token and position embeddings, ``n_layer`` pre-LayerNorm blocks (causal
-    self-attention, then a GELU(tanh) MLP, each inside a :class:`~modify.Residual`), a final
+    self-attention, then a GELU(tanh) MLP, each inside a residual connection), a final
     LayerNorm and an output head tied to the token embedding: ``lm_head.weight`` *is*
     ``transformer.embed.lookup.wte.weight`` (one ``Parameter``; ``named_parameters()`` lists it
     once, ``state_dict()`` under both names). A ``Sequential`` subclass that only names the
-    tree and keeps its :class:`GPTConfig` as ``config``::
+    tree and keeps its :class:`GPTConfig` as ``config``. The blocks' stream is ``(x, mask)``: a
+    padded batch's attention mask travels beside the hidden states (see
+    :class:`~modify.models.TokenInput`)::
 
-        transformer.embed     Copy(2) -> Parallel(wte=Embedding, wpe=Positions -> Embedding) -> Add -> Dropout
-        transformer.h.<i>     Residual(attn) -> Residual(mlp), the branch of each at "1.1":
-          attn.1.1            ln_1 -> c_attn -> heads (Rearrange) -> split (Split) -> attend (SDPA, causal)
-                              -> merge (Rearrange) -> c_proj -> dropout
+        transformer.embed     tokens (TokenInput: ids or (ids, mask) -> (ids, positions, mask))
+                              -> lookup (Parallel: wte, wpe = Embedding, mask) -> add (CarryAdd) -> dropout
+        transformer.h.<i>     attn, then mlp, each (x, mask) -> (x + branch(x), mask):
+          attn.1.1            ln_1 -> c_attn -> heads (Rearrange) -> split (Split): q, k, v
+          attn.3.1            attend (SDPA, causal, on (q, k, v, mask)) -> merge (Rearrange) -> c_proj -> dropout
           mlp.1.1             ln_2 -> c_fc -> gelu -> c_proj -> dropout
+        transformer.hidden    Index(0): the hidden states alone
         transformer.ln_f      LayerNorm -> ElementwiseAffine
         lm_head               Linear(n_embd, vocab_size, bias=False), weight tied to wte
 
-    so the query projection of block 0 is ``transformer.h.0.attn.1.1.c_attn`` and every
-    Hugging Face key maps to one of ours (``transformer.h.0.ln_1.weight`` is
-    ``transformer.h.0.attn.1.1.ln_1.affine.weight``).
+    (``attn.0``/``attn.2`` are :class:`~modify.models.Pick` leaves routing the stream,
+    ``attn.4`` a :class:`~modify.models.CarryAdd`), so the query projection of block 0 is
+    ``transformer.h.0.attn.1.1.c_attn`` and every Hugging Face key maps to one of ours
+    (``transformer.h.0.ln_1.weight`` is ``transformer.h.0.attn.1.1.ln_1.affine.weight``,
+    ``transformer.h.0.attn.c_proj.weight`` is ``transformer.h.0.attn.3.1.c_proj.weight``).
 
     :meth:`from_pretrained` reads Hugging Face's ``GPT2LMHeadModel`` (``model_type`` ``gpt2``)
     or a bare ``GPT2Model`` (keys without the ``transformer.`` prefix); ``Conv1D`` weights,
@@ -113,7 +109,10 @@ class GPT(Pretrained, Sequential):
         config: the hyperparameters.
 
     Shape:
-        ``(B, T)`` int64 token ids, ``T <= block_size`` -> ``(B, T, vocab_size)`` logits.
+        ``(B, T)`` int64 token ids, ``T <= block_size``, or ``(ids, attention_mask)`` with a
+        ``(B, T)`` bool or integer mask (1: token, 0: padding, left or right) ->
+        ``(B, T, vocab_size)`` logits; with a mask, those at tokens equal transformers'
+        ``model(ids, attention_mask=mask, position_ids=(cumsum(mask) - 1).clamp(min=0))``.
 
     Attributes:
         config: the :class:`GPTConfig`. Initialisation as nanoGPT: linear and embedding
@@ -121,10 +120,9 @@ class GPT(Pretrained, Sequential):
             biases zero, layer norms one/zero.
 
     Raises:
-        ModifyValueError: (at call) ``T > block_size``, naming the ``Positions`` leaf's path.
-        ModifyTypeError: (at call) ids that are not integers.
-        einops.EinopsError: (a ``RuntimeError``, at call) ids that are not ``(B, T)``; a note
-            names the module path.
+        ModifyValueError: (at call) ids that are not ``(B, T)``, ``T > block_size``, or a mask of
+            another shape, naming ``transformer.embed.tokens`` and what arrived.
+        ModifyTypeError: (at call) ids that are not integers, a float mask.
 
     Example:
         >>> import torch
@@ -134,6 +132,9 @@ class GPT(Pretrained, Sequential):
         torch.Size([3, 10, 50])
         >>> gpt.lm_head.weight is gpt.transformer.embed.lookup.wte.weight
         True
+        >>> ids, mask = torch.randint(0, 50, (2, 6)), torch.tensor([[0, 0, 1, 1, 1, 1], [1] * 6])
+        >>> torch.allclose(gpt((ids, mask))[0, 2:], gpt(ids[:1, 2:])[0], atol=1e-5)  # a left-padded row
+        True
     """
 
     @typechecked
@@ -142,8 +143,9 @@ class GPT(Pretrained, Sequential):
         lm_head = Linear(config.n_embd, config.vocab_size, bias=False, weight_init=_normal(0.02), device="meta")
         lm_head.weight = wte.weight
         transformer = Sequential(
-            embed=_embeddings(config, wte),
-            h=Sequential(*(_block(config) for _ in range(config.n_layer))),
+            embed=_embeddings(config, wte),  # (x, mask)
+            h=Sequential(*(_block(config) for _ in range(config.n_layer))),  # (x, mask)
+            hidden=Index(0),  # (B, T, C)
             ln_f=layer_norm(config.n_embd, config.bias),
         )
         super().__init__(transformer=transformer, lm_head=lm_head)
@@ -174,27 +176,38 @@ def _linear(config: GPTConfig, n_in: int, n_out: int, std: float = 0.02) -> Line
 
 
 def _embeddings(config: GPTConfig, wte: Embedding) -> Sequential:
-    """``(B, T)`` ids -> ``(B, T, C)`` token plus position embeddings (``embed``)."""
-    wpe = Sequential(
-        positions=Positions(limit=config.block_size),
-        embedding=Embedding(config.block_size, config.n_embd, weight_init=_normal(0.02)),
+    """``ids`` or ``(ids, mask)`` -> ``((B, T, C) token plus position embeddings, mask)`` (``embed``)."""
+    wpe = Embedding(config.block_size, config.n_embd, weight_init=_normal(0.02))
+    return Sequential(
+        tokens=TokenInput(limit=config.block_size),  # (ids, positions, mask)
+        lookup=Parallel(wte=wte, wpe=wpe, mask=Identity()),  # (B, T, C), (B, T, C), mask
+        add=CarryAdd(),  # (B, T, C), mask
+        dropout=Parallel(Dropout(config.dropout), Identity()),
     )
-    return Sequential(copy=Copy(2), lookup=Parallel(wte=wte, wpe=wpe), add=Add(), dropout=Dropout(config.dropout))
 
 
 def _block(config: GPTConfig) -> Sequential:
-    """One pre-LayerNorm transformer block: ``x + attn(ln_1(x))``, then ``x + mlp(ln_2(x))``."""
+    """One pre-LayerNorm block on ``(x, mask)``: ``x + attn(ln_1(x))``, then ``x + mlp(ln_2(x))``."""
     C, H, p = config.n_embd, config.n_head, config.dropout
     projection_std = 0.02 / math.sqrt(2 * config.n_layer)
-    attn = Sequential(
+    qkv = Sequential(
         ln_1=layer_norm(C, config.bias),
         c_attn=_linear(config, C, 3 * C),  # (B, T, 3C)
         heads=Rearrange("b t (k h d) -> b (k h) t d", k=3, h=H),  # (B, 3H, T, C/H)
         split=Split(H, dim=1),  # q, k, v: (B, H, T, C/H)
-        attend=ScaledDotProductAttention(causal=True, dropout=p),  # (B, H, T, C/H)
+    )
+    out = Sequential(
+        attend=ScaledDotProductAttention(causal=True, dropout=p),  # (q, k, v, mask) -> (B, H, T, C/H)
         merge=Rearrange("b h t d -> b t (h d)"),  # (B, T, C)
         c_proj=_linear(config, C, C, projection_std),
         dropout=Dropout(p),
+    )
+    attn = Sequential(
+        Pick(0, 0, 1),  # (x, x, mask)
+        Parallel(Identity(), qkv, Identity()),  # (x, (q, k, v), mask)
+        Pick(0, ("1.0", "1.1", "1.2", 2), 2),  # (x, (q, k, v, mask), mask)
+        Parallel(Identity(), out, Identity()),  # (x, y, mask)
+        CarryAdd(),  # (x + y, mask)
     )
     mlp = Sequential(
         ln_2=layer_norm(C, config.bias),
@@ -203,7 +216,7 @@ def _block(config: GPTConfig) -> Sequential:
         c_proj=_linear(config, 4 * C, C, projection_std),
         dropout=Dropout(p),
     )
-    return Sequential(attn=Residual(attn), mlp=Residual(mlp))
+    return Sequential(attn=attn, mlp=carried_residual(mlp, carried=1))
 
 
 def _transpose_conv1d(key: str, value: torch.Tensor) -> torch.Tensor:
@@ -217,10 +230,10 @@ def _transpose_conv1d(key: str, value: torch.Tensor) -> torch.Tensor:
 HF_KEYS = KeyFormat(
     rules=(
         (r"transformer\.embed\.lookup\.wte\.weight", "transformer.wte.weight"),
-        (r"transformer\.embed\.lookup\.wpe\.embedding\.weight", "transformer.wpe.weight"),
+        (r"transformer\.embed\.lookup\.wpe\.weight", "transformer.wpe.weight"),
         (r"transformer\.h\.(\d+)\.attn\.1\.1\.ln_1\.affine\.(\w+)", r"transformer.h.\1.ln_1.\2"),
         (r"transformer\.h\.(\d+)\.mlp\.1\.1\.ln_2\.affine\.(\w+)", r"transformer.h.\1.ln_2.\2"),
-        (r"transformer\.h\.(\d+)\.(attn|mlp)\.1\.1\.(\w+)\.(\w+)", r"transformer.h.\1.\2.\3.\4"),
+        (r"transformer\.h\.(\d+)\.(attn|mlp)\.[13]\.1\.(\w+)\.(\w+)", r"transformer.h.\1.\2.\3.\4"),
         (r"transformer\.ln_f\.affine\.(\w+)", r"transformer.ln_f.\1"),
         (r"lm_head\.weight", "lm_head.weight"),
     ),

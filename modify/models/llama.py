@@ -14,11 +14,12 @@ from torch import nn
 from torch.distributions import Normal
 
 from .._core.arguments import check_fields, check_positive, typechecked
-from ..combinators import Parallel, Residual, Sequential
+from ..combinators import Parallel, Sequential
 from ..primitives import (
     Copy,
     Embedding,
     Identity,
+    Index,
     Linear,
     Mul,
     Rearrange,
@@ -29,7 +30,8 @@ from ..primitives import (
 from ..primitives.attention import check_rope_scaling
 from ..checkpoints.loading import Family, KeyFormat, hf_value, require
 from ..checkpoints.pretrained import Pretrained
-from .building import rms_norm
+from .building import carried_residual, rms_norm
+from .padding import CarryAdd, Pick, TokenInput
 
 # model_type -> the transformers class of that family, all read by Llama.from_pretrained.
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
@@ -128,26 +130,30 @@ class Llama(Pretrained, Sequential):
     """Llama: token ids to next-token logits, a tree of leaves (Hugging Face's ``LlamaForCausalLM``).
 
     Token embedding, ``num_hidden_layers`` pre-norm decoder layers (RMSNorm; grouped-query
-    causal attention with rotary embeddings on queries and keys; SwiGLU MLP; each inside a
-    :class:`~modify.Residual`), a final RMSNorm and an output head, untied or tied to the
+    causal attention with rotary embeddings on queries and keys; SwiGLU MLP; each inside a residual
+    connection), a final RMSNorm and an output head, untied or tied to the
     embedding (``tie_word_embeddings``: one ``Parameter`` under two ``state_dict`` keys).
     RMSNorm is ``RMSNorm`` followed by ``ElementwiseAffine(bias=False)``. A ``Sequential``
-    subclass that only names the tree and keeps its :class:`LlamaConfig` as ``config``::
+    subclass that only names the tree and keeps its :class:`LlamaConfig` as ``config``. The
+    layers' stream is ``(x, positions, mask)``: a padded batch's positions and attention mask
+    travel beside the hidden states (see :class:`~modify.models.TokenInput`)::
 
-        model.embed_tokens         Embedding
-        model.layers.<i>           Residual(self_attn) -> Residual(mlp), each branch at "1.1":
-          self_attn.1.1            input_layernorm -> copy (Copy(3))
-                                   -> proj (Parallel: q_proj, k_proj, v_proj)
-                                   -> heads (Parallel: q, k = Rearrange -> RotaryEmbedding; v = Rearrange)
+        model.tokens               TokenInput: ids or (ids, mask) -> (ids, positions, mask)
+        model.embed                Parallel: embed_tokens (Embedding), positions, mask
+        model.layers.<i>           self_attn, then mlp, each (x, ...) -> (x + branch(x), ...):
+          self_attn.1.1            input_layernorm -> copy (Copy(3)) -> proj (Parallel: q_proj, k_proj, v_proj)
+          self_attn.3.1            heads (Parallel: q, k = (Rearrange, positions) -> RotaryEmbedding; v; mask)
                                    -> attend (SDPA, causal, kv heads repeated) -> merge (Rearrange) -> o_proj
           mlp.1.1                  post_attention_layernorm -> copy (Copy(2))
                                    -> proj (Parallel: gate_proj, up_proj) -> act (Parallel: SiLU, Identity)
                                    -> mul (Mul) -> down_proj
+        model.hidden               Index(0): the hidden states alone
         model.norm                 RMSNorm -> ElementwiseAffine
         lm_head                    Linear(hidden_size, vocab_size, bias=False)
 
     Hugging Face's ``model.layers.0.self_attn.q_proj.weight`` is our
-    ``model.layers.0.self_attn.1.1.proj.q_proj.weight``.
+    ``model.layers.0.self_attn.1.1.proj.q_proj.weight``, its ``model.embed_tokens.weight`` our
+    ``model.embed.embed_tokens.weight``.
 
     :meth:`from_pretrained` reads Hugging Face's Llama-architecture weights (Llama 1-3.2,
     Mistral, Qwen2): ``LlamaForCausalLM``, ``MistralForCausalLM`` (``model_type`` ``mistral``)
@@ -162,16 +168,19 @@ class Llama(Pretrained, Sequential):
         config: the hyperparameters.
 
     Shape:
-        ``(B, T)`` int64 token ids -> ``(B, T, vocab_size)`` logits.
+        ``(B, T)`` int64 token ids, or ``(ids, attention_mask)`` with a ``(B, T)`` bool or integer
+        mask (1: token, 0: padding, left or right) -> ``(B, T, vocab_size)`` logits; with a
+        mask, those at tokens equal transformers' with the same mask and
+        ``position_ids=(cumsum(mask) - 1).clamp(min=0)``.
 
     Attributes:
         config: the :class:`LlamaConfig`. Initialisation as transformers: weights
             ``N(0, initializer_range)``, biases zero, norm weights one.
 
     Raises:
-        ModifyTypeError: (at call) ids that are not integers.
-        einops.EinopsError: (a ``RuntimeError``, at call) ids that are not ``(B, T)``; a note
-            names the module path.
+        ModifyValueError: (at call) ids that are not ``(B, T)`` or a mask of another shape,
+            naming ``model.tokens`` and what arrived.
+        ModifyTypeError: (at call) ids that are not integers, a float mask.
 
     Example:
         >>> import torch
@@ -206,8 +215,10 @@ class Llama(Pretrained, Sequential):
         if tied:
             lm_head.weight = embed_tokens.weight
         model = Sequential(
-            embed_tokens=embed_tokens,
+            tokens=TokenInput(),  # (ids, positions, mask)
+            embed=Parallel(embed_tokens=embed_tokens, positions=Identity(), mask=Identity()),  # (x, positions, mask)
             layers=Sequential(*(_decoder_layer(config) for _ in range(config.num_hidden_layers))),
+            hidden=Index(0),  # (B, T, D)
             norm=rms_norm(config.hidden_size, config.rms_norm_eps),
         )
         super().__init__(model=model, lm_head=lm_head)
@@ -244,11 +255,12 @@ def _normal(config: LlamaConfig) -> Normal:
 
 
 def _decoder_layer(config: LlamaConfig) -> Sequential:
-    """``x + self_attn(input_layernorm(x))``, then ``x + mlp(post_attention_layernorm(x))``."""
+    """On ``(x, positions, mask)``: ``x + self_attn(input_layernorm(x))``, then
+    ``x + mlp(post_attention_layernorm(x))``."""
     D, I, hd = config.hidden_size, config.intermediate_size, config.head_dim
     H, KV = config.num_attention_heads, config.num_key_value_heads
     qkv_bias, mlp_bias = config.attention_bias or config.model_type == "qwen2", config.mlp_bias
-    self_attn = Sequential(
+    qkv = Sequential(
         input_layernorm=rms_norm(D, config.rms_norm_eps),
         copy=Copy(3),
         proj=Parallel(  # (B, T, H*hd), (B, T, KV*hd), (B, T, KV*hd)
@@ -256,10 +268,21 @@ def _decoder_layer(config: LlamaConfig) -> Sequential:
             k_proj=_linear(config, D, KV * hd, qkv_bias),
             v_proj=_linear(config, D, KV * hd, qkv_bias),
         ),
-        heads=Parallel(q=_rotary_heads(config), k=_rotary_heads(config), v=Rearrange("b t (h d) -> b h t d", d=hd)),
+    )
+    out = Sequential(
+        heads=Parallel(  # ((q, positions), (k, positions), v, mask) -> (B, H, T, hd), (B, KV, T, hd) x 2, mask
+            q=_rotary_heads(config), k=_rotary_heads(config), v=Rearrange("b t (h d) -> b h t d", d=hd), mask=Identity()
+        ),
         attend=ScaledDotProductAttention(causal=True, dropout=config.attention_dropout),  # (B, H, T, hd)
         merge=Rearrange("b h t d -> b t (h d)"),  # (B, T, H*hd)
         o_proj=_linear(config, H * hd, D, config.attention_bias),
+    )
+    self_attn = Sequential(
+        Pick(0, 0, 1, 2),  # (x, x, positions, mask)
+        Parallel(Identity(), qkv, Identity(), Identity()),  # (x, (q, k, v), positions, mask)
+        Pick(0, (("1.0", 2), ("1.1", 2), "1.2", 3), 2, 3),  # (x, ((q, positions), (k, positions), v, mask), ...)
+        Parallel(Identity(), out, Identity(), Identity()),  # (x, y, positions, mask)
+        CarryAdd(),  # (x + y, positions, mask)
     )
     mlp = Sequential(
         post_attention_layernorm=rms_norm(D, config.rms_norm_eps),
@@ -269,25 +292,26 @@ def _decoder_layer(config: LlamaConfig) -> Sequential:
         mul=Mul(),  # SwiGLU: silu(gate) * up
         down_proj=_linear(config, I, D, mlp_bias),
     )
-    return Sequential(self_attn=Residual(self_attn), mlp=Residual(mlp))
+    return Sequential(self_attn=self_attn, mlp=carried_residual(mlp, carried=2))
 
 
 def _rotary_heads(config: LlamaConfig) -> Sequential:
-    """``(B, T, n*hd) -> (B, n, T, hd)``, each head rotated by position."""
+    """``((B, T, n*hd), (B, T) positions) -> (B, n, T, hd)``, each head rotated by position."""
     rope = RotaryEmbedding(config.head_dim, base=config.rope_theta, scaling=config.rope_scaling)
-    return Sequential(split=Rearrange("b t (h d) -> b h t d", d=config.head_dim), rope=rope)
+    return Sequential(split=Parallel(Rearrange("b t (h d) -> b h t d", d=config.head_dim), Identity()), rope=rope)
 
 
 # Our state_dict keys -> Hugging Face LlamaForCausalLM's.
 HF_KEYS = KeyFormat(
     rules=(
-        (r"model\.embed_tokens\.weight", "model.embed_tokens.weight"),
+        (r"model\.embed\.embed_tokens\.weight", "model.embed_tokens.weight"),
         (
             r"model\.layers\.(\d+)\.(?:self_attn|mlp)\.1\.1\.(\w+_layernorm)\.affine\.weight",
             r"model.layers.\1.\2.weight",
         ),
         (r"model\.layers\.(\d+)\.(self_attn|mlp)\.1\.1\.proj\.(\w+)\.(\w+)", r"model.layers.\1.\2.\3.\4"),
-        (r"model\.layers\.(\d+)\.(self_attn|mlp)\.1\.1\.(o_proj|down_proj)\.(\w+)", r"model.layers.\1.\2.\3.\4"),
+        (r"model\.layers\.(\d+)\.self_attn\.3\.1\.(o_proj)\.(\w+)", r"model.layers.\1.self_attn.\2.\3"),
+        (r"model\.layers\.(\d+)\.mlp\.1\.1\.(down_proj)\.(\w+)", r"model.layers.\1.mlp.\2.\3"),
         (r"model\.norm\.affine\.weight", "model.norm.weight"),
         (r"lm_head\.weight", "lm_head.weight"),
     ),

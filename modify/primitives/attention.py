@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from .._core.arguments import check_finite, check_sizes, typechecked
 from .._core.checks import checks_enabled, expect_floating, expect_tensors
-from .._core.errors import ModifyValueError, describe
+from .._core.errors import ModifyTypeError, ModifyValueError, describe
 from .._core.module import Leaf
 from ..traits import Linear, Matrix, NonLinear, ParamFree, Ternary, Unary, Vector
 
@@ -19,7 +19,11 @@ class ScaledDotProductAttention(Leaf, Ternary, ParamFree, NonLinear, Matrix):
 
     Runs ``torch.nn.functional.scaled_dot_product_attention`` (Vaswani et al. 2017). Grouped-query
     attention (Ainslie et al. 2023) is handled: when ``k``/``v`` have fewer heads than ``q`` (axis
-    -3), each is repeated ``q_heads / kv_heads`` times, as Llama's ``repeat_kv``.
+    -3), each is repeated ``q_heads / kv_heads`` times, as Llama's ``repeat_kv``. A padded batch
+    adds a fourth element, the ``(B, S)`` bool key mask of its tokens (see
+    :class:`~modify.models.TokenInput`): a padded key is never attended to, and each query also
+    sees its own position, so a padded query's output stays finite. An empty key mask means no
+    padding.
 
     Args:
         causal: mask future positions (the upper triangle), as GPT decoders do.
@@ -28,13 +32,15 @@ class ScaledDotProductAttention(Leaf, Ternary, ParamFree, NonLinear, Matrix):
 
     Shape:
         ``q: (*, H, L, E)``, ``k: (*, H_kv, S, E)``, ``v: (*, H_kv, S, E_v)`` -> ``(*, H, L, E_v)``;
-        ``H`` a multiple of ``H_kv``.
+        ``H`` a multiple of ``H_kv``; with a key mask, ``(q, k, v, key_mask)`` with ``key_mask: (B, S)``
+        bool for ``(B, H_kv, S, E)`` keys (or empty, ``(0,)``).
 
     Raises:
         TypeError: an argument of the wrong type.
         ValueError: ``dropout`` outside ``[0, 1)``; ``scale`` nan or infinite.
         ModifyTypeError: the input is not a tuple of tensors.
-        ModifyValueError: a tuple of other than three values; ``q``, ``k``, ``v`` of different
+        ModifyValueError: a tuple of other than three or four values; a key mask that is not
+            ``(B, S)`` bool; ``q``, ``k``, ``v`` of different
             ranks (or fewer than 2 dims); ``k`` and ``v`` of different lengths ``S``; ``H`` not a
             multiple of ``H_kv`` (or ``H_kv = 0``).
 
@@ -43,6 +49,11 @@ class ScaledDotProductAttention(Leaf, Ternary, ParamFree, NonLinear, Matrix):
         >>> q = k = v = torch.randn(2, 4, 5, 8)
         >>> modify.ScaledDotProductAttention(causal=True)((q, k, v)).shape
         torch.Size([2, 4, 5, 8])
+        >>> tokens = torch.tensor([[False, True, True, True, True], [True] * 5])  # row 0 left-padded
+        >>> padded = modify.ScaledDotProductAttention(causal=True)((q, k, v, tokens))
+        >>> alone = modify.ScaledDotProductAttention(causal=True)((q[:1, :, 1:], k[:1, :, 1:], v[:1, :, 1:]))
+        >>> torch.allclose(padded[:1, :, 1:], alone, atol=1e-6)
+        True
     """
 
     @typechecked
@@ -54,15 +65,31 @@ class ScaledDotProductAttention(Leaf, Ternary, ParamFree, NonLinear, Matrix):
         self.causal, self.dropout, self.scale = causal, float(dropout), scale
 
     def forward(self, x):
-        q, k, v = expect_tensors(self, x, 3)
-        if not (q.dim() == k.dim() == v.dim() >= 2 and k.shape[-2] == v.shape[-2]) and checks_enabled():
-            raise ModifyValueError(
-                self, f"expected q (*, H, L, E), k (*, H_kv, S, E), v (*, H_kv, S, E_v) of one rank, got {describe(x)}"
-            )
+        q, k, v, key_mask = self.unpack(x)
         if q.dim() >= 3 and k.shape[-3] != q.shape[-3]:
             k, v = self._repeat_kv(q, k, v)
         dropout = self.dropout if self.training else 0.0
+        if key_mask is not None and key_mask.numel():
+            mask = padded_mask(key_mask, q.shape[-2], k.shape[-2], self.causal)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=self.scale)
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=self.causal, scale=self.scale)
+
+    def unpack(self, x: object) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(q, k, v)`` or ``(q, k, v, key_mask)`` after checking shapes; ``key_mask`` ``None`` if absent."""
+        values = expect_tensors(self, x, 4 if isinstance(x, tuple) and len(x) == 4 else 3)
+        q, k, v = values[:3]
+        key_mask = values[3] if len(values) == 4 else None
+        if not checks_enabled():
+            return q, k, v, key_mask
+        if not (q.dim() == k.dim() == v.dim() >= 2 and k.shape[-2] == v.shape[-2]):
+            raise ModifyValueError(
+                self, f"expected q (*, H, L, E), k (*, H_kv, S, E), v (*, H_kv, S, E_v) of one rank, got {describe(x)}"
+            )
+        if key_mask is not None and key_mask.numel() and (
+            key_mask.dtype != torch.bool or key_mask.shape != (k.shape[0], k.shape[-2]) or k.dim() != 4
+        ):
+            raise ModifyValueError(self, f"expected a (B, S) bool key mask for (B, H, S, E) keys, got {describe(x)}")
+        return q, k, v, key_mask
 
     def _repeat_kv(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         heads, kv_heads = q.shape[-3], k.shape[-3]
@@ -74,6 +101,20 @@ class ScaledDotProductAttention(Leaf, Ternary, ParamFree, NonLinear, Matrix):
 
     def extra_repr(self) -> str:
         return f"causal={self.causal}, dropout={self.dropout:g}, scale={self.scale}"
+
+
+def padded_mask(key_mask: torch.Tensor, length: int, total: int, causal: bool) -> torch.Tensor:
+    """``(B, 1, L, S)`` bool attention mask: keys that are tokens (and, if ``causal``, not after the query).
+
+    The ``L`` queries sit at the last positions ``S - L .. S - 1``. Each query may also attend to its
+    own position, so a padded query's row is never empty (its output is finite, and unspecified).
+    """
+    allowed = key_mask[:, None, None, :]  # (B, 1, 1, S)
+    own = torch.ones(length, total, dtype=torch.bool, device=key_mask.device)
+    own = own.tril(total - length) & own.triu(total - length)  # (L, S): the query's own position
+    if causal:
+        allowed = allowed & torch.ones_like(own).tril(total - length)
+    return allowed | own
 
 
 LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
@@ -162,7 +203,8 @@ class RotaryEmbedding(Leaf, Unary, ParamFree, Linear, Vector):
 
     Su et al. 2021, "RoFormer"; the "rotate half" layout of Hugging Face's Llama: pairs
     ``(x_i, x_{i + dim/2})`` are rotated by angle ``position * inv_freq_i``. Positions are
-    ``0 .. T-1`` along axis -2.
+    ``0 .. T-1`` along axis -2, or given with the input as ``(x, positions)`` (a padded batch's
+    per-row positions, see :class:`~modify.models.TokenInput`).
 
     Args:
         dim: head dimension (even).
@@ -170,7 +212,8 @@ class RotaryEmbedding(Leaf, Unary, ParamFree, Linear, Vector):
         scaling: ``rope_scaling`` as in Hugging Face's config (``{"rope_type": "llama3", ...}``).
 
     Shape:
-        ``(*, T, dim) -> (*, T, dim)``, e.g. ``(B, n_heads, T, head_dim)``.
+        ``(*, T, dim) -> (*, T, dim)``, e.g. ``(B, n_heads, T, head_dim)``; or
+        ``((B, H, T, dim), (B, T) int64 positions) -> (B, H, T, dim)``.
 
     Attributes:
         inv_freq: ``(dim // 2,)`` float32 buffer, not persistent (not in ``state_dict``).
@@ -180,8 +223,10 @@ class RotaryEmbedding(Leaf, Unary, ParamFree, Linear, Vector):
         ValueError: odd or non-positive ``dim``; ``base`` not positive and finite; a ``scaling``
             whose ``rope_type`` is not ``"default"`` or ``"llama3"``, or a ``"llama3"`` one
             without one of its four keys or with a value that is zero or not a number.
-        ModifyTypeError: the input is not a floating-point tensor.
-        ModifyValueError: last dimension not ``dim``, or fewer than two dimensions.
+        ModifyTypeError: the input is not a floating-point tensor (or a pair of it and integer
+            positions).
+        ModifyValueError: last dimension not ``dim``, or fewer than two dimensions; positions
+            that are not ``(B, T)`` for a ``(B, H, T, dim)`` input.
 
     Example:
         >>> import torch, modify
@@ -207,12 +252,28 @@ class RotaryEmbedding(Leaf, Unary, ParamFree, Linear, Vector):
         self.inv_freq = rope_inverse_frequencies(self.dim, self.base, self.scaling)
 
     def forward(self, x):
+        positions = None
+        if isinstance(x, tuple):
+            x, positions = expect_tensors(self, x, 2)
+            if checks_enabled() and (positions.is_floating_point() or positions.is_complex()):
+                detail = f"expected a tensor or (x, integer positions), got {describe((x, positions))}"
+                raise ModifyTypeError(self, detail)
         x = expect_floating(self, x)
         if checks_enabled() and (x.dim() < 2 or x.shape[-1] != self.dim):
             raise ModifyValueError(self, f"expected (*, T, {self.dim}), got {describe(x)}")
-        positions = torch.arange(x.shape[-2], device=x.device, dtype=torch.float32)
-        freqs = torch.outer(positions, self.inv_freq.float())
+        if positions is None:
+            positions = torch.arange(x.shape[-2], device=x.device)
+        elif checks_enabled() and (x.dim() != 4 or positions.shape != (x.shape[0], x.shape[-2])):
+            detail = f"expected ((B, H, T, {self.dim}), (B, T) positions), got {describe((x, positions))}"
+            raise ModifyValueError(self, detail)
+        return self.rotate(x, positions)
+
+    def rotate(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """``x`` rotated for ``positions``: ``(T,)`` for all rows, or ``(B, T)`` per row (``x``: ``(B, H, T, dim)``)."""
+        freqs = positions.float()[..., None] * self.inv_freq.float()  # (T, dim/2) or (B, T, dim/2)
         angles = torch.cat((freqs, freqs), dim=-1)
+        if angles.dim() == 3:
+            angles = angles[:, None]  # (B, 1, T, dim): one rotation per row, shared by the heads
         cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
         half = self.dim // 2
         rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)

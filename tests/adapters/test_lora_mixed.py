@@ -46,6 +46,21 @@ def test_outputs_equal_each_siblings_on_its_samples(gen):
         assert_close(mixed(x, everyone), siblings[1](x), atol=1e-5)
 
 
+def test_a_padded_batch_gives_each_row_its_siblings_logits_alone(gen):
+    base, siblings = gpt_siblings(gen)
+    mixed = modify.MixedLoRA(siblings).eval()
+    x = torch.randint(0, 50, (4, 9), generator=gen)
+    mask = torch.ones(4, 9, dtype=torch.long)
+    mask[0, :4], mask[2, 6:], mask[3, :1] = 0, 0, 0  # left, right and left padding
+    ids = torch.tensor([2, -1, 0, 1])
+    out, tokens = mixed((x, mask), ids), mask.bool()
+    for n, i in enumerate(ids.tolist()):
+        alone = (siblings[i] if i >= 0 else base)(x[n : n + 1, tokens[n]])
+        assert_close(out[n, tokens[n]], alone[0], atol=1e-5)
+    with pytest.raises(ValueError, match=r"adapter_ids must be \(4,\) int64"):
+        mixed((x, mask), ids[:3])
+
+
 def test_holds_the_siblings_own_parameters_and_gradients_reach_the_adapters_used(gen):
     base, siblings = gpt_siblings(gen)
     mixed = modify.MixedLoRA(siblings)

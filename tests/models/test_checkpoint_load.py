@@ -67,9 +67,9 @@ def test_llama_family_matches_reference(name, ids, tmp_path):
 
 def test_qwen2_has_qkv_biases_and_no_o_proj_bias(tmp_path):
     family_reference("qwen2").save_pretrained(tmp_path)
-    attention = Llama.from_pretrained(tmp_path).get_submodule("model.layers.0.self_attn.1.1")
-    assert all(attention.proj[name].bias is not None for name in ("q_proj", "k_proj", "v_proj"))
-    assert attention.o_proj.bias is None
+    attention = Llama.from_pretrained(tmp_path).get_submodule("model.layers.0.self_attn")
+    assert all(attention[1][1].proj[name].bias is not None for name in ("q_proj", "k_proj", "v_proj"))
+    assert attention[3][1].o_proj.bias is None
 
 
 def test_short_sliding_window_is_refused(tmp_path):

@@ -11,7 +11,7 @@ from helpers import assert_state_equal, state_snapshot
 from modify.models import (
     GPT,
     CachedAttention,
-    CachedPositions,
+    CachedTokenInput,
     CachedRotaryEmbedding,
     Llama,
     cache_offset,
@@ -115,7 +115,7 @@ def test_the_sibling_shares_every_parameter_and_caches_only_position_leaves(pair
     assert sibling.state_dict().keys() == ours.state_dict().keys()
     swapped = {path for path, m in sibling.named_modules() if m is not dict(ours.named_modules()).get(path)}
     leaves = {path for path in swapped if not isinstance(sibling.get_submodule(path), modify.Combinator)}
-    cached = (CachedAttention, CachedPositions, CachedRotaryEmbedding)
+    cached = (CachedAttention, CachedTokenInput, CachedRotaryEmbedding)
     assert leaves and all(isinstance(sibling.get_submodule(path), cached) for path in leaves)
     assert not modify.select(ours, lambda path, module: isinstance(module, cached))
 
@@ -156,12 +156,12 @@ def test_cached_leaves_refuse_what_they_cannot_do():
     _, ours = gpt_pair()
     sibling = kv_cache(ours)
     sibling(prompts(2, 3))
-    with pytest.raises(ValueError, match=r"CachedAttention at 'transformer\.h\.0\.attn\.1\.1\.attend'.*reset"):
+    with pytest.raises(ValueError, match=r"CachedAttention at 'transformer\.h\.0\.attn\.3\.1\.attend'.*reset"):
         sibling(prompts(3, 1))
     sibling = kv_cache(ours)
     sibling(prompts(1, 30))
-    path = r"'transformer\.embed\.lookup\.wpe\.positions'"
-    with pytest.raises(ValueError, match=rf"CachedPositions at {path}.*30 \+ T <= 32"):
+    path = r"'transformer\.embed\.tokens'"
+    with pytest.raises(ValueError, match=rf"CachedTokenInput at {path}.*30 \+ T <= 32"):
         sibling(prompts(1, 3))
     with pytest.raises(ValueError, match="not causal"):
         CachedAttention(modify.ScaledDotProductAttention())
@@ -185,7 +185,7 @@ def test_cache_offset_refuses_a_partly_called_or_uncached_model():
         cache_offset(ours)
     sibling = kv_cache(ours)
     sibling.transformer.embed(prompts(1, 2))
-    with pytest.raises(ValueError, match=r"offsets .*'transformer\.embed\.lookup\.wpe\.positions': 2"):
+    with pytest.raises(ValueError, match=r"offsets .*'transformer\.embed\.tokens': 2"):
         cache_offset(sibling)
 
 

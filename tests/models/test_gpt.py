@@ -121,17 +121,14 @@ def test_tied_keys_with_different_values_raise(reference):
 def test_trait_queries_find_the_attention_and_mlp_layers():
     gpt = GPT(GPTConfig(**OURS))
     projections = modify.select(gpt, Param, LinearTrait, "*.attn.*")
-    attn_linears = [f"transformer.h.{i}.attn.1.1.{name}" for i in range(2) for name in ("c_attn", "c_proj")]
+    attn_linears = [f"transformer.h.{i}.attn.{name}" for i in range(2) for name in ("1.1.c_attn", "3.1.c_proj")]
     affines = [f"transformer.h.{i}.attn.1.1.ln_1.affine" for i in range(2)]
     assert sorted(projections.paths()) == sorted(attn_linears + affines)
     assert modify.select(gpt, modify.Linear, "*.attn.*").paths() == attn_linears
     attention = modify.select(gpt, modify.ScaledDotProductAttention)
     assert len(attention) == 2 and all(m.causal for m in attention.modules())
-    assert len(modify.select(gpt, modify.Residual)) == 4
-    assert modify.select(gpt, modify.Embedding).paths() == [
-        "transformer.embed.lookup.wte",
-        "transformer.embed.lookup.wpe.embedding",
-    ]
+    assert len(modify.select(gpt, modify.models.CarryAdd)) == 2 * 2 + 1  # two residuals a block, the embeddings' sum
+    assert modify.select(gpt, modify.Embedding).paths() == ["transformer.embed.lookup.wte", "transformer.embed.lookup.wpe"]
 
 
 def test_lora_sibling_equals_base_at_init(ids):
@@ -183,7 +180,7 @@ def test_generate_rejects_bad_arguments(kwargs, match):
 
 def test_sequence_longer_than_block_size_names_the_module():
     gpt = GPT(GPTConfig(**OURS))
-    with pytest.raises(ValueError, match=r"Positions at 'transformer\.embed\.lookup\.wpe\.positions'.*T <= 24"):
+    with pytest.raises(ValueError, match=r"TokenInput at 'transformer\.embed\.tokens'.*T <= 24"):
         gpt(torch.zeros(1, 25, dtype=torch.long))
 
 

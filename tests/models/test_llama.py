@@ -75,7 +75,7 @@ def test_parameter_count_equals_reference(variant):
     name, reference, folder = variant
     llama = Llama.from_pretrained(folder)
     assert sum(p.numel() for p in llama.parameters()) == sum(p.numel() for p in reference.parameters())
-    tied = llama.lm_head.weight is llama.model.embed_tokens.weight
+    tied = llama.lm_head.weight is llama.model.embed.embed_tokens.weight
     assert tied == (name == "tied embeddings")
 
 
@@ -122,8 +122,8 @@ def test_gradients_match_reference(ids):
 def test_trait_queries_find_attention_projections_and_rotary():
     llama = Llama(LlamaConfig(**BASE))
     projections = modify.select(llama, Param, LinearTrait, "*.self_attn.*.*_proj")
-    expected = [f"model.layers.{i}.self_attn.1.1.{where}" for i in range(2) for where in
-                ("proj.q_proj", "proj.k_proj", "proj.v_proj", "o_proj")]  # fmt: skip
+    expected = [f"model.layers.{i}.self_attn.{where}" for i in range(2) for where in
+                ("1.1.proj.q_proj", "1.1.proj.k_proj", "1.1.proj.v_proj", "3.1.o_proj")]  # fmt: skip
     assert projections.paths() == expected
     k_proj = llama.model.layers[0].self_attn[1][1].proj.k_proj
     assert (k_proj.in_features, k_proj.out_features) == (64, 2 * 16)  # 2 key/value heads of 16

@@ -148,7 +148,7 @@ def test_sharded_safetensors_folder_loads(tmp_path):
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     (tmp_path / "config.json").write_text(json.dumps(SMALL))
     llama = Llama.from_pretrained(tmp_path)
-    assert torch.equal(llama.model.embed_tokens.weight, state["model.embed_tokens.weight"])
+    assert torch.equal(llama.model.embed.embed_tokens.weight, state["model.embed_tokens.weight"])
 
 
 def test_folder_without_config_json(tmp_path):
