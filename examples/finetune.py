@@ -129,10 +129,10 @@ def load_base(config: Config) -> tuple[torch.nn.Module, str]:
 def token_loss(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy over real tokens (pads ignored, as ``labels=-100``).
 
-    Right padding: under the causal mask a token sees only earlier positions, all real, so its
-    logits do not depend on the pads. DESIGN §5's ``model((ids, mask))`` gives the same logits.
+    The model takes ``(ids, attention_mask)``: padded keys are never attended to and each row's
+    positions count only its tokens.
     """
-    logits = model(ids[:, :-1])  # PADDING BRANCH: model((ids[:, :-1], mask[:, :-1]))
+    logits = model((ids[:, :-1], mask[:, :-1]))
     targets = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100)
 
@@ -150,14 +150,10 @@ def held_out_loss(model: torch.nn.Module, rows: list[list[int]], batch_size: int
 def generate_left_padded(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, new_tokens: int) -> list[list[int]]:
     """Greedy continuations of left-padded prompts, one list of new tokens per row.
 
-    DESIGN §5: ``generate(model, ids, new_tokens, top_k=1, attention_mask=mask)`` in one batch.
-    PADDING BRANCH: until the models take masks, each prompt runs alone (its pads cut off).
+    All rows decode in one batch through the key/value cache, ``attention_mask`` marking the pads.
     """
-    rows = []
-    for row, row_mask in zip(ids, mask):
-        prompt = row[row_mask.bool()].unsqueeze(0)
-        rows.append(generate(model, prompt, new_tokens, top_k=1)[0, prompt.shape[1] :].tolist())
-    return rows
+    out = generate(model, ids, new_tokens, top_k=1, attention_mask=mask)
+    return out[:, ids.shape[1] :].tolist()
 
 
 # ----------------------------------------------------------------------------- main
