@@ -17,7 +17,7 @@ from torch import nn
 
 from .. import primitives as P
 from .._core.sibling import holding
-from ..combinators import Sequential
+from ..models.building import norm_with_affine
 from ..primitives.transposed_linear import TransposedLinear
 
 _META = "meta"
@@ -56,7 +56,7 @@ def _with_affine(norm: nn.Module, source: nn.Module, shape: tuple[int, ...], dim
     if source.weight is None:
         return norm
     affine = P.ElementwiseAffine(shape, bias=source.bias is not None, dim=dim, device=_META, dtype=source.weight.dtype)
-    return Sequential(norm=norm, affine=_share(affine, source, "weight", "bias")).train(source.training)
+    return norm_with_affine(norm, _share(affine, source, "weight", "bias")).train(source.training)
 
 
 def _layer_norm(m: nn.LayerNorm) -> nn.Module:

@@ -12,19 +12,27 @@ from ..primitives import BatchNorm2d, ElementwiseAffine, Identity, LayerNorm, RM
 from .padding import CarryAdd, Pick
 
 
+def norm_with_affine(norm: nn.Module, affine: ElementwiseAffine) -> Sequential:
+    """A ``torch.nn`` norm with an affine part, as modify writes it: ``Sequential(norm=..., affine=...)``.
+
+    The one layout of the pair, for the models built here and for :func:`modify.convert`'s layers.
+    """
+    return Sequential(norm=norm, affine=affine)
+
+
 def layer_norm(features: int, bias: bool, eps: float = 1e-5) -> Sequential:
     """``torch.nn.LayerNorm(features, eps, bias=bias)`` as ``Sequential(norm=..., affine=...)``."""
-    return Sequential(norm=LayerNorm(features, eps), affine=ElementwiseAffine(features, bias=bias))
+    return norm_with_affine(LayerNorm(features, eps), ElementwiseAffine(features, bias=bias))
 
 
 def rms_norm(features: int, eps: float) -> Sequential:
     """``torch.nn.RMSNorm(features, eps)`` (Llama's ``LlamaRMSNorm``) as ``Sequential(norm=..., affine=...)``."""
-    return Sequential(norm=RMSNorm(features, eps), affine=ElementwiseAffine(features, bias=False))
+    return norm_with_affine(RMSNorm(features, eps), ElementwiseAffine(features, bias=False))
 
 
 def batch_norm(channels: int) -> Sequential:
     """``torch.nn.BatchNorm2d(channels)`` as ``Sequential(norm=..., affine=ElementwiseAffine(C, dim=1))``."""
-    return Sequential(norm=BatchNorm2d(channels), affine=ElementwiseAffine(channels, dim=1))
+    return norm_with_affine(BatchNorm2d(channels), ElementwiseAffine(channels, dim=1))
 
 
 def carried_residual(branch: nn.Module, carried: int) -> Sequential:
