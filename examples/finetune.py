@@ -176,12 +176,13 @@ def generate_left_padded(model: torch.nn.Module, ids: torch.Tensor, mask: torch.
 # ----------------------------------------------------------------------------- training
 
 
-def train_adapters(trained: torch.nn.Module, adapted: torch.nn.Module, rows: list[list[int]], config: Config) -> list[float]:
+def train_adapters(
+    trained: torch.nn.Module, adapted: torch.nn.Module, rows: list[list[int]], config: Config, state: TrainingState
+) -> list[float]:
     """AdamW on ``adapted``'s adapters through ``trained`` (its checkpointed sibling), from the step
-    ``--resume`` finds; every step's loss. Batches walk a seeded permutation of ``rows``."""
+    ``state`` resumes at; every step's loss. Batches walk a seeded permutation of ``rows``."""
     named = adapter_names(adapted)
     optimizer = torch.optim.AdamW(list(named.values()), lr=config.lr)
-    state = TrainingState(config)
     start, losses, order = state.restore(named, optimizer, torch.randperm(len(rows)))
     for step in (bar := tqdm(range(start, config.steps), desc="adapters", initial=start, total=config.steps)):
         picks = [(step * config.batch_size + k) % len(rows) for k in range(config.batch_size)]
@@ -256,6 +257,7 @@ class TrainingState:
 
 
 def main(config: Config) -> dict:
+    state = TrainingState(config)  # with --resume, refuses other options before any work
     torch.manual_seed(config.seed)
     lines = read_lines(config)
     rows = [encode(line, config.max_len) for line in lines]
@@ -267,7 +269,7 @@ def main(config: Config) -> dict:
     print(f"{len(train)} training and {len(held)} held-out examples; base quantized: {config.quantize}")
     print(modify.summary(base, adapted, names=["base", "adapted"]))
     before = held_out_loss(adapted, held, config.batch_size)
-    losses = train_adapters(trained, adapted, train, config)
+    losses = train_adapters(trained, adapted, train, config, state)
     after = held_out_loss(adapted.eval(), held, config.batch_size)
     print(f"held-out loss per byte: before {before:.3f}, after {after:.3f}")
     folder = Path(config.out) / "adapter"
