@@ -121,3 +121,9 @@ def test_float_base_crashed_and_resumed_equals_an_uninterrupted_run(finetune, tm
         finetune.main(finetune.parse([*argv, "--rank", "4", "--lr", "0.5"]))
     message = f"--resume: {tmp_path / 'resumed' / 'train_state'} was saved with other options: --rank, --lr"
     assert (refused.value.code, capsys.readouterr().err) == (2, f"finetune.py: error: {message}\n")
+
+
+def test_a_negative_save_every_is_refused(finetune, capsys):
+    with pytest.raises(SystemExit):
+        finetune.parse(["--save-every", "-1"])
+    assert "argument --save-every: must be 0 (never) or positive, got -1" in capsys.readouterr().err
