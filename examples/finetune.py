@@ -256,7 +256,7 @@ class TrainingState:
 # ----------------------------------------------------------------------------- main
 
 
-def main(config: Config) -> dict:
+def main(config: Config) -> dict[str, float | list[float]]:
     state = TrainingState(config)  # with --resume, refuses other options before any work
     torch.manual_seed(config.seed)
     lines = read_lines(config)
