@@ -76,7 +76,7 @@ def test_killed_three_times_and_resumed_equals_an_uninterrupted_run(tmp_path):
     assert losses == whole_losses and len(losses["pretrain"]) == len(losses["adapt"]) == 6
     assert adapters.keys() == whole_adapters.keys()
     assert all(torch.equal(adapters[key], whole_adapters[key]) for key in adapters)
-    assert sorted(os.listdir(out)) == ["adapter", "gpt_lora_loss.png", "train_state"]
+    assert sorted(os.listdir(out)) == ["adapter", "gpt_lora_loss.png", "models.html", "train_state"]
     refused = run(tmp_path / "whole", "--resume", "--lora-rank", "4")
     message = f"--resume: {tmp_path / 'whole' / 'train_state'} was saved with other options: --lora-rank"
     assert (refused.returncode, refused.stderr) == (2, f"gpt_lora.py: error: {message}\n")
