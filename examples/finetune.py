@@ -3,6 +3,7 @@
     python examples/finetune.py                                   # a tiny built Llama, the embedded corpus
     python examples/finetune.py --quantize nf4                    # QLoRA: the base in 4-bit NormalFloat
     python examples/finetune.py --checkpoint ./llama --quantize nf4 --text lines.txt --steps 200
+    python examples/finetune.py --save-every 10                   # after a crash, the same command with --resume
     python examples/finetune.py --help                            # every option of Config below
 
 1. Loads a Hugging Face GPT-2 or Llama folder (``--checkpoint``; with ``--quantize nf4`` each
@@ -18,6 +19,13 @@
    the pads, as ``labels=-100``), with progress bars; prints the held-out loss before and after.
 5. Saves the adapters in PEFT's folder format (``modify.save_adapters``) and generates greedily
    from a batch of left-padded prompts.
+
+``--save-every N`` writes the training state to ``<out>/train_state`` every N steps and at the
+last one, atomically (``modify.checkpoints.atomic_folder``: a kill at any moment leaves the
+previous state whole): the adapters, the optimizer's state, the step, the batch order (the data
+position), torch's RNG state and the losses so far. Killed at any step, the same command with
+``--resume`` continues from the last state and ends with the very adapters and losses of an
+uninterrupted run (bit for bit on the CPU with one thread), with a quantized base too.
 
 References:
     Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models", arXiv:2106.09685.
@@ -35,14 +43,17 @@ import contextlib
 import dataclasses
 import io
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 import modify
+from modify.checkpoints import atomic_folder
 from modify.models import GPT, Llama, LlamaConfig, generate
 
 
@@ -67,6 +78,8 @@ class Config:
     new_tokens: int = opt(24, "tokens generated per prompt")
     out: str = opt("build/finetune", "the adapters go to <out>/adapter")
     seed: int = opt(0, "seed of the built model, the adapters and the batches")
+    save_every: int = opt(0, "save the training state to <out>/train_state every N steps (0: never)")
+    resume: bool = opt(False, "continue from <out>/train_state, saved by an interrupted run with the same options")
 
 
 # ----------------------------------------------------------------------------- data
@@ -156,10 +169,91 @@ def generate_left_padded(model: torch.nn.Module, ids: torch.Tensor, mask: torch.
     return out[:, ids.shape[1] :].tolist()
 
 
+# ----------------------------------------------------------------------------- training
+
+
+def train_adapters(
+    trained: torch.nn.Module, adapted: torch.nn.Module, rows: list[list[int]], config: Config, state: TrainingState
+) -> list[float]:
+    """AdamW on ``adapted``'s adapters through ``trained`` (its checkpointed sibling), from the step
+    ``state`` resumes at; every step's loss. Batches walk a seeded permutation of ``rows``."""
+    named = adapter_names(adapted)
+    optimizer = torch.optim.AdamW(list(named.values()), lr=config.lr)
+    start, losses, order = state.restore(named, optimizer, torch.randperm(len(rows)))
+    for step in (bar := tqdm(range(start, config.steps), desc="adapters", initial=start, total=config.steps)):
+        picks = [(step * config.batch_size + k) % len(rows) for k in range(config.batch_size)]
+        ids, mask = pad_right([rows[order[p]] for p in picks])
+        loss = token_loss(trained, ids, mask)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        state.step_done(step + 1, named, optimizer, order, losses)
+    return losses
+
+
+def adapter_names(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    """``modify.lora_parameters(model)`` by their paths, in its order (the optimizer's)."""
+    paths = {id(p): name for name, p in model.named_parameters()}
+    return {paths[id(p)]: p for p in modify.lora_parameters(model)}
+
+
+class TrainingState:
+    """``--save-every``/``--resume``: everything training needs to go on exactly, in ``<out>/train_state``.
+
+    ``adapters.safetensors`` and ``state.pt``: step, optimizer, batch order, torch's RNG state,
+    the losses so far and the options. Written through ``atomic_folder``, so a kill at any moment
+    leaves the previous state whole.
+    """
+
+    def __init__(self, config: Config):
+        self.config, self.folder = config, Path(config.out) / "train_state"
+        self.options = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("resume", "save_every")}
+        self.saved = self.load() if config.resume else None
+
+    def load(self) -> dict | None:
+        if not (self.folder / "state.pt").is_file():
+            print(f"--resume: no training state in {self.folder}; starting from the beginning")
+            return None
+        saved = torch.load(self.folder / "state.pt", weights_only=True)
+        changed = ", ".join(f"--{key}".replace("_", "-") for key, value in self.options.items()
+                            if saved["options"].get(key) != value)  # fmt: skip
+        if changed:
+            fail(f"--resume: {self.folder} was saved with other options: {changed}")
+        print(f"resumed from {self.folder}: step {saved['step']} of {self.config.steps}")
+        return saved
+
+    def restore(self, named: dict, optimizer, order: torch.Tensor) -> tuple[int, list[float], torch.Tensor]:
+        """The step to start at, the losses so far and the batch order, after loading the saved states."""
+        if self.saved is None:
+            return 0, [], order
+        tensors = load_file(self.folder / "adapters.safetensors")
+        with torch.no_grad():
+            for name, p in named.items():
+                p.copy_(tensors[name])
+        optimizer.load_state_dict(self.saved["optimizer"])
+        torch.set_rng_state(self.saved["torch_rng"])
+        return self.saved["step"], list(self.saved["losses"]), self.saved["order"]
+
+    def step_done(self, step: int, named: dict, optimizer, order: torch.Tensor, losses: list[float]) -> None:
+        """Save every ``--save-every`` steps and at the last step."""
+        every = self.config.save_every
+        if not (every and (step % every == 0 or step == self.config.steps)):
+            return
+        state = {"step": step, "optimizer": optimizer.state_dict(), "order": order, "torch_rng": torch.get_rng_state(),
+                 "losses": list(losses), "options": self.options}  # fmt: skip
+        with atomic_folder(self.folder, owner="finetune.py --save-every") as staging:
+            save_file({name: p.detach().contiguous() for name, p in named.items()}, staging / "adapters.safetensors")
+            with open(staging / "state.pt", "wb") as file:  # a file object: a failed write is an OSError
+                torch.save(state, file)
+
+
 # ----------------------------------------------------------------------------- main
 
 
-def main(config: Config) -> dict[str, float]:
+def main(config: Config) -> dict[str, float | list[float]]:
+    state = TrainingState(config)  # with --resume, refuses other options before any work
     torch.manual_seed(config.seed)
     lines = read_lines(config)
     rows = [encode(line, config.max_len) for line in lines]
@@ -171,16 +265,7 @@ def main(config: Config) -> dict[str, float]:
     print(f"{len(train)} training and {len(held)} held-out examples; base quantized: {config.quantize}")
     print(modify.summary(base, adapted, names=["base", "adapted"]))
     before = held_out_loss(adapted, held, config.batch_size)
-    optimizer = torch.optim.AdamW(modify.lora_parameters(adapted), lr=config.lr)
-    order = torch.randperm(len(train))
-    for step in (bar := tqdm(range(config.steps), desc="adapters")):
-        picks = [(step * config.batch_size + k) % len(train) for k in range(config.batch_size)]
-        ids, mask = pad_right([train[order[p]] for p in picks])
-        loss = token_loss(trained, ids, mask)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+    losses = train_adapters(trained, adapted, train, config, state)
     after = held_out_loss(adapted.eval(), held, config.batch_size)
     print(f"held-out loss per byte: before {before:.3f}, after {after:.3f}")
     folder = Path(config.out) / "adapter"
@@ -190,20 +275,31 @@ def main(config: Config) -> dict[str, float]:
     ids, mask = pad_left(prompts)
     for prompt, new in zip(prompts, generate_left_padded(adapted, ids, mask, config.new_tokens)):
         print(f"{bytes(prompt).decode(errors='replace')!r} -> {bytes(new).decode(errors='replace')!r}")
-    return {"before": before, "after": after}
+    return {"before": before, "after": after, "losses": losses}
+
+
+def fail(message: str):
+    """Bad input found after parsing: one line on stderr, exit code 2, as argparse's own errors."""
+    print(f"finetune.py: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def parse(argv: list[str] | None = None) -> Config:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for f in dataclasses.fields(Config):
-        kind = type(f.default)
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default, help=f"{f.metadata['help']} (default: {f.default!r})")
+        flag, help = f"--{f.name.replace('_', '-')}", f"{f.metadata['help']} (default: {f.default!r})"
+        if isinstance(f.default, bool):
+            parser.add_argument(flag, action="store_true", help=help)
+        else:
+            parser.add_argument(flag, type=type(f.default), default=f.default, help=help)
     config = Config(**vars(parser.parse_args(argv)))
     if config.quantize not in ("none", "nf4", "int8"):
         parser.error(f"argument --quantize: must be none, nf4 or int8, got {config.quantize}")
     for name in ("rank", "steps", "batch_size", "max_len", "holdout", "prompts", "new_tokens"):
         if getattr(config, name) < 1:
             parser.error(f"argument --{name.replace('_', '-')}: must be positive, got {getattr(config, name)}")
+    if config.save_every < 0:
+        parser.error(f"argument --save-every: must be 0 (never) or positive, got {config.save_every}")
     return config
 
 
