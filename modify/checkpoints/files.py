@@ -5,7 +5,9 @@ one :class:`Entry` per tensor, holding its shape and dtype (read from the file's
 pickle's metadata) and a way to fetch it. No tensor data is read until :meth:`Entry.load`:
 safetensors are opened with ``safe_open`` and ``.bin`` files with
 ``torch.load(mmap=True, weights_only=True)``, both mapping the file, so a tensor whose dtype
-is kept costs no copy. Every malformed input is one :class:`CheckpointError` naming the file.
+is kept costs no copy; :meth:`Entry.load_unmapped` reads a safetensors tensor into memory of its
+own instead, so that no page of the file stays resident after it. Every malformed input is one
+:class:`CheckpointError` naming the file.
 """
 
 from __future__ import annotations
@@ -37,11 +39,21 @@ WEIGHT_FILES = (
 
 @dataclass(frozen=True)
 class Entry:
-    """One checkpoint tensor, not yet read: its shape, dtype and a function that reads it."""
+    """One checkpoint tensor, not yet read: its shape, dtype and functions that read it.
+
+    ``load`` may return a view of the file's mapping, which keeps every page read through that
+    mapping resident while any of its tensors lives; ``copy`` (when given) returns the tensor in
+    memory of its own, through a mapping dropped before it returns.
+    """
 
     shape: tuple[int, ...]
     dtype: torch.dtype
     load: Callable[[], torch.Tensor]
+    copy: Callable[[], torch.Tensor] | None = None
+
+    def load_unmapped(self) -> torch.Tensor:
+        """The tensor holding no file mapping: ``copy()``, or ``load()`` where there is none (a state dict)."""
+        return self.copy() if self.copy is not None else self.load()
 
 
 @dataclass
@@ -183,7 +195,17 @@ def _read_safetensors(path: Path, owner: str) -> dict[str, Entry]:
 
         return load
 
-    return {name: Entry(shapes[name], _safetensors_dtype(dtypes[name], path, owner), loader(name)) for name in names}
+    def copier(name: str) -> Callable[[], torch.Tensor]:
+        def copy() -> torch.Tensor:
+            with safe_open(path, framework="pt") as handle:  # its own mapping, unmapped on return
+                return handle.get_tensor(name).clone()
+
+        return copy
+
+    return {
+        name: Entry(shapes[name], _safetensors_dtype(dtypes[name], path, owner), loader(name), copier(name))
+        for name in names
+    }
 
 
 _SAFETENSORS_DTYPES = {
