@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._core.checks import expect_last_dim
+from .._core.memory import release_freed_memory
 from .._core.sibling import sibling
 from .linear import Linear
 
@@ -52,7 +53,9 @@ def quantized_weight(weight: torch.Tensor, scheme: str, block_size: int, owner: 
             f"{tuple(weight.shape)} ({weight.numel()} values) is not a whole number of blocks"
         )
     blocks = weight.numel() // block_size
-    return to_nf4(weight.contiguous(), block_size, math.gcd(blocks, _SCALER_BLOCK))
+    quantized = to_nf4(weight.contiguous(), block_size, math.gcd(blocks, _SCALER_BLOCK))
+    release_freed_memory()  # the quantizer's temporaries, which glibc would keep (layer after layer)
+    return quantized
 
 
 @contextlib.contextmanager
