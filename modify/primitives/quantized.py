@@ -114,6 +114,7 @@ class QuantizedLinear(Linear):
 
     scheme: str
     block_size: int
+    DEQUANTIZED_AT_ONCE = 1 << 22  # weights; see _row_parts
 
     @classmethod
     def from_linear(cls, layer: Linear, scheme: str = "nf4", block_size: int = 64, path: str = "") -> QuantizedLinear:
@@ -165,7 +166,25 @@ class QuantizedLinear(Linear):
         weight = self.weight
         if weight.requires_grad:  # set by hand (``model.requires_grad_()``): still frozen
             weight = weight.detach()
-        return F.linear(expect_last_dim(self, x, self.in_features), weight, self.bias)
+        x = expect_last_dim(self, x, self.in_features)
+        parts = self._row_parts(weight)
+        if parts == 1:
+            return F.linear(x, weight, self.bias)
+        biases = self.bias.chunk(parts) if self.bias is not None else [None] * parts
+        return torch.cat([F.linear(x, rows, bias) for rows, bias in zip(weight.chunk(parts), biases)], dim=-1)
+
+    def _row_parts(self, weight: torch.Tensor) -> int:
+        """In how many equal row chunks the forward dequantizes an NF4 weight (1: whole).
+
+        torchao dequantizes through int64 codes (about 20 bytes per weight at once): for a large
+        layer (a vocabulary-sized head) the forward and backward take it in chunks of at most
+        ``DEQUANTIZED_AT_ONCE`` weights, each a whole number of torchao's scale blocks.
+        """
+        if self.scheme != "nf4" or weight.numel() <= self.DEQUANTIZED_AT_ONCE:
+            return 1
+        common = math.gcd(weight.shape[0], weight.quantized_scalers.numel(), weight.quantization_factor.numel())
+        wanted = math.ceil(weight.numel() / self.DEQUANTIZED_AT_ONCE)
+        return next((parts for parts in range(wanted, common + 1) if common % parts == 0), 1)
 
     def extra_repr(self) -> str:
         block = f", block_size={self.block_size}" if self.scheme == "nf4" else ""
