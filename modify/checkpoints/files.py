@@ -5,8 +5,8 @@ one :class:`Entry` per tensor, holding its shape and dtype (read from the file's
 pickle's metadata) and a way to fetch it. No tensor data is read until :meth:`Entry.load`:
 safetensors are opened with ``safe_open`` and ``.bin`` files with
 ``torch.load(mmap=True, weights_only=True)``, both mapping the file, so a tensor whose dtype
-is kept costs no copy; :meth:`Entry.load_unmapped` reads a safetensors tensor into memory of its
-own instead, so that no page of the file stays resident after it. Every malformed input is one
+is kept costs no copy; :meth:`Entry.load_unshared` maps a safetensors tensor alone, so that its
+pages are released as soon as it is freed. Every malformed input is one
 :class:`CheckpointError` naming the file.
 """
 
@@ -41,19 +41,19 @@ WEIGHT_FILES = (
 class Entry:
     """One checkpoint tensor, not yet read: its shape, dtype and functions that read it.
 
-    ``load`` may return a view of the file's mapping, which keeps every page read through that
-    mapping resident while any of its tensors lives; ``copy`` (when given) returns the tensor in
-    memory of its own, through a mapping dropped before it returns.
+    ``load`` may return a view of the file's mapping, shared by all the file's tensors, which keeps
+    every page read through it resident while any of them lives; ``load_alone`` (when given) returns
+    a view of a mapping of its own, unmapped (its pages released) as soon as the tensor is freed.
     """
 
     shape: tuple[int, ...]
     dtype: torch.dtype
     load: Callable[[], torch.Tensor]
-    copy: Callable[[], torch.Tensor] | None = None
+    load_alone: Callable[[], torch.Tensor] | None = None
 
-    def load_unmapped(self) -> torch.Tensor:
-        """The tensor holding no file mapping: ``copy()``, or ``load()`` where there is none (a state dict)."""
-        return self.copy() if self.copy is not None else self.load()
+    def load_unshared(self) -> torch.Tensor:
+        """The tensor sharing no file mapping with the others: ``load_alone()``, or ``load()`` (a state dict)."""
+        return self.load_alone() if self.load_alone is not None else self.load()
 
 
 @dataclass
@@ -195,15 +195,15 @@ def _read_safetensors(path: Path, owner: str) -> dict[str, Entry]:
 
         return load
 
-    def copier(name: str) -> Callable[[], torch.Tensor]:
-        def copy() -> torch.Tensor:
-            with safe_open(path, framework="pt") as handle:  # its own mapping, unmapped on return
-                return handle.get_tensor(name).clone()
+    def alone(name: str) -> Callable[[], torch.Tensor]:
+        def load_alone() -> torch.Tensor:
+            with safe_open(path, framework="pt") as handle:  # a mapping that lives as long as the tensor
+                return handle.get_tensor(name)
 
-        return copy
+        return load_alone
 
     return {
-        name: Entry(shapes[name], _safetensors_dtype(dtypes[name], path, owner), loader(name), copier(name))
+        name: Entry(shapes[name], _safetensors_dtype(dtypes[name], path, owner), loader(name), alone(name))
         for name in names
     }
 

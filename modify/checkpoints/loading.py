@@ -127,8 +127,9 @@ def load_pretrained(
 
     With ``quantize`` (``"nf4"``/``"int8"``), each weight :func:`~modify.quantize` would quantize
     is quantized as soon as it is read, so at most one layer is ever held in float; every tensor is
-    then read through a mapping of its own, dropped once read (:meth:`Entry.load_unmapped`), so the
-    pages of the file read so far do not stay resident.
+    then read through a mapping of its own (:meth:`Entry.load_unshared`), released once the weight
+    is quantized, and the tensors kept as they are are copied out of it, so no page of the file
+    stays resident.
 
     Raises:
         TypeError: an unknown config override; a bad ``dtype``/``device`` type.
@@ -149,7 +150,9 @@ def load_pretrained(
 
     def quantized(target: _Target, value: torch.Tensor) -> torch.Tensor:
         path = chosen.get(id(target.meta))
-        return value if path is None else quantized_weight(value, quantize, 64, f"{owner}: the Linear at '{path}'")
+        if path is None:  # kept: a copy, so that the file's mapping goes
+            return value.clone()
+        return quantized_weight(value, quantize, 64, f"{owner}: the Linear at '{path}'")
 
     _fill(model, plan, family.keys, dtype, device, owner, quantized, unmapped=True)
     return quantize_layers(model, quantize).eval()
@@ -269,7 +272,7 @@ def _fill(
     owner: str, convert: Callable[[_Target, torch.Tensor], torch.Tensor] | None = None, *, unmapped: bool = False,
 ):
     """Replace every meta tensor by the checkpoint's (or ``convert(target, value)``), one tensor at a
-    time (tied ones stay one object); ``unmapped``: read each with :meth:`Entry.load_unmapped`."""
+    time (tied ones stay one object); ``unmapped``: read each with :meth:`Entry.load_unshared`."""
     modules = dict(model.named_modules())
     for target in plan:
         value = _value(target, keys, dtype, device, owner, unmapped)
@@ -295,7 +298,7 @@ def _value(
     meta = target.meta
     if not target.found:  # an optional key: its initial value
         return torch.zeros(meta.shape, dtype=meta.dtype, device=device)
-    read = [entry.load_unmapped() if unmapped else entry.load() for entry in target.found.values()]
+    read = [entry.load_unshared() if unmapped else entry.load() for entry in target.found.values()]
     values = [keys.transformed(key, value) for key, value in zip(target.found, read)]
     first, *others = values
     names = [target.refs[key] for key in target.found]
