@@ -87,7 +87,9 @@ class QuantizedLinear(Linear):
     ``F.linear(x, weight, bias)``, which torchao computes from the dequantized weight in the
     weight's original dtype (the compute dtype); no gradient ever reaches the weight (it is
     detached), while the bias keeps its ``requires_grad``. Being a ``Linear``, it is matched by
-    ``where=modify.Linear`` and adapted by :func:`modify.lora` (QLoRA).
+    ``where=modify.Linear`` and adapted by :func:`modify.lora` (QLoRA). An NF4 weight of more than
+    ``DEQUANTIZED_AT_ONCE`` values (a vocabulary-sized head) is dequantized in row chunks, forward
+    and backward, so that torchao's dequantization never holds the whole layer's temporaries.
 
     Shape:
         ``(*, in_features) -> (*, out_features)``, as :class:`~modify.Linear`.
