@@ -154,7 +154,7 @@ def load_pretrained(
             return value.clone()
         return quantized_weight(value, quantize, 64, f"{owner}: the Linear at '{path}'")
 
-    _fill(model, plan, family.keys, dtype, device, owner, quantized, unmapped=True)
+    _fill(model, plan, family.keys, dtype, device, owner, quantized, unshared=True)
     return quantize_layers(model, quantize).eval()
 
 
@@ -269,13 +269,13 @@ def _with_base_prefix(entries: dict[str, Entry], prefix: str) -> tuple[dict[str,
 
 def _fill(
     model: nn.Module, plan: list[_Target], keys: KeyFormat, dtype: torch.dtype | None, device: torch.device,
-    owner: str, convert: Callable[[_Target, torch.Tensor], torch.Tensor] | None = None, *, unmapped: bool = False,
+    owner: str, convert: Callable[[_Target, torch.Tensor], torch.Tensor] | None = None, *, unshared: bool = False,
 ):
     """Replace every meta tensor by the checkpoint's (or ``convert(target, value)``), one tensor at a
-    time (tied ones stay one object); ``unmapped``: read each with :meth:`Entry.load_unshared`."""
+    time (tied ones stay one object); ``unshared``: read each with :meth:`Entry.load_unshared`."""
     modules = dict(model.named_modules())
     for target in plan:
-        value = _value(target, keys, dtype, device, owner, unmapped)
+        value = _value(target, keys, dtype, device, owner, unshared)
         value = value if convert is None else convert(target, value)
         if isinstance(target.meta, nn.Parameter):
             value = nn.Parameter(value, requires_grad=target.meta.requires_grad and not is_quantized(value))
@@ -293,12 +293,12 @@ def _fill(
 
 
 def _value(
-    target: _Target, keys: KeyFormat, dtype: torch.dtype | None, device: torch.device, owner: str, unmapped: bool
+    target: _Target, keys: KeyFormat, dtype: torch.dtype | None, device: torch.device, owner: str, unshared: bool
 ) -> torch.Tensor:
     meta = target.meta
     if not target.found:  # an optional key: its initial value
         return torch.zeros(meta.shape, dtype=meta.dtype, device=device)
-    read = [entry.load_unshared() if unmapped else entry.load() for entry in target.found.values()]
+    read = [entry.load_unshared() if unshared else entry.load() for entry in target.found.values()]
     values = [keys.transformed(key, value) for key, value in zip(target.found, read)]
     first, *others = values
     names = [target.refs[key] for key in target.found]
