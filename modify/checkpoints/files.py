@@ -5,7 +5,9 @@ one :class:`Entry` per tensor, holding its shape and dtype (read from the file's
 pickle's metadata) and a way to fetch it. No tensor data is read until :meth:`Entry.load`:
 safetensors are opened with ``safe_open`` and ``.bin`` files with
 ``torch.load(mmap=True, weights_only=True)``, both mapping the file, so a tensor whose dtype
-is kept costs no copy. Every malformed input is one :class:`CheckpointError` naming the file.
+is kept costs no copy; :meth:`Entry.load_unshared` maps a safetensors tensor alone, so that its
+pages are released as soon as it is freed. Every malformed input is one
+:class:`CheckpointError` naming the file.
 """
 
 from __future__ import annotations
@@ -37,11 +39,21 @@ WEIGHT_FILES = (
 
 @dataclass(frozen=True)
 class Entry:
-    """One checkpoint tensor, not yet read: its shape, dtype and a function that reads it."""
+    """One checkpoint tensor, not yet read: its shape, dtype and functions that read it.
+
+    ``load`` may return a view of the file's mapping, shared by all the file's tensors, which keeps
+    every page read through it resident while any of them lives; ``load_alone`` (when given) returns
+    a view of a mapping of its own, unmapped (its pages released) as soon as the tensor is freed.
+    """
 
     shape: tuple[int, ...]
     dtype: torch.dtype
     load: Callable[[], torch.Tensor]
+    load_alone: Callable[[], torch.Tensor] | None = None
+
+    def load_unshared(self) -> torch.Tensor:
+        """The tensor sharing no file mapping with the others: ``load_alone()``, or ``load()`` (a state dict)."""
+        return self.load_alone() if self.load_alone is not None else self.load()
 
 
 @dataclass
@@ -183,7 +195,17 @@ def _read_safetensors(path: Path, owner: str) -> dict[str, Entry]:
 
         return load
 
-    return {name: Entry(shapes[name], _safetensors_dtype(dtypes[name], path, owner), loader(name)) for name in names}
+    def alone(name: str) -> Callable[[], torch.Tensor]:
+        def load_alone() -> torch.Tensor:
+            with safe_open(path, framework="pt") as handle:  # a mapping that lives as long as the tensor
+                return handle.get_tensor(name)
+
+        return load_alone
+
+    return {
+        name: Entry(shapes[name], _safetensors_dtype(dtypes[name], path, owner), loader(name), alone(name))
+        for name in names
+    }
 
 
 _SAFETENSORS_DTYPES = {

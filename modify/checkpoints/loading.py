@@ -126,7 +126,10 @@ def load_pretrained(
     """Check ``source`` against ``make(config)`` built on the meta device, then fill it; eval mode.
 
     With ``quantize`` (``"nf4"``/``"int8"``), each weight :func:`~modify.quantize` would quantize
-    is quantized as soon as it is read, so at most one layer is ever held in float.
+    is quantized as soon as it is read, so at most one layer is ever held in float; every tensor is
+    then read through a mapping of its own (:meth:`Entry.load_unshared`), released once the weight
+    is quantized, and the tensors kept as they are are copied out of it, so no page of the file
+    stays resident.
 
     Raises:
         TypeError: an unknown config override; a bad ``dtype``/``device`` type.
@@ -147,9 +150,11 @@ def load_pretrained(
 
     def quantized(target: _Target, value: torch.Tensor) -> torch.Tensor:
         path = chosen.get(id(target.meta))
-        return value if path is None else quantized_weight(value, quantize, 64, f"{owner}: the Linear at '{path}'")
+        if path is None:  # kept: a copy, so that the file's mapping goes
+            return value.clone()
+        return quantized_weight(value, quantize, 64, f"{owner}: the Linear at '{path}'")
 
-    _fill(model, plan, family.keys, dtype, device, owner, quantized)
+    _fill(model, plan, family.keys, dtype, device, owner, quantized, unshared=True)
     return quantize_layers(model, quantize).eval()
 
 
@@ -264,13 +269,13 @@ def _with_base_prefix(entries: dict[str, Entry], prefix: str) -> tuple[dict[str,
 
 def _fill(
     model: nn.Module, plan: list[_Target], keys: KeyFormat, dtype: torch.dtype | None, device: torch.device,
-    owner: str, convert: Callable[[_Target, torch.Tensor], torch.Tensor] | None = None,
+    owner: str, convert: Callable[[_Target, torch.Tensor], torch.Tensor] | None = None, *, unshared: bool = False,
 ):
     """Replace every meta tensor by the checkpoint's (or ``convert(target, value)``), one tensor at a
-    time (tied ones stay one object)."""
+    time (tied ones stay one object); ``unshared``: read each with :meth:`Entry.load_unshared`."""
     modules = dict(model.named_modules())
     for target in plan:
-        value = _value(target, keys, dtype, device, owner)
+        value = _value(target, keys, dtype, device, owner, unshared)
         value = value if convert is None else convert(target, value)
         if isinstance(target.meta, nn.Parameter):
             value = nn.Parameter(value, requires_grad=target.meta.requires_grad and not is_quantized(value))
@@ -287,11 +292,14 @@ def _fill(
             raise RuntimeError(f"{owner}: no way to fill the buffers {leftover} of '{path}'")  # a bug here
 
 
-def _value(target: _Target, keys: KeyFormat, dtype: torch.dtype | None, device: torch.device, owner: str) -> torch.Tensor:
+def _value(
+    target: _Target, keys: KeyFormat, dtype: torch.dtype | None, device: torch.device, owner: str, unshared: bool
+) -> torch.Tensor:
     meta = target.meta
     if not target.found:  # an optional key: its initial value
         return torch.zeros(meta.shape, dtype=meta.dtype, device=device)
-    values = [keys.transformed(key, entry.load()) for key, entry in target.found.items()]
+    read = [entry.load_unshared() if unshared else entry.load() for entry in target.found.values()]
+    values = [keys.transformed(key, value) for key, value in zip(target.found, read)]
     first, *others = values
     names = [target.refs[key] for key in target.found]
     for name, other in zip(names[1:], others):

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._core.checks import expect_last_dim
+from .._core.memory import release_freed_memory
 from .._core.sibling import sibling
 from .linear import Linear
 
@@ -52,7 +53,9 @@ def quantized_weight(weight: torch.Tensor, scheme: str, block_size: int, owner: 
             f"{tuple(weight.shape)} ({weight.numel()} values) is not a whole number of blocks"
         )
     blocks = weight.numel() // block_size
-    return to_nf4(weight.contiguous(), block_size, math.gcd(blocks, _SCALER_BLOCK))
+    quantized = to_nf4(weight.contiguous(), block_size, math.gcd(blocks, _SCALER_BLOCK))
+    release_freed_memory()  # the quantizer's temporaries, which glibc would keep (layer after layer)
+    return quantized
 
 
 @contextlib.contextmanager
@@ -84,7 +87,9 @@ class QuantizedLinear(Linear):
     ``F.linear(x, weight, bias)``, which torchao computes from the dequantized weight in the
     weight's original dtype (the compute dtype); no gradient ever reaches the weight (it is
     detached), while the bias keeps its ``requires_grad``. Being a ``Linear``, it is matched by
-    ``where=modify.Linear`` and adapted by :func:`modify.lora` (QLoRA).
+    ``where=modify.Linear`` and adapted by :func:`modify.lora` (QLoRA). An NF4 weight of more than
+    ``DEQUANTIZED_AT_ONCE`` values (a vocabulary-sized head) is dequantized in row chunks, forward
+    and backward, so that torchao's dequantization never holds the whole layer's temporaries.
 
     Shape:
         ``(*, in_features) -> (*, out_features)``, as :class:`~modify.Linear`.
@@ -111,6 +116,7 @@ class QuantizedLinear(Linear):
 
     scheme: str
     block_size: int
+    DEQUANTIZED_AT_ONCE = 1 << 22  # weights; see _row_parts
 
     @classmethod
     def from_linear(cls, layer: Linear, scheme: str = "nf4", block_size: int = 64, path: str = "") -> QuantizedLinear:
@@ -162,7 +168,25 @@ class QuantizedLinear(Linear):
         weight = self.weight
         if weight.requires_grad:  # set by hand (``model.requires_grad_()``): still frozen
             weight = weight.detach()
-        return F.linear(expect_last_dim(self, x, self.in_features), weight, self.bias)
+        x = expect_last_dim(self, x, self.in_features)
+        parts = self._row_parts(weight)
+        if parts == 1:
+            return F.linear(x, weight, self.bias)
+        biases = self.bias.chunk(parts) if self.bias is not None else [None] * parts
+        return torch.cat([F.linear(x, rows, bias) for rows, bias in zip(weight.chunk(parts), biases)], dim=-1)
+
+    def _row_parts(self, weight: torch.Tensor) -> int:
+        """In how many equal row chunks the forward dequantizes an NF4 weight (1: whole).
+
+        torchao dequantizes through int64 codes (about 20 bytes per weight at once): for a large
+        layer (a vocabulary-sized head) the forward and backward take it in chunks of at most
+        ``DEQUANTIZED_AT_ONCE`` weights, each a whole number of torchao's scale blocks.
+        """
+        if self.scheme != "nf4" or weight.numel() <= self.DEQUANTIZED_AT_ONCE:
+            return 1
+        common = math.gcd(weight.shape[0], weight.quantized_scalers.numel(), weight.quantization_factor.numel())
+        wanted = math.ceil(weight.numel() / self.DEQUANTIZED_AT_ONCE)
+        return next((parts for parts in range(wanted, common + 1) if common % parts == 0), 1)
 
     def extra_repr(self) -> str:
         block = f", block_size={self.block_size}" if self.scheme == "nf4" else ""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -41,14 +44,14 @@ def test_each_weight_is_quantized_as_soon_as_it_is_read(tmp_path, monkeypatch):
     folder = folder_of(Llama(LLAMA), tmp_path)
     fill, float_linears = loading._fill, []
 
-    def watching_fill(model, plan, keys, dtype, device, owner, convert=None):
+    def watching_fill(model, plan, keys, dtype, device, owner, convert=None, **options):
         def watched(target, value):
             out = convert(target, value)
             held = [m for m in model.modules() if isinstance(m, modify.Linear) and not m.weight.is_meta]
             float_linears.append(sum(not is_quantized(m.weight) for m in held))
             return out
 
-        return fill(model, plan, keys, dtype, device, owner, watched)
+        return fill(model, plan, keys, dtype, device, owner, watched, **options)
 
     monkeypatch.setattr(loading, "_fill", watching_fill)
     Llama.from_pretrained(folder, quantize="nf4")
@@ -58,3 +61,18 @@ def test_each_weight_is_quantized_as_soon_as_it_is_read(tmp_path, monkeypatch):
 def test_an_unknown_scheme_is_a_value_error(tmp_path):
     with pytest.raises(ValueError, match=r"Llama.from_pretrained: quantize must be one of \['nf4', 'int8'\] or None, got 'nf3'"):
         Llama.from_pretrained(tmp_path, quantize="nf3")
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads Linux's /proc/self/maps")
+def test_no_mapping_of_the_file_outlives_a_quantized_load(tmp_path):
+    """The tensors kept in their dtype (embeddings, norms) are copies, not views of the file's mapping."""
+    file = str(folder_of(Llama(LLAMA), tmp_path) / "model.safetensors")
+    plain = Llama.from_pretrained(tmp_path)  # float32 as saved: views of the mapping
+    assert file in Path("/proc/self/maps").read_text()
+    del plain
+    gc.collect()
+    quantized = Llama.from_pretrained(tmp_path, quantize="nf4")
+    assert file not in Path("/proc/self/maps").read_text()
+    expected = modify.quantize(Llama.from_pretrained(tmp_path), "nf4")
+    ids = torch.randint(0, 64, (2, 16))
+    assert torch.equal(quantized(ids), expected(ids))

@@ -46,6 +46,26 @@ def test_outputs_and_input_gradients_equal_linear_on_the_dequantized_weight(sche
     assert_close(x.grad, x_ref.grad, atol=tolerance, rtol=tolerance)
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_a_large_nf4_weight_is_dequantized_in_row_chunks_with_the_same_results(bias, gen, monkeypatch):
+    layer = modify.quantize(modify.Linear(128, 1000, bias=bias), "nf4")  # 2000 blocks of 64, 125 scale blocks of 16
+    reference = layer.dequantize()
+    monkeypatch.setattr(QuantizedLinear, "DEQUANTIZED_AT_ONCE", 128 * 200)  # at most 200 rows at once
+    assert layer._row_parts(layer.weight) == 5  # the fewest chunks that split rows and scale blocks evenly
+    chunk_sizes = []
+    original = torch.Tensor.chunk
+    monkeypatch.setattr(torch.Tensor, "chunk", lambda t, n, *a: chunk_sizes.append(n) or original(t, n, *a))
+    x = torch.randn(3, 5, 128, generator=gen, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_()
+    y, y_ref = layer(x), F.linear(x_ref, reference, layer.bias)
+    assert chunk_sizes and set(chunk_sizes) == {5}
+    assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+    grad = torch.randn(y.shape, generator=gen)
+    y.backward(grad)
+    y_ref.backward(grad)
+    assert_close(x.grad, x_ref.grad, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_dequantized_weight_is_near_the_original(scheme):
     base = mlp()

@@ -1,0 +1,33 @@
+"""Handing freed heap memory back to the operating system: ``release_freed_memory``."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+
+
+@functools.cache
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or ``None`` on another C library (macOS, Windows, musl)."""
+    name = ctypes.util.find_library("c")
+    try:
+        return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    except OSError:
+        return None
+
+
+def release_freed_memory() -> None:
+    """Return the heap's free pages to the operating system (glibc's ``malloc_trim(0)``; a no-op elsewhere).
+
+    glibc keeps memory freed by large temporaries in its heap, where the small blocks still in use
+    beside it pin it (the resident size only grows); a loop that makes and frees such temporaries
+    (quantizing layer after layer) calls this after each round.
+
+    Example:
+        >>> from modify._core.memory import release_freed_memory
+        >>> release_freed_memory()
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
