@@ -75,9 +75,14 @@ class Linear(Leaf, Unary, Param, LinearTrait, Vector):
         check_floating_dtype(type(self).__name__, dtype)
         self.in_features, self.out_features = in_features, out_features
         self.weight_init, self.bias_init = weight_init, bias_init
-        self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=dtype))
+        self.weight = nn.Parameter(torch.empty(self.weight_shape(in_features, out_features), device=device, dtype=dtype))
         self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype)) if bias else None
         self.reset_parameters()
+
+    @staticmethod
+    def weight_shape(in_features: int, out_features: int) -> tuple[int, int]:
+        """The weight's layout: ``(out_features, in_features)``, as ``torch.nn.Linear``."""
+        return out_features, in_features
 
     def reset_parameters(self) -> None:
         """Initialise as ``torch.nn.Linear`` does, then apply ``weight_init``/``bias_init``."""

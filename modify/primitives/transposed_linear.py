@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from .._core.arguments import check_floating_dtype, check_sizes, typechecked
 from .._core.checks import expect_last_dim
-from .._core.module import Leaf
-from .init import Init
 from .linear import Linear, reset_like_torch
 
 
@@ -46,25 +42,10 @@ class TransposedLinear(Linear):
         True
     """
 
-    @typechecked
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        bias: bool = True,
-        weight_init: Init = None,
-        bias_init: Init = None,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ):
-        Leaf.__init__(self)
-        check_sizes(type(self).__name__, in_features=in_features, out_features=out_features)
-        check_floating_dtype(type(self).__name__, dtype)
-        self.in_features, self.out_features = in_features, out_features
-        self.weight_init, self.bias_init = weight_init, bias_init
-        self.weight = nn.Parameter(torch.empty(in_features, out_features, device=device, dtype=dtype))
-        self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype)) if bias else None
-        self.reset_parameters()
+    @staticmethod
+    def weight_shape(in_features: int, out_features: int) -> tuple[int, int]:
+        """The weight's layout: ``(in_features, out_features)``, as GPT-2's ``Conv1D``."""
+        return in_features, out_features
 
     def reset_parameters(self) -> None:
         """``torch.nn.Linear``'s init on the ``(out, in)`` view of the weight."""
