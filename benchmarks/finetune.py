@@ -60,23 +60,10 @@ SIDES = {
 
 
 def make_llama(folder: Path) -> Path:
-    """A random bf16 Llama-shaped folder, tensor by tensor (no float32 model in memory)."""
-    import transformers
-    from huggingface_hub import save_torch_state_dict
+    """A random bf16 Llama-shaped folder of the ~0.2B sizes above, tensor by tensor."""
+    from .loading import make_bf16_llama
 
-    if not (folder / "config.json").exists():
-        config = transformers.LlamaConfig(**LLAMA, dtype="bfloat16")
-        with torch.device("meta"):
-            shapes = {k: v.shape for k, v in transformers.LlamaForCausalLM(config).state_dict().items()}
-        gen = torch.Generator().manual_seed(0)
-        state = {
-            k: (torch.ones(s) if "norm" in k else 0.02 * torch.randn(s, generator=gen)).to(torch.bfloat16)
-            for k, s in shapes.items()
-        }
-        folder.mkdir(parents=True, exist_ok=True)
-        save_torch_state_dict(state, folder, metadata={"format": "pt"})
-        config.save_pretrained(folder)
-    return folder
+    return make_bf16_llama(folder, LLAMA)
 
 
 def gpt2_model(side: str):

@@ -49,10 +49,10 @@ def make_gpt2(folder: Path) -> Path:
     return folder
 
 
-def make_llama_1b(folder: Path) -> Path:
-    """A random bf16 Llama-shaped folder (0.85B parameters), tensor by tensor (no float32 model)."""
+def make_bf16_llama(folder: Path, sizes: dict = LLAMA_1B) -> Path:
+    """A random bf16 Llama-shaped folder of ``sizes`` (default 0.85B parameters), tensor by tensor (no float32 model)."""
     if not (folder / "config.json").exists():
-        config = transformers.LlamaConfig(**LLAMA_1B, dtype="bfloat16")
+        config = transformers.LlamaConfig(**sizes, dtype="bfloat16")
         with torch.device("meta"):
             shapes = {k: v.shape for k, v in transformers.LlamaForCausalLM(config).state_dict().items()}
         gen = torch.Generator().manual_seed(0)
@@ -128,7 +128,7 @@ def run(quick: bool = False, cases: tuple[str, ...] = ("gpt2", "llama-1b")) -> s
     if "gpt2" in cases:
         tables.append(compare("gpt2", make_gpt2(FOLDER / "gpt2"), 1 if quick else 3))
     if "llama-1b" in cases:
-        tables.append(compare("llama-1b", make_llama_1b(FOLDER / "llama-1b"), 1))
+        tables.append(compare("llama-1b", make_bf16_llama(FOLDER / "llama-1b"), 1))
     return "\n\n".join(tables)
 
 
