@@ -262,11 +262,20 @@ class Parallel(Combinator):
             return tuple(m(v) for m, v in zip(modules.values(), x))
         if (not isinstance(x, tuple) or len(x) != len(modules)) and checks_enabled():
             self._check(x)
-        direct = _unobserved()  # as in Sequential.forward
+        # As in Sequential.forward; an unwatched branch that passes its value through (Identity,
+        # carrying a padded batch's mask past a block) is not called at all.
+        direct = _unobserved()
         out = []
         for (name, module), value in zip(modules.items(), x, strict=True):
+            if direct and _unhooked(module):
+                if module.passes_through:
+                    out.append(value)
+                    continue
+                call = module.forward
+            else:
+                call = module
             try:
-                out.append(module.forward(value) if direct and _unhooked(module) else module(value))
+                out.append(call(value))
             except Exception as error:
                 annotate(error, name, module)
                 raise

@@ -218,6 +218,27 @@ def test_a_hook_that_changes_an_output_changes_the_result():
     torch.testing.assert_close(model(ids), expected, atol=0, rtol=0)
 
 
+def test_a_hook_on_a_pass_through_branch_changes_the_result():
+    """A ``Parallel`` hands an ``Identity`` branch's value on without a call only while it has no hook."""
+    scale = modify.Scale(3.0)
+    model, x = modify.Sequential(modify.Copy(2), modify.Parallel(modify.Identity(), scale), modify.Add()), torch.ones(2)
+    identity = model[1][0]
+    handle = identity.register_forward_hook(lambda m, args, out: out * 10)
+    hooked = model(x)
+    handle.remove()
+    assert hooked.tolist() == [13.0, 13.0] and model(x).tolist() == [4.0, 4.0]
+
+
+def test_every_leaf_hook_fires_on_the_fused_sibling():
+    model, ids = _tiny_gpt(), torch.randint(0, 16, (2, 5))
+    fused = modify.fuse(model)
+    expected, leaves, seen = fused(ids), _leaf_paths(fused), []
+    for name in leaves:
+        fused.get_submodule(name).register_forward_hook(lambda m, args, out, name=name: seen.append(name))
+    torch.testing.assert_close(fused(ids), expected, atol=0, rtol=0)
+    assert sorted(set(seen)) == sorted(leaves) and "transformer.h.0.attn.1.0" in seen  # an Identity branch
+
+
 def test_global_module_hooks_see_every_leaf_call():
     from torch.nn.modules.module import register_module_forward_hook
 

@@ -121,6 +121,20 @@ def test_identities_are_dropped_and_real_dropout_kept():
     assert fused[2] is model[4]
 
 
+def test_parallels_of_identities_are_dropped_and_zero_dropout_branches_become_identities(gen):
+    carry = modify.Parallel(Dropout(0.0), Identity())  # a padded stream's dropout and mask slot
+    branches = modify.Parallel(Dropout(0.0), Linear(3, 3), Dropout(0.1))
+    model = Sequential(modify.Copy(2), carry, modify.Index(0), modify.Copy(3), branches, modify.Cat(-1)).eval()
+    before, x = state_snapshot(model), torch.randn(2, 3, generator=gen)
+    fused = modify.fuse(model)
+    assert [name for name, _ in fused.named_children()] == ["0", "2", "3", "4", "5"]
+    new = fused[3]
+    assert type(new[0]) is Identity and new[1] is branches[1] and new[2] is branches[2]
+    assert type(carry[0]) is Dropout and type(branches[0]) is Dropout  # the original is unchanged
+    assert_state_equal(model, before)
+    assert_close(fused(x), model(x))
+
+
 @pytest.mark.parametrize(
     "pair",
     [

@@ -42,6 +42,11 @@ class ModifyModule(torch.nn.Module, Traited):
     #: module's name.
     reference_name: str | None = None
 
+    #: ``True`` on a leaf whose ``forward`` returns its input object itself with no side effect
+    #: (:class:`~modify.Identity`): a combinator may then hand the value on without the call,
+    #: where nothing observes the call (no hooks, no tracing).
+    passes_through: bool = False
+
     def reset_buffers(self) -> None:
         """Recompute this module's non-persistent buffers from its configuration; by default nothing.
 

@@ -12,10 +12,12 @@ whose ``Linear`` leaves still receive plain tensors. Positions follow transforme
 
 from __future__ import annotations
 
+from operator import itemgetter
+
 import torch
 
 from .._core.arguments import typechecked
-from .._core.checks import checks_enabled, expect_tensors, expect_tuple
+from .._core.checks import checks_enabled, expect_tensors, expect_tuple, is_compiling
 from .._core.errors import ModifyTypeError, ModifyValueError, describe
 from .._core.module import Leaf
 from ..traits import Linear, ParamFree, Restructure, Tuple, Unary
@@ -146,9 +148,16 @@ class Pick(Leaf, Tuple, ParamFree, Linear, Restructure):
         super().__init__()
         self.spec = tuple(_parse(item) for item in spec)
         self._text = ", ".join(map(repr, spec))
+        # A flat spec of two or more ints is one C call (``operator.itemgetter``) on a long enough tuple
+        # (in eager mode: dynamo does not trace an itemgetter).
+        flat = all(isinstance(item, int) for item in spec) and len(spec) > 1
+        self._flat = itemgetter(*spec) if flat else None
+        self._needs = max((i + 1 if i >= 0 else -i for i in spec), default=0) if flat else 0
 
     def forward(self, x):
         expect_tuple(self, x)
+        if self._flat is not None and isinstance(x, tuple) and len(x) >= self._needs and not is_compiling():
+            return self._flat(x)
         return self._build(self.spec, x)
 
     def _build(self, spec: tuple, x: tuple) -> tuple:

@@ -14,7 +14,7 @@ from torch import nn
 from .._core.arguments import typechecked
 from .._core.identity import once_per_object
 from .._core.module import Sealed
-from ..combinators import Sequential
+from ..combinators import Parallel, Sequential
 from ..primitives.activations import Dropout
 from ..primitives.fusion import rule_for
 from ..primitives.structure import Identity
@@ -22,8 +22,17 @@ from .walk import rebuild
 
 
 def _is_identity(module: nn.Module) -> bool:
-    """Leaves that return their input as is, in every mode."""
+    """Leaves that return their input as is, in every mode, and plain ``Parallel``s of them only."""
+    if type(module) is Parallel:
+        return all(type(branch) is Identity for branch in module)
     return type(module) is Identity or (type(module) is Dropout and module.p == 0.0)
+
+
+def _identity_branches(parallel: Parallel) -> Parallel:
+    """``parallel`` with each ``Dropout(p=0)`` branch an ``Identity`` (the same object if there is none)."""
+    old = parallel._modules
+    branches = {name: Identity() if type(m) is Dropout and _is_identity(m) else m for name, m in old.items()}
+    return parallel if all(branches[name] is m for name, m in old.items()) else Parallel(**branches)
 
 
 def _fuse_pair(first: tuple[str, nn.Module], second: tuple[str, nn.Module]) -> tuple[str, nn.Module] | None:
@@ -73,7 +82,9 @@ def fuse(model: nn.Module) -> nn.Module:
 
     (the affine must cover exactly the normalised axes; each fused class's ``fits`` says when a
     pair qualifies; the fused leaf reports the pair's traits), and ``Identity`` / ``Dropout(p=0)`` children are dropped (the sibling does
-    not see a later change of ``p`` on the original's ``Dropout``). Chains fuse left to right. A ``BatchNorm`` keeps its separate affine:
+    not see a later change of ``p`` on the original's ``Dropout``), as is a plain ``Parallel`` whose branches are all
+    ``Identity``; a ``Dropout(p=0)`` branch of a plain ``Parallel`` becomes an ``Identity``, which the ``Parallel``
+    hands its value through without a call. Chains fuse left to right. A ``BatchNorm`` keeps its separate affine:
     its buffers and the affine's parameters live at two paths, which one leaf cannot keep.
 
     **State dict.** The fused leaf takes the name of the child that held the parameters and holds
@@ -116,6 +127,8 @@ def fuse(model: nn.Module) -> nn.Module:
         return module if isinstance(module, Sealed) else None
 
     def fuse_sequence(path: str, original: nn.Module, new: nn.Module) -> nn.Module:
+        if type(new) is Parallel:
+            return _identity_branches(new)
         if type(new) is not Sequential:
             return new
         return fuse_once(new)
