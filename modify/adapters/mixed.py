@@ -26,14 +26,17 @@ from .blocks import LoRA
 class _Selector:
     """The current call's per-sample indices, made once per call and read by every mixed layer."""
 
-    ids: torch.Tensor | None = None  # (B,) the adapter of each sample, -1 for the base
     adapters: torch.Tensor | None = None  # (B,) the adapter whose weights each sample reads (the base: 0)
+    scales: torch.Tensor | None = None  # (B,) each sample's row of a layer's (K + 1,) scales (the base: K)
     samples: torch.Tensor | None = None  # (B,) 0, 1, ..., B - 1
 
-    def set(self, ids: torch.Tensor | None) -> None:
-        self.ids = ids
-        self.adapters = None if ids is None else ids.clamp(min=0)
-        self.samples = None if ids is None else torch.arange(ids.shape[0], device=ids.device)
+    def set(self, ids: torch.Tensor | None, count: int) -> None:
+        """Index ``ids`` (``(B,)`` in ``[-1, count)``) for the layers, or forget them (``None``)."""
+        if ids is None:
+            self.adapters = self.scales = self.samples = None
+            return
+        self.adapters, self.scales = ids.clamp(min=0), torch.where(ids < 0, count, ids)
+        self.samples = torch.arange(ids.shape[0], device=ids.device)
 
 
 class _MixedLayer(nn.Module):
@@ -53,7 +56,7 @@ class _MixedLayer(nn.Module):
         self._downs, self._ups = tuple(b.down for b in blocks), tuple(b.up for b in blocks)  # read once, not per call
         self._dropouts = tuple(b.adapter.dropout for b in blocks if b.dropout > 0)
         self.rank = max(b.rank for b in blocks)  # smaller ranks are padded with zeros up to it
-        scale = torch.tensor([b.scale for b in blocks] + [0.0])  # (K + 1,): index -1, the base, scales by 0
+        scale = torch.tensor([b.scale for b in blocks] + [0.0])  # (K + 1,): the last, the base, scales by 0
         self.register_buffer("sample_scale", scale.to(first.down.weight), persistent=False)
 
     def _padded(self, t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -81,17 +84,18 @@ class _MixedLayer(nn.Module):
         return hidden.reshape(hidden.shape[0], -1, len(downs), self.rank)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ids, adapters, samples = self.selector.ids, self.selector.adapters, self.selector.samples
-        hidden = self._hidden(x)[samples, :, adapters]  # (B, N, r): each sample's own adapter
-        hidden = hidden * self.sample_scale[ids][:, None, None]
-        ups = torch.stack([self._padded(u.weight.flatten(1), 1) for u in self._ups]).index_select(0, adapters)
+        selector = self.selector
+        hidden = self._hidden(x)[selector.samples, :, selector.adapters]  # (B, N, r): each sample's own adapter
+        hidden = hidden * self.sample_scale.index_select(0, selector.scales)[:, None, None]
+        ups = torch.stack([self._padded(u.weight.flatten(1).t(), 0) for u in self._ups])  # (K, r, out)
+        ups = ups.index_select(0, selector.adapters)  # (B, r, out)
         base = self.base(x)
         if self.kind == "conv":  # (B, out, *spatial) <-> (B, positions, out)
             rows = base.flatten(2).transpose(1, 2).to(hidden.dtype)
-            out = torch.baddbmm(rows, hidden, ups.transpose(1, 2)).transpose(1, 2)
+            out = torch.baddbmm(rows, hidden, ups).transpose(1, 2)
         else:
             rows = base.reshape(base.shape[0], -1, base.shape[-1]).to(hidden.dtype)
-            out = torch.baddbmm(rows, hidden, ups.transpose(1, 2))  # (B, N, out): base + update, one call
+            out = torch.baddbmm(rows, hidden, ups)  # (B, N, out): base + update, one call
         return out.reshape(base.shape).to(base.dtype)
 
 
@@ -154,11 +158,11 @@ class MixedLoRA(nn.Module):
     def forward(self, x, adapter_ids: torch.Tensor):
         if checks_enabled() and not torch.compiler.is_compiling():
             self._check(x, adapter_ids)
-        self._selector.set(adapter_ids)  # the per-sample indices, once for every layer
+        self._selector.set(adapter_ids, len(self.siblings))  # the per-sample indices, once for every layer
         try:
             return self.model(x)
         finally:
-            self._selector.set(None)
+            self._selector.set(None, len(self.siblings))
 
     def _check(self, x, ids: object) -> None:
         first = x[0] if isinstance(x, tuple) and x else x  # a padded batch: (ids, attention_mask)
