@@ -4,7 +4,8 @@ PEFT serves batches that mix adapters (``model(x, adapter_names=[...])``) by loo
 sub-batch of each adapter. Here every adapted layer gathers each sample's own adapter: one
 product with the siblings' ``down`` weights concatenated along the rank axis, each sample keeping
 its adapter's ``r`` columns (an index, not a mask), then one batched product with each sample's
-own ``up`` weight, added to the base output in the same call (``baddbmm``):
+own ``up`` weight, accumulated into the base layer's fresh output (``baddbmm_``; out of place
+where a forward hook on the base layer may hold that output, or the dtypes differ):
 ``y_i = W x_i + s_i * up_i(down_i x_i)``, with ``s_i = 0`` for a sample on the base. The per-sample
 indices are made once per call and read by every layer. No sub-batches, no data-dependent shapes,
 so ``torch.compile(fullgraph=True)`` sees one graph.
@@ -92,11 +93,11 @@ class _MixedLayer(nn.Module):
         base = self.base(x)
         if self.kind == "conv":  # (B, out, *spatial) <-> (B, positions, out)
             rows = base.flatten(2).transpose(1, 2).to(hidden.dtype)
-            out = torch.baddbmm(rows, hidden, ups).transpose(1, 2)
-        else:
-            rows = base.reshape(base.shape[0], -1, base.shape[-1]).to(hidden.dtype)
-            out = torch.baddbmm(rows, hidden, ups)  # (B, N, out): base + update, one call
-        return out.reshape(base.shape).to(base.dtype)
+            return torch.baddbmm(rows, hidden, ups).transpose(1, 2).reshape(base.shape).to(base.dtype)
+        rows = base.reshape(base.shape[0], -1, base.shape[-1])  # (B, N, out)
+        if rows.dtype != hidden.dtype or self.base._forward_hooks:  # a hook may hold on to the base's output
+            return torch.baddbmm(rows.to(hidden.dtype), hidden, ups).reshape(base.shape).to(base.dtype)
+        return rows.baddbmm_(hidden, ups).view(base.shape)  # into the base's fresh output: no copy of it
 
 
 class MixedLoRA(nn.Module):

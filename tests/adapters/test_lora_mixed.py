@@ -83,6 +83,25 @@ def test_holds_the_siblings_own_parameters_and_gradients_reach_the_adapters_used
             assert g is None or torch.count_nonzero(g) == 0
 
 
+def test_trainable_base_gets_the_siblings_gradients_and_base_hooks_see_the_base_output(gen):
+    base, siblings = gpt_siblings(gen)
+    mixed = modify.MixedLoRA(siblings)
+    x = torch.randint(0, 50, (3, 16), generator=gen)
+    ids = torch.tensor([1, -1, 2])
+    params = list(base.parameters())
+    got = torch.autograd.grad(mixed(x, ids).square().sum(), params)
+    expected = torch.autograd.grad(per_sample(base, siblings, x, ids).square().sum(), params)
+    for g, e in zip(got, expected):
+        assert_close(g, e, atol=1e-4, rtol=1e-4)
+    layer = base.get_submodule("transformer.h.0.mlp.1.1.c_fc")
+    seen = []
+    handle = layer.register_forward_hook(lambda module, args, out: seen.append((out, out.clone())))
+    with torch.no_grad():
+        mixed(x, ids)
+    handle.remove()
+    assert torch.equal(*seen[0])  # the update was not added into the output the hook holds
+
+
 def test_equals_pefts_adapter_names_batch(gen, tmp_path):
     peft = pytest.importorskip("peft")
     transformers = pytest.importorskip("transformers")
