@@ -5,7 +5,7 @@ sub-batch of each adapter. Here every adapted layer gathers each sample's own ad
 product with the siblings' ``down`` weights concatenated along the rank axis, each sample keeping
 its adapter's ``r`` columns (an index, not a mask), then one batched product with each sample's
 own ``up`` weight, accumulated into the base layer's fresh output (``baddbmm_``; out of place
-where a forward hook on the base layer may hold that output, or the dtypes differ):
+for a conv, where a forward hook on the base layer may hold that output, or where dtypes differ):
 ``y_i = W x_i + s_i * up_i(down_i x_i)``, with ``s_i = 0`` for a sample on the base. The per-sample
 indices are made once per call and read by every layer. No sub-batches, no data-dependent shapes,
 so ``torch.compile(fullgraph=True)`` sees one graph.
