@@ -1,11 +1,14 @@
 """``MixedLoRA``: one batched forward in which each sample runs through its own LoRA sibling.
 
 PEFT serves batches that mix adapters (``model(x, adapter_names=[...])``) by looping over the
-sub-batch of each adapter. Here every adapted layer computes all adapters for the whole batch at
-once, as dense matrix products over the siblings' own ``down``/``up`` weights concatenated along
-the rank axis, and a per-sample mask (holding each adapter's scale) keeps for each sample only
-the columns of its adapter: ``y = W x + up_cat((down_cat x) * mask[ids])``. No sub-batches,
-no data-dependent shapes, so ``torch.compile(fullgraph=True)`` sees one graph.
+sub-batch of each adapter. Here every adapted layer gathers each sample's own adapter: one
+product with the siblings' ``down`` weights concatenated along the rank axis, each sample keeping
+its adapter's ``r`` columns (an index, not a mask), then one batched product with each sample's
+own ``up`` weight, accumulated into the base layer's fresh output (``baddbmm_``; out of place
+for a conv, where a forward hook on the base layer may hold that output, or where dtypes differ):
+``y_i = W x_i + s_i * up_i(down_i x_i)``, with ``s_i = 0`` for a sample on the base. The per-sample
+indices are made once per call and read by every layer. No sub-batches, no data-dependent shapes,
+so ``torch.compile(fullgraph=True)`` sees one graph.
 """
 
 from __future__ import annotations
@@ -22,13 +25,23 @@ from .blocks import LoRA
 
 
 class _Selector:
-    """The adapter ids of the current call, shared by the mixed layers of one ``MixedLoRA``."""
+    """The current call's per-sample indices, made once per call and read by every mixed layer."""
 
-    ids: torch.Tensor | None = None
+    adapters: torch.Tensor | None = None  # (B,) the adapter whose weights each sample reads (the base: 0)
+    scales: torch.Tensor | None = None  # (B,) each sample's row of a layer's (K + 1,) scales (the base: K)
+    samples: torch.Tensor | None = None  # (B,) 0, 1, ..., B - 1
+
+    def set(self, ids: torch.Tensor | None, count: int) -> None:
+        """Index ``ids`` (``(B,)`` in ``[-1, count)``) for the layers, or forget them (``None``)."""
+        if ids is None:
+            self.adapters = self.scales = self.samples = None
+            return
+        self.adapters, self.scales = ids.clamp(min=0), torch.where(ids < 0, count, ids)
+        self.samples = torch.arange(ids.shape[0], device=ids.device)
 
 
 class _MixedLayer(nn.Module):
-    """One adapted layer over K siblings' blocks: base output plus the per-sample adapter's update."""
+    """One adapted layer over K siblings' blocks: base output plus each sample's own adapter's update."""
 
     def __init__(self, blocks: list[LoRA], selector: _Selector, path: str):
         super().__init__()
@@ -41,36 +54,50 @@ class _MixedLayer(nn.Module):
                 )
         self.base, self.kind, self.selector = first.base, first.kind, selector
         self.blocks = nn.ModuleList(blocks)  # the siblings' own blocks: parameters shared, never copied
-        owner = torch.cat([torch.full((b.rank,), k, dtype=torch.long) for k, b in enumerate(blocks)])
-        scale = torch.cat([torch.full((b.rank,), b.scale) for b in blocks])
-        self.register_buffer("owner", owner, persistent=False)  # (R,) the adapter of each rank column
-        self.register_buffer("column_scale", scale.to(first.down.weight), persistent=False)  # (R,)
+        self._downs, self._ups = tuple(b.down for b in blocks), tuple(b.up for b in blocks)  # read once, not per call
+        self._dropouts = tuple(b.adapter.dropout for b in blocks if b.dropout > 0)
+        self.rank = max(b.rank for b in blocks)  # smaller ranks are padded with zeros up to it
+        scale = torch.tensor([b.scale for b in blocks] + [0.0])  # (K + 1,): the last, the base, scales by 0
+        self.register_buffer("sample_scale", scale.to(first.down.weight), persistent=False)
+
+    def _padded(self, t: torch.Tensor, dim: int) -> torch.Tensor:
+        """``t`` with zeros appended along its rank axis ``dim`` up to the layer's largest rank."""
+        missing = self.rank - t.shape[dim]
+        return F.pad(t, [0, 0] * (t.dim() - 1 - dim) + [0, missing]) if missing else t
 
     def _hidden(self, x: torch.Tensor) -> torch.Tensor:
-        """Every adapter's ``down`` output, concatenated: ``(B, *, R)`` or ``(B, R, *)`` for a conv."""
-        dtype = self.column_scale.dtype
+        """Every adapter's ``down`` output for every sample, ``(B, N, K, r)`` (N: positions)."""
+        downs = self._downs
         if self.kind == "embedding":
-            return F.embedding(x, torch.cat([b.down.weight for b in self.blocks], 1), self.base.padding_idx)
-        inputs = [b.adapter.dropout(x.to(dtype)) for b in self.blocks]  # each sibling's own dropout
-        if self.kind == "linear":
-            if not self.training or all(i is inputs[0] for i in inputs):
-                return F.linear(inputs[0], torch.cat([b.down.weight for b in self.blocks]))
-            return torch.cat([F.linear(i, b.down.weight) for i, b in zip(inputs, self.blocks)], -1)
-        return torch.cat([b.down(i) for i, b in zip(inputs, self.blocks)], 1)
+            table = torch.cat([self._padded(d.weight, 1) for d in downs], 1)  # (num, K r)
+            hidden = F.embedding(x, table, self.base.padding_idx)
+        else:
+            x = x.to(self.sample_scale.dtype)
+            dropping = self.training and any(d.training for d in self._dropouts)
+            inputs = [b.adapter.dropout(x) for b in self.blocks] if dropping else [x] * len(downs)  # each its own
+            if self.kind == "conv":
+                hidden = torch.cat([self._padded(d(i), 1) for i, d in zip(inputs, downs)], 1)
+                hidden = hidden.flatten(2).transpose(1, 2)  # (B, positions, K r)
+            elif not dropping:
+                hidden = F.linear(x, torch.cat([self._padded(d.weight, 0) for d in downs]))
+            else:
+                hidden = torch.cat([F.linear(i, self._padded(d.weight, 0)) for i, d in zip(inputs, downs)], -1)
+        return hidden.reshape(hidden.shape[0], -1, len(downs), self.rank)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ids = self.selector.ids  # (B,)
-        mask = (ids[:, None] == self.owner) * self.column_scale  # (B, R): the sample's adapter, scaled
-        hidden = self._hidden(x)
-        ups = torch.cat([b.up.weight for b in self.blocks], 1)  # (out, R, ...)
-        if self.kind == "conv":
-            mask = mask.reshape(*mask.shape, *([1] * (hidden.dim() - 2)))  # (B, R, 1, ...)
-            update = F.conv1d(hidden * mask, ups) if hidden.dim() == 3 else F.conv2d(hidden * mask, ups)
-        else:
-            mask = mask.reshape(mask.shape[0], *([1] * (hidden.dim() - 2)), mask.shape[1])  # (B, 1, ..., R)
-            update = F.linear(hidden * mask, ups)
+        selector = self.selector
+        hidden = self._hidden(x)[selector.samples, :, selector.adapters]  # (B, N, r): each sample's own adapter
+        hidden = hidden * self.sample_scale.index_select(0, selector.scales)[:, None, None]
+        ups = torch.stack([self._padded(u.weight.flatten(1).t(), 0) for u in self._ups])  # (K, r, out)
+        ups = ups.index_select(0, selector.adapters)  # (B, r, out)
         base = self.base(x)
-        return (base + update).to(base.dtype)
+        if self.kind == "conv":  # (B, out, *spatial) <-> (B, positions, out)
+            rows = base.flatten(2).transpose(1, 2).to(hidden.dtype)
+            return torch.baddbmm(rows, hidden, ups).transpose(1, 2).reshape(base.shape).to(base.dtype)
+        rows = base.reshape(base.shape[0], -1, base.shape[-1])  # (B, N, out)
+        if rows.dtype != hidden.dtype or self.base._forward_hooks:  # a hook may hold on to the base's output
+            return torch.baddbmm(rows.to(hidden.dtype), hidden, ups).reshape(base.shape).to(base.dtype)
+        return rows.baddbmm_(hidden, ups).view(base.shape)  # into the base's fresh output: no copy of it
 
 
 class MixedLoRA(nn.Module):
@@ -80,10 +107,10 @@ class MixedLoRA(nn.Module):
     are LoRA siblings of one base model with the same adapted paths (ranks and alphas may
     differ; not DoRA, as PEFT's mixed batches); ``mixed(x, adapter_ids)`` equals
     ``siblings[adapter_ids[i]](x[i:i+1])`` for each sample ``i`` (``-1``: the base alone). Built
-    on the first sibling's tree, with each adapted layer replaced by a layer that computes every
-    adapter over the whole batch and masks per sample: the siblings' own parameters are used (no
-    copies), gradients reach each adapter used, and ``torch.compile(fullgraph=True)`` traces it
-    whole. PEFT's mixed adapter batches (``adapter_names=``), without its per-sub-batch loop.
+    on the first sibling's tree, with each adapted layer replaced by a layer in which each sample
+    gathers its own adapter's weights (batched products, no per-adapter loop): the siblings' own
+    parameters are used (no copies), gradients reach each adapter used, and
+    ``torch.compile(fullgraph=True)`` traces it whole. PEFT's mixed adapter batches (``adapter_names=``), without its per-sub-batch loop.
 
     Args:
         siblings: the LoRA siblings (at least one).
@@ -132,10 +159,11 @@ class MixedLoRA(nn.Module):
     def forward(self, x, adapter_ids: torch.Tensor):
         if checks_enabled() and not torch.compiler.is_compiling():
             self._check(x, adapter_ids)
-        self._selector.ids = adapter_ids
-        out = self.model(x)
-        self._selector.ids = None
-        return out
+        self._selector.set(adapter_ids, len(self.siblings))  # the per-sample indices, once for every layer
+        try:
+            return self.model(x)
+        finally:
+            self._selector.set(None, len(self.siblings))
 
     def _check(self, x, ids: object) -> None:
         first = x[0] if isinstance(x, tuple) and x else x  # a padded batch: (ids, attention_mask)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -79,6 +81,69 @@ def test_holds_the_siblings_own_parameters_and_gradients_reach_the_adapters_used
             assert g.abs().sum() > 0
         else:
             assert g is None or torch.count_nonzero(g) == 0
+
+
+def test_trainable_base_gets_the_siblings_gradients_and_base_hooks_see_the_base_output(gen):
+    base, siblings = gpt_siblings(gen)
+    mixed = modify.MixedLoRA(siblings)
+    x = torch.randint(0, 50, (3, 16), generator=gen)
+    ids = torch.tensor([1, -1, 2])
+    params = list(base.parameters())
+    got = torch.autograd.grad(mixed(x, ids).square().sum(), params)
+    expected = torch.autograd.grad(per_sample(base, siblings, x, ids).square().sum(), params)
+    for g, e in zip(got, expected):
+        assert_close(g, e, atol=1e-4, rtol=1e-4)
+    layer = base.get_submodule("transformer.h.0.mlp.1.1.c_fc")
+    seen = []
+    handle = layer.register_forward_hook(lambda module, args, out: seen.append((out, out.clone())))
+    with torch.no_grad():
+        mixed(x, ids)
+    handle.remove()
+    assert torch.equal(*seen[0])  # the update was not added into the output the hook holds
+
+
+def test_equals_pefts_adapter_names_batch(gen, tmp_path):
+    peft = pytest.importorskip("peft")
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(vocab_size=60, n_positions=16, n_embd=16, n_layer=2, n_head=2, bos_token_id=0,
+                                     eos_token_id=0)  # fmt: skip
+    targets = ["c_attn", "c_proj", "c_fc"]
+    configs = {"default": peft.LoraConfig(r=2, lora_alpha=4, target_modules=targets, fan_in_fan_out=True),
+               "b": peft.LoraConfig(r=4, lora_alpha=3, target_modules=targets, fan_in_fan_out=True, use_rslora=True)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PEFT's and transformers' own notices (fan_in_fan_out)
+        hf = transformers.GPT2LMHeadModel(config).eval()
+        base = GPT.from_pretrained(hf.state_dict(), vocab_size=60, block_size=16, n_layer=2, n_head=2, n_embd=16)
+        peft_model = peft.get_peft_model(hf, configs["default"])
+        peft_model.add_adapter("b", configs["b"])
+        with torch.no_grad():
+            for name, p in peft_model.named_parameters():
+                if "lora_" in name:
+                    p.normal_(std=0.3, generator=gen)
+        peft_model.save_pretrained(tmp_path)  # every adapter; "b" in its own subfolder
+    siblings = [modify.load_adapters(base, tmp_path), modify.load_adapters(base, tmp_path / "b")]
+    mixed = modify.MixedLoRA(siblings).eval()
+    x = torch.randint(0, 60, (5, 16), generator=gen)
+    ids = torch.tensor([1, -1, 0, 1, 0])
+    names = ["b", "__base__", "default", "b", "default"]
+    with torch.no_grad():
+        assert_close(mixed(x, ids), peft_model.eval()(x, adapter_names=names).logits, atol=1e-5)
+
+
+def test_adapter_dropout_fires_in_training_only_and_never_on_base_rows(gen):
+    base = modify.Sequential(a=modify.Linear(8, 8), act=modify.ReLU(), b=modify.Linear(8, 3))
+    siblings = [modify.lora(base, 2, dropout=0.5), modify.lora(base, 3, dropout=0.0)]
+    for s in siblings:
+        randomise(s, gen)
+    mixed = modify.MixedLoRA(siblings).train()
+    x = torch.randn(6, 8, generator=gen)
+    ids = torch.tensor([0, -1, 1, 0, -1, 1])
+    trained = mixed(x, ids)
+    base_rows, other_rows = ids < 0, ids > 0
+    assert torch.equal(trained[base_rows], base(x)[base_rows])  # the base alone, exactly
+    assert_close(trained[other_rows], siblings[1](x)[other_rows], atol=1e-5)  # no dropout on adapter 1
+    assert not torch.allclose(trained[ids == 0], siblings[0].eval()(x)[ids == 0])  # adapter 0's dropout fired
+    assert_close(mixed.eval()(x, ids), per_sample(base, siblings, x, ids), atol=1e-5)
 
 
 def test_conv_and_low_precision_bases(gen):
