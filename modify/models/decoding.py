@@ -11,7 +11,8 @@ from torch import nn
 from .._core.arguments import typechecked
 from .._core.checks import set_checks
 from ..rewriting.selection import select
-from .cache import LastPosition, kv_cache, reset_cache
+from .cache import kv_cache, reset_cache
+from .cached_positions import LastPosition
 from .gpt import GPT
 from .llama import Llama
 
@@ -107,7 +108,8 @@ def generate(
     mask = None if attention_mask is None else _check_mask(idx, attention_mask)
     with torch.inference_mode():  # as no_grad, without version counters: each step's ops are cheaper
         if use_cache:
-            next_logits = _cached_logits(model, block_size, compile)
+            capacity = min(block_size, idx.shape[1] + max_new_tokens) if compile else None
+            next_logits = _cached_logits(model, block_size, compile, capacity)
         else:
             next_logits = _full_logits(model, block_size)
         for _ in range(max_new_tokens) if progress is None else progress(range(max_new_tokens)):
@@ -142,7 +144,7 @@ def _full_logits(model: nn.Module, block_size: int) -> Logits:
     return lambda ids, mask: last_only(_inputs(ids[:, window], None if mask is None else mask[:, window]))[:, -1]
 
 
-def _cached_logits(model: nn.Module, block_size: int, compile: bool = False) -> Logits:
+def _cached_logits(model: nn.Module, block_size: int, compile: bool = False, capacity: int | None = None) -> Logits:
     """Like :func:`_full_logits` through a ``kv_cache`` sibling fed only the ids it has not seen.
 
     Each call's ``ids`` extend the previous call's. When the new ids would overflow
@@ -151,7 +153,7 @@ def _cached_logits(model: nn.Module, block_size: int, compile: bool = False) -> 
     checks off (the prompt's call checked every leaf, and ``generate`` checked the ids); with
     ``compile`` they run through ``torch.compile`` (the prompt runs eagerly).
     """
-    sibling = _last_only(kv_cache(model))
+    sibling = _last_only(kv_cache(model, capacity=capacity))
     step = torch.compile(sibling, dynamic=True) if compile else sibling
     seen = cached = 0  # ids consumed so far; positions in the cache
 
