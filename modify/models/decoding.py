@@ -50,8 +50,9 @@ def generate(
     token, 0 for padding, as transformers): the model then sees ``(ids, mask)``, every new token
     extends the mask with a 1, and each row's positions count its tokens only, so greedy tokens
     equal transformers' ``generate(idx, attention_mask=mask, do_sample=False)``. With ``compile``
-    the one-position decode step runs through ``torch.compile`` (same tokens; the first call
-    pays the compilation).
+    the one-position decode step runs through ``torch.compile`` over a static cache of
+    ``T + max_new_tokens`` positions (at most ``block_size``): every step has the same shapes, so
+    one graph serves them all (same tokens; the first call pays the compilation).
 
     Args:
         model: a language model from ``(B, T)`` ids to ``(B, T, vocab)`` logits: a :class:`GPT`
@@ -69,7 +70,8 @@ def generate(
             ``functools.partial(tqdm.tqdm, desc="sampling")``.
         attention_mask: ``(B, T)`` bool or integer, 1 for a token and 0 for padding, the padding
             on the left of each row (``None``: no padding).
-        compile: run the cached decode step through ``torch.compile`` (with ``use_cache``).
+        compile: run the cached decode step through ``torch.compile``, over a static cache (with
+            ``use_cache``).
 
     Shape:
         ``idx``: ``(B, T)`` -> ``(B, T + max_new_tokens)``.
@@ -151,7 +153,8 @@ def _cached_logits(model: nn.Module, block_size: int, compile: bool = False, cap
     ``block_size`` cached positions, the cache is emptied and refilled from the last
     ``block_size`` ids, which is what the full re-run sees. One-position steps run with runtime
     checks off (the prompt's call checked every leaf, and ``generate`` checked the ids); with
-    ``compile`` they run through ``torch.compile`` (the prompt runs eagerly).
+    ``compile`` they run through ``torch.compile`` (the prompt runs eagerly), the cache static
+    (``capacity`` positions) and its offsets symbolic integers, so all steps share one graph.
     """
     sibling = _last_only(kv_cache(model, capacity=capacity))
     step = torch.compile(sibling, dynamic=True) if compile else sibling
