@@ -22,10 +22,9 @@ Example:
     torch.Size([1, 8, 16])
 """
 
-from .cache import (
-    CachedAttention, CachedPositions, CachedRotaryEmbedding, CachedTokenInput, LastPosition, cache_offset, kv_cache,
-    reset_cache,
-)
+from .cached_attention import CachedAttention
+from .cached_positions import CachedPositions, CachedRotaryEmbedding, CachedTokenInput, LastPosition
+from .cache import cache_offset, kv_cache, reset_cache
 from .padding import CarryAdd, Pick, TokenInput
 from ..checkpoints import CheckpointError
 from .decoding import generate

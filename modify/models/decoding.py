@@ -11,7 +11,8 @@ from torch import nn
 from .._core.arguments import typechecked
 from .._core.checks import set_checks
 from ..rewriting.selection import select
-from .cache import LastPosition, kv_cache, reset_cache
+from .cache import kv_cache, reset_cache
+from .cached_positions import LastPosition
 from .gpt import GPT
 from .llama import Llama
 
@@ -49,8 +50,9 @@ def generate(
     token, 0 for padding, as transformers): the model then sees ``(ids, mask)``, every new token
     extends the mask with a 1, and each row's positions count its tokens only, so greedy tokens
     equal transformers' ``generate(idx, attention_mask=mask, do_sample=False)``. With ``compile``
-    the one-position decode step runs through ``torch.compile`` (same tokens; the first call
-    pays the compilation).
+    the one-position decode step runs through ``torch.compile`` over a static cache of
+    ``T + max_new_tokens`` positions (at most ``block_size``): every step has the same shapes, so
+    one graph serves them all (same tokens; the first call pays the compilation).
 
     Args:
         model: a language model from ``(B, T)`` ids to ``(B, T, vocab)`` logits: a :class:`GPT`
@@ -68,7 +70,8 @@ def generate(
             ``functools.partial(tqdm.tqdm, desc="sampling")``.
         attention_mask: ``(B, T)`` bool or integer, 1 for a token and 0 for padding, the padding
             on the left of each row (``None``: no padding).
-        compile: run the cached decode step through ``torch.compile`` (with ``use_cache``).
+        compile: run the cached decode step through ``torch.compile``, over a static cache (with
+            ``use_cache``).
 
     Shape:
         ``idx``: ``(B, T)`` -> ``(B, T + max_new_tokens)``.
@@ -107,7 +110,8 @@ def generate(
     mask = None if attention_mask is None else _check_mask(idx, attention_mask)
     with torch.inference_mode():  # as no_grad, without version counters: each step's ops are cheaper
         if use_cache:
-            next_logits = _cached_logits(model, block_size, compile)
+            capacity = min(block_size, idx.shape[1] + max_new_tokens) if compile else None
+            next_logits = _cached_logits(model, block_size, compile, capacity)
         else:
             next_logits = _full_logits(model, block_size)
         for _ in range(max_new_tokens) if progress is None else progress(range(max_new_tokens)):
@@ -142,16 +146,17 @@ def _full_logits(model: nn.Module, block_size: int) -> Logits:
     return lambda ids, mask: last_only(_inputs(ids[:, window], None if mask is None else mask[:, window]))[:, -1]
 
 
-def _cached_logits(model: nn.Module, block_size: int, compile: bool = False) -> Logits:
+def _cached_logits(model: nn.Module, block_size: int, compile: bool = False, capacity: int | None = None) -> Logits:
     """Like :func:`_full_logits` through a ``kv_cache`` sibling fed only the ids it has not seen.
 
     Each call's ``ids`` extend the previous call's. When the new ids would overflow
     ``block_size`` cached positions, the cache is emptied and refilled from the last
     ``block_size`` ids, which is what the full re-run sees. One-position steps run with runtime
     checks off (the prompt's call checked every leaf, and ``generate`` checked the ids); with
-    ``compile`` they run through ``torch.compile`` (the prompt runs eagerly).
+    ``compile`` they run through ``torch.compile`` (the prompt runs eagerly), the cache static
+    (``capacity`` positions) and its offsets symbolic integers, so all steps share one graph.
     """
-    sibling = _last_only(kv_cache(model))
+    sibling = _last_only(kv_cache(model, capacity=capacity))
     step = torch.compile(sibling, dynamic=True) if compile else sibling
     seen = cached = 0  # ids consumed so far; positions in the cache
 

@@ -103,18 +103,24 @@ class ScaledDotProductAttention(Leaf, Ternary, ParamFree, NonLinear, Matrix):
         return f"causal={self.causal}, dropout={self.dropout:g}, scale={self.scale}"
 
 
-def padded_mask(key_mask: torch.Tensor, length: int, total: int, causal: bool) -> torch.Tensor:
+def padded_mask(
+    key_mask: torch.Tensor, length: int, total: int, causal: bool, start: int | None = None
+) -> torch.Tensor:
     """``(B, 1, L, S)`` bool attention mask: keys that are tokens (and, if ``causal``, not after the query).
 
-    The ``L`` queries sit at the last positions ``S - L .. S - 1``. Each query may also attend to its
-    own position, so a padded query's row is never empty (its output is finite, and unspecified).
+    The ``L`` queries sit at positions ``start .. start + L - 1`` (default: the last ones, ``S - L
+    .. S - 1``). Each query may also attend to its own position, so a padded query's row is never
+    empty (its output is finite, and unspecified). Built from comparisons of positions, so
+    ``start`` may be a symbolic integer under ``torch.compile`` (one graph for every decoding step).
     """
+    start = total - length if start is None else start
+    keys = torch.arange(total, device=key_mask.device)
+    queries = torch.arange(start, start + length, device=key_mask.device)[:, None]
+    before = keys <= queries  # (L, S): the query's own and earlier positions
     allowed = key_mask[:, None, None, :]  # (B, 1, 1, S)
-    own = torch.ones(length, total, dtype=torch.bool, device=key_mask.device)
-    own = own.tril(total - length) & own.triu(total - length)  # (L, S): the query's own position
     if causal:
-        allowed = allowed & torch.ones_like(own).tril(total - length)
-    return allowed | own
+        allowed = allowed & before
+    return allowed | (keys == queries)
 
 
 LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")

@@ -167,6 +167,74 @@ def test_cached_leaves_refuse_what_they_cannot_do():
         CachedAttention(modify.ScaledDotProductAttention())
 
 
+@pytest.mark.parametrize("padded", [False, True])
+def test_a_static_cache_fed_in_pieces_equals_the_whole_sequence_in_storage_allocated_once(pair, padded):
+    _, ours = pair
+    ids = prompts(2, 12)
+    mask = torch.ones_like(ids).index_fill_(1, torch.arange(3), 0)[[0, 1]] if padded else None
+    if padded:
+        mask[1] = 1  # row 0 left-padded by 3, row 1 not
+    inputs = (lambda part: (ids[:, part], mask[:, part])) if padded else (lambda part: ids[:, part])
+    whole = ours(inputs(slice(None)))
+    sibling = kv_cache(ours, capacity=14)
+    with torch.no_grad():  # where autograd records, the cache is concatenated instead
+        pieces = [sibling(inputs(slice(0, 5)))]
+        storage = [(m.cached_key.data_ptr(), m.cached_key.shape[-2]) for _, m in modify.select(sibling, CachedAttention)]
+        pieces += [sibling(inputs(slice(i, i + 1))) for i in range(5, 12)]
+    tokens = mask.bool() if padded else torch.ones_like(ids, dtype=torch.bool)
+    torch.testing.assert_close(torch.cat(pieces, dim=1)[tokens], whole[tokens], atol=1e-5, rtol=1e-5)
+    after = [(m.cached_key.data_ptr(), m.cached_key.shape[-2]) for _, m in modify.select(sibling, CachedAttention)]
+    assert after == storage and {size for _, size in storage} == {14}
+    assert all(p is q for p, q in zip(sibling.parameters(), ours.parameters(), strict=True))
+
+
+def test_a_static_cache_refuses_more_positions_than_its_capacity():
+    _, ours = gpt_pair()
+    sibling = kv_cache(ours, capacity=4)
+    sibling(prompts(1, 3))
+    with pytest.raises(ValueError, match=r"CachedAttention at 'transformer\.h\.0\.attn\.3\.1\.attend' expected at most 4 "
+                                         r"positions, 3 cached, got .*tensor\(1, 4, 2, 8\)"):
+        sibling(prompts(1, 2))
+    for capacity, name in ((0, "kv_cache"), (-1, "CachedAttention")):
+        with pytest.raises(ValueError, match=f"{name}: capacity must be at least 1, got {capacity}"):
+            kv_cache(ours, capacity=capacity) if name == "kv_cache" else CachedAttention(
+                modify.ScaledDotProductAttention(causal=True), capacity
+            )
+
+
+def test_a_static_cache_keeps_gradients_where_autograd_records():
+    _, ours = gpt_pair()
+    ids = prompts(2, 6)
+    sibling = kv_cache(ours, capacity=8)
+    logits = torch.cat((sibling(ids[:, :4]), sibling(ids[:, 4:])), dim=1)
+    torch.testing.assert_close(logits, ours(ids), atol=1e-5, rtol=1e-5)
+    (grad,) = torch.autograd.grad(logits.square().sum(), ours.lm_head.weight)
+    (expected,) = torch.autograd.grad(ours(ids).square().sum(), ours.lm_head.weight)
+    torch.testing.assert_close(grad, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("make, padded", [(gpt_pair, False), (llama_pair, True)])
+def test_compiled_decoding_makes_one_graph_for_20_steps_with_transformers_tokens(make, padded, monkeypatch):
+    """The point is recompiles, so the eager backend (dynamo's tracing and guards without inductor)."""
+    reference, ours = make()
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: compile_(model, **{**kwargs, "backend": "eager"}))
+    ids = prompts(2, 5)
+    mask = torch.ones_like(ids)
+    if padded:
+        mask[0, :2] = 0  # row 0 left-padded by 2
+        ids = ids * mask
+    expected = reference.generate(ids, attention_mask=mask, max_new_tokens=20, do_sample=False, pad_token_id=0)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    attention_mask = mask if padded else None
+    got = generate(ours, ids, 20, top_k=1, attention_mask=attention_mask, compile=True)
+    assert torch.equal(got, expected)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1  # 19 one-position steps, one graph
+    assert torch.equal(generate(ours, ids, 20, top_k=1, attention_mask=attention_mask, compile=True), got)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1  # a second generate compiles nothing
+
+
 @pytest.mark.parametrize(
     "model, match",
     [
