@@ -12,6 +12,7 @@ whose steps are used elsewhere is left as it is.
 from __future__ import annotations
 
 import operator
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -98,3 +99,104 @@ def fold_rms_norms(graph: fx.Graph, tensor) -> None:
             for node in (product, normed, *steps):
                 graph.erase_node(node)
             break
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """``cat((-x2, x1), -1)`` for the halves ``x1, x2`` of the last axis: the rotation of rotary embeddings.
+
+    Su et al. 2021, RoFormer (arXiv:2104.09864), as ``transformers``' ``rotate_half`` writes it.
+
+    Example:
+        >>> import torch
+        >>> rotate_half(torch.tensor([1.0, 2.0, 3.0, 4.0])).tolist()
+        [-3.0, -4.0, 1.0, 2.0]
+    """
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat((-second, first), dim=-1)
+
+
+def _shape(node: object) -> tuple | None:
+    val = node.meta.get("val") if isinstance(node, fx.Node) else None
+    return tuple(val.shape) if isinstance(val, torch.Tensor) else None
+
+
+def _halves(cat: fx.Node) -> fx.Node | None:
+    """``x`` when ``cat`` is ``cat([-x[..., h:], x[..., :h]], -1)`` with ``2h`` the last axis's size."""
+    parts, dim = (list(cat.args[0]), cat.args[1] if len(cat.args) > 1 else cat.kwargs.get("dim", 0)) if cat.args else ([], None)
+    if len(parts) != 2 or not _only_use(parts[0], "neg") or not _only_use(parts[1], "slice"):
+        return None
+    second, first = parts[0].args[0], parts[1]
+    if not _only_use(second, "slice") or second.args[0] is not first.args[0]:
+        return None
+    x = first.args[0]
+    shape = _shape(x)
+    if shape is None or not isinstance(shape[-1], int) or shape[-1] % 2 or dim not in (-1, len(shape) - 1):
+        return None
+    half, axes = shape[-1] // 2, (-1, len(shape) - 1)
+    ok = len(first.args) == 4 and first.args[1] in axes and list(first.args[2:]) == [0, half] and second.args[1] in axes
+    return x if ok and len(second.args) == 4 and second.args[2] == half and second.args[3] >= shape[-1] else None
+
+
+def fold_rotations(graph: fx.Graph) -> None:
+    """Rewrite each spelled-out :func:`rotate_half` of ``graph`` (slice, slice, neg, cat) into one call."""
+    for cat in list(graph.nodes):
+        x = _halves(cat) if _name(cat) == "cat" and len(cat.args) >= 1 else None
+        if x is None:
+            continue
+        neg, first = cat.args[0]
+        with graph.inserting_before(cat):
+            folded = graph.call_function(rotate_half, (x,))
+        folded.meta = dict(cat.meta)
+        cat.replace_all_uses_with(folded)
+        second = neg.args[0]
+        for node in (cat, neg, first, second):
+            graph.erase_node(node)
+
+
+def _through(node: object) -> object:
+    """The value under single-use ``contiguous`` calls and whole slices (``x[:, :]``) of ``node``."""
+    while isinstance(node, fx.Node) and len(node.users) == 1 and (
+        _name(node) == "contiguous" or (_name(node) == "slice" and list(node.args[2:]) in ([0, sys.maxsize], []))
+    ):
+        node = node.args[0]
+    return node
+
+
+def _repeated(reshape: fx.Node) -> tuple[fx.Node, int, list[fx.Node]] | None:
+    """``(x, n, steps)`` when ``reshape`` is ``x[:, :, None].expand(B, H, n, T, D).reshape(B, H * n, T, D)``."""
+    expand = _through(reshape.args[0]) if reshape.args else None
+    unsqueeze = _through(expand.args[0]) if _only_use(expand, "expand") else None
+    if not _only_use(unsqueeze, "unsqueeze") or list(unsqueeze.args[1:]) != [2]:
+        return None
+    x = unsqueeze.args[0]
+    shape, sizes, out = _shape(x), expand.args[1], _shape(reshape)
+    if shape is None or out is None or len(shape) != 4 or len(sizes) != 5 or not isinstance(sizes[2], int):
+        return None
+    n = sizes[2]
+    if out != (shape[0], shape[1] * n, *shape[2:]):
+        return None
+    return x, n, _chain(reshape.args[0], unsqueeze)
+
+
+def _chain(top: fx.Node, bottom: fx.Node) -> list[fx.Node]:
+    """``top`` and the nodes under it down to ``bottom`` (each the first argument of the one above)."""
+    nodes = [top]
+    while nodes[-1] is not bottom:
+        nodes.append(nodes[-1].args[0])
+    return nodes
+
+
+def fold_repeats(graph: fx.Graph) -> None:
+    """Rewrite each grouped-query ``repeat_kv`` of ``graph`` (unsqueeze, expand, reshape) into one
+    ``torch.repeat_interleave(x, n, dim=1)``, the same values (Ainslie et al. 2023, GQA, arXiv:2305.13245)."""
+    for reshape in list(graph.nodes):
+        found = _repeated(reshape) if _name(reshape) == "reshape" else None
+        if found is None:
+            continue
+        x, n, steps = found
+        with graph.inserting_before(reshape):
+            folded = graph.call_function(torch.repeat_interleave, (x, n, 1))
+        folded.meta = dict(reshape.meta)
+        reshape.replace_all_uses_with(folded)
+        for node in (reshape, *steps):
+            graph.erase_node(node)
