@@ -1,12 +1,19 @@
-"""Spelled-out layers in a traced graph, folded into the one torch call they compute.
+"""Spelled-out layers in a traced graph, folded into the one call they compute.
 
-``transformers``' RMSNorm (Llama, Mistral, Qwen2, ...) is written out as
-``weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))``: six calls, six leaves
-and their autograd steps. :func:`fold_rms_norms` rewrites that chain into one
-``F.rms_norm(x, (n,), weight, eps)`` node (Zhang and Sennrich 2019, arXiv:1910.07467), which
-:mod:`~modify.conversion.functions` maps to ``RMSNorm`` and ``ElementwiseAffine`` holding the
-same ``weight``. A chain with casts in it (a half-precision model's float32 round trip) or
-whose steps are used elsewhere is left as it is.
+``transformers``' decoders write three layers out op by op, each op a leaf and an autograd step
+of the converted tree. Before the graph becomes units, each is rewritten into one node:
+
+* RMSNorm, ``weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))``, into
+  ``F.rms_norm(x, (n,), weight, eps)`` (Zhang and Sennrich 2019, arXiv:1910.07467), which
+  :mod:`~modify.conversion.functions` maps to ``RMSNorm`` and ``ElementwiseAffine`` holding the
+  same ``weight`` (:func:`fold_rms_norms`);
+* ``rotate_half`` of rotary embeddings (slice, slice, neg, cat) into :func:`rotate_half`
+  (:func:`fold_rotations`);
+* grouped-query ``repeat_kv`` (unsqueeze, expand, reshape) into ``torch.repeat_interleave``
+  (:func:`fold_repeats`).
+
+Each computes the same values. A chain with casts in it (a half-precision model's float32 round
+trip), whose steps are used elsewhere, or whose sizes the graph does not record is left as it is.
 """
 
 from __future__ import annotations
