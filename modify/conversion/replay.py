@@ -77,13 +77,14 @@ class Replay:
 
     A call that reads its inputs only for their sizes and reads no tensor that needs a gradient
     (rotary ``cos``/``sin`` tables from ``inv_freq``, a causal mask) is kept for the last sizes
-    seen, and recomputed when the sizes, dtypes, devices, the tensors it reads (their objects or
-    their in-place versions) or inference mode change, and whenever ``torch.compile`` traces it.
+    seen, unless the call using it writes to it in place or the model returns it. It is
+    recomputed when the sizes, dtypes, devices, the tensors it reads (their objects or their
+    in-place versions) or inference mode change, and whenever ``torch.compile`` traces it.
     """
 
-    def __init__(self, call: _Call, arity: int):
+    def __init__(self, call: _Call, arity: int, keep: bool = True):
         self.call, self.arity = call, arity
-        self.per_shape = _sizes_only(call)
+        self.per_shape = keep and _sizes_only(call)
         self._kept: tuple[tuple, tuple, object] | None = None
 
     def __call__(self, x, **tensors):
@@ -157,6 +158,15 @@ class _Builder:
         return _Tensor(key)
 
 
+def _writes_or_returns(user: fx.Node) -> bool:
+    """Whether ``user`` may change its input in place (``x.add_``, a mutable ATen op) or returns it."""
+    if user.op == "output":
+        return True
+    name = user.target if isinstance(user.target, str) else getattr(user.target, "__name__", "")
+    mutable = isinstance(user.target, torch._ops.OpOverload) and user.target._schema.is_mutable
+    return mutable or (name.endswith("_") and not name.endswith("__")) or name.startswith("__i")
+
+
 def opaque_function(
     root: nn.Module, node: fx.Node, values: set[fx.Node], name: str, first_input: fx.Node
 ) -> tuple[Function, list[fx.Node]]:
@@ -177,5 +187,5 @@ def opaque_function(
     if not builder.inputs:
         builder.inputs.append(first_input)
     arity = len(builder.inputs)
-    function = Function(Replay(call, arity), name=name, arity=arity, parameters=builder.parameters, buffers=builder.buffers)
+    function = Function(Replay(call, arity, keep=not any(_writes_or_returns(u) for u in node.users)), name=name, arity=arity, parameters=builder.parameters, buffers=builder.buffers)
     return function, builder.inputs

@@ -147,3 +147,20 @@ def test_a_size_only_replay_is_kept_per_shape_and_recomputed_when_its_tensors_ch
     y = torch.randn(1, 6, 6, generator=gen)
     assert leaf(y).shape == (6, 6)
     assert_close(converted(y), model(y))
+
+
+class Accumulating(nn.Module):
+    """A table made from sizes alone, then written in place by a call that reads the input."""
+
+    def forward(self, x):  # (B, T)
+        counts = torch.zeros(x.size(1))
+        counts.add_(x.sum(0))
+        return counts * 2
+
+
+def test_a_size_only_value_written_in_place_later_is_recomputed_every_call(gen):
+    model = Accumulating()
+    converted = modify.convert(model)
+    x = torch.randn(3, 4, generator=gen)
+    for _ in range(3):
+        assert_close(converted(x), model(x))
