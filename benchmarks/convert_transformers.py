@@ -59,7 +59,7 @@ def training_rows(quick: bool) -> list[list[object]]:
     rows = []
     ids = torch.randint(1, 512, (8, 129))
     for name, model in _models().items():
-        converted = modify.convert(model.eval(), (ids[:2, :16],), {"use_cache": False})
+        converted = modify.convert(model.eval(), (ids[:2, :16].clone(),), {"use_cache": False})  # a contiguous example
         model.train(), converted.train()
         for m in (model, converted):  # same function in train mode: no dropout on either side
             for d in m.modules():

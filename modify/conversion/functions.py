@@ -18,10 +18,14 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from .. import primitives as P
+from .._core.sibling import sibling
 from ..combinators import Sequential
+from ..models.building import norm_with_affine
 from .shapes import Shapes, view_as_primitives
 
 ALIAS = "alias"  # the call returns its input's value (``contiguous``, dropout off): no leaf
+
+_PAST_ANY_SIZE = 2**62  # ``torch.export`` writes an open slice's end as ``sys.maxsize``
 
 _TUPLE_MAKERS = frozenset({"split", torch.split, "chunk", torch.chunk, "unbind", torch.unbind})
 
@@ -29,8 +33,8 @@ _TUPLE_MAKERS = frozenset({"split", torch.split, "chunk", torch.chunk, "unbind",
 class Call:
     """One traced call: positional/keyword access that treats methods' ``self`` as argument 0."""
 
-    def __init__(self, node: fx.Node, values: set[fx.Node], shapes: Shapes):
-        self.node, self.values, self.shapes = node, values, shapes
+    def __init__(self, node: fx.Node, values: set[fx.Node], shapes: Shapes, root: nn.Module | None = None):
+        self.node, self.values, self.shapes, self.root = node, values, shapes, root
         self.args, self.kwargs = node.args, node.kwargs
 
     def arg(self, i: int, name: str, default: object = None) -> object:
@@ -146,6 +150,25 @@ def _attention(c: Call) -> Mapped:
     return P.ScaledDotProductAttention(causal=causal, dropout=dropout, scale=scale), [q, k, v]
 
 
+def _rms_norm(c: Call) -> Mapped:
+    """``F.rms_norm`` as ``RMSNorm``, with ``ElementwiseAffine`` holding the weight parameter if any."""
+    x, shape, weight, eps = (c.arg(i, name) for i, name in enumerate(("input", "normalized_shape", "weight", "eps")))
+    shape = tuple(shape) if isinstance(shape, (list, tuple)) and all(isinstance(s, int) for s in shape) else None
+    if not c.value(x) or shape is None or not isinstance(eps, float):
+        return None
+    norm = P.RMSNorm(shape, eps)
+    if weight is None:
+        return norm, [x]
+    owner, _, name = weight.target.rpartition(".") if isinstance(weight, fx.Node) and weight.op == "get_attr" else ("", "", "")
+    source = c.root.get_submodule(owner) if name and c.root is not None else None
+    parameter = None if source is None else source._parameters.get(name)
+    if parameter is None or tuple(parameter.shape) != shape:
+        return None
+    affine = P.ElementwiseAffine(shape, bias=False, device="meta", dtype=parameter.dtype)
+    affine = sibling(affine, parameters={"weight": parameter}).train(source.training)
+    return norm_with_affine(norm.train(source.training), affine), [x]
+
+
 def _along(cls: type) -> Callable[[Call], nn.Module | None]:
     def make(c: Call) -> nn.Module | None:
         dim = c.arg(1, "dim")
@@ -167,6 +190,13 @@ def _reduce(cls: type) -> Callable[[Call], nn.Module | None]:
 def _flatten(c: Call) -> nn.Module | None:
     start, end = c.arg(1, "start_dim", 0), c.arg(2, "end_dim", -1)
     return P.Flatten(start, end) if isinstance(start, int) and isinstance(end, int) else None
+
+
+def _whole_slice(c: Call) -> Mapped:
+    """``aten.slice(x, dim, 0, end)`` with ``end`` past any size (``x[:, :]``) returns ``x``'s values: no leaf."""
+    dim, start, end, step = (c.arg(i, name, default) for i, name, default in ((1, "dim", 0), (2, "start", None), (3, "end", None), (4, "step", 1)))
+    whole = start in (None, 0) and (end is None or (isinstance(end, int) and end >= _PAST_ANY_SIZE)) and step == 1
+    return ALIAS if c.value(c.args[0]) and isinstance(dim, int) and whole else None
 
 
 def _alias(c: Call) -> Mapped:
@@ -208,14 +238,20 @@ _TABLE: dict[object, Callable[[Call], Mapped]] = {
     **_same(operator.getitem, handler=_getitem),
     **_same(F.dropout, handler=_dropout),
     **_same(F.scaled_dot_product_attention, handler=_attention),
+    **_same(F.rms_norm, torch.rms_norm, handler=_rms_norm),
     **_same("contiguous", handler=_alias),
+    **_same(torch.ops.aten.slice.Tensor, handler=_whole_slice),
     **{t: _unary(make, *allowed) for targets, (make, *allowed) in _SIMPLE.items() for t in targets},
 }
 
 
-def primitive(node: fx.Node, values: set[fx.Node], shapes: Shapes) -> Mapped:
-    """``(leaf, value nodes it takes)`` for ``node``, :data:`ALIAS`, or ``None`` (no primitive)."""
+def primitive(node: fx.Node, values: set[fx.Node], shapes: Shapes, root: nn.Module | None = None) -> Mapped:
+    """``(leaf, value nodes it takes)`` for ``node``, :data:`ALIAS`, or ``None`` (no primitive).
+
+    ``root`` (the traced module) lets a call that takes one of its parameters (``F.rms_norm``'s
+    weight) become a leaf holding that very parameter.
+    """
     handler = _TABLE.get(node.target)
     if handler is None or node.op not in ("call_function", "call_method") or not node.args:
         return None
-    return handler(Call(node, values, shapes))
+    return handler(Call(node, values, shapes, root))

@@ -55,14 +55,55 @@ def _evaluate(template: object, values: tuple, tensors: dict) -> object:
     return template
 
 
-class Replay:
-    """``fn`` of a converted :class:`~modify.Function`: runs one traced call on the value it gets."""
+def _sizes_only(template: object) -> bool:
+    """Whether ``template`` reads its inputs for their sizes alone (``x.size(1)``), never their values."""
+    if isinstance(template, _In):
+        return False
+    if isinstance(template, _Call):
+        if template.op == "call_method" and template.target == "size":
+            return all(_sizes_only(a) for a in template.args[1:])
+        return _sizes_only(template.args) and _sizes_only(template.kwargs)
+    if isinstance(template, (tuple, list)):
+        return all(_sizes_only(t) for t in template)
+    if isinstance(template, dict):
+        return all(_sizes_only(t) for t in template.values())
+    if isinstance(template, slice):
+        return all(_sizes_only(t) for t in (template.start, template.stop, template.step))
+    return True
 
-    def __init__(self, call: _Call, arity: int):
+
+class Replay:
+    """``fn`` of a converted :class:`~modify.Function`: runs one traced call on the value it gets.
+
+    A call that reads its inputs only for their sizes and reads no tensor that needs a gradient
+    (rotary ``cos``/``sin`` tables from ``inv_freq``, a causal mask) is kept for the last sizes
+    seen, unless the call using it writes to it in place or the model returns it. It is
+    recomputed when the sizes, dtypes, devices, the tensors it reads (their objects or their
+    in-place versions) or inference mode change, and whenever ``torch.compile`` traces it.
+    """
+
+    def __init__(self, call: _Call, arity: int, keep: bool = True):
         self.call, self.arity = call, arity
+        self.per_shape = keep and _sizes_only(call)
+        self._kept: tuple[tuple, tuple, object] | None = None
 
     def __call__(self, x, **tensors):
-        return _evaluate(self.call, (x,) if self.arity == 1 else x, tensors)
+        values = (x,) if self.arity == 1 else x
+        if not self.per_shape or torch.compiler.is_compiling() or any(t.requires_grad for t in tensors.values()):
+            return _evaluate(self.call, values, tensors)
+        key = (tuple((v.shape, v.dtype, v.device) for v in values), torch.is_inference_mode_enabled())
+        sources = tuple((t, t._version) for t in tensors.values())
+        kept = self._kept
+        if kept is not None and kept[0] == key and len(kept[1]) == len(sources) and all(
+            a is b and u == v for (a, u), (b, v) in zip(kept[1], sources)
+        ):
+            return kept[2]
+        result = _evaluate(self.call, values, tensors)
+        self._kept = (key, sources, result)
+        return result
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_kept": None}  # copies and pickles recompute their tables
 
 
 class _Builder:
@@ -117,6 +158,15 @@ class _Builder:
         return _Tensor(key)
 
 
+def _writes_or_returns(user: fx.Node) -> bool:
+    """Whether ``user`` may change its input in place (``x.add_``, a mutable ATen op) or returns it."""
+    if user.op == "output":
+        return True
+    name = user.target if isinstance(user.target, str) else getattr(user.target, "__name__", "")
+    mutable = isinstance(user.target, torch._ops.OpOverload) and user.target._schema.is_mutable
+    return mutable or (name.endswith("_") and not name.endswith("__")) or name.startswith("__i")
+
+
 def opaque_function(
     root: nn.Module, node: fx.Node, values: set[fx.Node], name: str, first_input: fx.Node
 ) -> tuple[Function, list[fx.Node]]:
@@ -137,5 +187,5 @@ def opaque_function(
     if not builder.inputs:
         builder.inputs.append(first_input)
     arity = len(builder.inputs)
-    function = Function(Replay(call, arity), name=name, arity=arity, parameters=builder.parameters, buffers=builder.buffers)
+    function = Function(Replay(call, arity, keep=not any(_writes_or_returns(u) for u in node.users)), name=name, arity=arity, parameters=builder.parameters, buffers=builder.buffers)
     return function, builder.inputs

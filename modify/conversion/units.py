@@ -18,9 +18,10 @@ from ..primitives.joins import Split
 from .functions import ALIAS, primitive
 from .graph import Unit, gather, named_fork
 from .known_layers import convert_layer
+from .patterns import fold_repeats, fold_rms_norms, fold_rotations
 from .replay import opaque_function
 from .shapes import Shapes, split_count
-from .trace import scope_chain, values
+from .trace import attribute, scope_chain, values
 
 
 class Units:
@@ -35,6 +36,9 @@ class Units:
 
     def __init__(self, root: nn.Module, graph: fx.Graph, inputs: list[fx.Node], output: str | tuple[str, ...] | None = None):
         self.root, self.inputs, self.fields = root, inputs, output
+        fold_rms_norms(graph, lambda target: attribute(root, target))
+        fold_rotations(graph)
+        fold_repeats(graph)
         self.values = values(graph, inputs)
         modules = {n.target: root.get_submodule(n.target) for n in graph.nodes if n.op == "call_module"}
         self.modules, self.shapes = modules, Shapes(modules)
@@ -75,7 +79,7 @@ class Units:
             if leaf is not None:
                 return leaf
         else:
-            mapped = primitive(node, self.values, self.shapes)
+            mapped = primitive(node, self.values, self.shapes, self.root)
             if mapped is not None:
                 return mapped
         path = ".".join(filter(None, (*scope_chain(node)[-1:], op_name(node))))
