@@ -6,7 +6,9 @@ How it works, in four steps (one file each):
    become one leaf and inlining every other submodule, and records which module call each node
    ran in. Where it cannot and example ``args`` are given, :mod:`~modify.conversion.export`
    captures ``forward`` with ``torch.export`` and rewrites the ATen graph into the same form
-   (layer calls as ``call_module`` nodes by ``nn_module_stack``, ATen ops as their torch calls).
+   (layer calls as ``call_module`` nodes by ``nn_module_stack``, ATen ops as their torch calls);
+   a stack of identical blocks is captured through a stand-in keeping two of them, the second
+   block's graph repeated for the others (:mod:`~modify.conversion.repeats`).
 2. :mod:`~modify.conversion.units`: every node that makes a value becomes a leaf: a known
    ``torch.nn`` layer its modify leaf holding the same parameters (:mod:`~.known_layers`), a function,
    method or operator with a primitive that primitive (:mod:`~.functions`; views whose sizes come
