@@ -121,7 +121,7 @@ def _same_stateless(a: nn.Module, b: nn.Module, shared: list[object], depth: int
 def _uniform(obj: object, count: int) -> bool:
     """No per-layer list in a shared setting object differs along the stack (``layer_types``)."""
     for value in vars(obj).values():
-        if isinstance(value, (list, tuple)) and len(value) == count and any(v != value[0] for v in value):
+        if isinstance(value, (list, tuple)) and len(value) == count and not all(_same_value(v, value[0], []) for v in value):
             return False
     return True
 
