@@ -56,7 +56,8 @@ def convert_time(rounds: int = 3) -> list[object]:
     seconds = statistics.median(converting)
     ratio = statistics.median(c / l for c, l in zip(converting, loading))
     met = seconds <= CONVERT_SECONDS and ratio <= CONVERT_RATIO
-    return [f"convert GPT-2 124M (first in process {first:.2f} s)", f"{seconds:.2f} s", f"{statistics.median(loading):.2f} s (from_pretrained)",
+    return [f"convert GPT-2 124M (first in process {first:.2f} s)", f"{seconds:.2f} s",
+            f"{statistics.median(loading):.2f} s (from_pretrained)",
             f"{ratio:.2f}x", f"<= {CONVERT_SECONDS:.0f} s and <= {CONVERT_RATIO:.0f}x", "yes" if met else "no"]
 
 

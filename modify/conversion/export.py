@@ -75,7 +75,9 @@ class _Selected(nn.Module):
         return self.pick(self.module(*args, **self.kwargs))
 
 
-def capture(module: nn.Module, args: tuple, kwargs: dict, pick, keep, repeated: tuple[str, int] | None = None) -> tuple[fx.Graph, list[fx.Node], dict]:
+def capture(
+    module: nn.Module, args: tuple, kwargs: dict, pick, keep, repeated: tuple[str, int] | None = None
+) -> tuple[fx.Graph, list[fx.Node], dict]:
     """The graph of ``pick(module(*args, **kwargs))``, its input nodes, and the fixed axes.
 
     ``keep(m)`` says which submodules become one leaf: their calls collapse to ``call_module``.
@@ -173,7 +175,8 @@ def _drop_no_op_casts(graph: fx.Graph) -> None:
             node.replace_all_uses_with(source)
             graph.erase_node(node)
         else:  # the copy ``run_decompositions`` makes of it
-            node.target, node.args, node.kwargs = aten._to_copy.default, (source,), {"dtype": value.dtype, "device": value.device}
+            node.target, node.args = aten._to_copy.default, (source,)
+            node.kwargs = {"dtype": value.dtype, "device": value.device}
 
 
 def _normalise(node: fx.Node) -> None:

@@ -121,7 +121,8 @@ def _same_stateless(a: nn.Module, b: nn.Module, shared: list[object], depth: int
 def _uniform(obj: object, count: int) -> bool:
     """No per-layer list in a shared setting object differs along the stack (``layer_types``)."""
     for value in vars(obj).values():
-        if isinstance(value, (list, tuple)) and len(value) == count and not all(_same_value(v, value[0], []) for v in value):
+        per_layer = isinstance(value, (list, tuple)) and len(value) == count
+        if per_layer and not all(_same_value(v, value[0], []) for v in value):
             return False
     return True
 
@@ -173,12 +174,17 @@ def _alike_blocks(first: list[fx.Node], second: list[fx.Node], old: str, new: st
     if any(u not in index[0] and u not in index[1] for n in first for u in n.users):
         return False  # the first block's values are read elsewhere than by the blocks
     for a, b in zip(first, second):
-        same_call = a.op == b.op and (_renamed(a.target, old, new) == b.target if a.op == "get_attr" else a.target == b.target)
-        stack_a = [(_renamed(k, old, new), _renamed(p, old, new), kind) for k, (p, kind) in a.meta.get("nn_module_stack", {}).items()]
-        stack_b = [(k, p, kind) for k, (p, kind) in b.meta.get("nn_module_stack", {}).items()]
-        if not same_call or stack_a != stack_b or not _alike((a.args, a.kwargs), (b.args, b.kwargs), index):
+        target = _renamed(a.target, old, new) if a.op == "get_attr" else a.target
+        same_call = a.op == b.op and target == b.target and _stack(a, old, new) == _stack(b, new, new)
+        if not same_call or not _alike((a.args, a.kwargs), (b.args, b.kwargs), index):
             return False
     return True
+
+
+def _stack(node: fx.Node, old: str, new: str) -> list[tuple[str, str, object]]:
+    """``node``'s module stack as ``(key, path, class)``, block ``old`` renamed ``new``."""
+    stack = node.meta.get("nn_module_stack", {})
+    return [(_renamed(k, old, new), _renamed(p, old, new), kind) for k, (p, kind) in stack.items()]
 
 
 def _alike(a: object, b: object, index: tuple[dict, dict]) -> bool:
@@ -195,11 +201,14 @@ def _alike(a: object, b: object, index: tuple[dict, dict]) -> bool:
     if isinstance(a, dict):
         return isinstance(b, dict) and a.keys() == b.keys() and all(_alike(a[k], b[k], index) for k in a)
     if isinstance(a, torch.Tensor):
-        return a is b or (isinstance(b, torch.Tensor) and a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b))
+        same_kind = isinstance(b, torch.Tensor) and (a.shape, a.dtype) == (b.shape, b.dtype)
+        return a is b or (same_kind and torch.equal(a, b))
     return type(a) is type(b) and a == b
 
 
-def _copy(graph: fx.Graph, blocks: tuple[list, list], previous: list[fx.Node], anchor: fx.Node, old: str, new: str) -> list[fx.Node]:
+def _copy(
+    graph: fx.Graph, blocks: tuple[list, list], previous: list[fx.Node], anchor: fx.Node, old: str, new: str
+) -> list[fx.Node]:
     """One more block, before ``anchor``: the second of ``blocks`` (block ``old``) renamed
     ``new``, reading ``previous`` where the second reads the first."""
     first, second = blocks
@@ -211,8 +220,6 @@ def _copy(graph: fx.Graph, blocks: tuple[list, list], previous: list[fx.Node], a
             if node.op == "get_attr":
                 copied.target = _renamed(node.target, old, new)
             copied.meta = dict(node.meta)
-            copied.meta["nn_module_stack"] = {
-                _renamed(k, old, new): (_renamed(p, old, new), kind) for k, (p, kind) in node.meta.get("nn_module_stack", {}).items()
-            }
+            copied.meta["nn_module_stack"] = {k: (p, kind) for k, p, kind in _stack(node, old, new)}
             made.append(copied)
     return made

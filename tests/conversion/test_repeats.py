@@ -29,7 +29,8 @@ def gpt2() -> nn.Module:
 
 def llama() -> nn.Module:
     config = transformers.LlamaConfig(
-        num_hidden_layers=4, hidden_size=32, intermediate_size=64, num_attention_heads=2, num_key_value_heads=1, pad_token_id=0, **_IDS
+        num_hidden_layers=4, hidden_size=32, intermediate_size=64, num_attention_heads=2, num_key_value_heads=1,
+        pad_token_id=0, **_IDS,
     )
     return transformers.LlamaForCausalLM(config).eval()
 
@@ -66,7 +67,8 @@ def test_the_stand_in_capture_is_the_whole_capture(make, gen, monkeypatch, repea
 
     assert str(fast) == str(whole)
     assert [(n, id(p)) for n, p in fast.named_parameters()] == [(n, id(p)) for n, p in whole.named_parameters()]
-    assert [getattr(m, "reference_name", None) for m in fast.modules()] == [getattr(m, "reference_name", None) for m in whole.modules()]
+    names = [[getattr(m, "reference_name", None) for m in tree.modules()] for tree in (fast, whole)]
+    assert names[0] == names[1]
     assert_state_equal(model, before)
     other = torch.randint(0, 64, (3, 11), generator=gen)
     with torch.no_grad():
@@ -123,7 +125,7 @@ class _Stack(nn.Module):
         return x
 
 
-@pytest.mark.parametrize("special", [1, 3], ids=["second block (graphs differ)", "last block (the check on the example)"])
+@pytest.mark.parametrize("special", [1, 3], ids=["second block (graphs differ)", "last block (the example's check)"])
 def test_a_block_the_parent_treats_apart_takes_the_whole_capture(special, gen, repeats_taken):
     model = _Stack(special)
     assert repeated_blocks(model) == ("blocks", 4)
