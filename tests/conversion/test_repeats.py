@@ -43,6 +43,14 @@ def repeats_taken(monkeypatch) -> list[bool]:
     return taken
 
 
+@pytest.fixture
+def captures(monkeypatch) -> list[object]:
+    """The ``repeated`` argument of each capture ``convert`` made (``None``: the whole model)."""
+    made, real = [], conversion._checked_capture
+    monkeypatch.setattr(conversion, "_checked_capture", lambda *a: made.append(a[-1]) or real(*a))
+    return made
+
+
 def _whole(monkeypatch, model, args) -> nn.Module:
     with monkeypatch.context() as patch:
         patch.setattr(conversion, "repeated_blocks", lambda module: None)
@@ -57,12 +65,12 @@ def _grads(model: nn.Module, run, x: torch.Tensor) -> dict[int, torch.Tensor]:
 
 
 @pytest.mark.parametrize("make", [gpt2, llama], ids=["GPT-2", "Llama"])
-def test_the_stand_in_capture_is_the_whole_capture(make, gen, monkeypatch, repeats_taken):
+def test_the_stand_in_capture_is_the_whole_capture(make, gen, monkeypatch, repeats_taken, captures):
     model = make()
     before = state_snapshot(model)
     ids = torch.randint(0, 64, (2, 8), generator=gen)
     fast = modify.convert(model, (ids,), {"use_cache": False})
-    assert repeats_taken == [True]
+    assert repeats_taken == [True] and len(captures) == 1  # the fast tree passed the check on the example
     whole = _whole(monkeypatch, model, (ids,))
 
     assert str(fast) == str(whole)
@@ -126,10 +134,11 @@ class _Stack(nn.Module):
 
 
 @pytest.mark.parametrize("special", [1, 3], ids=["second block (graphs differ)", "last block (the example's check)"])
-def test_a_block_the_parent_treats_apart_takes_the_whole_capture(special, gen, repeats_taken):
+def test_a_block_the_parent_treats_apart_takes_the_whole_capture(special, gen, repeats_taken, captures):
     model = _Stack(special)
     assert repeated_blocks(model) == ("blocks", 4)
     converted = modify.convert(model, (torch.randn(2, 8, generator=gen),))
     x = torch.randn(5, 8, generator=gen)
     torch.testing.assert_close(converted(x), model(x))
     assert repeats_taken == [special != 1]  # then the whole capture, which repeats nothing
+    assert captures == [("blocks", 4), None]
