@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import statistics
 import tempfile
 import time
 import warnings
@@ -26,25 +27,38 @@ TRAIN_TARGET, CONVERT_SECONDS, CONVERT_RATIO = 1.05, 2.0, 2.0
 
 
 def _seconds(fn) -> float:
-    start = time.perf_counter()
+    """CPU seconds of the whole process (``from_pretrained`` loads in a thread pool, which
+    ``time.thread_time`` would miss; torch runs one thread here), steady under other load."""
+    start = time.process_time()
     fn()
-    return time.perf_counter() - start
+    return time.process_time() - start
 
 
-def convert_time() -> list[object]:
-    """Seconds to convert a 124M GPT-2 and to ``from_pretrained`` it from a local folder."""
+def convert_time(rounds: int = 3) -> list[object]:
+    """Seconds to convert a 124M GPT-2 and to ``from_pretrained`` it from a local folder.
+
+    Each round builds a fresh model (untimed) and converts it, beside one ``from_pretrained``;
+    a first round warms both up (the process's first ``torch.export`` and load) and is left out.
+    The figures are medians over rounds, the ratio the median of the per-round ratios.
+    """
     config = transformers.GPT2Config()
-    model = transformers.GPT2LMHeadModel(config).eval()
     ids = torch.randint(0, config.vocab_size, (2, 16))
+    loading, converting = [], []
     with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model.save_pretrained(folder)
-        loading = min(_seconds(lambda: transformers.GPT2LMHeadModel.from_pretrained(folder)) for _ in range(2))
-    converting = min(_seconds(lambda: modify.convert(model, (ids,), {"use_cache": False})) for _ in range(2))
-    ratio = converting / loading
-    met = converting <= CONVERT_SECONDS and ratio <= CONVERT_RATIO
-    return ["convert GPT-2 124M", f"{converting:.2f} s", f"{loading:.2f} s (from_pretrained)", f"{ratio:.2f}x",
-            f"<= {CONVERT_SECONDS:.0f} s and <= {CONVERT_RATIO:.0f}x", "yes" if met else "no"]
+        transformers.GPT2LMHeadModel(config).save_pretrained(folder)
+        for _ in range(rounds + 1):
+            loading.append(_seconds(lambda: transformers.GPT2LMHeadModel.from_pretrained(folder)))
+            model = transformers.GPT2LMHeadModel(config).eval()
+            converting.append(_seconds(lambda: modify.convert(model, (ids,), {"use_cache": False})))
+    first = converting[0]
+    loading, converting = loading[1:], converting[1:]
+    seconds = statistics.median(converting)
+    ratio = statistics.median(c / l for c, l in zip(converting, loading))
+    met = seconds <= CONVERT_SECONDS and ratio <= CONVERT_RATIO
+    return [f"convert GPT-2 124M (first in process {first:.2f} s)", f"{seconds:.2f} s",
+            f"{statistics.median(loading):.2f} s (from_pretrained)",
+            f"{ratio:.2f}x", f"<= {CONVERT_SECONDS:.0f} s and <= {CONVERT_RATIO:.0f}x", "yes" if met else "no"]
 
 
 def _models() -> dict[str, torch.nn.Module]:
@@ -81,5 +95,5 @@ def training_rows(quick: bool) -> list[list[object]]:
 
 
 def run(quick: bool) -> str:
-    rows = [convert_time(), *training_rows(quick)]
+    rows = [convert_time(2 if quick else 5), *training_rows(quick)]
     return table(["what", "modify", "reference", "ratio", "target", "met"], rows)

@@ -6,7 +6,9 @@ How it works, in four steps (one file each):
    become one leaf and inlining every other submodule, and records which module call each node
    ran in. Where it cannot and example ``args`` are given, :mod:`~modify.conversion.export`
    captures ``forward`` with ``torch.export`` and rewrites the ATen graph into the same form
-   (layer calls as ``call_module`` nodes by ``nn_module_stack``, ATen ops as their torch calls).
+   (layer calls as ``call_module`` nodes by ``nn_module_stack``, ATen ops as their torch calls);
+   a stack of identical blocks is captured through a stand-in keeping two of them, the second
+   block's graph repeated for the others (:mod:`~modify.conversion.repeats`).
 2. :mod:`~modify.conversion.units`: every node that makes a value becomes a leaf: a known
    ``torch.nn`` layer its modify leaf holding the same parameters (:mod:`~.known_layers`), a function,
    method or operator with a primitive that primitive (:mod:`~.functions`; views whose sizes come
@@ -36,6 +38,7 @@ from .known_layers import convert_layer, known_layer
 from ..combinators import Sequential
 from ..primitives.function import Function
 from .export import capture
+from .repeats import repeated_blocks
 from .scopes import Scopes
 from .trace import trace
 from .units import Units, pick
@@ -158,7 +161,7 @@ def convert(
     except TypeError as error:
         if args is None:
             raise TypeError(f"{error}{_hint(module)}") from error
-        tree, layers = _exported(module, args, kwargs, output, keep)
+        return _exported(module, args, kwargs, output, keep)
     _set_mode(tree, module.training, layers)
     if args is not None:
         verify(module, tree, args, kwargs, output)
@@ -173,15 +176,30 @@ def _build(module: nn.Module, graph, inputs, output) -> tuple[nn.Module, set[int
     return tree, {id(m) for m in units.leaves.values()}
 
 
-def _exported(module: nn.Module, args: tuple, kwargs: dict, output, keep) -> tuple[nn.Module, set[int]]:
-    """The tree of ``torch.export``'s capture, checking first the input axes it fixed."""
-    graph, inputs, fixed = capture(module, args, kwargs, lambda out: _fields(out, output, module), keep)
+def _exported(module: nn.Module, args: tuple, kwargs: dict, output, keep) -> nn.Module:
+    """The checked tree of ``torch.export``'s capture: first through a stand-in whose stack of
+    identical blocks is cut to two (:mod:`~.repeats`), else, or where that tree fails the check on
+    the example, of the whole model."""
+    repeated = repeated_blocks(module)
+    if repeated is not None:
+        try:
+            return _checked_capture(module, args, kwargs, output, keep, repeated)
+        except TypeError:
+            pass  # the whole model's capture decides
+    return _checked_capture(module, args, kwargs, output, keep, None)
+
+
+def _checked_capture(module: nn.Module, args: tuple, kwargs: dict, output, keep, repeated) -> nn.Module:
+    """The tree of one capture, in ``module``'s mode, checked first on the axes it fixed."""
+    graph, inputs, fixed = capture(module, args, kwargs, lambda out: _fields(out, output, module), keep, repeated)
     tree, layers = _build(module, graph, inputs, output)
-    if not fixed:
-        return tree, layers
-    guard = Function(FixedSizes(fixed, len(inputs), type(module).__name__), name="fixed_sizes")
-    children = dict(tree.named_children()) if type(tree) is Sequential else {"model": tree}
-    return Sequential(fixed_sizes=guard, **children), layers
+    if fixed:
+        guard = Function(FixedSizes(fixed, len(inputs), type(module).__name__), name="fixed_sizes")
+        children = dict(tree.named_children()) if type(tree) is Sequential else {"model": tree}
+        tree = Sequential(fixed_sizes=guard, **children)
+    _set_mode(tree, module.training, layers)
+    verify(module, tree, args, kwargs, output)
+    return tree
 
 
 def _fields(result: object, output, module: nn.Module) -> object:

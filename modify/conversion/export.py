@@ -21,6 +21,7 @@ from torch import fx, nn
 from torch.export import Dim
 from torch.utils import _pytree as pytree
 
+from .repeats import repeat, stand_in
 from .trace import drop_unused, untraceable
 
 aten = torch.ops.aten
@@ -74,30 +75,40 @@ class _Selected(nn.Module):
         return self.pick(self.module(*args, **self.kwargs))
 
 
-def capture(module: nn.Module, args: tuple, kwargs: dict, pick, keep) -> tuple[fx.Graph, list[fx.Node], dict]:
+def capture(
+    module: nn.Module, args: tuple, kwargs: dict, pick, keep, repeated: tuple[str, int] | None = None
+) -> tuple[fx.Graph, list[fx.Node], dict]:
     """The graph of ``pick(module(*args, **kwargs))``, its input nodes, and the fixed axes.
 
     ``keep(m)`` says which submodules become one leaf: their calls collapse to ``call_module``.
-    The fixed axes are ``{(input index, axis): size}``.
+    The fixed axes are ``{(input index, axis): size}``. With ``repeated``, the path and length of
+    a list of identical blocks (:func:`~.repeats.repeated_blocks`), a stand-in keeping two of
+    them is captured and the second block's graph repeated for the others (:mod:`~.repeats`).
 
     Raises:
-        TypeError: ``torch.export`` cannot capture ``forward`` (naming the construct).
+        TypeError: ``torch.export`` cannot capture ``forward`` (naming the construct); with
+            ``repeated``, the two blocks' graphs differ.
     """
     dynamic = tuple(dynamic_axes(a) for a in args)
+    captured = stand_in(module, repeated[0]) if repeated else module
     try:
-        program = torch.export.export(_Selected(module, kwargs, pick), args, dynamic_shapes=(dynamic,), strict=False)
+        program = torch.export.export(_Selected(captured, kwargs, pick), args, dynamic_shapes=(dynamic,), strict=False)
     except Exception as error:  # noqa: BLE001 - re-raised as the documented TypeError
         raise untraceable(module, "", f"torch.export cannot capture it ({type(error).__name__}: {str(error).splitlines()[0]})") from error
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # torch's own pytree deprecation notice inside
-        program = program.run_decompositions({})  # functional: in-place writes (``index_put_``) become dataflow
+    if _mutating(program.graph):  # functional: in-place writes (``index_put_``) become dataflow
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch's own pytree deprecation notice inside
+            program = program.run_decompositions({})
     graph = program.graph
-    mutating = [n for n in graph.nodes if isinstance(n.target, torch._ops.OpOverload) and n.target._schema.is_mutable]
+    mutating = _mutating(graph)
     if mutating:
         raise untraceable(module, "", f"an in-place write torch.export left in place ({mutating[0].target})")
     inputs = _lift(program, graph)
+    _drop_no_op_casts(graph)
     for node in graph.nodes:
         _normalise(node)
+    if repeated and not repeat(graph, *repeated):
+        raise untraceable(module, repeated[0], "its blocks' captured graphs differ")
     drop_unused(graph)  # export's ``_assert_tensor_metadata`` checks among them
     _collapse_layers(module, graph, keep)
     output = next(n for n in graph.nodes if n.op == "output")
@@ -109,6 +120,11 @@ def capture(module: nn.Module, args: tuple, kwargs: dict, pick, keep) -> tuple[f
         if isinstance(size, int)
     }
     return graph, inputs, fixed
+
+
+def _mutating(graph: fx.Graph) -> list[fx.Node]:
+    """The nodes of ``graph`` calling an ATen op that writes in place (its schema says so)."""
+    return [n for n in graph.nodes if isinstance(n.target, torch._ops.OpOverload) and n.target._schema.is_mutable]
 
 
 def dynamic_axes(example: torch.Tensor) -> dict[int, object]:
@@ -143,6 +159,24 @@ def _lift(program, graph: fx.Graph) -> list[fx.Node]:
             graph.erase_node(node)
     names = set(signature.user_inputs)
     return [n for n in graph.nodes if n.op == "placeholder" and n.name in names]
+
+
+def _drop_no_op_casts(graph: fx.Graph) -> None:
+    """``aten.to`` calls as ``run_decompositions`` leaves them: none where the input keeps its
+    dtype and device, else ``aten._to_copy``."""
+    for node in list(graph.nodes):
+        if node.op != "call_function" or getattr(node.target, "overloadpacket", None) is not aten.to:
+            continue
+        source, value = node.args[0], node.meta.get("val")
+        before = source.meta.get("val") if isinstance(source, fx.Node) else None
+        if not isinstance(value, torch.Tensor) or not isinstance(before, torch.Tensor):
+            continue
+        if (value.dtype, value.device) == (before.dtype, before.device):
+            node.replace_all_uses_with(source)
+            graph.erase_node(node)
+        else:  # the copy ``run_decompositions`` makes of it
+            node.target, node.args = aten._to_copy.default, (source,)
+            node.kwargs = {"dtype": value.dtype, "device": value.device}
 
 
 def _normalise(node: fx.Node) -> None:
