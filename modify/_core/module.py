@@ -42,6 +42,10 @@ class ModifyModule(torch.nn.Module, Traited):
     #: module's name.
     reference_name: str | None = None
 
+    #: Names of parameters that are constants of the module (a quantized weight): never trained,
+    #: never replaced. :func:`modify.mutable` shares them as they are and refuses to assign them.
+    constant_parameters: tuple[str, ...] = ()
+
     def reset_buffers(self) -> None:
         """Recompute this module's non-persistent buffers from its configuration; by default nothing.
 

@@ -171,6 +171,7 @@ class QuantizedLinear(Linear):
 
     scheme: str
     block_size: int
+    constant_parameters = ("weight",)  # modify.mutable shares it as is and refuses to assign it
     DEQUANTIZED_AT_ONCE = 1 << 22  # weights; see _row_parts
 
     @classmethod
