@@ -63,13 +63,16 @@ def quantized_weight(weight: torch.Tensor, scheme: str, block_size: int, owner: 
     return quantized
 
 
-QUANTIZED_AT_ONCE = 1 << 22  # weights: a larger one (a vocabulary-sized head) is quantized in chunks
+# values quantized at once: torchao's to_nf4 holds ~30 bytes of temporaries per value of a run of
+# up to 1M values (its nearest-code search), plus full-size copies; a larger weight goes in chunks
+QUANTIZED_AT_ONCE = 1 << 18
 
 
 def nf4_in_chunks(weight: torch.Tensor, block_size: int, scaler_block_size: int, chunk: int = QUANTIZED_AT_ONCE):
     """torchao's ``to_nf4(weight, block_size, scaler_block_size)``, bit for bit, holding temporaries of one chunk.
 
-    ``to_nf4`` makes several full-size temporaries (absolute values, scaled blocks, codes); here
+    ``to_nf4`` makes several full-size temporaries (absolute values, scaled blocks, codes) and
+    searches the nearest code of up to 1M values at once (~30 bytes a value); here
     each run of whole blocks of about ``chunk`` values goes through torchao's own steps
     (``get_block_absmax``, ``NF4Tensor.convert_to_norm_float_weight``), and the double quantization
     of the block scales (``NF4Tensor.double_quantize_scalers``) sees the scales of the whole
