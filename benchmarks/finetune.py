@@ -3,7 +3,7 @@
 Each side runs in a fresh subprocess (``python -m benchmarks.finetune --child SIDE``) that imports
 every library (torch, transformers, PEFT, bitsandbytes, torchao, modify), warms them up on a tiny
 model, resets the peak resident memory to the current one (Linux's ``/proc/self/clear_refs``) and
-records it (``ru_maxrss``) as the baseline; then it builds or loads the model, makes the adapters
+records it (``VmHWM`` of ``/proc/self/status``) as the baseline; then it builds or loads the model, makes the adapters
 and an AdamW over them, and runs one warm-up and ``STEPS`` timed training steps (forward,
 cross-entropy, backward, optimizer step; 2 for GPT-2, while the Llama's first step is timed). Peak
 RSS growth covers the weights, the activations and the optimizer state; the step time is the median
@@ -19,7 +19,9 @@ are slow on a CPU without bf16 units: a step takes minutes), timed whole.
 - ``llama``: a Llama-shaped bf16 folder of 0.2B parameters (12 layers, hidden 1024, GQA 16/8,
   intermediate 2816, vocabulary 32000) written here; batch 2 x 256, rank 16 (alpha 32) on all 7
   projections of every layer, activation checkpointing on every layer. modify:
-  ``Llama.from_pretrained(..., quantize="nf4")`` (torchao NF4), ``lora``, ``checkpoint_activations``.
+  ``Llama.from_pretrained(..., quantize="nf4")`` (torchao NF4), ``lora``, ``checkpoint_activations``;
+  ``modify-qlora-chunked`` computes the loss with ``modify.functional.chunked_cross_entropy``
+  (the head 128 positions at a time: the whole logits never exist).
   PEFT: ``LlamaForCausalLM.from_pretrained`` in bf16 (``peft-bf16``) or with bitsandbytes'
   4-bit NF4, double quantization, bf16 compute (``peft-qlora``), each with
   ``gradient_checkpointing_enable(use_reentrant=False)`` and ``get_peft_model``
@@ -34,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -56,7 +57,7 @@ LLAMA = dict(
 PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 SIDES = {
     "gpt2": ("modify-lora", "peft-lora"),
-    "llama": ("modify-qlora", "peft-bf16", "peft-qlora"),
+    "llama": ("modify-qlora", "modify-qlora-chunked", "peft-bf16", "peft-qlora"),
     "load": ("load-bf16", "load-nf4"),
 }
 
@@ -94,11 +95,16 @@ def llama_model(side: str, folder: str):
     import modify
     from modify.models import Llama
 
-    if side == "modify-qlora":
+    if side.startswith("modify-qlora"):
         base = Llama.from_pretrained(folder, dtype=torch.bfloat16, quantize="nf4").requires_grad_(False)
         adapted = modify.lora(base, 16, 32.0, where=(modify.Linear, "model.layers.*"))
         model = modify.checkpoint_activations(adapted, where="model.layers.*").train()
-        return model, modify.lora_parameters(model), model
+        if side == "modify-qlora-chunked":  # the head and loss 128 positions at a time: no whole logits
+            def loss_of(ids, targets):
+                return modify.functional.chunked_cross_entropy(model.model(ids), model.lm_head, targets, chunk=128)
+
+            return model, modify.lora_parameters(model), loss_of
+        return model, modify.lora_parameters(model), plain_loss(model)
     quantization = None
     if side == "peft-qlora":
         quantization = transformers.BitsAndBytesConfig(
@@ -111,7 +117,23 @@ def llama_model(side: str, folder: str):
     hf.config.use_cache = False
     hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = get_peft_model(hf, LoraConfig(r=16, lora_alpha=32, target_modules=PROJECTIONS)).train()
-    return model, [p for p in model.parameters() if p.requires_grad], lambda ids: model(input_ids=ids).logits
+    return model, [p for p in model.parameters() if p.requires_grad], plain_loss(lambda ids: model(input_ids=ids).logits)
+
+
+def plain_loss(logits_of):
+    """``(ids, targets) ->`` the float32 cross-entropy of the whole logits (as ``transformers``' loss)."""
+
+    def loss_of(ids, targets):
+        logits = logits_of(ids)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
+
+    return loss_of
+
+
+def peak_kib() -> int:
+    """The peak resident size since the last reset (``VmHWM``; ``ru_maxrss`` keeps the parent's size after exec)."""
+    status = Path("/proc/self/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1])
 
 
 def warm_up() -> None:
@@ -137,7 +159,7 @@ def load_child(side: str, folder: str, baseline: int) -> None:
     model = Llama.from_pretrained(folder, dtype=torch.bfloat16, quantize="nf4" if side == "load-nf4" else None)
     with torch.no_grad():
         model(torch.randint(0, 100, (1, 8)))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline
+    peak = peak_kib() - baseline
     print(json.dumps({"step_s": time.perf_counter() - start, "peak_mib": peak / 1024}))
 
 
@@ -146,30 +168,30 @@ def child(side: str, folder: str) -> None:
     warnings.simplefilter("ignore")
     warm_up()
     Path("/proc/self/clear_refs").write_text("5")  # Linux: the peak restarts from the current RSS
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    baseline = peak_kib()
     torch.manual_seed(0)
     if side in SIDES["load"]:
         return load_child(side, folder, baseline)
     if side in SIDES["gpt2"]:
         model, trainable, logits_of = gpt2_model(side)
+        loss_of = plain_loss(logits_of)
         vocab, shape, steps = GPT2["vocab_size"], (4, 129), STEPS["gpt2"]
     else:
-        model, trainable, logits_of = llama_model(side, folder)
+        model, trainable, loss_of = llama_model(side, folder)
         vocab, shape, steps = LLAMA["vocab_size"], (2, 257), STEPS["llama"]
     optimizer = torch.optim.AdamW(trainable, lr=1e-4)
     tokens = torch.randint(0, vocab, shape, generator=torch.Generator().manual_seed(1))
     times, cpu_times = [], []
     for _ in range(steps + 1):
         start, cpu_start = time.perf_counter(), time.process_time()
-        logits = logits_of(tokens[:, :-1])
-        loss = F.cross_entropy(logits.reshape(-1, vocab).float(), tokens[:, 1:].reshape(-1))
+        loss = loss_of(tokens[:, :-1], tokens[:, 1:])
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - start)
         cpu_times.append(time.process_time() - cpu_start)
     times, cpu_times = times[1:] or times, cpu_times[1:] or cpu_times
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline
+    peak = peak_kib() - baseline
     trainable_count = sum(p.numel() for p in trainable)
     print(json.dumps({"step_s": statistics.median(times), "cpu_s": statistics.median(cpu_times),
                       "peak_mib": peak / 1024, "trainable": trainable_count, "loss": loss.item()}))  # fmt: skip
@@ -220,23 +242,27 @@ def gpt2_lines(quick: bool) -> list[str]:
     ]
 
 
-def run(quick: bool = False, cases: tuple[str, ...] = tuple(SIDES)) -> str:
-    """Each case's sides once, then the ratios against PEFT."""
+def run(quick: bool = False, cases: tuple[str, ...] = tuple(SIDES), sides: list[str] = list(SIDES["llama"])) -> str:
+    """Each case's sides once (``sides``: the Llama case's, PEFT's two always), then the ratios against PEFT."""
+    sides = [side for side in sides if not side.startswith("peft")] + ["peft-bf16", "peft-qlora"]
     lines = []
     if "gpt2" in cases:
         lines += gpt2_lines(quick)
     if "llama" in cases:
         folder = make_llama(FOLDER)
-        ours, bf16, qlora = measure_together(list(SIDES["llama"]), folder, threads=1)
+        ran = dict(zip(sides, measure_together(sides, folder, threads=1)))
+        bf16, qlora = ran["peft-bf16"], ran["peft-qlora"]
         lines += [
             "Llama-shaped 0.2B bf16 folder, batch 2 x 256, r=16 on all 7 projections, activation checkpointing:",
-            "| | modify QLoRA (torchao NF4) | PEFT bf16 LoRA | PEFT QLoRA (bitsandbytes NF4) | ratio vs bf16 | ratio vs QLoRA | target |",
-            "|---|---|---|---|---|---|---|",
-            f"| peak RSS growth | {ours['peak_mib']:.0f} MiB | {bf16['peak_mib']:.0f} MiB | {qlora['peak_mib']:.0f} MiB | "
-            f"{ours['peak_mib'] / bf16['peak_mib']:.2f} | {ours['peak_mib'] / qlora['peak_mib']:.2f} | <= 0.5 / <= 1.0 |",
-            f"| training step | {ours['step_s']:.2f} s | {bf16['step_s']:.2f} s | {qlora['step_s']:.2f} s | "
-            f"{ours['step_s'] / bf16['step_s']:.2f} | {ours['step_s'] / qlora['step_s']:.2f} | vs QLoRA <= 1.0 |",
+            "| | peak RSS growth | vs PEFT bf16 | vs PEFT QLoRA | training step | vs PEFT QLoRA |",
+            "|---|---|---|---|---|---|",
         ]
+        for side in sides:
+            name, side = side, ran[side]
+            lines.append(
+                f"| {name} | {side['peak_mib']:.0f} MiB | {side['peak_mib'] / bf16['peak_mib']:.2f} | "
+                f"{side['peak_mib'] / qlora['peak_mib']:.2f} | {side['cpu_s']:.0f} s | {side['cpu_s'] / qlora['cpu_s']:.2f} |"
+            )
     if "load" in cases:
         folder = make_llama(FOLDER)
         plain, nf4 = (measure(side, folder) for side in SIDES["load"])
@@ -256,6 +282,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m benchmarks.finetune", description=__doc__.splitlines()[0])
     parser.add_argument("--child", nargs=2, metavar=("SIDE", "FOLDER"), help=argparse.SUPPRESS)
     parser.add_argument("--case", nargs="+", choices=tuple(SIDES), default=tuple(SIDES))
+    parser.add_argument("--sides", nargs="+", choices=SIDES["llama"], default=list(SIDES["llama"]),
+                        help="the Llama case's sides (PEFT's two always run)")
     args = parser.parse_args()
     if args.child:
         child(*args.child)
@@ -263,4 +291,4 @@ if __name__ == "__main__":
         from .timing import machine
 
         print(f"machine: {machine()}")
-        print(run(cases=tuple(args.case)))
+        print(run(cases=tuple(args.case), sides=args.sides))

@@ -4,6 +4,7 @@
     python examples/finetune.py --quantize nf4                    # QLoRA: the base in 4-bit NormalFloat
     python examples/finetune.py --checkpoint ./llama --quantize nf4 --text lines.txt --steps 200
     python examples/finetune.py --save-every 10                   # after a crash, the same command with --resume
+    python examples/finetune.py --quantize nf4 --loss-chunk 256   # the head and loss 256 positions at a time
     python examples/finetune.py --help                            # every option of Config below
 
 1. Loads a Hugging Face GPT-2 or Llama folder (``--checkpoint``; with ``--quantize nf4`` each
@@ -54,6 +55,7 @@ from tqdm import tqdm
 
 import modify
 from modify.checkpoints import atomic_folder
+from modify.functional import chunked_cross_entropy
 from modify.models import GPT, Llama, LlamaConfig, generate
 
 
@@ -80,6 +82,8 @@ class Config:
     seed: int = opt(0, "seed of the built model, the adapters and the batches")
     save_every: int = opt(0, "save the training state to <out>/train_state every N steps (0: never)")
     resume: bool = opt(False, "continue from <out>/train_state, saved by an interrupted run with the same options")
+    loss_chunk: int = opt(0, "positions per run of the output head in the loss, so the whole logits never exist "
+                             "(modify.functional.chunked_cross_entropy; same loss and gradients); 0: all at once")
 
 
 # ----------------------------------------------------------------------------- data
@@ -139,14 +143,19 @@ def load_base(config: Config) -> tuple[torch.nn.Module, str]:
     return base, "transformer.h.*" if isinstance(base, GPT) else "model.layers.*"
 
 
-def token_loss(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def token_loss(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, chunk: int = 0) -> torch.Tensor:
     """Mean next-token cross-entropy over real tokens (pads ignored, as ``labels=-100``).
 
     The model takes ``(ids, attention_mask)``: padded keys are never attended to and each row's
-    positions count only its tokens.
+    positions count only its tokens. With ``chunk``, the output head and the loss run ``chunk``
+    positions at a time (``chunked_cross_entropy``): the vocabulary-sized logits of the whole
+    batch, their float32 copy and their gradients never exist, for the same loss and gradients.
     """
-    logits = model((ids[:, :-1], mask[:, :-1]))
-    targets = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
+    inputs, targets = (ids[:, :-1], mask[:, :-1]), ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
+    if chunk:
+        body = model.transformer if isinstance(model, GPT) else model.model
+        return chunked_cross_entropy(body(inputs), model.lm_head, targets, chunk=chunk)
+    logits = model(inputs)
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100)
 
 
@@ -183,7 +192,7 @@ def train_adapters(
     for step in (bar := tqdm(range(start, config.steps), desc="adapters", initial=start, total=config.steps)):
         picks = [(step * config.batch_size + k) % len(rows) for k in range(config.batch_size)]
         ids, mask = pad_right([rows[order[p]] for p in picks])
-        loss = token_loss(trained, ids, mask)
+        loss = token_loss(trained, ids, mask, config.loss_chunk)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

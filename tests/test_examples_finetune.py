@@ -64,3 +64,20 @@ def test_bad_flags_are_refused(finetune):
         finetune.parse(["--quantize", "fp4"])
     with pytest.raises(SystemExit):
         finetune.parse(["--steps", "0"])
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_the_chunked_loss_equals_the_plain_loss_in_value_and_gradients(finetune, kind, tmp_path):
+    if kind == "gpt2":
+        GPT(GPTConfig(block_size=64, vocab_size=256, n_layer=2, n_head=2, n_embd=64)).save_pretrained(tmp_path / "gpt2")
+    base, blocks = finetune.load_base(finetune.parse(["--checkpoint", str(tmp_path / "gpt2")] * (kind == "gpt2")))
+    model = modify.checkpoint_activations(modify.lora(base, 4, where=(modify.Linear, blocks)), where=blocks)
+    with torch.no_grad():
+        for p in modify.lora_parameters(model):
+            p.normal_(std=0.05)
+    ids, mask = finetune.pad_right([list(b"short"), list(b"a longer example line")])
+    plain, chunked = finetune.token_loss(model, ids, mask), finetune.token_loss(model, ids, mask, chunk=7)
+    torch.testing.assert_close(chunked, plain, atol=1e-6, rtol=1e-6)
+    adapters = modify.lora_parameters(model)
+    for mine, theirs in zip(torch.autograd.grad(chunked, adapters), torch.autograd.grad(plain, adapters)):
+        torch.testing.assert_close(mine, theirs, atol=1e-6, rtol=1e-5)

@@ -280,3 +280,27 @@ def test_in_place_on_a_shared_parameter_raises_where_torch_would_allow_it(mode, 
         mut[0].weight += 1
     assert_state_equal(base, state)
     assert torch.equal(mut[0].weight, base[0].weight * 2 + 1)
+
+
+def test_mutable_over_a_quantized_model_keeps_the_quantized_weights_constant(gen):
+    base = modify.Sequential(modify.Linear(64, 32), modify.GELU(), modify.Linear(32, 8))
+    quantized = modify.quantize(base, "nf4")
+    before = {name: tensor.get_original_weight() if name.endswith("weight") else tensor.clone()
+              for name, tensor in quantized.state_dict().items()}  # fmt: skip
+    net = modify.mutable(quantized)
+    x = torch.randn(3, 64, generator=gen)
+    assert torch.equal(net(x), quantized(x))
+    assert net[0].weight is quantized[0].weight  # the frozen constant itself, not an alias
+    with pytest.raises(TypeError, match=r"QuantizedLinear\.weight at '0' is a constant.*quantized"):
+        net[0].weight = torch.zeros(32, 64)
+    predictor = torch.nn.Linear(1, 8)
+    net[2].bias = predictor(torch.ones(1))  # float tensors stay mutable, gradients reach the predictor
+    expected = torch.nn.functional.linear(torch.nn.functional.gelu(quantized[0](x)), quantized[2].dequantize(), net[2].bias)
+    out = net(x)
+    assert torch.allclose(out, expected, atol=1e-5)
+    out.sum().backward()
+    assert predictor.weight.grad is not None and quantized[2].bias.grad is None
+    assert list(net.state_dict()) == list(quantized.state_dict())
+    assert torch.equal(copy.deepcopy(net)(x), net(x))
+    for name, tensor in quantized.state_dict().items():  # the original is untouched
+        assert torch.equal(tensor.get_original_weight() if name.endswith("weight") else tensor, before[name])

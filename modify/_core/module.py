@@ -47,6 +47,10 @@ class ModifyModule(torch.nn.Module, Traited):
     #: where nothing observes the call (no hooks, no tracing).
     passes_through: bool = False
 
+    #: Names of parameters that are constants of the module (a quantized weight): never trained,
+    #: never replaced. :func:`modify.mutable` shares them as they are and refuses to assign them.
+    constant_parameters: tuple[str, ...] = ()
+
     def reset_buffers(self) -> None:
         """Recompute this module's non-persistent buffers from its configuration; by default nothing.
 

@@ -53,9 +53,67 @@ def quantized_weight(weight: torch.Tensor, scheme: str, block_size: int, owner: 
             f"{tuple(weight.shape)} ({weight.numel()} values) is not a whole number of blocks"
         )
     blocks = weight.numel() // block_size
-    quantized = to_nf4(weight.contiguous(), block_size, math.gcd(blocks, _SCALER_BLOCK))
+    scaler_block_size = math.gcd(blocks, _SCALER_BLOCK)
+    weight = weight.contiguous()
+    if weight.numel() <= QUANTIZED_AT_ONCE:
+        quantized = to_nf4(weight, block_size, scaler_block_size)
+    else:
+        quantized = nf4_in_chunks(weight, block_size, scaler_block_size, QUANTIZED_AT_ONCE)
     release_freed_memory()  # the quantizer's temporaries, which glibc would keep (layer after layer)
     return quantized
+
+
+# values quantized at once: torchao's to_nf4 holds ~30 bytes of temporaries per value of a run of
+# up to 1M values (its nearest-code search), plus full-size copies; a larger weight goes in chunks
+QUANTIZED_AT_ONCE = 1 << 18
+
+
+def nf4_in_chunks(weight: torch.Tensor, block_size: int, scaler_block_size: int, chunk: int = QUANTIZED_AT_ONCE):
+    """torchao's ``to_nf4(weight, block_size, scaler_block_size)``, bit for bit, holding temporaries of one chunk.
+
+    ``to_nf4`` makes several full-size temporaries (absolute values, scaled blocks, codes) and
+    searches the nearest code of up to 1M values at once (~30 bytes a value); here
+    each run of whole blocks of about ``chunk`` values goes through torchao's own steps
+    (``get_block_absmax``, ``NF4Tensor.convert_to_norm_float_weight``), and the double quantization
+    of the block scales (``NF4Tensor.double_quantize_scalers``) sees the scales of the whole
+    tensor, so its shared mean and factors are ``to_nf4``'s (QLoRA, Dettmers et al. 2023).
+
+    Args:
+        weight: contiguous float ``(out, in)``, a whole number of ``scaler_block_size`` blocks.
+        block_size, scaler_block_size: as ``to_nf4``'s.
+        chunk: about how many values are quantized at once (rounded down to whole blocks).
+
+    Returns:
+        torchao's ``NF4Tensor``, equal in every packed tensor to ``to_nf4``'s.
+
+    Example:
+        >>> import torch
+        >>> from modify.primitives.quantized import nf4_in_chunks
+        >>> w = torch.randn(64, 128)
+        >>> chunked = nf4_in_chunks(w, 64, 128, chunk=1024)
+        >>> from torchao.quantization.quantize_.workflows.nf4.nf4_tensor import to_nf4
+        >>> whole = to_nf4(w, 64, 128)
+        >>> torch.equal(chunked.quantized_data, whole.quantized_data), torch.equal(chunked.scaler_mean, whole.scaler_mean)
+        (True, True)
+    """
+    with _quiet_import():
+        from torchao.quantization.quantize_.workflows.nf4.nf4_tensor import NF4Tensor, SubclassTensorArgs, get_block_absmax
+
+    pair = 2 * block_size  # an even number of values per piece: torchao packs two codes a byte
+    flat, step = weight.view(-1), max(chunk // pair, 1) * pair
+    pieces = [flat[start : start + step] for start in range(0, flat.numel(), step)]
+    first = NF4Tensor.from_tensor(pieces[0], block_size, math.gcd(pieces[0].numel() // block_size, scaler_block_size))
+    codes = [first.quantized_data]
+    for piece in pieces[1:]:
+        codes.append(NF4Tensor.convert_to_norm_float_weight(piece, piece.numel() // block_size, block_size, first.nf4))
+    absmax = torch.cat([get_block_absmax(piece, block_size) for piece in pieces])
+    # block_size=1 over the block scales gives back those scales: the whole tensor's statistics
+    scalers, factor, mean = NF4Tensor.double_quantize_scalers(absmax, 1, scaler_block_size)
+    meta = SubclassTensorArgs(
+        weight.size(), weight.stride(), weight.storage_offset(), weight.dtype, weight.device, weight.requires_grad
+    )
+    blocks = weight.numel() // block_size
+    return NF4Tensor(meta, block_size, blocks, scaler_block_size, scalers, factor, mean, torch.cat(codes), first.nf4)
 
 
 @contextlib.contextmanager
@@ -116,6 +174,7 @@ class QuantizedLinear(Linear):
 
     scheme: str
     block_size: int
+    constant_parameters = ("weight",)  # modify.mutable shares it as is and refuses to assign it
     DEQUANTIZED_AT_ONCE = 1 << 22  # weights; see _row_parts
 
     @classmethod

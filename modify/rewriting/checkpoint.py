@@ -1,10 +1,13 @@
 """Activation checkpointing as a rewriter: :func:`checkpoint_activations`.
 
-Each matched module becomes a sibling of its own class plus the :class:`ActivationCheckpoint`
-mixin (made once per class with :func:`~modify._core.sibling.derived_class`): the same children,
-parameters, paths and ``state_dict`` keys, run through ``torch.utils.checkpoint.checkpoint(...,
-use_reentrant=False)``. It computes exactly what the module computes, so the walk rebuilds it as
-any other combinator (a ``lora`` over a checkpointed block keeps the checkpointing).
+Every wrapper is a ``Sequential`` whose own ``forward`` runs under
+``torch.utils.checkpoint.checkpoint(..., use_reentrant=False)``. A matched ``Sequential`` (a
+transformer block) becomes a sibling of its own class plus the :class:`ActivationCheckpoint` mixin
+(made once per class with :func:`~modify._core.sibling.derived_class`): the same children,
+parameters, paths and ``state_dict`` keys. Any other match (a leaf, a ``Parallel``, a plain
+``torch.nn`` module) becomes :class:`Checkpointed`, sugar for a ``Sequential`` holding it as its
+only child ``"0"``. Both compute exactly what the module computes, so the walk rebuilds them as any
+other combinator (a ``lora`` over a checkpointed block keeps the checkpointing).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .._core.arguments import typechecked
 from .._core.sibling import Derived, derived_class, sibling
+from ..combinators import Sequential
 from .criteria import Where, as_criteria
 from .selection import matching
 
@@ -34,11 +38,45 @@ class ActivationCheckpoint(Derived):
         return ", ".join(filter(None, (super().extra_repr(), "checkpointed=True")))
 
 
+class Checkpointed(ActivationCheckpoint, Sequential):
+    """``Sequential(module)`` run under activation checkpointing: the wrapper of a match that is not a ``Sequential``.
+
+    Sugar, like :class:`~modify.Residual`: a ``Sequential`` whose only child ``"0"`` is ``module``
+    (its parameters' paths gain ``".0"``), whose forward is the ``Sequential``'s own (its checks,
+    and an error naming the child's path) inside ``torch.utils.checkpoint.checkpoint(...,
+    use_reentrant=False)``. Made by :func:`checkpoint_activations`; see :class:`ActivationCheckpoint`.
+
+    Args:
+        module: the module to checkpoint (a leaf, a ``Parallel``, a plain ``torch.nn`` module).
+
+    Shape:
+        That of ``module``.
+
+    Example:
+        >>> import torch, modify
+        >>> from modify.rewriting.checkpoint import Checkpointed
+        >>> layer = modify.Linear(4, 2)
+        >>> light = Checkpointed(layer)
+        >>> isinstance(light, modify.Sequential), light[0] is layer
+        (True, True)
+        >>> x = torch.randn(3, 4)
+        >>> torch.equal(light(x), layer(x))
+        True
+    """
+
+    def __init__(self, module: nn.Module):
+        super().__init__(module)
+        self.train(module.training)
+
+
 def checkpointed(module: nn.Module) -> nn.Module:
-    """A sibling of ``module`` (its class plus :class:`ActivationCheckpoint`) sharing all its state."""
+    """``module`` under checkpointing: a ``Sequential`` as a sibling of its class plus :class:`ActivationCheckpoint`,
+    anything else wrapped as :class:`Checkpointed`; sharing all its state."""
     if isinstance(module, ActivationCheckpoint):
         return module
-    return sibling(module, cls=derived_class(ActivationCheckpoint, type(module)))
+    if isinstance(module, Sequential):
+        return sibling(module, cls=derived_class(ActivationCheckpoint, type(module)))
+    return Checkpointed(module)
 
 
 @typechecked
@@ -48,10 +86,13 @@ def checkpoint_activations(model: nn.Module, where: Where) -> nn.Module:
     Activation checkpointing (Chen et al. 2016, arXiv:1604.06174; ``transformers``'
     ``gradient_checkpointing_enable()``): a matched module keeps only its input for the backward
     pass and runs its forward again there, trading one more forward per step for the memory of
-    its inner activations. Each match (outermost first; nothing inside a match is matched again)
-    becomes a sibling of its own class with the :class:`ActivationCheckpoint` mixin: a
-    ``Sequential`` stays a ``Sequential`` of that class (a ``LoRA`` block stays a ``LoRA``), with
-    the same children, parameter objects, paths, ``state_dict`` keys and training mode. Outputs and
+    its inner activations. Every wrapper is a ``Sequential`` subclass (sugar, like ``Residual``)
+    whose forward is the ``Sequential``'s own under the checkpoint. Each match (outermost first;
+    nothing inside a match is matched again) that is a ``Sequential`` becomes a sibling of its own
+    class with the :class:`ActivationCheckpoint` mixin (a ``LoRA`` block stays a ``LoRA``), with
+    the same children, parameter objects, paths, ``state_dict`` keys and training mode; any other
+    match (a leaf) becomes :class:`Checkpointed`, a ``Sequential`` holding it as child ``"0"``
+    (its paths gain ``".0"``), in its training mode. Outputs and
     gradients equal ``model``'s. Composes with :func:`~modify.lora`, :func:`~modify.quantize`,
     ``torch.compile`` and FSDP2 in either order; applying it twice is a no-op.
 

@@ -24,6 +24,7 @@ from .._core.arguments import typechecked
 from .._core.checks import is_compiling
 from .._core.identity import once_per_object
 from .._core.sibling import Derived, derived_class, sibling
+from .._core.module import ModifyModule
 from ..combinators import Combinator
 from .walk import rebuild
 
@@ -112,7 +113,9 @@ class _Mutable(Derived, nn.Module):
             value = self.__dict__["_parameters"].get(name)
             if value is None:
                 return slot.tensor
-            return _guarded(value) if value is slot.original else value
+            if value is slot.original and name not in self._constants:
+                return _guarded(value)
+            return value
         return super().__getattr__(name)
 
     def __setattr__(self, name: str, value: object) -> None:
@@ -124,6 +127,8 @@ class _Mutable(Derived, nn.Module):
         if isinstance(value, _Shared) and slot.original is not None and value.data_ptr() == slot.original.data_ptr():
             return  # the guarded alias of the shared parameter written back: nothing changes
         where = f"{type(self).__name__}.{name} at '{self.__dict__.get('_path') or '<root>'}'"
+        if name in self._constants:
+            raise TypeError(f"{where} is a constant of the module (a frozen quantized weight); it cannot be assigned")
         if not isinstance(value, torch.Tensor):
             raise TypeError(f"{where} takes a tensor, got {type(value).__name__}")
         if value.shape != slot.shape:
@@ -224,6 +229,7 @@ def _sibling_maker() -> Callable[[nn.Module, str], nn.Module]:
         clone.__dict__["_path"] = path  # named in assignment errors (the first path of a shared module)
         clone.__dict__["_order"] = tuple(module._parameters)
         clone.__dict__["_slots"] = {}
+        clone.__dict__["_constants"] = module.constant_parameters if isinstance(module, ModifyModule) else ()
         for name, parameter in module._parameters.items():
             if parameter is not None:
                 slot = slot_of(parameter)
@@ -261,6 +267,9 @@ def mutable(model: nn.Module) -> nn.Module:
       tensor is not a parameter (but is in ``state_dict()``).
     - ``copy.deepcopy`` works; assigned non-leaf tensors are copied as leaves with the same values.
     - ``isinstance`` and traits are preserved; ``mutable(mutable(m)) is mutable(m)``.
+    - A module's constant parameters (``constant_parameters``: the frozen weight of a
+      ``QuantizedLinear``, so ``mutable(quantize(model))`` works) are shared and read as they
+      are; assigning one is a ``TypeError``. Its other tensors (a bias) are mutable as any.
 
     Every leaf of the tree (plain ``torch.nn`` modules with their children included) becomes a
     mutable sibling; combinators are rebuilt around them.
@@ -272,7 +281,7 @@ def mutable(model: nn.Module) -> nn.Module:
         The mutable sibling (``model`` itself if it is already mutable).
 
     Raises:
-        TypeError: ``model`` not a ``torch.nn.Module``; on assignment, a value that is not a
+        TypeError: ``model`` not a ``torch.nn.Module``; on assignment, a constant parameter, a value that is not a
             tensor, or a tensor of another kind of dtype (an integer tensor for a floating
             parameter), naming the module's path; ``del m.weight`` (assign another tensor instead).
         ValueError: on assignment, a tensor whose shape differs from the parameter's (naming the

@@ -159,3 +159,33 @@ def test_deepcopy_and_pickle_keep_the_checkpointing():
     for again in (copy.deepcopy(light), pickle.loads(pickle.dumps(light))):
         assert len(checkpointed(again)) == 3
         assert torch.equal(again(ids), light(ids))
+
+
+@pytest.mark.parametrize("where", ["0", "1", "3"])  # a leaf, a Parallel, a plain torch.nn module
+def test_every_wrapper_is_a_sequential_with_the_same_outputs_gradients_and_checks(where):
+    net = modify.Sequential(
+        modify.Linear(8, 8), modify.Fork(modify.Linear(8, 8), modify.Tanh()), modify.Add(), torch.nn.Linear(8, 2)
+    )
+    light = modify.checkpoint_activations(net, where=where)
+    wrapper = light[int(where)]
+    assert isinstance(wrapper, modify.Sequential) and isinstance(wrapper, ActivationCheckpoint)
+    inner = wrapper if isinstance(net[int(where)], modify.Sequential) else wrapper[0]
+    assert inner is net[int(where)] or all(a is b for a, b in zip(inner.parameters(), net[int(where)].parameters()))
+    assert all(a is b for a, b in zip(light.parameters(), net.parameters()))
+    x = torch.randn(4, 8, requires_grad=True)
+    x_light = x.detach().clone().requires_grad_()
+    y = net(x)
+    y.square().sum().backward()
+    grads = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad()
+    y_light = light(x_light)
+    y_light.square().sum().backward()
+    assert torch.equal(y_light, y)
+    assert_close(x_light.grad, x.grad, atol=1e-6)
+    for mine, grad in zip(light.parameters(), grads):
+        assert_close(mine.grad, grad, atol=1e-6)
+    path = "0.0" if where == "0" else "0"
+    with pytest.raises(ValueError, match=rf"Linear at '{path}' expected last dimension 8, got a tensor of shape \(4, 7\)"):
+        light(torch.randn(4, 7))
+    assert modify.checkpoint_activations(light, where=where)[int(where)] is wrapper
+    assert type(pickle.loads(pickle.dumps(light))[int(where)]) is type(wrapper)

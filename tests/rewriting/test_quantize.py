@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 import modify
 from modify.models import GPT, GPTConfig, generate
-from modify.primitives.quantized import QuantizedLinear
+from modify.primitives import quantized as quantized_module
+from modify.primitives.quantized import QuantizedLinear, nf4_in_chunks
 
 from helpers import assert_close, assert_state_equal, state_snapshot
 
@@ -64,6 +65,37 @@ def test_a_large_nf4_weight_is_dequantized_in_row_chunks_with_the_same_results(b
     y.backward(grad)
     y_ref.backward(grad)
     assert_close(x.grad, x_ref.grad, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    ("shape", "block_size", "scaler_block_size", "chunk"),
+    [((64, 128), 64, 128, 1024), ((320, 64), 64, 64, 640), ((1000, 64), 64, 8, 4096), ((96, 64), 32, 192, 100)],
+)
+def test_nf4_in_chunks_equals_torchaos_whole_tensor_to_nf4_bit_for_bit(dtype, shape, block_size, scaler_block_size, chunk, gen):
+    from torchao.quantization.quantize_.workflows.nf4.nf4_tensor import to_nf4
+
+    weight = (3 * torch.randn(shape, generator=gen)).to(dtype)
+    chunked, whole = nf4_in_chunks(weight, block_size, scaler_block_size, chunk), to_nf4(weight, block_size, scaler_block_size)
+    (names, context), (whole_names, whole_context) = chunked.__tensor_flatten__(), whole.__tensor_flatten__()
+    assert names == whole_names and context == whole_context
+    for name in names:
+        assert getattr(chunked, name).dtype == getattr(whole, name).dtype
+        assert torch.equal(getattr(chunked, name), getattr(whole, name)), name
+    assert torch.equal(chunked.get_original_weight(), whole.get_original_weight())
+
+
+def test_quantize_takes_a_large_weight_in_chunks_with_the_same_weight(monkeypatch):
+    base = modify.Linear(128, 1000)
+    whole = modify.quantize(base, "nf4")
+    pieces = []
+    monkeypatch.setattr(quantized_module, "QUANTIZED_AT_ONCE", 128 * 100)
+    original = quantized_module.nf4_in_chunks
+    monkeypatch.setattr(quantized_module, "nf4_in_chunks", lambda *a: pieces.append(a[-1]) or original(*a))
+    chunked = modify.quantize(base, "nf4")
+    assert pieces == [128 * 100]
+    assert torch.equal(chunked.weight.quantized_data, whole.weight.quantized_data)
+    assert torch.equal(chunked.dequantize(), whole.dequantize())
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
