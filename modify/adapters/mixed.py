@@ -7,7 +7,8 @@ its adapter's ``r`` columns (an index, not a mask), then one batched product wit
 own ``up`` weight, accumulated into the base layer's fresh output (``baddbmm_``; out of place
 for a conv, where a forward hook on the base layer may hold that output, or where dtypes differ):
 ``y_i = W x_i + s_i * up_i(down_i x_i)``, with ``s_i = 0`` for a sample on the base. The per-sample
-indices are made once per call and read by every layer. No sub-batches, no data-dependent shapes,
+indices are made once per call and read by every layer; outside autograd the stacked weights are kept
+until an adapter weight changes. No sub-batches, no data-dependent shapes,
 so ``torch.compile(fullgraph=True)`` sees one graph.
 """
 
@@ -55,6 +56,7 @@ class _MixedLayer(nn.Module):
         self.base, self.kind, self.selector = first.base, first.kind, selector
         self.blocks = nn.ModuleList(blocks)  # the siblings' own blocks: parameters shared, never copied
         self._downs, self._ups = tuple(b.down for b in blocks), tuple(b.up for b in blocks)  # read once, not per call
+        self._cache: tuple = (None, None)  # (what the stacked weights were made from, the stacked weights)
         self._dropouts = tuple(b.adapter.dropout for b in blocks if b.dropout > 0)
         self.rank = max(b.rank for b in blocks)  # smaller ranks are padded with zeros up to it
         scale = torch.tensor([b.scale for b in blocks] + [0.0])  # (K + 1,): the last, the base, scales by 0
@@ -65,12 +67,35 @@ class _MixedLayer(nn.Module):
         missing = self.rank - t.shape[dim]
         return F.pad(t, [0, 0] * (t.dim() - 1 - dim) + [0, missing]) if missing else t
 
+    def _stacked(self) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The adapters' weights side by side: ``down`` ``(K r, in)`` (an embedding's ``(num, K r)``,
+        a conv's ``None``) and ``up`` ``(K, r, out)``.
+
+        Without autograd recording them (serving: ``no_grad``/``inference_mode``, or frozen
+        adapters) and outside ``torch.compile`` they are stacked once and reused until a weight changes: a new tensor, or an
+        in-place write (an optimizer step, ``load_state_dict``, ``copy_``) that moves its version.
+        """
+        weights = [m.weight for m in self._downs + self._ups]
+        recording = torch.is_grad_enabled() and any(w.requires_grad for w in weights)
+        key = None if recording or torch.compiler.is_compiling() else (torch.is_inference_mode_enabled(), *((w, w._version) for w in weights))
+        if key is not None and self._cache[0] is not None and _same(self._cache[0], key):
+            return self._cache[1]
+        if self.kind == "conv":  # a conv's downs run as convolutions (see _hidden)
+            down = None
+        elif self.kind == "embedding":
+            down = torch.cat([self._padded(d.weight, 1) for d in self._downs], 1)
+        else:
+            down = torch.cat([self._padded(d.weight, 0) for d in self._downs])
+        up = torch.stack([self._padded(u.weight.flatten(1).t(), 0) for u in self._ups])
+        if key is not None:
+            self._cache = (key, (down, up))
+        return down, up
+
     def _hidden(self, x: torch.Tensor) -> torch.Tensor:
         """Every adapter's ``down`` output for every sample, ``(B, N, K, r)`` (N: positions)."""
         downs = self._downs
         if self.kind == "embedding":
-            table = torch.cat([self._padded(d.weight, 1) for d in downs], 1)  # (num, K r)
-            hidden = F.embedding(x, table, self.base.padding_idx)
+            hidden = F.embedding(x, self._stacked()[0], self.base.padding_idx)
         else:
             x = x.to(self.sample_scale.dtype)
             dropping = self.training and any(d.training for d in self._dropouts)
@@ -79,7 +104,7 @@ class _MixedLayer(nn.Module):
                 hidden = torch.cat([self._padded(d(i), 1) for i, d in zip(inputs, downs)], 1)
                 hidden = hidden.flatten(2).transpose(1, 2)  # (B, positions, K r)
             elif not dropping:
-                hidden = F.linear(x, torch.cat([self._padded(d.weight, 0) for d in downs]))
+                hidden = F.linear(x, self._stacked()[0])
             else:
                 hidden = torch.cat([F.linear(i, self._padded(d.weight, 0)) for i, d in zip(inputs, downs)], -1)
         return hidden.reshape(hidden.shape[0], -1, len(downs), self.rank)
@@ -88,8 +113,7 @@ class _MixedLayer(nn.Module):
         selector = self.selector
         hidden = self._hidden(x)[selector.samples, :, selector.adapters]  # (B, N, r): each sample's own adapter
         hidden = hidden * self.sample_scale.index_select(0, selector.scales)[:, None, None]
-        ups = torch.stack([self._padded(u.weight.flatten(1).t(), 0) for u in self._ups])  # (K, r, out)
-        ups = ups.index_select(0, selector.adapters)  # (B, r, out)
+        ups = self._stacked()[1].index_select(0, selector.adapters)  # (B, r, out)
         base = self.base(x)
         if self.kind == "conv":  # (B, out, *spatial) <-> (B, positions, out)
             rows = base.flatten(2).transpose(1, 2).to(hidden.dtype)
@@ -98,6 +122,11 @@ class _MixedLayer(nn.Module):
         if rows.dtype != hidden.dtype or self.base._forward_hooks:  # a hook may hold on to the base's output
             return torch.baddbmm(rows.to(hidden.dtype), hidden, ups).reshape(base.shape).to(base.dtype)
         return rows.baddbmm_(hidden, ups).view(base.shape)  # into the base's fresh output: no copy of it
+
+
+def _same(made_from: tuple, key: tuple) -> bool:
+    """Whether the mode matches and every weight is the very tensor, at the very version, the cache was made from."""
+    return made_from[0] == key[0] and all(a is b and u == v for (a, u), (b, v) in zip(made_from[1:], key[1:], strict=True))
 
 
 class MixedLoRA(nn.Module):

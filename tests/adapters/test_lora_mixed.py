@@ -48,6 +48,25 @@ def test_outputs_equal_each_siblings_on_its_samples(gen):
         assert_close(mixed(x, everyone), siblings[1](x), atol=1e-5)
 
 
+def test_serving_reuses_stacked_weights_until_an_adapter_changes(gen):
+    base, siblings = gpt_siblings(gen)
+    mixed = modify.MixedLoRA(siblings).eval()
+    x, ids = torch.randint(0, 50, (5, 16), generator=gen), torch.tensor([2, -1, 0, 1, 0])
+    with torch.inference_mode():
+        mixed(x, ids)  # stacks the weights under inference mode
+    with torch.no_grad():
+        mixed(x, ids)
+        randomise(siblings[0], gen)  # in place, as an optimizer step or load_state_dict writes
+        assert_close(mixed(x, ids), per_sample(base, siblings, x, ids), atol=1e-5)
+    block = modify.select(siblings[1], modify.LoRA)[0][1]
+    block.up.weight = torch.nn.Parameter(torch.randn(block.up.weight.shape, generator=gen))  # a new tensor
+    with torch.no_grad():
+        assert_close(mixed(x, ids), per_sample(base, siblings, x, ids), atol=1e-5)
+    loss = mixed(x, ids).square().sum()  # recording again: fresh weights, gradients reach the adapters
+    loss.backward()
+    assert block.up.weight.grad is not None and block.up.weight.grad.abs().sum() > 0
+
+
 def test_a_padded_batch_gives_each_row_its_siblings_logits_alone(gen):
     base, siblings = gpt_siblings(gen)
     mixed = modify.MixedLoRA(siblings).eval()
