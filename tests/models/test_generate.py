@@ -9,53 +9,21 @@ import transformers
 import modify
 from helpers import assert_state_equal, state_snapshot
 from modify.models import (
-    GPT,
     CachedAttention,
     CachedTokenInput,
     CachedRotaryEmbedding,
-    Llama,
     cache_offset,
     generate,
     kv_cache,
     reset_cache,
 )
+from reference_pairs import gpt_pair, llama_pair
 
-GPT2 = dict(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=None)
-LLAMA = dict(
-    vocab_size=64, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-    num_key_value_heads=2, max_position_embeddings=32, rms_norm_eps=1e-5, bos_token_id=0, eos_token_id=None,
-)  # fmt: skip
 LLAMA3 = dict(
     rope_theta=500000.0,
     rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
                       original_max_position_embeddings=16),
 )  # fmt: skip
-
-
-def _perturbed(model: torch.nn.Module) -> torch.nn.Module:
-    """Norm weights and biases away from ones and zeros, so every weight matters."""
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name or ".ln_" in name or name.endswith("bias"):
-                p.copy_(p.detach() + 0.2 * torch.randn(p.shape, generator=gen))
-    return model.eval()
-
-
-def gpt_pair() -> tuple[transformers.GPT2LMHeadModel, GPT]:
-    torch.manual_seed(0)
-    reference = _perturbed(transformers.GPT2LMHeadModel(transformers.GPT2Config(**GPT2)))
-    ours = GPT.from_pretrained(reference.state_dict(), vocab_size=64, block_size=32, n_embd=32, n_layer=2, n_head=4)
-    return reference, ours
-
-
-def llama_pair(**overrides) -> tuple[transformers.LlamaForCausalLM, Llama]:
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(**{**LLAMA, **overrides})
-    reference = _perturbed(transformers.LlamaForCausalLM(config))
-    fields = {k: v for k, v in {**LLAMA, **overrides}.items() if k not in ("bos_token_id", "eos_token_id")}
-    return reference, Llama.from_pretrained(reference.state_dict(), **fields)
-
 
 PAIRS = {
     "gpt2": gpt_pair,
