@@ -28,16 +28,16 @@ from .blocks import LoRA
 class _Selector:
     """The current call's per-sample indices, made once per call and read by every mixed layer."""
 
-    adapters: torch.Tensor | None = None  # (B,) the adapter whose weights each sample reads (the base: 0)
-    scales: torch.Tensor | None = None  # (B,) each sample's row of a layer's (K + 1,) scales (the base: K)
+    adapters: torch.Tensor | None = None  # (B,) the adapter whose down weights each sample reads (the base: 0)
+    ups: torch.Tensor | None = None  # (B,) each sample's row of a layer's (K + 1,) scaled ups (the base: K, zeros)
     samples: torch.Tensor | None = None  # (B,) 0, 1, ..., B - 1
 
     def set(self, ids: torch.Tensor | None, count: int) -> None:
         """Index ``ids`` (``(B,)`` in ``[-1, count)``) for the layers, or forget them (``None``)."""
         if ids is None:
-            self.adapters = self.scales = self.samples = None
+            self.adapters = self.ups = self.samples = None
             return
-        self.adapters, self.scales = ids.clamp(min=0), torch.where(ids < 0, count, ids)
+        self.adapters, self.ups = ids.clamp(min=0), torch.where(ids < 0, count, ids)
         self.samples = torch.arange(ids.shape[0], device=ids.device)
 
 
@@ -56,11 +56,10 @@ class _MixedLayer(nn.Module):
         self.base, self.kind, self.selector = first.base, first.kind, selector
         self.blocks = nn.ModuleList(blocks)  # the siblings' own blocks: parameters shared, never copied
         self._downs, self._ups = tuple(b.down for b in blocks), tuple(b.up for b in blocks)  # read once, not per call
+        self._scales = tuple(b.scale for b in blocks)
         self._cache: tuple = (None, None)  # (what the stacked weights were made from, the stacked weights)
         self._dropouts = tuple(b.adapter.dropout for b in blocks if b.dropout > 0)
         self.rank = max(b.rank for b in blocks)  # smaller ranks are padded with zeros up to it
-        scale = torch.tensor([b.scale for b in blocks] + [0.0])  # (K + 1,): the last, the base, scales by 0
-        self.register_buffer("sample_scale", scale.to(first.down.weight), persistent=False)
 
     def _padded(self, t: torch.Tensor, dim: int) -> torch.Tensor:
         """``t`` with zeros appended along its rank axis ``dim`` up to the layer's largest rank."""
@@ -68,8 +67,9 @@ class _MixedLayer(nn.Module):
         return F.pad(t, [0, 0] * (t.dim() - 1 - dim) + [0, missing]) if missing else t
 
     def _stacked(self) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """The adapters' weights side by side: ``down`` ``(K r, in)`` (an embedding's ``(num, K r)``,
-        a conv's ``None``) and ``up`` ``(K, r, out)``.
+        """The adapters' weights stacked: ``down`` ``(K, r, in)`` (an embedding's ``(num, K r)``, a
+        conv's ``None``) and ``up`` ``(K + 1, r, out)``, each scaled by its adapter's ``s``, the last all
+        zeros (the base's rows).
 
         Without autograd recording them (serving: ``no_grad``/``inference_mode``, or frozen
         adapters) and outside ``torch.compile`` they are stacked once and reused until a weight changes: a new tensor, or an
@@ -85,35 +85,37 @@ class _MixedLayer(nn.Module):
         elif self.kind == "embedding":
             down = torch.cat([self._padded(d.weight, 1) for d in self._downs], 1)
         else:
-            down = torch.cat([self._padded(d.weight, 0) for d in self._downs])
-        up = torch.stack([self._padded(u.weight.flatten(1).t(), 0) for u in self._ups])
+            down = torch.stack([self._padded(d.weight, 0) for d in self._downs])
+        ups = [self._padded(u.weight.flatten(1).t(), 0) * s for u, s in zip(self._ups, self._scales)]
+        up = torch.stack([*ups, torch.zeros_like(ups[0])])
         if key is not None:
             self._cache = (key, (down, up))
         return down, up
 
-    def _hidden(self, x: torch.Tensor) -> torch.Tensor:
-        """Every adapter's ``down`` output for every sample, ``(B, N, K, r)`` (N: positions)."""
-        downs = self._downs
+    def _hidden(self, x: torch.Tensor, down: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+        """Each sample's own adapter's ``down`` output, ``(B, N, r)`` (N: positions)."""
+        selector, downs = self.selector, self._downs
         if self.kind == "embedding":
-            hidden = F.embedding(x, self._stacked()[0], self.base.padding_idx)
+            every = F.embedding(x, down, self.base.padding_idx)
         else:
-            x = x.to(self.sample_scale.dtype)
+            x = x.to(dtype)
             dropping = self.training and any(d.training for d in self._dropouts)
+            if self.kind == "linear" and not dropping:  # each sample's (r, in) down times its (in, N) inputs
+                rows = x.reshape(x.shape[0], -1, x.shape[-1])
+                return torch.bmm(down.index_select(0, selector.adapters), rows.transpose(1, 2)).transpose(1, 2)
             inputs = [b.adapter.dropout(x) for b in self.blocks] if dropping else [x] * len(downs)  # each its own
             if self.kind == "conv":
-                hidden = torch.cat([self._padded(d(i), 1) for i, d in zip(inputs, downs)], 1)
-                hidden = hidden.flatten(2).transpose(1, 2)  # (B, positions, K r)
-            elif not dropping:
-                hidden = F.linear(x, self._stacked()[0])
+                every = torch.cat([self._padded(d(i), 1) for i, d in zip(inputs, downs)], 1)
+                every = every.flatten(2).transpose(1, 2)  # (B, positions, K r)
             else:
-                hidden = torch.cat([F.linear(i, self._padded(d.weight, 0)) for i, d in zip(inputs, downs)], -1)
-        return hidden.reshape(hidden.shape[0], -1, len(downs), self.rank)
+                every = torch.cat([F.linear(i, self._padded(d.weight, 0)) for i, d in zip(inputs, downs)], -1)
+        every = every.reshape(every.shape[0], -1, len(downs), self.rank)  # (B, N, K, r): every adapter's
+        return every[selector.samples, :, selector.adapters]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        selector = self.selector
-        hidden = self._hidden(x)[selector.samples, :, selector.adapters]  # (B, N, r): each sample's own adapter
-        hidden = hidden * self.sample_scale.index_select(0, selector.scales)[:, None, None]
-        ups = self._stacked()[1].index_select(0, selector.adapters)  # (B, r, out)
+        down, up = self._stacked()
+        hidden = self._hidden(x, down, up.dtype)  # (B, N, r)
+        ups = up.index_select(0, self.selector.ups)  # (B, r, out): each sample's own, scaled (the base's: zeros)
         base = self.base(x)
         if self.kind == "conv":  # (B, out, *spatial) <-> (B, positions, out)
             rows = base.flatten(2).transpose(1, 2).to(hidden.dtype)
