@@ -14,6 +14,7 @@ so ``torch.compile(fullgraph=True)`` sees one graph.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 
 import torch
@@ -55,9 +56,9 @@ class _MixedLayer(nn.Module):
                 )
         self.base, self.kind, self.selector = first.base, first.kind, selector
         self.blocks = nn.ModuleList(blocks)  # the siblings' own blocks: parameters shared, never copied
-        self._downs, self._ups = tuple(b.down for b in blocks), tuple(b.up for b in blocks)  # read once, not per call
-        self._scales = tuple(b.scale for b in blocks)
-        self._cache: tuple = (None, None)  # (what the stacked weights were made from, the stacked weights)
+        self._downs, self._scales = tuple(b.down for b in blocks), tuple(b.scale for b in blocks)  # read once
+        self._factors = self._downs + tuple(b.up for b in blocks)  # the layers whose weights are stacked
+        self._cache: tuple = ((None, None, ()), None)  # ((mode, versions, weights) stacked from, the stacked weights)
         self._dropouts = tuple(b.adapter.dropout for b in blocks if b.dropout > 0)
         self.rank = max(b.rank for b in blocks)  # smaller ranks are padded with zeros up to it
 
@@ -75,22 +76,28 @@ class _MixedLayer(nn.Module):
         adapters) and outside ``torch.compile`` they are stacked once and reused until a weight changes: a new tensor, or an
         in-place write (an optimizer step, ``load_state_dict``, ``copy_``) that moves its version.
         """
-        weights = [m.weight for m in self._downs + self._ups]
-        recording = torch.is_grad_enabled() and any(w.requires_grad for w in weights)
-        key = None if recording or torch.compiler.is_compiling() else (torch.is_inference_mode_enabled(), *((w, w._version) for w in weights))
-        if key is not None and self._cache[0] is not None and _same(self._cache[0], key):
-            return self._cache[1]
+        weights = [m.weight for m in self._factors]
+        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(w.requires_grad for w in weights)):
+            return self._stack(weights)  # recorded: made afresh, so that gradients reach the adapters
+        made_from = (torch.is_inference_mode_enabled(), [w._version for w in weights])
+        (mode, versions, tensors), stacked = self._cache
+        if (mode, versions) == made_from and all(map(operator.is_, tensors, weights)):
+            return stacked
+        stacked = self._stack(weights)
+        self._cache = ((*made_from, weights), stacked)
+        return stacked
+
+    def _stack(self, weights: list[torch.Tensor]) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """:meth:`_stacked`'s tensors made from ``weights``, the ``down`` weights then the ``up`` weights."""
+        downs, ups = weights[: len(self._scales)], weights[len(self._scales) :]
         if self.kind == "conv":  # a conv's downs run as convolutions (see _hidden)
             down = None
         elif self.kind == "embedding":
-            down = torch.cat([self._padded(d.weight, 1) for d in self._downs], 1)
+            down = torch.cat([self._padded(d, 1) for d in downs], 1)
         else:
-            down = torch.stack([self._padded(d.weight, 0) for d in self._downs])
-        ups = [self._padded(u.weight.flatten(1).t(), 0) * s for u, s in zip(self._ups, self._scales)]
-        up = torch.stack([*ups, torch.zeros_like(ups[0])])
-        if key is not None:
-            self._cache = (key, (down, up))
-        return down, up
+            down = torch.stack([self._padded(d, 0) for d in downs])
+        ups = [self._padded(u.flatten(1).t(), 0) * s for u, s in zip(ups, self._scales)]
+        return down, torch.stack([*ups, torch.zeros_like(ups[0])])
 
     def _hidden(self, x: torch.Tensor, down: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
         """Each sample's own adapter's ``down`` output, ``(B, N, r)`` (N: positions)."""
@@ -101,7 +108,7 @@ class _MixedLayer(nn.Module):
             x = x.to(dtype)
             dropping = self.training and any(d.training for d in self._dropouts)
             if self.kind == "linear" and not dropping:  # each sample's (r, in) down times its (in, N) inputs
-                rows = x.reshape(x.shape[0], -1, x.shape[-1])
+                rows = x if x.dim() == 3 else x.reshape(x.shape[0], -1, x.shape[-1])  # (B, N, in)
                 return torch.bmm(down.index_select(0, selector.adapters), rows.transpose(1, 2)).transpose(1, 2)
             inputs = [b.adapter.dropout(x) for b in self.blocks] if dropping else [x] * len(downs)  # each its own
             if self.kind == "conv":
@@ -120,15 +127,11 @@ class _MixedLayer(nn.Module):
         if self.kind == "conv":  # (B, out, *spatial) <-> (B, positions, out)
             rows = base.flatten(2).transpose(1, 2).to(hidden.dtype)
             return torch.baddbmm(rows, hidden, ups).transpose(1, 2).reshape(base.shape).to(base.dtype)
-        rows = base.reshape(base.shape[0], -1, base.shape[-1])  # (B, N, out)
+        rows = base if base.dim() == 3 else base.reshape(base.shape[0], -1, base.shape[-1])  # (B, N, out)
         if rows.dtype != hidden.dtype or self.base._forward_hooks:  # a hook may hold on to the base's output
             return torch.baddbmm(rows.to(hidden.dtype), hidden, ups).reshape(base.shape).to(base.dtype)
-        return rows.baddbmm_(hidden, ups).view(base.shape)  # into the base's fresh output: no copy of it
-
-
-def _same(made_from: tuple, key: tuple) -> bool:
-    """Whether the mode matches and every weight is the very tensor, at the very version, the cache was made from."""
-    return made_from[0] == key[0] and all(a is b and u == v for (a, u), (b, v) in zip(made_from[1:], key[1:], strict=True))
+        updated = rows.baddbmm_(hidden, ups)  # into the base's fresh output: no copy of it
+        return base if rows is base else updated.view(base.shape)
 
 
 class MixedLoRA(nn.Module):
