@@ -1,15 +1,17 @@
 """``MixedLoRA``: one batched forward in which each sample runs through its own LoRA sibling.
 
 PEFT serves batches that mix adapters (``model(x, adapter_names=[...])``) by looping over the
-sub-batch of each adapter. Here every adapted layer gathers each sample's own adapter: one
-product with the siblings' ``down`` weights concatenated along the rank axis, each sample keeping
-its adapter's ``r`` columns (an index, not a mask), then one batched product with each sample's
-own ``up`` weight, accumulated into the base layer's fresh output (``baddbmm_``; out of place
-for a conv, where a forward hook on the base layer may hold that output, or where dtypes differ):
-``y_i = W x_i + s_i * up_i(down_i x_i)``, with ``s_i = 0`` for a sample on the base. The per-sample
-indices are made once per call and read by every layer; outside autograd the stacked weights are kept
-until an adapter weight changes. No sub-batches, no data-dependent shapes,
-so ``torch.compile(fullgraph=True)`` sees one graph.
+sub-batch of each adapter. Here every adapted layer gathers each sample's own adapter's weights
+from the siblings' weights stacked along a new adapter axis (``index_select``, an index, not a
+mask): one batched product of each sample's ``(r, in)`` ``down`` with its positions (``bmm``),
+then one with its ``up``, scaled by its ``s``, accumulated into the base layer's fresh output
+(``baddbmm_``; out of place for a conv, where a forward hook on the base layer may hold that
+output, or where dtypes differ): ``y_i = W x_i + s_i up_i down_i x_i``. A sample on the base reads
+an all-zero ``up``. An Embedding's or conv's ``down`` (and a Linear's under adapter dropout, each
+adapter with its own) runs for every adapter, and each sample keeps its own adapter's ``r``
+columns. The per-sample indices are made once per call and read by every layer; outside autograd
+the stacked weights are kept until an adapter weight changes. No sub-batches, no data-dependent
+shapes, so ``torch.compile(fullgraph=True)`` sees one graph.
 """
 
 from __future__ import annotations

@@ -67,6 +67,21 @@ def test_serving_reuses_stacked_weights_until_an_adapter_changes(gen):
     assert block.up.weight.grad is not None and block.up.weight.grad.abs().sum() > 0
 
 
+def test_inputs_of_any_rank_and_base_rows_exactly_the_base(gen):
+    base = modify.Sequential(a=modify.Linear(6, 5), act=modify.ReLU(), b=modify.Linear(5, 3))
+    siblings = [modify.lora(base, 2), modify.lora(base, 3, 7.0)]
+    for s in siblings:
+        randomise(s, gen)
+    mixed = modify.MixedLoRA(siblings).eval()
+    ids = torch.tensor([1, -1, 0, -1])
+    with torch.no_grad():
+        for shape in [(4, 6), (4, 3, 6), (4, 2, 3, 6)]:  # (B, in), (B, N, in), (B, H, W, in)
+            x = torch.randn(shape, generator=gen)
+            out = mixed(x, ids)
+            assert_close(out, per_sample(base, siblings, x, ids), atol=1e-5)
+            assert torch.equal(out[ids < 0], base(x)[ids < 0])  # the base alone, exactly: a zero update
+
+
 def test_a_padded_batch_gives_each_row_its_siblings_logits_alone(gen):
     base, siblings = gpt_siblings(gen)
     mixed = modify.MixedLoRA(siblings).eval()
