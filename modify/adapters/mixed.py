@@ -29,14 +29,17 @@ from .blocks import LoRA
 
 
 class _Selector:
-    """The current call's per-sample indices, made once per call and read by every mixed layer."""
+    """The current call's per-sample indices and stacked-weight generation, made once per call and
+    read by every mixed layer."""
 
     adapters: torch.Tensor | None = None  # (B,) the adapter whose down weights each sample reads (the base: 0)
     ups: torch.Tensor | None = None  # (B,) each sample's row of a layer's (K + 1,) scaled ups (the base: K, zeros)
     samples: torch.Tensor | None = None  # (B,) 0, 1, ..., B - 1
+    generation: int | None = None  # the stacked weights a layer may keep and reuse (None: stack afresh, keep none)
 
-    def set(self, ids: torch.Tensor | None, count: int) -> None:
+    def set(self, ids: torch.Tensor | None, count: int, generation: int | None = None) -> None:
         """Index ``ids`` (``(B,)`` in ``[-1, count)``) for the layers, or forget them (``None``)."""
+        self.generation = generation
         if ids is None:
             self.adapters = self.ups = self.samples = None
             return
@@ -60,7 +63,7 @@ class _MixedLayer(nn.Module):
         self.blocks = nn.ModuleList(blocks)  # the siblings' own blocks: parameters shared, never copied
         self._downs, self._scales = tuple(b.down for b in blocks), tuple(b.scale for b in blocks)  # read once
         self._factors = self._downs + tuple(b.up for b in blocks)  # the layers whose weights are stacked
-        self._cache: tuple = ((None, None, ()), None)  # ((mode, versions, weights) stacked from, the stacked weights)
+        self._cache: tuple = (None, None)  # (the generation they were stacked in, the stacked weights)
         self._dropouts = tuple(b.adapter.dropout for b in blocks if b.dropout > 0)
         self.rank = max(b.rank for b in blocks)  # smaller ranks are padded with zeros up to it
 
@@ -72,25 +75,11 @@ class _MixedLayer(nn.Module):
     def _stacked(self) -> tuple[torch.Tensor | None, torch.Tensor]:
         """The adapters' weights stacked: ``down`` ``(K, r, in)`` (an embedding's ``(num, K r)``, a
         conv's ``None``) and ``up`` ``(K + 1, r, out)``, each scaled by its adapter's ``s``, the last all
-        zeros (the base's rows).
-
-        Without autograd recording them (serving: ``no_grad``/``inference_mode``, or frozen
-        adapters) and outside ``torch.compile`` they are stacked once and reused until a weight changes: a new tensor, or an
-        in-place write (an optimizer step, ``load_state_dict``, ``copy_``) that moves its version.
-        """
+        zeros (the base's rows); kept while the call's generation is the one they were stacked in."""
+        generation = self.selector.generation
+        if generation is not None and self._cache[0] == generation:
+            return self._cache[1]
         weights = [m.weight for m in self._factors]
-        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(w.requires_grad for w in weights)):
-            return self._stack(weights)  # recorded: made afresh, so that gradients reach the adapters
-        made_from = (torch.is_inference_mode_enabled(), [w._version for w in weights])
-        (mode, versions, tensors), stacked = self._cache
-        if (mode, versions) == made_from and all(map(operator.is_, tensors, weights)):
-            return stacked
-        stacked = self._stack(weights)
-        self._cache = ((*made_from, weights), stacked)
-        return stacked
-
-    def _stack(self, weights: list[torch.Tensor]) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """:meth:`_stacked`'s tensors made from ``weights``, the ``down`` weights then the ``up`` weights."""
         downs, ups = weights[: len(self._scales)], weights[len(self._scales) :]
         if self.kind == "conv":  # a conv's downs run as convolutions (see _hidden)
             down = None
@@ -99,7 +88,10 @@ class _MixedLayer(nn.Module):
         else:
             down = torch.stack([self._padded(d, 0) for d in downs])
         ups = [self._padded(u.flatten(1).t(), 0) * s for u, s in zip(ups, self._scales)]
-        return down, torch.stack([*ups, torch.zeros_like(ups[0])])
+        stacked = down, torch.stack([*ups, torch.zeros_like(ups[0])])
+        if generation is not None:
+            self._cache = (generation, stacked)
+        return stacked
 
     def _hidden(self, x: torch.Tensor, down: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
         """Each sample's own adapter's ``down`` output, ``(B, N, r)`` (N: positions)."""
@@ -107,7 +99,7 @@ class _MixedLayer(nn.Module):
         if self.kind == "embedding":
             every = F.embedding(x, down, self.base.padding_idx)
         else:
-            x = x.to(dtype)
+            x = x if x.dtype == dtype else x.to(dtype)
             dropping = self.training and any(d.training for d in self._dropouts)
             if self.kind == "linear" and not dropping:  # each sample's (r, in) down times its (in, N) inputs
                 rows = x if x.dim() == 3 else x.reshape(x.shape[0], -1, x.shape[-1])  # (B, N, in)
@@ -186,20 +178,42 @@ class MixedLoRA(nn.Module):
         if not paths[0] or any(p != paths[0] for p in paths):
             raise ValueError(f"MixedLoRA: the siblings must have LoRA blocks at the same paths, got {paths}")
         self.siblings, self._selector = siblings, _Selector()
+        self._generation, self._made_from = 0, (None, None, ())  # the generation's (mode, versions, weights)
         layers = {
             path: _MixedLayer([s.get_submodule(path) for s in siblings], self._selector, path) for path in paths[0]
         }
         by_block = {id(siblings[0].get_submodule(path)): layer for path, layer in layers.items()}
         self.model = select(siblings[0], LoRA).apply(lambda block: by_block[id(block)])
+        self._factors = tuple(f for layer in layers.values() for f in layer._factors)  # every stacked weight's layer
 
     def forward(self, x, adapter_ids: torch.Tensor):
         if checks_enabled() and not torch.compiler.is_compiling():
             self._check(x, adapter_ids)
-        self._selector.set(adapter_ids, len(self.siblings))  # the per-sample indices, once for every layer
+        # the per-sample indices and the stacked weights' generation, once for every layer
+        self._selector.set(adapter_ids, len(self.siblings), self._stacked_generation())
         try:
             return self.model(x)
         finally:
             self._selector.set(None, len(self.siblings))
+
+    def _stacked_generation(self) -> int | None:
+        """The generation of stacked weights the layers may keep and reuse in this call, or ``None``.
+
+        Without autograd recording them (serving: ``no_grad``/``inference_mode``, or frozen
+        adapters) and outside ``torch.compile``, the layers stack their adapters' weights once and
+        reuse them until one changes: a new tensor, or an in-place write (an optimizer step,
+        ``load_state_dict``, ``copy_``) that moves its version; then a new generation begins.
+        """
+        if torch.compiler.is_compiling():
+            return None
+        weights = [f.weight for f in self._factors]
+        if torch.is_grad_enabled() and any(w.requires_grad for w in weights):
+            return None
+        mode, versions = torch.is_inference_mode_enabled(), [w._version for w in weights]
+        made_mode, made_versions, made_weights = self._made_from
+        if mode != made_mode or versions != made_versions or not all(map(operator.is_, weights, made_weights)):
+            self._generation, self._made_from = self._generation + 1, (mode, versions, weights)
+        return self._generation
 
     def _check(self, x, ids: object) -> None:
         first = x[0] if isinstance(x, tuple) and x else x  # a padded batch: (ids, attention_mask)
