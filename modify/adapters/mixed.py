@@ -73,37 +73,40 @@ class _MixedLayer(nn.Module):
         return F.pad(t, [0, 0] * (t.dim() - 1 - dim) + [0, missing]) if missing else t
 
     def _stacked(self) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """The adapters' weights stacked: ``down`` ``(K, r, in)`` (an embedding's ``(num, K r)``, a
-        conv's ``None``) and ``up`` ``(K + 1, r, out)``, each scaled by its adapter's ``s``, the last all
-        zeros (the base's rows); kept while the call's generation is the one they were stacked in."""
+        """The adapters' weights stacked, ``(down, up)``; kept while the call's generation is the one
+        they were stacked in.
+
+        ``up`` is ``(K + 1, r, out)``: each adapter's scaled by its ``s``, the last all zeros (the
+        base's rows). ``down`` is a Linear's ``(K + 1, r, in + out)``: each adapter's ``(r, in)`` beside
+        its scaled ``up`` (one gather picks both; ``up`` is a view of it); an Embedding's
+        ``(num, K r)``; a conv's ``None`` (its downs run as convolutions).
+        """
         generation = self.selector.generation
         if generation is not None and self._cache[0] == generation:
             return self._cache[1]
         weights = [m.weight for m in self._factors]
         downs, ups = weights[: len(self._scales)], weights[len(self._scales) :]
-        if self.kind == "conv":  # a conv's downs run as convolutions (see _hidden)
-            down = None
-        elif self.kind == "embedding":
-            down = torch.cat([self._padded(d, 1) for d in downs], 1)
-        else:
-            down = torch.stack([self._padded(d, 0) for d in downs])
         ups = [self._padded(u.flatten(1).t(), 0) * s for u, s in zip(ups, self._scales)]
-        stacked = down, torch.stack([*ups, torch.zeros_like(ups[0])])
+        if self.kind == "linear":
+            both = [torch.cat([self._padded(d, 0), u], 1) for d, u in zip(downs, ups)]
+            down = torch.stack([*both, torch.zeros_like(both[0])])
+            stacked = down, down[..., downs[0].shape[1] :]
+        else:
+            down = torch.cat([self._padded(d, 1) for d in downs], 1) if self.kind == "embedding" else None
+            stacked = down, torch.stack([*ups, torch.zeros_like(ups[0])])
         if generation is not None:
             self._cache = (generation, stacked)
         return stacked
 
-    def _hidden(self, x: torch.Tensor, down: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
-        """Each sample's own adapter's ``down`` output, ``(B, N, r)`` (N: positions)."""
+    def _every_hidden(self, x: torch.Tensor, down: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+        """Each sample's own adapter's columns of every adapter's ``down`` output, ``(B, N, r)``: an
+        Embedding's, a conv's, or a Linear's under adapter dropout (each adapter its own dropout)."""
         selector, downs = self.selector, self._downs
         if self.kind == "embedding":
             every = F.embedding(x, down, self.base.padding_idx)
         else:
-            x = x if x.dtype == dtype else x.to(dtype)
+            x = x.to(dtype)
             dropping = self.training and any(d.training for d in self._dropouts)
-            if self.kind == "linear" and not dropping:  # each sample's (r, in) down times its (in, N) inputs
-                rows = x if x.dim() == 3 else x.reshape(x.shape[0], -1, x.shape[-1])  # (B, N, in)
-                return torch.bmm(down.index_select(0, selector.adapters), rows.transpose(1, 2)).transpose(1, 2)
             inputs = [b.adapter.dropout(x) for b in self.blocks] if dropping else [x] * len(downs)  # each its own
             if self.kind == "conv":
                 every = torch.cat([self._padded(d(i), 1) for i, d in zip(inputs, downs)], 1)
@@ -115,9 +118,19 @@ class _MixedLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         down, up = self._stacked()
-        hidden = self._hidden(x, down, up.dtype)  # (B, N, r)
-        ups = up.index_select(0, self.selector.ups)  # (B, r, out): each sample's own, scaled (the base's: zeros)
-        base = self.base(x)
+        if self.kind == "linear" and not (self.training and any(d.training for d in self._dropouts)):
+            picked = down.index_select(0, self.selector.ups)  # (B, r, in + out): each sample's own, scaled up
+            down, ups = picked.split([picked.shape[-1] - up.shape[-1], up.shape[-1]], -1)
+            rows = x if x.dim() == 3 else x.reshape(x.shape[0], -1, x.shape[-1])  # (B, N, in)
+            rows = rows if rows.dtype == up.dtype else rows.to(up.dtype)
+            hidden = torch.bmm(down, rows.transpose(1, 2)).transpose(1, 2)  # each (r, in) times its (in, N)
+        else:
+            hidden = self._every_hidden(x, down, up.dtype)
+            ups = up.index_select(0, self.selector.ups)  # (B, r, out): each sample's own, scaled (the base's: zeros)
+        return self._updated(self.base(x), hidden, ups)
+
+    def _updated(self, base: torch.Tensor, hidden: torch.Tensor, ups: torch.Tensor) -> torch.Tensor:
+        """The base layer's output ``(B, ..., out)`` (a conv's ``(B, out, *spatial)``) plus ``hidden @ ups``."""
         if self.kind == "conv":  # (B, out, *spatial) <-> (B, positions, out)
             rows = base.flatten(2).transpose(1, 2).to(hidden.dtype)
             return torch.baddbmm(rows, hidden, ups).transpose(1, 2).reshape(base.shape).to(base.dtype)
