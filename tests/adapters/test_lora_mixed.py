@@ -82,6 +82,25 @@ def test_inputs_of_any_rank_and_base_rows_exactly_the_base(gen):
             assert torch.equal(out[ids < 0], base(x)[ids < 0])  # the base alone, exactly: a zero update
 
 
+def test_gradcheck_in_float64_through_functional_call(gen):
+    base = modify.Sequential(a=modify.Linear(3, 4), act=modify.Tanh(), b=modify.Linear(4, 2)).double()
+    siblings = [modify.lora(base, 1), modify.lora(base, 2, 3.0)]
+    for s in siblings:
+        randomise(s, gen)
+    mixed = modify.MixedLoRA(siblings)
+    names = {id(p): n for n, p in mixed.named_parameters()}
+    params = [p for s in siblings for p in modify.lora_parameters(s)]
+    keys = [names[id(p)] for p in params]
+    ids = torch.tensor([1, -1, 0, 1])
+
+    def run(x, *weights):  # the adapters' weights as inputs: recorded, so stacked afresh on each call
+        return torch.func.functional_call(mixed, dict(zip(keys, weights)), (x, ids))
+
+    x = torch.randn(4, 2, 3, dtype=torch.float64, generator=gen, requires_grad=True)
+    weights = [p.detach().clone().requires_grad_() for p in params]
+    assert torch.autograd.gradcheck(run, (x, *weights))
+
+
 def test_a_padded_batch_gives_each_row_its_siblings_logits_alone(gen):
     base, siblings = gpt_siblings(gen)
     mixed = modify.MixedLoRA(siblings).eval()
