@@ -219,7 +219,9 @@ class MixedLoRA(nn.Module):
         """
         if torch.compiler.is_compiling():
             return None
-        weights = [f.weight for f in self._factors]
+        weights = [f._parameters.get("weight") for f in self._factors]  # 10x faster than f.weight
+        if any(w is None for w in weights):  # a weight that is not a registered parameter (parametrized, swapped)
+            weights = [f.weight for f in self._factors]
         if torch.is_grad_enabled() and any(w.requires_grad for w in weights):
             return None
         mode, versions = torch.is_inference_mode_enabled(), [w._version for w in weights]

@@ -101,6 +101,20 @@ def test_gradcheck_in_float64_through_functional_call(gen):
     assert torch.autograd.gradcheck(run, (x, *weights))
 
 
+def test_an_adapter_weight_held_as_a_plain_tensor_is_read(gen):
+    base, siblings = gpt_siblings(gen)
+    mixed = modify.MixedLoRA(siblings).eval()
+    up = modify.select(siblings[2], modify.LoRA)[0][1].up
+    weight = up.weight.detach().clone()
+    del up.weight
+    up.weight = weight  # a plain attribute now, not a registered parameter
+    x, ids = torch.randint(0, 50, (4, 16), generator=gen), torch.tensor([2, -1, 0, 2])
+    with torch.no_grad():
+        assert_close(mixed(x, ids), per_sample(base, siblings, x, ids), atol=1e-5)
+        weight.mul_(-1)  # an in-place write to it is seen too
+        assert_close(mixed(x, ids), per_sample(base, siblings, x, ids), atol=1e-5)
+
+
 def test_a_padded_batch_gives_each_row_its_siblings_logits_alone(gen):
     base, siblings = gpt_siblings(gen)
     mixed = modify.MixedLoRA(siblings).eval()
