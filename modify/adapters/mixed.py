@@ -220,7 +220,7 @@ class MixedLoRA(nn.Module):
         if torch.compiler.is_compiling():
             return None
         weights = [f._parameters.get("weight") for f in self._factors]  # 10x faster than f.weight
-        if any(w is None for w in weights):  # a weight that is not a registered parameter (parametrized, swapped)
+        if any(w is None for w in weights):  # a weight held as a plain tensor attribute
             weights = [f.weight for f in self._factors]
         if torch.is_grad_enabled() and any(w.requires_grad for w in weights):
             return None
