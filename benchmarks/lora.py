@@ -100,8 +100,9 @@ def run(quick: bool) -> str:
 ADAPTERS = 4
 
 
-def mixed_models() -> tuple[nn.Module, nn.Module, list[str]]:
-    """PEFT's model with 4 adapters and our MixedLoRA over 4 siblings holding the same adapter weights."""
+def mixed_models() -> tuple[nn.Module, nn.Module, nn.Module, list[str]]:
+    """PEFT's model with 4 adapters, our MixedLoRA over 4 siblings holding the same adapter weights, and
+    our base model alone (the floor of MixedLoRA's time: what its adapters add is the difference)."""
     from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -135,11 +136,11 @@ def mixed_models() -> tuple[nn.Module, nn.Module, list[str]]:
                 for suffix, tensor in peft_tensors(block).items():
                     tensor.copy_(state[f"{PREFIX}{reference[path]}.{suffix}"])
             siblings.append(sibling)
-    return peft_model.eval(), modify.MixedLoRA(siblings).eval(), names
+    return peft_model.eval(), modify.MixedLoRA(siblings).eval(), base, names
 
 
 def run_mixed(quick: bool) -> str:
-    peft_model, mixed, names = mixed_models()
+    peft_model, mixed, base, names = mixed_models()
     gen = torch.Generator().manual_seed(3)
     batch = 2 * (ADAPTERS + 1)
     ids = torch.arange(batch) % (ADAPTERS + 1) - 1  # -1 (base), 0, 1, 2, 3, -1, ...
@@ -158,10 +159,14 @@ def run_mixed(quick: bool) -> str:
         with torch.no_grad():
             mixed(x, ids)
 
+    def base_forward():
+        with torch.no_grad():
+            base(x)
+
     rounds, number = (7, 2) if quick else (15, 4)
-    timing = compare({"peft": peft_forward, "modify": ours_forward}, rounds, number)
-    ratio = timing.ratio("modify", "peft")
+    timing = compare({"peft": peft_forward, "modify": ours_forward, "base": base_forward}, rounds, number)
     headers = [f"mixed batch of {batch} on GPT-2 tiny, {ADAPTERS} adapters (r=8)", "PEFT adapter_names=",
-               "modify.MixedLoRA", "MixedLoRA / PEFT"]  # fmt: skip
-    row = ["forward (no grad)", us(timing.seconds("peft")), us(timing.seconds("modify")), f"{ratio:.2f}x"]
+               "modify.MixedLoRA", "MixedLoRA / PEFT", "modify base alone / PEFT"]  # fmt: skip
+    row = ["forward (no grad)", us(timing.seconds("peft")), us(timing.seconds("modify")),
+           f"{timing.ratio('modify', 'peft'):.3f}x", f"{timing.ratio('base', 'peft'):.3f}x"]  # fmt: skip
     return table(headers, [row])

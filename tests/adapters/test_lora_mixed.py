@@ -67,6 +67,54 @@ def test_serving_reuses_stacked_weights_until_an_adapter_changes(gen):
     assert block.up.weight.grad is not None and block.up.weight.grad.abs().sum() > 0
 
 
+def test_inputs_of_any_rank_and_base_rows_exactly_the_base(gen):
+    base = modify.Sequential(a=modify.Linear(6, 5), act=modify.ReLU(), b=modify.Linear(5, 3))
+    siblings = [modify.lora(base, 2), modify.lora(base, 3, 7.0)]
+    for s in siblings:
+        randomise(s, gen)
+    mixed = modify.MixedLoRA(siblings).eval()
+    ids = torch.tensor([1, -1, 0, -1])
+    with torch.no_grad():
+        for shape in [(4, 6), (4, 3, 6), (4, 2, 3, 6)]:  # (B, in), (B, N, in), (B, H, W, in)
+            x = torch.randn(shape, generator=gen)
+            out = mixed(x, ids)
+            assert_close(out, per_sample(base, siblings, x, ids), atol=1e-5)
+            assert torch.equal(out[ids < 0], base(x)[ids < 0])  # the base alone, exactly: a zero update
+
+
+def test_gradcheck_in_float64_through_functional_call(gen):
+    base = modify.Sequential(a=modify.Linear(3, 4), act=modify.Tanh(), b=modify.Linear(4, 2)).double()
+    siblings = [modify.lora(base, 1), modify.lora(base, 2, 3.0)]
+    for s in siblings:
+        randomise(s, gen)
+    mixed = modify.MixedLoRA(siblings)
+    names = {id(p): n for n, p in mixed.named_parameters()}
+    params = [p for s in siblings for p in modify.lora_parameters(s)]
+    keys = [names[id(p)] for p in params]
+    ids = torch.tensor([1, -1, 0, 1])
+
+    def run(x, *weights):  # the adapters' weights as inputs: recorded, so stacked afresh on each call
+        return torch.func.functional_call(mixed, dict(zip(keys, weights)), (x, ids))
+
+    x = torch.randn(4, 2, 3, dtype=torch.float64, generator=gen, requires_grad=True)
+    weights = [p.detach().clone().requires_grad_() for p in params]
+    assert torch.autograd.gradcheck(run, (x, *weights))
+
+
+def test_an_adapter_weight_held_as_a_plain_tensor_is_read(gen):
+    base, siblings = gpt_siblings(gen)
+    mixed = modify.MixedLoRA(siblings).eval()
+    up = modify.select(siblings[2], modify.LoRA)[0][1].up
+    weight = up.weight.detach().clone()
+    del up.weight
+    up.weight = weight  # a plain attribute now, not a registered parameter
+    x, ids = torch.randint(0, 50, (4, 16), generator=gen), torch.tensor([2, -1, 0, 2])
+    with torch.no_grad():
+        assert_close(mixed(x, ids), per_sample(base, siblings, x, ids), atol=1e-5)
+        weight.mul_(-1)  # an in-place write to it is seen too
+        assert_close(mixed(x, ids), per_sample(base, siblings, x, ids), atol=1e-5)
+
+
 def test_a_padded_batch_gives_each_row_its_siblings_logits_alone(gen):
     base, siblings = gpt_siblings(gen)
     mixed = modify.MixedLoRA(siblings).eval()
