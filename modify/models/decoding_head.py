@@ -9,9 +9,9 @@ from .._core.checks import expect_last_dim
 from .._core.sibling import sibling
 from ..primitives import Linear
 
-# A one-row head pays for its transposed copy after about 15 steps at width 256 and about 55 at
-# width 768 (docs/benchmarks.md, section 8): the product gains ~4 ms a step at either width, the
-# copy grows with the width. Copying from ``in_features / 8`` new tokens on leaves twice the margin.
+# A one-row head repays its transposed copy after about 18 steps at width 256 and 64 at width 768
+# (docs/benchmarks.md, section 8: the product gains about 4 ms a step at either width, the copy
+# grows with the width); copying from ``in_features / 8`` new tokens on (32 and 96) leaves a margin.
 TOKENS_PER_WIDTH = 1 / 8
 
 
