@@ -38,7 +38,10 @@ def generate(
     Each step takes the logits of the last position, divides them by ``temperature``, keeps the
     ``top_k`` largest, and samples from the softmax (``top_k=1`` takes the argmax, greedy
     decoding, and draws nothing from ``generator``). The output head sees the last position
-    only (as nanoGPT's inference path). With ``use_cache`` (the default) the model
+    only (as nanoGPT's inference path); a plain float32 ``Linear`` head on the CPU runs as a
+    :class:`~modify.models.DecodingHead` (the same weight, multiplied in a faster layout; its
+    logits equal the head's up to float rounding, so greedy tokens could differ only on a
+    near-tie). With ``use_cache`` (the default) the model
     runs through its :func:`~modify.models.kv_cache` sibling (shared weights, cached keys and
     values): the prompt once, then one new position per step, as Hugging Face's ``generate``.
     Without, every step re-runs the whole context, as nanoGPT. Either way the model sees at
