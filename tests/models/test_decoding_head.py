@@ -120,4 +120,7 @@ def test_compiled_decoding_through_the_copied_head_makes_one_graph(monkeypatch, 
     torch._dynamo.utils.counters.clear()
     assert torch.equal(generate(ours, prompt, 20, top_k=1, compile=True), expected)
     assert heads_made[0].weight_t is not None
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1  # 19 one-position steps, one graph
+    assert torch.equal(generate(ours, prompt, 20, top_k=1, compile=True), expected)
+    assert heads_made[1].weight_t is not heads_made[0].weight_t  # a copy per call
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1  # a new copy compiles nothing
