@@ -113,7 +113,7 @@ def generate(
     _check_ids(model, idx)
     mask = None if attention_mask is None else _check_mask(idx, attention_mask)
     rows, length = idx.shape
-    ids = torch.empty(rows, length + max_new_tokens, dtype=idx.dtype, device=idx.device)  # written step by step
+    ids = torch.empty(rows, length + max_new_tokens, dtype=torch.long, device=idx.device)  # written step by step
     ids[:, :length] = idx
     if mask is not None:
         mask = torch.cat((mask, mask.new_ones(rows, max_new_tokens)), dim=1)  # every new token is a token
