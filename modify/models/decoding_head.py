@@ -20,7 +20,7 @@ class DecodingHead(Linear):
 
     While decoding, the output head multiplies one row per sequence by a wide weight (GPT-2's
     ``(50257, C)``). ``F.linear(x, W)`` hands BLAS the weight transposed, a layout for which
-    MKL's single-thread CPU kernels are 1.5-3x slower than for a plain one (measured in
+    MKL's single-thread CPU kernels are up to 2-3x slower than for a plain one (measured in
     docs/benchmarks.md, section 8). So this head computes ``y = (W x^T)^T + b`` (the weight as
     the left, untransposed operand: no copy), and, for a single row where that is still slow,
     ``y = x W_t + b`` with ``W_t`` a contiguous ``(in_features, out_features)`` copy of the
@@ -66,7 +66,16 @@ class DecodingHead(Linear):
 
     @classmethod
     def of(cls, head: Linear, *, transposed_copy: bool) -> DecodingHead:
-        """A sibling of ``head`` of this class, sharing its weight and bias; with ``transposed_copy``, ``weight_t``."""
+        """A sibling of ``head`` of this class: its ``weight`` and ``bias`` objects, no ``__init__`` run.
+
+        Args:
+            head: the ``Linear`` head to share.
+            transposed_copy: also make ``weight_t``, a contiguous ``(in_features, out_features)``
+                copy of the weight (detached: gradients do not reach ``weight`` through it).
+
+        Returns:
+            The ``DecodingHead``; ``head`` is left unchanged.
+        """
         copy = head.weight.detach().t().contiguous() if transposed_copy else None
         fast = sibling(head, cls=cls, buffers={**head._buffers, "weight_t": copy})
         fast._non_persistent_buffers_set.add("weight_t")
@@ -90,8 +99,24 @@ def decoding_head(head: nn.Module, rows: int, new_tokens: int) -> nn.Module:
     """``head`` as a :class:`DecodingHead` where that pays, else ``head`` itself.
 
     It pays for a plain float32 :class:`~modify.Linear` on the CPU (the layouts were measured
-    there, with MKL; a quantized, LoRA-wrapped or other head is left as it is). The transposed
-    copy is made for one row (``rows == 1``) and at least ``in_features / 8`` new tokens.
+    there, with MKL; in bfloat16 they turn round). A quantized, LoRA-wrapped, transposed or other
+    head is left as it is. The transposed copy is made for one row (``rows == 1``) and at least
+    ``in_features / 8`` new tokens.
+
+    Args:
+        head: the model's output head.
+        rows: the rows it multiplies a step (the batch, as ``LastPosition`` precedes it).
+        new_tokens: the steps it will serve.
+
+    Returns:
+        A :class:`DecodingHead` sibling of ``head``, or ``head``.
+
+    Example:
+        >>> import modify
+        >>> from modify.models.decoding_head import decoding_head
+        >>> head = modify.Linear(64, 1000, bias=False)
+        >>> decoding_head(head, rows=1, new_tokens=100).weight_t.shape, decoding_head(head, 8, 100).weight_t
+        (torch.Size([64, 1000]), None)
     """
     if type(head) is not Linear or head.weight.dtype != torch.float32 or head.weight.device.type != "cpu":
         return head
