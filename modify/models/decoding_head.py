@@ -46,7 +46,9 @@ class DecodingHead(Linear):
         weight_t: ``(in_features, out_features)`` contiguous copy of ``weight``, or ``None``.
 
     Raises:
-        As :class:`~modify.Linear`.
+        TypeError, ValueError: a bad constructor argument, as :class:`~modify.Linear`.
+        ModifyTypeError: (at call) the input is not a floating-point tensor.
+        ModifyValueError: (at call) input whose last dimension is not ``in_features``.
 
     Example:
         >>> import torch, modify
