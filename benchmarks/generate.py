@@ -6,7 +6,9 @@ One random ``GPT2LMHeadModel`` per size, loaded into ``modify.models.GPT`` with
 are checked equal before timing. ``modify`` decodes eagerly and with ``compile=True`` (a static
 cache, one compiled decode step); the compiled side is timed after an untimed warm-up ``generate``
 that pays the compilation. ``--quick`` skips the 124M model. :func:`run_padded` decodes a batch of
-8 prompts of lengths 4 to 32, left-padded, with ``attention_mask`` on both sides.
+8 prompts of lengths 4 to 32, left-padded, with ``attention_mask`` on both sides. :func:`head_layouts`
+times the output head alone: ``modify.Linear`` (``F.linear``) against the two layouts of the
+``DecodingHead`` that ``generate`` decodes through, and the transposed copy it makes for one row.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from modify.models import GPT, generate
+import modify
+from modify.models import GPT, DecodingHead, generate
 
 from .timing import Timing, compare, table, us
 
@@ -100,7 +103,37 @@ def run(quick: bool) -> str:
             rows.append(_row(size.name, timing))
     finally:
         torch.set_num_threads(threads)
-    return table(["model", *HEADERS], rows)
+    return f"{table(['model', *HEADERS], rows)}\n\n{head_layouts()}"
+
+
+def head_layouts(widths: tuple[int, ...] = (256, 768), batch: tuple[int, ...] = (1, 8)) -> str:
+    """The vocabulary product of one decoding step, one thread: ``Linear`` against ``DecodingHead``.
+
+    For each width and number of rows: ``modify.Linear`` (``F.linear``, the weight handed to BLAS
+    transposed), ``DecodingHead`` without the copy (``(W x^T)^T``), the product with the copy
+    (``x W_t``, the head's path for one row), the time of making the copy (``DecodingHead.of``),
+    and after how many one-row steps the copy has paid for itself.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    rows = []
+    try:
+        for width in widths:
+            head = modify.Linear(width, 50257, bias=False)
+            copy = compare({"copy": lambda: DecodingHead.of(head, transposed_copy=True)}, rounds=3, number=1)
+            copied, plain = DecodingHead.of(head, transposed_copy=True), DecodingHead.of(head, transposed_copy=False)
+            for count in batch:
+                x = torch.randn(count, width)
+                sides = {"Linear": lambda: head(x), "(W x^T)^T": lambda: plain(x), "x W_t": lambda: x @ copied.weight_t}
+                timing = compare(sides, rounds=9, number=3, warmup=1)
+                gain = timing.seconds("Linear") - timing.seconds("x W_t")
+                pays = f"{copy.seconds('copy') / gain:.0f}" if count == 1 and gain > 0 else "-"
+                rows.append([f"{width}", f"{count}", *(us(timing.seconds(side)) for side in sides),
+                             us(copy.seconds("copy")) if count == 1 else "-", pays])
+    finally:
+        torch.set_num_threads(threads)
+    headers = ["width", "rows", "Linear", "(W x^T)^T", "x W_t", "copy W_t", "copy pays after (steps)"]
+    return table(headers, rows)
 
 
 PADDED_ROWS = 8

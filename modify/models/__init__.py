@@ -28,14 +28,15 @@ from .cache import cache_offset, kv_cache, reset_cache
 from .padding import CarryAdd, Pick, TokenInput
 from ..checkpoints import CheckpointError
 from .decoding import generate
+from .decoding_head import DecodingHead
 from .resnet_blocks import BasicBlock, Bottleneck
 from .gpt import GPT, GPTConfig
 from .llama import Llama, LlamaConfig
 from .resnet import ResNet, ResNetConfig, resnet18, resnet34, resnet50
 
 __all__ = [
-    "CachedAttention", "CachedPositions", "CachedRotaryEmbedding", "CachedTokenInput", "CarryAdd", "LastPosition",
-    "Pick", "TokenInput", "cache_offset", "kv_cache", "reset_cache",
+    "CachedAttention", "CachedPositions", "CachedRotaryEmbedding", "CachedTokenInput", "CarryAdd", "DecodingHead",
+    "LastPosition", "Pick", "TokenInput", "cache_offset", "kv_cache", "reset_cache",
     "BasicBlock", "Bottleneck", "CheckpointError", "GPT", "GPTConfig", "Llama", "LlamaConfig",
     "ResNet", "ResNetConfig", "generate", "resnet18", "resnet34", "resnet50",
 ]

@@ -13,6 +13,7 @@ from .._core.checks import set_checks
 from ..rewriting.selection import select
 from .cache import kv_cache, reset_cache
 from .cached_positions import LastPosition
+from .decoding_head import decoding_head
 from .gpt import GPT
 from .llama import Llama
 
@@ -37,7 +38,10 @@ def generate(
     Each step takes the logits of the last position, divides them by ``temperature``, keeps the
     ``top_k`` largest, and samples from the softmax (``top_k=1`` takes the argmax, greedy
     decoding, and draws nothing from ``generator``). The output head sees the last position
-    only (as nanoGPT's inference path). With ``use_cache`` (the default) the model
+    only (as nanoGPT's inference path); a plain float32 ``Linear`` head on the CPU runs as a
+    :class:`~modify.models.DecodingHead` (the same weight, multiplied in a faster layout; its
+    logits equal the head's up to float rounding, so greedy tokens could differ only on a
+    near-tie). With ``use_cache`` (the default) the model
     runs through its :func:`~modify.models.kv_cache` sibling (shared weights, cached keys and
     values): the prompt once, then one new position per step, as Hugging Face's ``generate``.
     Without, every step re-runs the whole context, as nanoGPT. Either way the model sees at
@@ -108,16 +112,23 @@ def generate(
     _check_arguments(idx, max_new_tokens, temperature, top_k)
     _check_ids(model, idx)
     mask = None if attention_mask is None else _check_mask(idx, attention_mask)
+    rows, length = idx.shape
+    ids = torch.empty(rows, length + max_new_tokens, dtype=torch.long, device=idx.device)  # written step by step
+    ids[:, :length] = idx
+    if mask is not None:
+        mask = torch.cat((mask, mask.new_ones(rows, max_new_tokens)), dim=1)  # every new token is a token
     with torch.inference_mode():  # as no_grad, without version counters: each step's ops are cheaper
+        decoder = _decoder(model, rows, max_new_tokens)
         if use_cache:
-            capacity = min(block_size, idx.shape[1] + max_new_tokens) if compile else None
-            next_logits = _cached_logits(model, block_size, compile, capacity)
+            capacity = min(block_size, length + max_new_tokens) if compile else None
+            next_logits = _cached_logits(decoder, block_size, compile, capacity)
         else:
-            next_logits = _full_logits(model, block_size)
-        for _ in range(max_new_tokens) if progress is None else progress(range(max_new_tokens)):
-            idx = torch.cat((idx, _sample(next_logits(idx, mask), temperature, top_k, generator)), dim=1)
-            mask = None if mask is None else torch.cat((mask, mask.new_ones(mask.shape[0], 1)), dim=1)
-    return idx.clone()  # an ordinary tensor again, usable with autograd (an inference tensor is not)
+            next_logits = _full_logits(decoder, block_size)
+        for step in range(max_new_tokens) if progress is None else progress(range(max_new_tokens)):
+            end = length + step
+            logits = next_logits(ids[:, :end], None if mask is None else mask[:, :end])
+            ids[:, end : end + 1] = _sample(logits, temperature, top_k, generator)
+    return ids
 
 
 def _sample(logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None):
@@ -139,14 +150,13 @@ def _inputs(ids: torch.Tensor, mask: torch.Tensor | None):
     return ids if mask is None else (ids, mask)
 
 
-def _full_logits(model: nn.Module, block_size: int) -> Logits:
+def _full_logits(decoder: nn.Module, block_size: int) -> Logits:
     """``ids (B, T) -> (B, vocab)``, the last position's logits: nanoGPT's re-run of the context."""
-    last_only = _last_only(model)
     window = slice(-block_size, None)
-    return lambda ids, mask: last_only(_inputs(ids[:, window], None if mask is None else mask[:, window]))[:, -1]
+    return lambda ids, mask: decoder(_inputs(ids[:, window], None if mask is None else mask[:, window]))[:, -1]
 
 
-def _cached_logits(model: nn.Module, block_size: int, compile: bool = False, capacity: int | None = None) -> Logits:
+def _cached_logits(decoder: nn.Module, block_size: int, compile: bool = False, capacity: int | None = None) -> Logits:
     """Like :func:`_full_logits` through a ``kv_cache`` sibling fed only the ids it has not seen.
 
     Each call's ``ids`` extend the previous call's. When the new ids would overflow
@@ -156,7 +166,7 @@ def _cached_logits(model: nn.Module, block_size: int, compile: bool = False, cap
     ``compile`` they run through ``torch.compile`` (the prompt runs eagerly), the cache static
     (``capacity`` positions) and its offsets symbolic integers, so all steps share one graph.
     """
-    sibling = _last_only(kv_cache(model, capacity=capacity))
+    sibling = kv_cache(decoder, capacity=capacity)
     step = torch.compile(sibling, dynamic=True) if compile else sibling
     seen = cached = 0  # ids consumed so far; positions in the cache
 
@@ -180,10 +190,12 @@ def _cached_logits(model: nn.Module, block_size: int, compile: bool = False, cap
     return next_logits
 
 
-def _last_only(model: nn.Module) -> nn.Module:
-    """A sibling whose output head (a top-level ``lm_head``, as GPT and Llama have) sees only the last position."""
+def _decoder(model: nn.Module, rows: int, new_tokens: int) -> nn.Module:
+    """A sibling whose output head (a top-level ``lm_head``, as GPT and Llama have) sees only the
+    last position, as a :class:`DecodingHead` where that is faster (see :func:`decoding_head`)."""
     if not select(model, "lm_head"):
         return model
+    model = select(model, "lm_head").apply(lambda head: decoding_head(head, rows, new_tokens))
     return select(model, "lm_head").insert_before(LastPosition())
 
 

@@ -256,3 +256,5 @@ def test_the_result_is_an_ordinary_tensor_and_progress_sees_every_step():
     assert seen == list(range(7)) and not out.is_inference() and out.dtype == torch.long
     ours(out).sum().backward()  # feeds training: autograd accepts it
     assert ours.lm_head.weight.grad is not None
+    narrow = generate(ours, prompts().int(), 7, top_k=1)  # int32 ids: int64 out, the prompt kept
+    assert narrow.dtype == torch.long and torch.equal(narrow, generate(ours, prompts(), 7, top_k=1))
