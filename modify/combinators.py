@@ -12,9 +12,9 @@ from typing import final
 from torch import nn
 
 from ._core.arguments import check_child_name, typechecked
-from ._core.checks import checks_enabled, expect_tuple, is_compiling
+from ._core.checks import checks_enabled, expect_tuple, is_dynamo_compiling
 from ._core.errors import annotate
-from ._core.hooks import hooks_seen, unhooked, unobserved, unobserved_compiled
+from ._core.hooks import hooks_seen, unhooked, unobserved, unwatched
 from ._core.inference import combine_parallel, combine_sequence, traits_of
 from ._core.module import Leaf, ModifyModule
 from ._core.wrapped import wrap
@@ -169,16 +169,16 @@ class Sequential(Combinator):
     @final
     def forward(self, x):
         modules = self._modules
-        if is_compiling():
-            every = unobserved_compiled()
+        if is_dynamo_compiling():
+            every = unwatched()
             for module in modules.values():
                 x = module.forward(x) if every and isinstance(module, _DIRECT) else module(x)
             return x
         # Where nothing can observe the calls (no hooks, no tracing: see modify._core.hooks), run
         # each child's forward directly (torch's own fast path, without its frames), and a pair
         # with a call-time fusion rule (a norm and its affine) in one call.
-        quiet = unobserved()
-        every = quiet and not hooks_seen()
+        every = unwatched()
+        quiet = every or hooks_seen() and unobserved()
         if quiet and len(modules) == 2:
             y = self._run_fused(x, every)
             if y is not None:
@@ -244,8 +244,8 @@ class Parallel(Combinator):
     @final
     def forward(self, x):
         modules = self._modules
-        if is_compiling():
-            every = unobserved_compiled()
+        if is_dynamo_compiling():
+            every = unwatched()
             return tuple(
                 m.forward(v) if every and isinstance(m, _DIRECT) else m(v) for m, v in zip(modules.values(), x)
             )
@@ -253,8 +253,8 @@ class Parallel(Combinator):
             self._check(x)
         # As in Sequential.forward; an unwatched branch that passes its value through (Identity,
         # carrying a padded batch's mask past a block) is not called at all.
-        quiet = unobserved()
-        every = quiet and not hooks_seen()
+        every = unwatched()
+        quiet = every or hooks_seen() and unobserved()
         out = []
         for (name, module), value in zip(modules.items(), x, strict=True):
             if isinstance(module, _DIRECT) and (every or quiet and unhooked(module)):

@@ -61,18 +61,18 @@ def unobserved() -> bool:
     )  # fmt: skip
 
 
-def unobserved_compiled() -> bool:
-    """:func:`unobserved` and :func:`hooks_seen` as ``torch.compile`` reads them (dynamo guards each global).
+def unwatched() -> bool:
+    """:func:`unobserved`, and no hook was ever put on a modify module: no call of one can be observed.
 
-    No JIT tracer runs under dynamo, so only the global hook dictionaries, the patched ``__call__``
-    and the registry flag are read; a hook registered after compiling changes one of them, so the
-    compiled graph is not reused and the model is traced again, calling the hooked modules.
+    One test for a whole combinator call. Under ``torch.compile`` dynamo reads the same globals and
+    guards each (the tracing state folds to ``None``), so a hook registered after compiling fails a
+    guard: the model is traced again, and the hooked modules are called.
     """
     return not (
         _hooked
         or torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks
         or torch_module._global_backward_hooks or torch_module._global_backward_pre_hooks
-        or nn.Module.__call__ is not _PLAIN_CALL
+        or torch._C._get_tracing_state() or nn.Module.__call__ is not _PLAIN_CALL
     )  # fmt: skip
 
 

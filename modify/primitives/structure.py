@@ -151,7 +151,7 @@ class Index(Leaf, Tuple, ParamFree, Linear, Restructure):
 
     def forward(self, x):
         values = expect_tuple(self, x)
-        if checks_enabled() and not -len(values) <= self.index < len(values):
+        if not (isinstance(values, tuple) and -len(values) <= self.index < len(values)) and checks_enabled():
             raise ModifyValueError(self, f"has no element {self.index} in {describe(x)}")
         return values[self.index]
 
