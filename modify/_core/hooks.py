@@ -64,9 +64,11 @@ def unobserved() -> bool:
 def unwatched() -> bool:
     """:func:`unobserved`, and no hook was ever put on a modify module: no call of one can be observed.
 
-    One test for a whole combinator call. Under ``torch.compile`` dynamo reads the same globals and
-    guards each (the tracing state folds to ``None``), so a hook registered after compiling fails a
-    guard: the model is traced again, and the hooked modules are called.
+    One test for a whole combinator call. Under ``torch.compile`` dynamo reads the same globals
+    while it traces (the tracing state folds to ``None``) and guards the registry flag, so a hook
+    put on any modify module after compiling fails that guard: the model is traced again, and the
+    hooked module is called. Global module hooks are read at tracing time only, as dynamo does for
+    every ``torch.nn`` module (``torch._dynamo.config.skip_nnmodule_hook_guards``).
     """
     return not (
         _hooked
