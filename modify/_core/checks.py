@@ -24,7 +24,8 @@ _enabled: contextvars.ContextVar[bool] = contextvars.ContextVar("modify_checks",
 is_compiling = torch.compiler.is_compiling
 
 # True only while dynamo traces (no TorchScript test, no export flag): one frame instead of
-# is_compiling's two, for the combinators' choice of path, where non-strict export may run eagerly.
+# is_compiling's two. The combinators choose their path by it (non-strict export may run the eager
+# one), and the hot checks skip their cheap tests by it, so compiled graphs guard no check's values.
 is_dynamo_compiling = torch.compiler.is_dynamo_compiling
 
 
@@ -162,8 +163,9 @@ def expect_last_dim(module: torch.nn.Module, x: object, size: int) -> torch.Tens
         ModifyTypeError: not a tensor, or an integer/bool one. ModifyValueError: another last dimension.
     """
     x = expect_tensor(module, x)
-    fits = not isinstance(x, torch.Tensor) or x.shape[-1:] == (size,) and (x.is_floating_point() or x.is_complex())
-    if not fits and checks_enabled():
+    if is_dynamo_compiling() or not isinstance(x, torch.Tensor):
+        return x  # nothing to guard under torch.compile; checks off, or a ModifyTypeError above
+    if not (x.shape[-1:] == (size,) and (x.is_floating_point() or x.is_complex())) and checks_enabled():
         if x.shape[-1:] != (size,):
             raise ModifyValueError(module, f"expected last dimension {size}, got {describe(x)}")
         raise ModifyTypeError(module, f"expected a floating-point tensor, got {describe(x)}")
@@ -215,7 +217,7 @@ def expect_dims(module: torch.nn.Module, x: object, *dims: int | tuple[int, ...]
         ModifyTypeError: not a tensor. ModifyValueError: an axis the tensor does not have.
     """
     x = expect_tensor(module, x)
-    if isinstance(x, torch.Tensor):
+    if isinstance(x, torch.Tensor) and not is_dynamo_compiling():
         rank = max(x.dim(), 1)  # torch lets a 0-d tensor take dim 0 or -1
         for dim in dims:
             for axis in dim if isinstance(dim, tuple) else () if dim is None else (dim,):
@@ -231,7 +233,8 @@ def expect_rank(module: torch.nn.Module, x: object, rank: int | None) -> torch.T
         ModifyTypeError: not a tensor. ModifyValueError: another number of dimensions.
     """
     x = expect_tensor(module, x)
-    if rank is not None and isinstance(x, torch.Tensor) and x.dim() != rank and checks_enabled():
+    wrong = rank is not None and not is_dynamo_compiling() and isinstance(x, torch.Tensor) and x.dim() != rank
+    if wrong and checks_enabled():
         raise ModifyValueError(module, f"expected a {rank}-d tensor, got {describe(x)}")
     return x
 

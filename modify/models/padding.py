@@ -91,6 +91,8 @@ class TokenInput(Leaf, Unary, ParamFree, Linear, Restructure):
 
     def check_ids(self, ids: torch.Tensor, x: object) -> torch.Tensor:
         """``ids`` after checking it is ``(B, T)`` integers with ``T <= limit``."""
+        if is_dynamo_compiling():
+            return ids
         integers = not (ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool)
         if integers and ids.dim() == 2 and (self.limit is None or ids.shape[1] <= self.limit) or not checks_enabled():
             return ids
