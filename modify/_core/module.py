@@ -13,7 +13,10 @@ class ModifyModule(torch.nn.Module, Traited):
 
     A *value* is a ``torch.Tensor`` or a (possibly nested) ``tuple`` of values. ``forward`` takes
     exactly one value and returns one value; ``__call__`` is ``torch.nn.Module``'s own, so
-    forward hooks, ``torch.compile``, DDP and FSDP see ordinary modules. Takes no constructor
+    forward hooks, ``torch.compile``, DDP and FSDP see ordinary modules. Putting a hook on one (or
+    compiling it in place) is noted in one registry (:mod:`modify._core.hooks`): while no modify
+    module was ever hooked, combinators run their children's ``forward`` without the call's
+    frames, eager and compiled, and once one was, every hook fires as usual. Takes no constructor
     arguments; subclasses define their own.
 
     Only the combinators :class:`~modify.Sequential` and :class:`~modify.Parallel` hold
