@@ -2,8 +2,9 @@
 
 Both load one random ``GPT2LMHeadModel`` initialisation; each training step is forward + cross
 entropy + backward, eager (as built, and after :func:`modify.fuse`) and compiled with the default
-inductor backend. Two sizes, where Python overhead shows: a tiny one (2 layers, width 64) and
-4 layers of width 128 (vocabulary 512, batch 4 x 64), the configuration of issue 14.
+inductor backend; the guards dynamo checks on every compiled call are counted too. Two sizes,
+where Python overhead shows: a tiny one (2 layers, width 64) and 4 layers of width 128
+(vocabulary 512, batch 4 x 64), the configuration of issue 14.
 """
 
 from __future__ import annotations
@@ -86,8 +87,15 @@ def training_step(model: nn.Module, size: Size):
     return step
 
 
+def guards(model: nn.Module, size: Size) -> int:
+    """How many guards dynamo checks before reusing ``model``'s compiled forward (``torch._dynamo.explain``)."""
+    torch._dynamo.reset()
+    x = torch.randint(0, size.vocab_size, (size.batch, size.seq))
+    return len(torch._dynamo.explain(model)(x).out_guards)
+
+
 def run(quick: bool) -> str:
-    rows = []
+    rows, counts = [], []
     rounds = 7 if quick else 15
     for size in SIZES:
         reference, ours = models(size)
@@ -103,8 +111,9 @@ def run(quick: bool) -> str:
             compiled = {k: torch.compile(sides[k]) for k in ("reference", "as built")}
             timing = compare({k: training_step(m, size) for k, m in compiled.items()}, rounds, number, warmup=3)
         rows.append(_row(size, "compiled (inductor)", timing, "as built", TARGETS[size.name, "compiled"]))
+        counts.append(f"{size.name}: plain torch {guards(reference, size)}, modify {guards(ours, size)}")
     headers = ["size", "modify GPT", "plain torch", "modify", "ratio", "target", "met"]
-    return table(headers, rows)
+    return f"{table(headers, rows)}\n\nDynamo guards per compiled forward: {'; '.join(counts)}."
 
 
 def _row(size: Size, mode: str, timing, name: str, target: float) -> list:

@@ -9,44 +9,19 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import final
 
-import torch
 from torch import nn
-from torch.nn.modules import module as torch_module
 
 from ._core.arguments import check_child_name, typechecked
-from ._core.checks import checks_enabled, expect_tuple, is_compiling
+from ._core.checks import checks_enabled, expect_tuple, is_dynamo_compiling
 from ._core.errors import annotate
+from ._core.hooks import hooks_seen, unhooked, unobserved, unwatched
 from ._core.inference import combine_parallel, combine_sequence, traits_of
-from ._core.module import ModifyModule
+from ._core.module import Leaf, ModifyModule
 from ._core.wrapped import wrap
 from ._core.sibling import sibling
 from .primitives.arithmetic import Add
 from .primitives.fusion import CALL_TIME
 from .primitives.structure import Copy, Identity
-
-
-_PLAIN_CALL = nn.Module.__call__
-
-
-def _unobserved() -> bool:
-    """Whether no one watches module calls globally: ``torch.nn.Module._call_impl``'s fast-path test.
-
-    No global module hooks, no JIT tracing, and ``nn.Module.__call__`` not patched (``torch.fx``
-    tracing and ``torch.export`` patch it to see each module call).
-    """
-    return not (
-        torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks
-        or torch_module._global_backward_hooks or torch_module._global_backward_pre_hooks
-        or torch._C._get_tracing_state() or nn.Module.__call__ is not _PLAIN_CALL
-    )  # fmt: skip
-
-
-def _unhooked(module: nn.Module) -> bool:
-    """Whether calling ``module.forward`` is what ``module(x)`` would do: no hooks, not compiled in place."""
-    return not (
-        module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
-        or module._backward_pre_hooks or module._compiled_call_impl is not None
-    )  # fmt: skip
 
 
 class Combinator(ModifyModule):
@@ -157,6 +132,12 @@ class Combinator(ModifyModule):
         return children[key]
 
 
+# The modules a combinator may run by their forward where nothing observes the call: modify's own
+# leaves and combinators (whose hooks the registry sees), not a wrapped torch.nn module (its class
+# may define its own __call__) nor a plain child.
+_DIRECT = (Leaf, Combinator)
+
+
 class Sequential(Combinator):
     """Compose modules: ``x -> m_n(...m_2(m_1(x)))``, as ``torch.nn.Sequential``.
 
@@ -188,31 +169,36 @@ class Sequential(Combinator):
     @final
     def forward(self, x):
         modules = self._modules
-        if is_compiling():
+        if is_dynamo_compiling():
+            every = unwatched()
             for module in modules.values():
-                x = module(x)
+                x = module.forward(x) if every and isinstance(module, _DIRECT) else module(x)
             return x
-        # Where nothing can observe the calls (no hooks, no tracing), run each child's forward
-        # directly (torch's own fast path, without its frames), and a pair with a call-time
-        # fusion rule (a norm and its affine) in one call.
-        direct = _unobserved()
-        if direct and len(modules) == 2:
-            y = self._run_fused(x)
+        # Where nothing can observe the calls (no hooks, no tracing: see modify._core.hooks), run
+        # each child's forward directly (torch's own fast path, without its frames), and a pair
+        # with a call-time fusion rule (a norm and its affine) in one call.
+        every = unwatched()
+        quiet = every or hooks_seen() and unobserved()
+        if quiet and len(modules) == 2:
+            y = self._run_fused(x, every)
             if y is not None:
                 return y
         for name, module in modules.items():
             try:
-                x = module.forward(x) if direct and _unhooked(module) else module(x)
+                if isinstance(module, _DIRECT) and (every or quiet and unhooked(module)):
+                    x = module.forward(x)
+                else:
+                    x = module(x)
             except Exception as error:
                 annotate(error, name, module)
                 raise
         return x
 
-    def _run_fused(self, x):
+    def _run_fused(self, x, every: bool):
         """Both children in one call by their fusion rule, or ``None`` (no rule, hooks, another dtype)."""
         (name, first), (_, second) = self._modules.items()
         rule = CALL_TIME.get((type(first), type(second)))
-        if rule is None or not (rule.fits(first, second) and _unhooked(first) and _unhooked(second)):
+        if rule is None or not (rule.fits(first, second) and (every or unhooked(first) and unhooked(second))):
             return None
         try:
             return rule.run(first, second, x)
@@ -258,16 +244,20 @@ class Parallel(Combinator):
     @final
     def forward(self, x):
         modules = self._modules
-        if is_compiling():
-            return tuple(m(v) for m, v in zip(modules.values(), x))
+        if is_dynamo_compiling():
+            every = unwatched()
+            return tuple(
+                m.forward(v) if every and isinstance(m, _DIRECT) else m(v) for m, v in zip(modules.values(), x)
+            )
         if (not isinstance(x, tuple) or len(x) != len(modules)) and checks_enabled():
             self._check(x)
         # As in Sequential.forward; an unwatched branch that passes its value through (Identity,
         # carrying a padded batch's mask past a block) is not called at all.
-        direct = _unobserved()
+        every = unwatched()
+        quiet = every or hooks_seen() and unobserved()
         out = []
         for (name, module), value in zip(modules.items(), x, strict=True):
-            if direct and _unhooked(module):
+            if isinstance(module, _DIRECT) and (every or quiet and unhooked(module)):
                 if module.passes_through:
                     out.append(value)
                     continue

@@ -23,6 +23,11 @@ _enabled: contextvars.ContextVar[bool] = contextvars.ContextVar("modify_checks",
 # module-level name saves two attribute lookups on every call of the hot path.
 is_compiling = torch.compiler.is_compiling
 
+# True only while dynamo traces (no TorchScript test, no export flag): one frame instead of
+# is_compiling's two. The combinators choose their path by it (non-strict export may run the eager
+# one), and the hot checks skip their cheap tests by it, so compiled graphs guard no check's values.
+is_dynamo_compiling = torch.compiler.is_dynamo_compiling
+
 
 class _Restore:
     """Context manager returned by :func:`set_checks`: restores the previous flag on exit."""
@@ -134,12 +139,6 @@ def expect_tensors(module: torch.nn.Module, x: object, length: int) -> tuple:
     return values
 
 
-
-
-
-
-
-
 def expect_value(module: torch.nn.Module, x: object) -> object:
     """Check that a module got a value: a tensor or a (nested) tuple of values; return it.
 
@@ -157,10 +156,6 @@ def _is_value(x: object) -> bool:
     return isinstance(x, tuple) and all(_is_value(v) for v in x)
 
 
-
-
-
-
 def expect_last_dim(module: torch.nn.Module, x: object, size: int) -> torch.Tensor:
     """Check that ``module`` got a floating (or complex) tensor whose last dimension is ``size``; return it.
 
@@ -168,11 +163,12 @@ def expect_last_dim(module: torch.nn.Module, x: object, size: int) -> torch.Tens
         ModifyTypeError: not a tensor, or an integer/bool one. ModifyValueError: another last dimension.
     """
     x = expect_tensor(module, x)
-    if checks_enabled():
-        if x.dim() == 0 or x.shape[-1] != size:
+    if is_dynamo_compiling() or not isinstance(x, torch.Tensor):
+        return x  # nothing to guard under torch.compile; checks off, or a ModifyTypeError above
+    if not (x.shape[-1:] == (size,) and (x.is_floating_point() or x.is_complex())) and checks_enabled():
+        if x.shape[-1:] != (size,):
             raise ModifyValueError(module, f"expected last dimension {size}, got {describe(x)}")
-        if not (x.is_floating_point() or x.is_complex()):
-            raise ModifyTypeError(module, f"expected a floating-point tensor, got {describe(x)}")
+        raise ModifyTypeError(module, f"expected a floating-point tensor, got {describe(x)}")
     return x
 
 
@@ -211,6 +207,7 @@ def expect_floating(module: torch.nn.Module, x: object) -> torch.Tensor:
         raise ModifyTypeError(module, f"expected a floating-point tensor, got {describe(x)}")
     return x
 
+
 def expect_dims(module: torch.nn.Module, x: object, *dims: int | tuple[int, ...] | None) -> torch.Tensor:
     """Check that ``module`` got a tensor that has every axis in ``dims`` (negative from the end); return it.
 
@@ -220,11 +217,11 @@ def expect_dims(module: torch.nn.Module, x: object, *dims: int | tuple[int, ...]
         ModifyTypeError: not a tensor. ModifyValueError: an axis the tensor does not have.
     """
     x = expect_tensor(module, x)
-    if checks_enabled():
+    if isinstance(x, torch.Tensor) and not is_dynamo_compiling():
         rank = max(x.dim(), 1)  # torch lets a 0-d tensor take dim 0 or -1
         for dim in dims:
             for axis in dim if isinstance(dim, tuple) else () if dim is None else (dim,):
-                if not -rank <= axis < rank:
+                if not -rank <= axis < rank and checks_enabled():
                     raise ModifyValueError(module, f"has no axis {axis} in {describe(x)}")
     return x
 
@@ -236,7 +233,8 @@ def expect_rank(module: torch.nn.Module, x: object, rank: int | None) -> torch.T
         ModifyTypeError: not a tensor. ModifyValueError: another number of dimensions.
     """
     x = expect_tensor(module, x)
-    if checks_enabled() and rank is not None and x.dim() != rank:
+    wrong = rank is not None and not is_dynamo_compiling() and isinstance(x, torch.Tensor) and x.dim() != rank
+    if wrong and checks_enabled():
         raise ModifyValueError(module, f"expected a {rank}-d tensor, got {describe(x)}")
     return x
 

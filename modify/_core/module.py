@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from .hooks import carries_hooks, note_hooks
 from .inference import Traited
 
 
@@ -12,7 +13,10 @@ class ModifyModule(torch.nn.Module, Traited):
 
     A *value* is a ``torch.Tensor`` or a (possibly nested) ``tuple`` of values. ``forward`` takes
     exactly one value and returns one value; ``__call__`` is ``torch.nn.Module``'s own, so
-    forward hooks, ``torch.compile``, DDP and FSDP see ordinary modules. Takes no constructor
+    forward hooks, ``torch.compile``, DDP and FSDP see ordinary modules. Putting a hook on one (or
+    compiling it in place) is noted in one registry (:mod:`modify._core.hooks`): while no modify
+    module was ever hooked, combinators run their children's ``forward`` without the call's
+    frames, eager and compiled, and once one was, every hook fires as usual. Takes no constructor
     arguments; subclasses define their own.
 
     Only the combinators :class:`~modify.Sequential` and :class:`~modify.Parallel` hold
@@ -50,6 +54,45 @@ class ModifyModule(torch.nn.Module, Traited):
     #: Names of parameters that are constants of the module (a quantized weight): never trained,
     #: never replaced. :func:`modify.mutable` shares them as they are and refuses to assign them.
     constant_parameters: tuple[str, ...] = ()
+
+    # torch.nn.Module's ways to put a hook on a module, each noted in the one hook registry first
+    # (modify._core.hooks), so that combinators test one flag instead of every child's hooks.
+
+    def register_forward_hook(self, *args, **kwargs):
+        """``torch.nn.Module.register_forward_hook``, noted in modify's hook registry."""
+        note_hooks()
+        return super().register_forward_hook(*args, **kwargs)
+
+    def register_forward_pre_hook(self, *args, **kwargs):
+        """``torch.nn.Module.register_forward_pre_hook``, noted in modify's hook registry."""
+        note_hooks()
+        return super().register_forward_pre_hook(*args, **kwargs)
+
+    def register_full_backward_hook(self, *args, **kwargs):
+        """``torch.nn.Module.register_full_backward_hook``, noted in modify's hook registry."""
+        note_hooks()
+        return super().register_full_backward_hook(*args, **kwargs)
+
+    def register_full_backward_pre_hook(self, *args, **kwargs):
+        """``torch.nn.Module.register_full_backward_pre_hook``, noted in modify's hook registry."""
+        note_hooks()
+        return super().register_full_backward_pre_hook(*args, **kwargs)
+
+    def register_backward_hook(self, *args, **kwargs):
+        """``torch.nn.Module.register_backward_hook``, noted in modify's hook registry."""
+        note_hooks()
+        return super().register_backward_hook(*args, **kwargs)
+
+    def compile(self, *args, **kwargs) -> None:
+        """``torch.nn.Module.compile`` (compiles this module's calls in place), noted in modify's hook registry."""
+        note_hooks()
+        super().compile(*args, **kwargs)
+
+    def __setstate__(self, state: dict) -> None:
+        # Unpickled or deep-copied: the hooks the state carries reach the registry as well.
+        if carries_hooks(state):
+            note_hooks()
+        super().__setstate__(state)
 
     def reset_buffers(self) -> None:
         """Recompute this module's non-persistent buffers from its configuration; by default nothing.

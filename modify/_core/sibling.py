@@ -23,6 +23,8 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from .hooks import carries_hooks, note_hooks
+
 _CONTAINERS = ("_parameters", "_buffers", "_modules")
 _HOOKS = tuple(attr for attr, value in vars(nn.Module()).items() if "hooks" in attr and isinstance(value, dict))
 _derived: dict[tuple[type, type, tuple[type, ...]], type] = {}
@@ -72,6 +74,8 @@ def sibling(
         value = state.get(attr)
         if value is not None:
             state[attr] = type(value)(value) if keep_hooks else type(value)()
+    if keep_hooks and carries_hooks(state):
+        note_hooks()  # combinators must see them (modify._core.hooks)
     return new
 
 

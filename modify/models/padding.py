@@ -17,7 +17,7 @@ from operator import itemgetter
 import torch
 
 from .._core.arguments import typechecked
-from .._core.checks import checks_enabled, expect_tensors, expect_tuple, is_compiling
+from .._core.checks import checks_enabled, expect_tensors, expect_tuple, is_dynamo_compiling
 from .._core.errors import ModifyTypeError, ModifyValueError, describe
 from .._core.module import Leaf
 from ..traits import Linear, ParamFree, Restructure, Tuple, Unary
@@ -91,7 +91,10 @@ class TokenInput(Leaf, Unary, ParamFree, Linear, Restructure):
 
     def check_ids(self, ids: torch.Tensor, x: object) -> torch.Tensor:
         """``ids`` after checking it is ``(B, T)`` integers with ``T <= limit``."""
-        if not checks_enabled():
+        if is_dynamo_compiling():
+            return ids
+        integers = not (ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool)
+        if integers and ids.dim() == 2 and (self.limit is None or ids.shape[1] <= self.limit) or not checks_enabled():
             return ids
         x = x if isinstance(x, torch.Tensor) else ids  # name the ids themselves
         if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
@@ -156,7 +159,7 @@ class Pick(Leaf, Tuple, ParamFree, Linear, Restructure):
 
     def forward(self, x):
         expect_tuple(self, x)
-        if self._flat is not None and isinstance(x, tuple) and len(x) >= self._needs and not is_compiling():
+        if self._flat is not None and isinstance(x, tuple) and len(x) >= self._needs and not is_dynamo_compiling():
             return self._flat(x)
         return self._build(self.spec, x)
 
@@ -165,7 +168,7 @@ class Pick(Leaf, Tuple, ParamFree, Linear, Restructure):
 
     def _take(self, path: tuple[int, ...], x: object) -> object:
         for index in path:
-            if checks_enabled() and (not isinstance(x, tuple) or not -len(x) <= index < len(x)):
+            if (not isinstance(x, tuple) or not -len(x) <= index < len(x)) and checks_enabled():
                 raise ModifyValueError(self, f"has no element {'.'.join(map(str, path))} in {describe(x)}")
             x = x[index]
         return x
@@ -209,10 +212,13 @@ class CarryAdd(Leaf, Tuple, ParamFree, Linear):
 
     def forward(self, x):
         values = expect_tuple(self, x)
-        if checks_enabled():
+        addable = (
+            isinstance(values, tuple) and len(values) >= 2 and isinstance(values[0], torch.Tensor)
+            and isinstance(values[1], torch.Tensor) and values[0].shape == values[1].shape
+        )  # fmt: skip
+        if not addable and checks_enabled():
             if len(values) < 2:
                 raise ModifyValueError(self, f"expected (x, y, *rest), got {describe(x)}")
             expect_tensors(self, values[:2], 2)
-            if values[0].shape != values[1].shape:
-                raise ModifyValueError(self, f"got x and y of different shapes, {describe(x)}")
+            raise ModifyValueError(self, f"got x and y of different shapes, {describe(x)}")
         return (values[0] + values[1], *values[2:])

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from .._core.arguments import check_finite, check_sizes, typechecked
-from .._core.checks import checks_enabled, expect_floating, expect_tensors
+from .._core.checks import checks_enabled, expect_floating, expect_tensors, is_dynamo_compiling
 from .._core.errors import ModifyTypeError, ModifyValueError, describe
 from .._core.module import Leaf
 from ..traits import Linear, Matrix, NonLinear, ParamFree, Ternary, Unary, Vector
@@ -79,15 +79,15 @@ class ScaledDotProductAttention(Leaf, Ternary, ParamFree, NonLinear, Matrix):
         values = expect_tensors(self, x, 4 if isinstance(x, tuple) and len(x) == 4 else 3)
         q, k, v = values[:3]
         key_mask = values[3] if len(values) == 4 else None
-        if not checks_enabled():
+        if is_dynamo_compiling():
             return q, k, v, key_mask
-        if not (q.dim() == k.dim() == v.dim() >= 2 and k.shape[-2] == v.shape[-2]):
+        if not (q.dim() == k.dim() == v.dim() >= 2 and k.shape[-2] == v.shape[-2]) and checks_enabled():
             raise ModifyValueError(
                 self, f"expected q (*, H, L, E), k (*, H_kv, S, E), v (*, H_kv, S, E_v) of one rank, got {describe(x)}"
             )
         if key_mask is not None and key_mask.numel() and (
             key_mask.dtype != torch.bool or key_mask.shape != (k.shape[0], k.shape[-2]) or k.dim() != 4
-        ):
+        ) and checks_enabled():
             raise ModifyValueError(self, f"expected a (B, S) bool key mask for (B, H, S, E) keys, got {describe(x)}")
         return q, k, v, key_mask
 

@@ -44,7 +44,7 @@ class Split(Leaf, Unary, ParamFree, Linear, Restructure):
         self.dim = dim
 
     def forward(self, x):
-        return tuple(torch.split(expect_dims(self, x, self.dim), self.split_size_or_sections, self.dim))
+        return tuple(expect_dims(self, x, self.dim).split(self.split_size_or_sections, self.dim))
 
     def extra_repr(self) -> str:
         return f"{self.split_size_or_sections}, dim={self.dim}"

@@ -27,6 +27,7 @@ class RearrangePlan:
 
     def __init__(self, pattern: str, axes_lengths: dict[str, int]):
         self.pattern, self.axes_lengths = pattern, axes_lengths
+        self.lengths = tuple(axes_lengths.items())
         self.plans: dict[torch.Size, Plan] = {}
         self.left = self.right = self.rank = None  # rank: the input's, where the plan knows it
         left, arrow, right = pattern.partition("->")
@@ -39,7 +40,8 @@ class RearrangePlan:
             names = [axis for group in parsed[0].composition if group != _ELLIPSIS for axis in group]
             out = [axis for group in parsed[1].composition if group != _ELLIPSIS for axis in group]
             if sorted(names) == sorted(out) == sorted(set(names)) and set(axes_lengths) <= set(names):
-                self.left, self.right = parsed[0].composition, parsed[1].composition
+                # Tuples, not einops' lists: torch.compile guards a tuple of constants as one value.
+                self.left, self.right = _frozen(parsed[0].composition), _frozen(parsed[1].composition)
         if self.left is not None and _ELLIPSIS not in self.left:
             self.rank = len(self.left)
 
@@ -51,12 +53,16 @@ class RearrangePlan:
                 return einops.rearrange(x, self.pattern, **self.axes_lengths)
             if len(self.plans) < 32:
                 self.plans[x.shape] = plan
-        init, permutation, final = plan
-        if init is not None:
-            x = x.reshape(init)
-        if permutation is not None:
-            x = x.permute(permutation)
-        return x if final is None else x.reshape(final)
+        return _run(plan, x)
+
+    def uncached(self, x: torch.Tensor) -> torch.Tensor:
+        """The same, working the plan out afresh: what ``torch.compile`` traces.
+
+        Dynamo then guards only the plan's few settings, not a cache, and none of einops' parsing
+        (which costs some 90 guards per call site); the plan is built from the traced shape.
+        """
+        plan = self._plan(x.shape)
+        return einops.rearrange(x, self.pattern, **self.axes_lengths) if plan is None else _run(plan, x)
 
     def _plan(self, shape: torch.Size) -> Plan | None:
         if self.left is None:
@@ -65,10 +71,10 @@ class RearrangePlan:
         left, right = _expand(self.left, spread), _expand(self.right, spread)
         if left is None or right is None or len(shape) != len(left):
             return None
-        lengths = dict(self.axes_lengths)
+        lengths = dict(self.lengths)
         for group, size in zip(left, shape):
             unknown = [axis for axis in group if axis not in lengths]
-            known = math.prod(lengths[axis] for axis in group if axis in lengths)
+            known = math.prod([lengths[axis] for axis in group if axis in lengths])
             if len(unknown) > 1 or (not unknown and known != size) or (unknown and (known == 0 or size % known)):
                 return None
             if unknown:
@@ -76,7 +82,7 @@ class RearrangePlan:
         elementary = [axis for group in left for axis in group]
         permutation = [elementary.index(axis) for group in right for axis in group]
         init = [lengths[axis] for axis in elementary]
-        final = [math.prod(lengths[axis] for axis in group) for group in right]
+        final = [math.prod([lengths[axis] for axis in group]) for group in right]
         return (
             None if all(len(group) == 1 for group in left) else init,
             None if permutation == sorted(permutation) else permutation,
@@ -84,7 +90,20 @@ class RearrangePlan:
         )
 
 
-def _expand(composition: list, spread: int) -> list[list[str]] | None:
+def _frozen(composition: list) -> tuple:
+    return tuple(group if group == _ELLIPSIS else tuple(group) for group in composition)
+
+
+def _run(plan: Plan, x: torch.Tensor) -> torch.Tensor:
+    init, permutation, final = plan
+    if init is not None:
+        x = x.reshape(init)
+    if permutation is not None:
+        x = x.permute(permutation)
+    return x if final is None else x.reshape(final)
+
+
+def _expand(composition: tuple, spread: int) -> tuple | list | None:
     """``composition`` with einops' ellipsis marker replaced by ``spread`` one-axis groups (``None`` if negative)."""
     if _ELLIPSIS not in composition:
         return composition

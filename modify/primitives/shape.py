@@ -204,9 +204,7 @@ class Rearrange(Leaf, Unary, ParamFree, Linear, Restructure):
 
     def forward(self, x):
         x = expect_rank(self, x, self._plan.rank)
-        if is_compiling():
-            return einops.rearrange(x, self.pattern, **self.axes_lengths)
-        return self._plan(x)
+        return self._plan.uncached(x) if is_compiling() else self._plan(x)
 
     def extra_repr(self) -> str:
         lengths = "".join(f", {k}={v}" for k, v in self.axes_lengths.items())

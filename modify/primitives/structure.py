@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .._core.arguments import typechecked
-from .._core.checks import checks_enabled, expect_tensor, expect_tuple, expect_value
+from .._core.checks import checks_enabled, expect_tensor, expect_tuple, expect_value, is_dynamo_compiling
 from .._core.errors import ModifyValueError, describe
 from .._core.module import Leaf
 from ..traits import Elementwise, Linear, ParamFree, Restructure, Tuple, Unary
@@ -151,7 +151,8 @@ class Index(Leaf, Tuple, ParamFree, Linear, Restructure):
 
     def forward(self, x):
         values = expect_tuple(self, x)
-        if checks_enabled() and not -len(values) <= self.index < len(values):
+        present = is_dynamo_compiling() or isinstance(values, tuple) and -len(values) <= self.index < len(values)
+        if not present and checks_enabled():
             raise ModifyValueError(self, f"has no element {self.index} in {describe(x)}")
         return values[self.index]
 
