@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .._core.arguments import typechecked
+from .._core.memory import release_freed_memory
 from .._core.sibling import Derived, derived_class, sibling
 from ..combinators import Sequential
 from .criteria import Where, as_criteria
@@ -32,7 +33,13 @@ class ActivationCheckpoint(Derived):
     """
 
     def forward(self, x):
-        return checkpoint(super().forward, x, use_reentrant=False)
+        return checkpoint(self._released_forward, x, use_reentrant=False)
+
+    def _released_forward(self, x):
+        release_freed_memory()
+        out = super().forward(x)
+        release_freed_memory()
+        return out
 
     def extra_repr(self) -> str:
         return ", ".join(filter(None, (super().extra_repr(), "checkpointed=True")))
