@@ -6,6 +6,8 @@ import ctypes
 import ctypes.util
 import functools
 
+import torch
+
 
 @functools.cache
 def _malloc_trim():
@@ -22,12 +24,15 @@ def release_freed_memory() -> None:
 
     glibc keeps memory freed by large temporaries in its heap, where the small blocks still in use
     beside it pin it (the resident size only grows); a loop that makes and frees such temporaries
-    (quantizing layer after layer) calls this after each round.
+    (quantizing layer after layer, a checkpointed block's forward and recomputation) calls this
+    after each round. Under ``torch.compile`` it is left out of the traced graph.
 
     Example:
         >>> from modify._core.memory import release_freed_memory
         >>> release_freed_memory()
     """
+    if torch.compiler.is_compiling():  # a traced graph holds no call to the C library
+        return
     trim = _malloc_trim()
     if trim is not None:
         trim(0)

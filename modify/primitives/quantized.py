@@ -1,9 +1,10 @@
 """Linear layers with frozen low-bit weights, stored by torchao: ``QuantizedLinear``.
 
 The weight tensors are torchao's (``NF4Tensor`` for ``"nf4"``, ``Int8Tensor`` for ``"int8"``):
-tensor subclasses that ``F.linear`` dispatches on, so the leaf's ``forward`` is ``torch.nn.Linear``'s
-and ``torch.compile`` and FSDP2 see ordinary parameters. torchao is imported on first use
-(it takes seconds to import).
+tensor subclasses that ``F.linear`` dispatches on, so ``torch.compile`` and FSDP2 see ordinary
+parameters. In eager mode an NF4 weight is dequantized by :func:`nf4_dequantized` (torchao's
+values, bit for bit, without its full-size temporaries). torchao is imported on first use (it
+takes seconds to import).
 """
 
 from __future__ import annotations
@@ -116,6 +117,82 @@ def nf4_in_chunks(weight: torch.Tensor, block_size: int, scaler_block_size: int,
     return NF4Tensor(meta, block_size, blocks, scaler_block_size, scalers, factor, mean, torch.cat(codes), first.nf4)
 
 
+# codes (bytes, two values each) dequantized at once: ~5 bytes of temporaries per code, so ~160 KiB
+DEQUANTIZED_RUN = 1 << 15
+
+
+def nf4_dequantized(weight: torch.Tensor, run: int = DEQUANTIZED_RUN) -> torch.Tensor:
+    """torchao's ``weight.get_original_weight()``, bit for bit, whose only full-size allocation is the result.
+
+    ``get_original_weight`` holds about 12 bytes of temporaries per value at once (int64 codes, the
+    two halves' values and their repeated scales, then their interleaving); freed after every
+    call, such blocks of several MiB make glibc raise its mmap threshold and then fragment its heap
+    (the resident size of a QLoRA step grew to three times its live memory). Here the result is
+    allocated once and filled ``run`` codes at a time: each byte's two NF4 values come from a
+    256-row table (``weight.nf4`` at the byte's high and low four bits, torchao's order), and are
+    multiplied in place by their block's scale, which torchao's own ``dequantize_scalers`` gives
+    for the whole tensor (Dettmers et al. 2023, arXiv:2305.14314). The same products of the same
+    values in the weight's dtype, so the result equals torchao's exactly.
+
+    Args:
+        weight: torchao's ``NF4Tensor`` (contiguous, an even ``block_size``).
+        run: about how many codes are dequantized at once (rounded down to whole blocks).
+
+    Shape:
+        ``weight``'s shape, ``(out_features, in_features)``.
+
+    Returns:
+        A new tensor in ``weight.dtype``.
+
+    Example:
+        >>> import torch
+        >>> from modify.primitives.quantized import nf4_dequantized
+        >>> from torchao.quantization.quantize_.workflows.nf4.nf4_tensor import to_nf4
+        >>> weight = to_nf4(torch.randn(96, 128), 64, 64)
+        >>> torch.equal(nf4_dequantized(weight, run=100), weight.get_original_weight())
+        True
+    """
+    scales = weight.dequantize_scalers(weight.quantized_scalers, weight.quantization_factor, weight.scaler_block_size)
+    byte = torch.arange(256, device=weight.device)
+    pairs = torch.stack([weight.nf4[byte >> 4], weight.nf4[byte & 0b1111]], dim=-1)  # (256, 2)
+    codes, block = weight.quantized_data, weight.block_size
+    result = torch.empty(weight.numel(), dtype=weight.dtype, device=weight.device)
+    step = max(run // (block // 2), 1) * (block // 2)  # whole blocks of codes
+    for start in range(0, codes.numel(), step):
+        piece = codes[start : start + step]
+        values = result[2 * start : 2 * (start + piece.numel())]
+        torch.index_select(pairs, 0, piece.int(), out=values.view(-1, 2))
+        first = 2 * start // block
+        values.view(-1, block).mul_(scales[first : first + values.numel() // block].unsqueeze(-1))
+    return result.view(weight.shape)
+
+
+class _NF4Linear(torch.autograd.Function):
+    """torchao's ``LinearNF4`` (``F.linear`` on an ``NF4Tensor``) dequantizing through :func:`nf4_dequantized`."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(weight)
+        return F.linear(x, nf4_dequantized(weight).to(x.dtype))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (weight,) = ctx.saved_tensors
+        return grad @ nf4_dequantized(weight).to(grad.dtype), None
+
+
+def nf4_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` for torchao's ``NF4Tensor`` ``weight``, as torchao computes it.
+
+    Eager calls dequantize through :func:`nf4_dequantized` (forward and backward; the weight gets no
+    gradient); under ``torch.compile`` torchao's own ``F.linear`` is traced.
+    """
+    if torch.compiler.is_compiling() or weight.block_size % 2:
+        return F.linear(x, weight, bias)
+    out = _NF4Linear.apply(x, weight)
+    return out + bias if bias is not None else out
+
+
 @contextlib.contextmanager
 def _quiet_import() -> Iterator[None]:
     """Import torchao without its load-time log lines (CUDA kernels absent on a CPU machine)."""
@@ -142,12 +219,14 @@ class QuantizedLinear(Linear):
     ``Linear``: a sibling sharing its bias, configuration and training mode, whose ``weight`` is a
     frozen ``nn.Parameter`` holding torchao's quantized tensor (``NF4Tensor``: QLoRA's storage,
     Dettmers et al. 2023, arXiv:2305.14314; ``Int8Tensor``: weight-only int8). The forward is
-    ``F.linear(x, weight, bias)``, which torchao computes from the dequantized weight in the
-    weight's original dtype (the compute dtype); no gradient ever reaches the weight (it is
-    detached), while the bias keeps its ``requires_grad``. Being a ``Linear``, it is matched by
+    ``F.linear(x, weight, bias)`` computed as torchao does, from the dequantized weight in the
+    weight's original dtype (the compute dtype); in eager mode an NF4 weight is dequantized by
+    :func:`nf4_dequantized` in the forward and again in the backward (only the 4-bit weight is
+    kept), equal to torchao's bit for bit. No gradient ever reaches the weight (it is detached),
+    while the bias keeps its ``requires_grad``. Being a ``Linear``, it is matched by
     ``where=modify.Linear`` and adapted by :func:`modify.lora` (QLoRA). An NF4 weight of more than
     ``DEQUANTIZED_AT_ONCE`` values (a vocabulary-sized head) is dequantized in row chunks, forward
-    and backward, so that torchao's dequantization never holds the whole layer's temporaries.
+    and backward, so that its float copy never exists whole.
 
     Shape:
         ``(*, in_features) -> (*, out_features)``, as :class:`~modify.Linear`.
@@ -214,7 +293,7 @@ class QuantizedLinear(Linear):
         """The weight as a float tensor ``(out_features, in_features)`` in the compute dtype (a new tensor)."""
         weight = self.weight
         with torch.no_grad():
-            return weight.get_original_weight() if self.scheme == "nf4" else weight.dequantize(weight.dtype)
+            return nf4_dequantized(weight) if self.scheme == "nf4" else weight.dequantize(weight.dtype)
 
     def float_leaf(self) -> Linear:
         """A plain :class:`~modify.Linear` holding :meth:`dequantize` (frozen) and this layer's bias."""
@@ -228,18 +307,20 @@ class QuantizedLinear(Linear):
         if weight.requires_grad:  # set by hand (``model.requires_grad_()``): still frozen
             weight = weight.detach()
         x = expect_last_dim(self, x, self.in_features)
+        if self.scheme != "nf4":
+            return F.linear(x, weight, self.bias)
         parts = self._row_parts(weight)
         if parts == 1:
-            return F.linear(x, weight, self.bias)
+            return nf4_linear(x, weight, self.bias)
         biases = self.bias.chunk(parts) if self.bias is not None else [None] * parts
-        return torch.cat([F.linear(x, rows, bias) for rows, bias in zip(weight.chunk(parts), biases)], dim=-1)
+        return torch.cat([nf4_linear(x, rows, bias) for rows, bias in zip(weight.chunk(parts), biases)], dim=-1)
 
     def _row_parts(self, weight: torch.Tensor) -> int:
         """In how many equal row chunks the forward dequantizes an NF4 weight (1: whole).
 
-        torchao dequantizes through int64 codes (about 20 bytes per weight at once): for a large
-        layer (a vocabulary-sized head) the forward and backward take it in chunks of at most
-        ``DEQUANTIZED_AT_ONCE`` weights, each a whole number of torchao's scale blocks.
+        A large layer's float copy (a vocabulary-sized head: 62 MiB in bf16 at 32000 x 1024) is
+        made in the forward and backward in chunks of at most ``DEQUANTIZED_AT_ONCE`` weights, each
+        a whole number of torchao's scale blocks.
         """
         if self.scheme != "nf4" or weight.numel() <= self.DEQUANTIZED_AT_ONCE:
             return 1

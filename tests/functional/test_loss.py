@@ -74,3 +74,13 @@ def test_bad_arguments_raise_naming_what_arrived():
         chunked_cross_entropy(torch.randn(2, 4, 8), head, torch.zeros(2, 5, dtype=torch.long))
     with pytest.raises(ValueError, match="chunk must be at least 1, got 0"):
         chunked_cross_entropy(torch.randn(2, 4, 8), head, torch.zeros(2, 4, dtype=torch.long), chunk=0)
+
+
+def test_freed_heap_memory_is_handed_back_before_each_chunk(gen, monkeypatch):
+    from modify.functional import loss as loss_module
+
+    calls = []
+    monkeypatch.setattr(loss_module, "release_freed_memory", lambda: calls.append("release"))
+    hidden = torch.randn(40, 8, generator=gen, requires_grad=True)
+    chunked_cross_entropy(hidden, modify.Linear(8, 30), torch.randint(0, 30, (40,), generator=gen), chunk=16).backward()
+    assert len(calls) == 6  # 3 chunks, each run and recomputed

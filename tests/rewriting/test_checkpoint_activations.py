@@ -189,3 +189,15 @@ def test_every_wrapper_is_a_sequential_with_the_same_outputs_gradients_and_check
         light(torch.randn(4, 7))
     assert modify.checkpoint_activations(light, where=where)[int(where)] is wrapper
     assert type(pickle.loads(pickle.dumps(light))[int(where)]) is type(wrapper)
+
+
+def test_freed_heap_memory_is_handed_back_around_each_run_and_recomputation(monkeypatch):
+    from modify.rewriting import checkpoint as checkpoint_module
+
+    light = modify.checkpoint_activations(gpt(), where="transformer.h.*")  # 3 blocks
+    calls = []
+    monkeypatch.setattr(checkpoint_module, "release_freed_memory", lambda: calls.append("release"))
+    out = light(torch.randint(0, 64, (2, 16)))
+    assert len(calls) == 6  # before and after each block's forward
+    out.sum().backward()
+    assert len(calls) >= 9  # at least before each block's recomputation (which may stop early)
