@@ -28,6 +28,9 @@ before the flag is set. A module that is not a modify module (a plain child, a w
 
 from __future__ import annotations
 
+import functools
+from typing import Callable
+
 import torch
 from torch import nn
 from torch.nn.modules import module as torch_module
@@ -42,6 +45,18 @@ def note_hooks() -> None:
     """Record that a modify module has (or is about to have) a hook; from then on every call is checked."""
     global _hooked
     _hooked = True
+
+
+def noted(method: Callable) -> Callable:
+    """``method`` of ``torch.nn.Module`` (a way to put a hook on a module) that first calls :func:`note_hooks`."""
+
+    @functools.wraps(method)
+    def noting(self: nn.Module, *args: object, **kwargs: object) -> object:
+        note_hooks()
+        return method(self, *args, **kwargs)
+
+    noting.__doc__ = f"``torch.nn.Module.{method.__name__}``, noted in modify's hook registry."
+    return noting
 
 
 def hooks_seen() -> bool:

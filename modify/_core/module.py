@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .hooks import carries_hooks, note_hooks
+from .hooks import carries_hooks, note_hooks, noted
 from .inference import Traited
 
 
@@ -55,38 +55,15 @@ class ModifyModule(torch.nn.Module, Traited):
     #: never replaced. :func:`modify.mutable` shares them as they are and refuses to assign them.
     constant_parameters: tuple[str, ...] = ()
 
-    # torch.nn.Module's ways to put a hook on a module, each noted in the one hook registry first
-    # (modify._core.hooks), so that combinators test one flag instead of every child's hooks.
-
-    def register_forward_hook(self, *args, **kwargs):
-        """``torch.nn.Module.register_forward_hook``, noted in modify's hook registry."""
-        note_hooks()
-        return super().register_forward_hook(*args, **kwargs)
-
-    def register_forward_pre_hook(self, *args, **kwargs):
-        """``torch.nn.Module.register_forward_pre_hook``, noted in modify's hook registry."""
-        note_hooks()
-        return super().register_forward_pre_hook(*args, **kwargs)
-
-    def register_full_backward_hook(self, *args, **kwargs):
-        """``torch.nn.Module.register_full_backward_hook``, noted in modify's hook registry."""
-        note_hooks()
-        return super().register_full_backward_hook(*args, **kwargs)
-
-    def register_full_backward_pre_hook(self, *args, **kwargs):
-        """``torch.nn.Module.register_full_backward_pre_hook``, noted in modify's hook registry."""
-        note_hooks()
-        return super().register_full_backward_pre_hook(*args, **kwargs)
-
-    def register_backward_hook(self, *args, **kwargs):
-        """``torch.nn.Module.register_backward_hook``, noted in modify's hook registry."""
-        note_hooks()
-        return super().register_backward_hook(*args, **kwargs)
-
-    def compile(self, *args, **kwargs) -> None:
-        """``torch.nn.Module.compile`` (compiles this module's calls in place), noted in modify's hook registry."""
-        note_hooks()
-        super().compile(*args, **kwargs)
+    # torch.nn.Module's ways to put a hook on a module (and to compile it in place), each noted in
+    # the one hook registry first (modify._core.hooks), so that combinators test one flag instead
+    # of every child's hooks.
+    register_forward_hook = noted(torch.nn.Module.register_forward_hook)
+    register_forward_pre_hook = noted(torch.nn.Module.register_forward_pre_hook)
+    register_full_backward_hook = noted(torch.nn.Module.register_full_backward_hook)
+    register_full_backward_pre_hook = noted(torch.nn.Module.register_full_backward_pre_hook)
+    register_backward_hook = noted(torch.nn.Module.register_backward_hook)
+    compile = noted(torch.nn.Module.compile)
 
     def __setstate__(self, state: dict) -> None:
         # Unpickled or deep-copied: the hooks the state carries reach the registry as well.
