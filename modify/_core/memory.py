@@ -1,4 +1,4 @@
-"""Handing freed heap memory back to the operating system: ``release_freed_memory``."""
+"""Handing freed heap memory back to the operating system: ``release_freed_memory``, ``in_cpu_memory``."""
 
 from __future__ import annotations
 
@@ -36,3 +36,20 @@ def release_freed_memory() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
+
+
+def in_cpu_memory(value: object) -> bool:
+    """Whether ``value`` (a tensor or nested tuple of them) keeps its first tensor in CPU memory.
+
+    Callers hand the heap back (:func:`release_freed_memory`) only around work on such values: a
+    GPU model's activations are not on the C library's heap, and the call would cost for nothing.
+
+    Example:
+        >>> import torch
+        >>> from modify._core.memory import in_cpu_memory
+        >>> in_cpu_memory((torch.ones(2), torch.ones(1))), in_cpu_memory(())
+        (True, False)
+    """
+    while isinstance(value, tuple) and value:
+        value = value[0]
+    return isinstance(value, torch.Tensor) and value.device.type == "cpu"

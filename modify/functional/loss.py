@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .._core.memory import release_freed_memory
+from .._core.memory import in_cpu_memory, release_freed_memory
 
 
 def chunked_cross_entropy(
@@ -70,7 +70,8 @@ def chunked_cross_entropy(
 
 def _summed_loss(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, ignore_index: int) -> torch.Tensor:
     """The summed cross-entropy of one chunk's logits, in float32 at least."""
-    release_freed_memory()  # the previous chunk's logits, freed (at its forward, recompute or backward)
+    if in_cpu_memory(hidden):
+        release_freed_memory()  # the previous chunk's logits, freed (at its forward, recompute or backward)
     logits = head(hidden)
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     return F.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="sum")

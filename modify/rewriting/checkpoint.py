@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .._core.arguments import typechecked
-from .._core.memory import release_freed_memory
+from .._core.memory import in_cpu_memory, release_freed_memory
 from .._core.sibling import Derived, derived_class, sibling
 from ..combinators import Sequential
 from .criteria import Where, as_criteria
@@ -30,7 +30,7 @@ class ActivationCheckpoint(Derived):
     pass, as ``torch.utils.checkpoint.checkpoint(fn, x, use_reentrant=False)`` (Chen et al. 2016,
     "Training Deep Nets with Sublinear Memory Cost", arXiv:1604.06174). Outputs and gradients are
     those of the module; ``torch.compile`` traces it as its checkpoint operator. Before and after
-    each run (forward and recomputation) the heap's freed pages go back to the system
+    each run (forward and recomputation) on CPU tensors the heap's freed pages go back to the system
     (:func:`~modify._core.memory.release_freed_memory`): glibc would otherwise keep the memory of
     the freed activations, and the resident size, not the live tensors, would set the peak.
     """
@@ -40,9 +40,12 @@ class ActivationCheckpoint(Derived):
 
     def _released_forward(self, x):
         """The module's forward between two hand-backs of the heap's freed pages."""
-        release_freed_memory()
+        cpu = in_cpu_memory(x)
+        if cpu:
+            release_freed_memory()
         out = super().forward(x)
-        release_freed_memory()
+        if cpu:
+            release_freed_memory()
         return out
 
     def extra_repr(self) -> str:
