@@ -37,7 +37,6 @@ References:
 
 from __future__ import annotations
 
-import argparse
 import builtins
 import codecs
 import contextlib
@@ -45,7 +44,7 @@ import dataclasses
 import io
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -58,32 +57,32 @@ from modify.checkpoints import atomic_folder
 from modify.functional import chunked_cross_entropy
 from modify.models import GPT, Llama, LlamaConfig, generate
 
-
-def opt(default, help: str):
-    """A config field whose help text is its comment and its ``--help`` line."""
-    return field(default=default, metadata={"help": help})
+from command_line import non_negative, opt, parse_config, positive, within
 
 
 @dataclass
 class Config:
     checkpoint: str = opt("", "a local GPT-2 or Llama Hugging Face folder; '' builds a tiny random Llama")
     text: str = opt("", "a UTF-8 file, one example per line; '' uses the embedded corpus")
-    quantize: str = opt("none", "'nf4' (QLoRA), 'int8' or 'none': how the frozen base is stored")
-    rank: int = opt(8, "LoRA rank r on every Linear of the transformer blocks")
+    quantize: str = opt("none", "'nf4' (QLoRA), 'int8' or 'none': how the frozen base is stored",
+                         choices=("none", "nf4", "int8"))
+    rank: int = opt(8, "LoRA rank r on every Linear of the transformer blocks", positive(int))
     alpha: float = opt(16.0, "LoRA scale numerator (scale alpha / r)")
-    steps: int = opt(40, "optimizer steps")
-    batch_size: int = opt(8, "examples per step, padded to the longest")
-    lr: float = opt(1e-2, "AdamW learning rate of the adapters")
-    max_len: int = opt(96, "examples are cut to this many bytes")
-    holdout: int = opt(5, "every holdout-th line is held out for the before/after loss")
-    prompts: int = opt(4, "held-out lines whose first 8 bytes start the generation batch")
-    new_tokens: int = opt(24, "tokens generated per prompt")
+    steps: int = opt(40, "optimizer steps", positive(int))
+    batch_size: int = opt(8, "examples per step, padded to the longest", positive(int))
+    lr: float = opt(1e-2, "AdamW learning rate of the adapters", positive(float))
+    max_len: int = opt(96, "examples are cut to this many bytes", positive(int))
+    holdout: int = opt(5, "every holdout-th line is held out for the before/after loss", positive(int))
+    prompts: int = opt(4, "held-out lines whose first 8 bytes start the generation batch", positive(int))
+    new_tokens: int = opt(24, "tokens generated per prompt", positive(int))
     out: str = opt("build/finetune", "the adapters go to <out>/adapter")
     seed: int = opt(0, "seed of the built model, the adapters and the batches")
-    save_every: int = opt(0, "save the training state to <out>/train_state every N steps (0: never)")
+    save_every: int = opt(0, "save the training state to <out>/train_state every N steps (0: never)",
+                          within(int, 0, what="0 (never) or positive"))
     resume: bool = opt(False, "continue from <out>/train_state, saved by an interrupted run with the same options")
     loss_chunk: int = opt(0, "positions per run of the output head in the loss, so the whole logits never exist "
-                             "(modify.functional.chunked_cross_entropy; same loss and gradients); 0: all at once")
+                             "(modify.functional.chunked_cross_entropy; same loss and gradients); 0: all at once",
+                         non_negative(int))
 
 
 # ----------------------------------------------------------------------------- data
@@ -294,22 +293,8 @@ def fail(message: str):
 
 
 def parse(argv: list[str] | None = None) -> Config:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for f in dataclasses.fields(Config):
-        flag, help = f"--{f.name.replace('_', '-')}", f"{f.metadata['help']} (default: {f.default!r})"
-        if isinstance(f.default, bool):
-            parser.add_argument(flag, action="store_true", help=help)
-        else:
-            parser.add_argument(flag, type=type(f.default), default=f.default, help=help)
-    config = Config(**vars(parser.parse_args(argv)))
-    if config.quantize not in ("none", "nf4", "int8"):
-        parser.error(f"argument --quantize: must be none, nf4 or int8, got {config.quantize}")
-    for name in ("rank", "steps", "batch_size", "max_len", "holdout", "prompts", "new_tokens"):
-        if getattr(config, name) < 1:
-            parser.error(f"argument --{name.replace('_', '-')}: must be positive, got {getattr(config, name)}")
-    if config.save_every < 0:
-        parser.error(f"argument --save-every: must be 0 (never) or positive, got {config.save_every}")
-    return config
+    """``--rank 4`` etc. for every ``Config`` field; a bad value exits 2 with one line."""
+    return parse_config(Config, argv, prog="finetune.py", description=__doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

@@ -46,7 +46,6 @@ References:
 
 from __future__ import annotations
 
-import argparse
 import ast
 import dataclasses
 import functools
@@ -60,7 +59,7 @@ import sys
 import sysconfig
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -74,29 +73,11 @@ from modify.checkpoints import atomic_folder
 from modify.models import GPT, GPTConfig, generate
 from modify.traits import Linear, ParamFree, Restructure, Unary
 
-
-def opt(default, help: str, parse=None):
-    """A config field whose help text doubles as its comment; ``parse`` reads its command-line value."""
-    return field(default=default, metadata={"help": help, "parse": parse})
+from command_line import opt, parse_config, within
 
 
-def number(kind: type, low: float, high: float = math.inf, *, closed: bool = True, what: str = ""):
-    """An argparse ``type=``: a finite ``kind`` in ``[low, high)`` (``(low, high)`` if not ``closed``)."""
-
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}") from None
-        if not (math.isfinite(value) and (low <= value if closed else low < value) and value < high):
-            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
-        return value
-
-    return parse
-
-
-POSITIVE_INT = number(int, 1, what="a positive integer")
-POSITIVE = number(float, 0, closed=False, what="a positive finite number")
+POSITIVE_INT = within(int, 1, what="a positive integer")
+POSITIVE = within(float, 0, closed=False, what="a positive finite number")
 
 
 @dataclass
@@ -106,11 +87,11 @@ class DemoConfig:
     n_head: int = opt(4, "attention heads per block", POSITIVE_INT)
     n_embd: int = opt(96, "embedding width", POSITIVE_INT)
     block_size: int = opt(64, "context length in tokens (characters)", POSITIVE_INT)
-    dropout: float = opt(0.0, "dropout probability while pretraining", number(float, 0, 1, what="in [0, 1)"))
+    dropout: float = opt(0.0, "dropout probability while pretraining", within(float, 0, 1, what="in [0, 1)"))
     # data
     corpus_chars: int = opt(200_000, "characters taken from each corpus (first ones, sorted files)", POSITIVE_INT)
     val_fraction: float = opt(0.1, "held-out tail of each corpus, for the loss table",
-                             number(float, 0, 1, closed=False, what="in (0, 1)"))
+                             within(float, 0, 1, closed=False, what="in (0, 1)"))
     text: str | None = opt(None, "your own UTF-8 text file: replaces corpus B (the adaptation corpus)")
     # training, the same number of steps in each phase
     steps: int = opt(300, "optimizer steps for pretraining, and again for adaptation", POSITIVE_INT)
@@ -124,16 +105,17 @@ class DemoConfig:
     seed: int = opt(1337, "seed for initialisation, batches and samples")
     # where and how
     hf_checkpoint: str | None = opt(None, "local Hugging Face GPT-2 folder to start from instead of pretraining")
-    tokenizer: str = opt("auto", "with --hf-checkpoint: auto, bpe (the folder's, needs transformers) or bytes")
-    device: str = opt("auto", "auto (cuda if available), cpu, cuda, cuda:N or mps")
+    tokenizer: str = opt("auto", "with --hf-checkpoint: auto, bpe (the folder's, needs transformers) or bytes",
+                         choices=("auto", "bpe", "bytes"))
+    device: str = opt("auto", "auto (cuda if available), cpu, cuda, cuda:N or mps", metavar="DEVICE")
     threads: int = opt(0, "CPU threads; 0: one for the small default model (its matrices are too small to gain "
                           "from more, and one thread is not stalled by other busy processes), all with --hf-checkpoint",
-                       number(int, 0, what="0 (automatic) or a positive integer"))
+                       within(int, 0, what="0 (automatic) or a positive integer"))
     compile: bool = opt(False, "train through torch.compile")
     ddp: bool = opt(False, "DistributedDataParallel; launch with torchrun (gloo on CPU, nccl on GPU)")
     out: str = opt("build/demo", "folder for the loss plot, the saved adapter (adapter/) and the training state")
     save_every: int = opt(0, "save the training state to OUT/train_state every N steps (0: never)",
-                          number(int, 0, what="0 (never) or a positive integer"))
+                          within(int, 0, what="0 (never) or a positive integer"))
     resume: bool = opt(False, "continue from OUT/train_state, saved by an interrupted run with the same options")
 
 
@@ -387,11 +369,6 @@ def wrap_for_training(model, cfg: DemoConfig, env: dict):
 
 # ----------------------------------------------------------------------------- command line
 
-class DemoArgumentParser(argparse.ArgumentParser):
-    def error(self, message: str):
-        fail(message)
-
-
 def fail(message: str):
     """Bad input: one line on stderr, exit code 2, no traceback."""
     print(f"gpt_lora.py: error: {message}", file=sys.stderr)
@@ -400,20 +377,7 @@ def fail(message: str):
 
 def parse_args(argv: list[str] | None) -> DemoConfig:
     """``--n-layer 2`` etc. for every ``DemoConfig`` field; ``--compile``/``--ddp`` are switches."""
-    parser = DemoArgumentParser(
-        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    for f in dataclasses.fields(DemoConfig):
-        flag, help = "--" + f.name.replace("_", "-"), f.metadata["help"]
-        if f.type == "bool":
-            parser.add_argument(flag, action="store_true", help=help)
-        elif f.name == "tokenizer":
-            parser.add_argument(flag, choices=("auto", "bpe", "bytes"), default=f.default, help=help)
-        else:
-            kind, metavar = {"int": (int, "N"), "float": (float, "X")}.get(f.type, (str, "PATH"))
-            metavar = "DEVICE" if f.name == "device" else metavar
-            parser.add_argument(flag, type=f.metadata["parse"] or kind, default=f.default, help=help, metavar=metavar)
-    return DemoConfig(**vars(parser.parse_args(argv)))
+    return parse_config(DemoConfig, argv, prog="gpt_lora.py", description=__doc__.split("\n")[0])
 
 
 def validate(cfg: DemoConfig) -> None:

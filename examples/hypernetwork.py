@@ -19,57 +19,30 @@ References:
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 import modify
 
-
-def opt(default, help: str, parse=None):
-    """A config field whose help text doubles as its comment; ``parse`` reads its command-line value."""
-    return field(default=default, metadata={"help": help, "parse": parse or type(default)})
-
-
-def number(kind: type, *, zero: bool = False):
-    """An argparse ``type=``: a finite ``kind`` greater than 0 (or equal to 0 if ``zero``)."""
-
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}") from None
-        if not (math.isfinite(value) and (value > 0 or zero and value == 0)):
-            raise argparse.ArgumentTypeError(f"must be {'non-negative' if zero else 'positive'}, got {text}")
-        return value
-
-    return parse
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """Bad input: one line on stderr naming the option, exit code 2, no usage block."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n")
+from command_line import opt, parse_config, positive
 
 
 @dataclass
 class Config:
-    steps: int = opt(300, "optimizer steps", number(int))
-    batch_size: int = opt(32, "codes (= sine waves, = predicted networks) per step", number(int))
-    points: int = opt(16, "(x, y) points per wave and step", number(int))
-    width: int = opt(16, "hidden width of the target MLP 1 -> width -> width -> 1", number(int))
-    hidden: int = opt(64, "hidden width of the hypernetwork's two layers", number(int))
-    lr: float = opt(3e-3, "Adam learning rate", number(float))
-    eval_waves: int = opt(64, "held-out waves for the before/after error", number(int))
+    steps: int = opt(300, "optimizer steps", positive(int))
+    batch_size: int = opt(32, "codes (= sine waves, = predicted networks) per step", positive(int))
+    points: int = opt(16, "(x, y) points per wave and step", positive(int))
+    width: int = opt(16, "hidden width of the target MLP 1 -> width -> width -> 1", positive(int))
+    hidden: int = opt(64, "hidden width of the hypernetwork's two layers", positive(int))
+    lr: float = opt(3e-3, "Adam learning rate", positive(float))
+    eval_waves: int = opt(64, "held-out waves for the before/after error", positive(int))
     seed: int = opt(0, "torch seed: data and initialisation")
-    threads: int = opt(1, "torch CPU threads; tiny networks run fastest on one", number(int))
-    log_every: int = opt(100, "print the training loss every this many steps", number(int))
+    threads: int = opt(1, "torch CPU threads; tiny networks run fastest on one", positive(int))
+    log_every: int = opt(100, "print the training loss every this many steps", positive(int))
 
 
 def sample_waves(n: int, points: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -133,13 +106,7 @@ def _train(config: Config) -> dict[str, float]:
 
 def parse(argv: list[str] | None) -> Config:
     """``--batch-size 64`` etc. for every ``Config`` field; a bad value exits 2 with one line."""
-    parser = OneLineParser(prog="hypernetwork.py", description=__doc__.split("\n")[0],
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for f in dataclasses.fields(Config):
-        flag = "--" + f.name.replace("_", "-")
-        parser.add_argument(flag, type=f.metadata["parse"], default=f.default, help=f.metadata["help"],
-                            metavar={"int": "N"}.get(f.type, "X"))
-    return Config(**vars(parser.parse_args(argv)))
+    return parse_config(Config, argv, prog="hypernetwork.py", description=__doc__.split("\n")[0])
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:

@@ -22,59 +22,32 @@ References:
 
 from __future__ import annotations
 
-import argparse
 import copy
-import dataclasses
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 import modify
 
-
-def opt(default, help: str, parse=None):
-    """A config field whose help text doubles as its comment; ``parse`` reads its command-line value."""
-    return field(default=default, metadata={"help": help, "parse": parse or type(default)})
-
-
-def number(kind: type, *, zero: bool = False):
-    """An argparse ``type=``: a finite ``kind`` greater than 0 (or equal to 0 if ``zero``)."""
-
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}") from None
-        if not (math.isfinite(value) and (value > 0 or zero and value == 0)):
-            raise argparse.ArgumentTypeError(f"must be {'non-negative' if zero else 'positive'}, got {text}")
-        return value
-
-    return parse
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """Bad input: one line on stderr naming the option, exit code 2, no usage block."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n")
+from command_line import opt, parse_config, positive
 
 
 @dataclass
 class Config:
-    steps: int = opt(300, "meta-training steps (the paper: 70000)", number(int))
-    meta_batch: int = opt(8, "tasks per meta step (the paper: 25)", number(int))
-    shots: int = opt(10, "K: points seen to adapt, and again to score", number(int))
-    inner_steps: int = opt(1, "SGD steps of the adaptation, in training and evaluation", number(int))
-    inner_lr: float = opt(0.01, "adaptation step size (the paper: 0.01)", number(float))
-    meta_lr: float = opt(1e-3, "Adam learning rate of the starting point (the paper: 0.001)", number(float))
-    width: int = opt(40, "hidden width of the MLP 1 -> width -> width -> 1 (the paper: 40)", number(int))
-    eval_tasks: int = opt(100, "held-out tasks for the before/after error", number(int))
+    steps: int = opt(300, "meta-training steps (the paper: 70000)", positive(int))
+    meta_batch: int = opt(8, "tasks per meta step (the paper: 25)", positive(int))
+    shots: int = opt(10, "K: points seen to adapt, and again to score", positive(int))
+    inner_steps: int = opt(1, "SGD steps of the adaptation, in training and evaluation", positive(int))
+    inner_lr: float = opt(0.01, "adaptation step size (the paper: 0.01)", positive(float))
+    meta_lr: float = opt(1e-3, "Adam learning rate of the starting point (the paper: 0.001)", positive(float))
+    width: int = opt(40, "hidden width of the MLP 1 -> width -> width -> 1 (the paper: 40)", positive(int))
+    eval_tasks: int = opt(100, "held-out tasks for the before/after error", positive(int))
     seed: int = opt(0, "torch seed: tasks and initialisation")
-    threads: int = opt(1, "torch CPU threads; tiny networks run fastest on one", number(int))
-    log_every: int = opt(100, "print the meta loss every this many steps", number(int))
+    threads: int = opt(1, "torch CPU threads; tiny networks run fastest on one", positive(int))
+    log_every: int = opt(100, "print the meta loss every this many steps", positive(int))
 
 
 def sample_tasks(n: int, points: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,13 +118,7 @@ def run(config: Config) -> dict[str, float]:
 
 def parse(argv: list[str] | None) -> Config:
     """``--steps 500`` etc. for every ``Config`` field; a bad value exits 2 with one line."""
-    parser = OneLineParser(prog="maml.py", description=__doc__.split("\n")[0],
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for f in dataclasses.fields(Config):
-        flag = "--" + f.name.replace("_", "-")
-        parser.add_argument(flag, type=f.metadata["parse"], default=f.default, help=f.metadata["help"],
-                            metavar={"int": "N"}.get(f.type, "X"))
-    return Config(**vars(parser.parse_args(argv)))
+    return parse_config(Config, argv, prog="maml.py", description=__doc__.split("\n")[0])
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:

@@ -23,11 +23,8 @@ References:
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -36,51 +33,26 @@ import modify
 from modify.models import BasicBlock, ResNet, ResNetConfig
 from modify.traits import Linear, Param
 
+from command_line import non_negative, opt, parse_config, positive
+
 CLASSES = ("disk", "square", "horizontal bar", "vertical bar")
-
-
-def opt(default, help: str, parse=None):
-    """A config field whose help text doubles as its comment; ``parse`` reads its command-line value."""
-    return field(default=default, metadata={"help": help, "parse": parse or type(default)})
-
-
-def number(kind: type, *, zero: bool = False):
-    """An argparse ``type=``: a finite ``kind`` greater than 0 (or equal to 0 if ``zero``)."""
-
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}") from None
-        if not (math.isfinite(value) and (value > 0 or zero and value == 0)):
-            raise argparse.ArgumentTypeError(f"must be {'non-negative' if zero else 'positive'}, got {text}")
-        return value
-
-    return parse
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """Bad input: one line on stderr naming the option, exit code 2, no usage block."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 @dataclass
 class ExampleConfig:
     # data: synthetic shapes, drawn on the fly
-    image_size: int = opt(32, "pixels per side", number(int))
-    noise: float = opt(0.3, "standard deviation of the background noise", number(float, zero=True))
+    image_size: int = opt(32, "pixels per side", positive(int))
+    noise: float = opt(0.3, "standard deviation of the background noise", non_negative(float))
     # model: ResNet(embedding_size=width, hidden_sizes=(width, 2 * width), depths=(depth, depth))
-    width: int = opt(16, "channels of the stem and the first stage", number(int))
-    depth: int = opt(1, "basic blocks per stage", number(int))
+    width: int = opt(16, "channels of the stem and the first stage", positive(int))
+    depth: int = opt(1, "basic blocks per stage", positive(int))
     # training
-    steps: int = opt(60, "AdamW steps", number(int))
-    batch_size: int = opt(32, "images per step", number(int))
-    lr: float = opt(3e-3, "learning rate", number(float))
-    weight_decay: float = opt(0.05, "on convolution and linear weights only", number(float, zero=True))
-    log_every: int = opt(10, "print the mean training loss every this many steps", number(int))
-    eval_size: int = opt(256, "held-out images for the accuracy", number(int))
+    steps: int = opt(60, "AdamW steps", positive(int))
+    batch_size: int = opt(32, "images per step", positive(int))
+    lr: float = opt(3e-3, "learning rate", positive(float))
+    weight_decay: float = opt(0.05, "on convolution and linear weights only", non_negative(float))
+    log_every: int = opt(10, "print the mean training loss every this many steps", positive(int))
+    eval_size: int = opt(256, "held-out images for the accuracy", positive(int))
     seed: int = opt(0, "seed for initialisation and data")
 
 
@@ -157,13 +129,7 @@ def train(model: ResNet, groups: list[dict], cfg: ExampleConfig, gen: torch.Gene
 
 
 def parse_args(argv: list[str] | None) -> ExampleConfig:
-    parser = OneLineParser(prog="resnet.py", description=__doc__.split("\n")[0],
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for f in dataclasses.fields(ExampleConfig):
-        flag = "--" + f.name.replace("_", "-")
-        parser.add_argument(flag, type=f.metadata["parse"], default=f.default, help=f.metadata["help"],
-                            metavar={"int": "N"}.get(f.type, "X"))
-    return ExampleConfig(**vars(parser.parse_args(argv)))
+    return parse_config(ExampleConfig, argv, prog="resnet.py", description=__doc__.split("\n")[0])
 
 
 def main(argv: list[str] | None = None) -> int:

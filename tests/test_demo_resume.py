@@ -12,11 +12,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
+
+from tests.helpers import run_script
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "gpt_lora.py"
 TINY = [
@@ -24,31 +25,10 @@ TINY = [
     "--batch-size", "4", "--corpus-chars", "4000", "--eval-batches", "1", "--sample-tokens", "4",
     "--lora-rank", "2", "--device", "cpu", "--dropout", "0.1", "--save-every", "2",
 ]  # fmt: skip
-KILLER = """
-import os, runpy, signal, sys
-import torch
-
-kill_at, calls, step = int(sys.argv[1]), 0, torch.optim.AdamW.step
-
-def step_or_die(self, *args, **kwargs):
-    global calls
-    calls += 1
-    if calls == kill_at:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return step(self, *args, **kwargs)
-
-torch.optim.AdamW.step = step_or_die
-sys.argv = sys.argv[2:]
-runpy.run_path(sys.argv[0], run_name="__main__")
-"""
 
 
 def run(out: Path, *extra: str, kill_at: int | None = None) -> subprocess.CompletedProcess:
-    command = [EXAMPLE, *TINY, "--out", out, *extra]
-    if kill_at is not None:
-        command = ["-c", KILLER, str(kill_at), *command]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    return subprocess.run([sys.executable, *map(str, command)], capture_output=True, text=True, env=env, timeout=300)
+    return run_script(EXAMPLE, *TINY, "--out", out, *extra, kill_at=kill_at)
 
 
 def finished(out: Path) -> tuple[dict[str, torch.Tensor], dict[str, list[float]]]:

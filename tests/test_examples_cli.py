@@ -13,7 +13,7 @@ import pytest
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 CONFIGS = {"gpt_lora": "DemoConfig", "maml": "Config", "hypernetwork": "Config", "hypernetwork_lora": "Config",
-           "resnet": "ExampleConfig"}
+           "resnet": "ExampleConfig", "finetune": "Config"}
 
 
 def config_fields(name: str) -> list[str]:
@@ -57,6 +57,8 @@ def test_help_describes_every_flag_and_its_default(name):
         ("resnet", ["--steps", "0"], "resnet.py: error: argument --steps: must be positive, got 0"),
         ("resnet", ["--noise", "-0.5"], "resnet.py: error: argument --noise: must be non-negative, got -0.5"),
         ("resnet", ["--width", "wide"], "resnet.py: error: argument --width: invalid int value: 'wide'"),
+        ("finetune", ["--lr", "0"], "finetune.py: error: argument --lr: must be positive, got 0"),
+        ("finetune", ["--loss-chunk", "-1"], "finetune.py: error: argument --loss-chunk: must be non-negative, got -1"),
     ],
 )
 def test_bad_values_exit_2_with_one_line(name, argv, message):

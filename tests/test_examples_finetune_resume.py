@@ -23,35 +23,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.helpers import run_script
+
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "finetune.py"
 TINY = ["--steps", "6", "--batch-size", "4", "--new-tokens", "2", "--prompts", "1", "--save-every", "2"]
-KILLER = """
-import os, runpy, signal, sys
-import torch
-
-kill_at, calls, step = int(sys.argv[1]), 0, torch.optim.AdamW.step
-
-def step_or_die(self, *args, **kwargs):
-    global calls
-    calls += 1
-    if calls == kill_at:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return step(self, *args, **kwargs)
-
-torch.optim.AdamW.step = step_or_die
-sys.argv = sys.argv[2:]
-runpy.run_path(sys.argv[0], run_name="__main__")
-"""
 # (kill entering the run's k-th step, the step the run resumed from); saves after steps 2, 4, 6.
 THREE_KILLS = [(3, None), (2, 2), (4, 2)]  # killed entering steps 3, 4 and 6; the last run resumes from 4
 
 
 def run(out: Path, *extra: str, kill_at: int | None = None) -> subprocess.CompletedProcess:
-    command = [EXAMPLE, *TINY, "--out", out, *extra]
-    if kill_at is not None:
-        command = ["-c", KILLER, str(kill_at), *command]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    return subprocess.run([sys.executable, *map(str, command)], capture_output=True, text=True, env=env, timeout=300)
+    return run_script(EXAMPLE, *TINY, "--out", out, *extra, kill_at=kill_at)
 
 
 def finished(out: Path, stdout: str) -> tuple[dict[str, torch.Tensor], list[float], list[str]]:
