@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import sys
 from dataclasses import field
 
 
@@ -48,6 +49,13 @@ def positive(kind: type):
 def non_negative(kind: type):
     """A finite ``kind`` of at least 0."""
     return within(kind, 0, what="non-negative")
+
+
+def fail(prog: str, message: str):
+    """Bad input found after parsing: one line ``<prog>: error: <message>`` on stderr, exit code 2,
+    as argparse's own errors."""
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -40,24 +40,23 @@ from __future__ import annotations
 import builtins
 import codecs
 import contextlib
-import dataclasses
 import io
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 import modify
-from modify.checkpoints import atomic_folder
 from modify.functional import chunked_cross_entropy
 from modify.models import GPT, Llama, LlamaConfig, generate
 
 from command_line import non_negative, opt, parse_config, positive, within
+from training_state import SavedRun
+
+PROG = "finetune.py"
 
 
 @dataclass
@@ -207,54 +206,28 @@ def adapter_names(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     return {paths[id(p)]: p for p in modify.lora_parameters(model)}
 
 
-class TrainingState:
-    """``--save-every``/``--resume``: everything training needs to go on exactly, in ``<out>/train_state``.
-
-    ``adapters.safetensors`` and ``state.pt``: step, optimizer, batch order, torch's RNG state,
-    the losses so far and the options. Written through ``atomic_folder``, so a kill at any moment
-    leaves the previous state whole.
-    """
+class TrainingState(SavedRun):
+    """``--save-every``/``--resume``: ``adapters.safetensors`` and ``state.pt`` (step, optimizer, batch
+    order, torch's RNG state, the losses so far, the options) in ``<out>/train_state``."""
 
     def __init__(self, config: Config):
-        self.config, self.folder = config, Path(config.out) / "train_state"
-        self.options = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("resume", "save_every")}
-        self.saved = self.load() if config.resume else None
-
-    def load(self) -> dict | None:
-        if not (self.folder / "state.pt").is_file():
-            print(f"--resume: no training state in {self.folder}; starting from the beginning")
-            return None
-        saved = torch.load(self.folder / "state.pt", weights_only=True)
-        changed = ", ".join(f"--{key}".replace("_", "-") for key, value in self.options.items()
-                            if saved["options"].get(key) != value)  # fmt: skip
-        if changed:
-            fail(f"--resume: {self.folder} was saved with other options: {changed}")
-        print(f"resumed from {self.folder}: step {saved['step']} of {self.config.steps}")
-        return saved
+        super().__init__(config, PROG)
 
     def restore(self, named: dict, optimizer, order: torch.Tensor) -> tuple[int, list[float], torch.Tensor]:
         """The step to start at, the losses so far and the batch order, after loading the saved states."""
         if self.saved is None:
             return 0, [], order
-        tensors = load_file(self.folder / "adapters.safetensors")
-        with torch.no_grad():
-            for name, p in named.items():
-                p.copy_(tensors[name])
+        self.fill(named, "adapters.safetensors")
         optimizer.load_state_dict(self.saved["optimizer"])
         torch.set_rng_state(self.saved["torch_rng"])
         return self.saved["step"], list(self.saved["losses"]), self.saved["order"]
 
     def step_done(self, step: int, named: dict, optimizer, order: torch.Tensor, losses: list[float]) -> None:
         """Save every ``--save-every`` steps and at the last step."""
-        every = self.config.save_every
-        if not (every and (step % every == 0 or step == self.config.steps)):
-            return
-        state = {"step": step, "optimizer": optimizer.state_dict(), "order": order, "torch_rng": torch.get_rng_state(),
-                 "losses": list(losses), "options": self.options}  # fmt: skip
-        with atomic_folder(self.folder, owner="finetune.py --save-every") as staging:
-            save_file({name: p.detach().contiguous() for name, p in named.items()}, staging / "adapters.safetensors")
-            with open(staging / "state.pt", "wb") as file:  # a file object: a failed write is an OSError
-                torch.save(state, file)
+        if self.due(step):
+            state = {"step": step, "optimizer": optimizer.state_dict(), "order": order,
+                     "torch_rng": torch.get_rng_state(), "losses": list(losses)}  # fmt: skip
+            self.write(named, "adapters.safetensors", state)
 
 
 # ----------------------------------------------------------------------------- main
@@ -286,15 +259,9 @@ def main(config: Config) -> dict[str, float | list[float]]:
     return {"before": before, "after": after, "losses": losses}
 
 
-def fail(message: str):
-    """Bad input found after parsing: one line on stderr, exit code 2, as argparse's own errors."""
-    print(f"finetune.py: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
 def parse(argv: list[str] | None = None) -> Config:
     """``--rank 4`` etc. for every ``Config`` field; a bad value exits 2 with one line."""
-    return parse_config(Config, argv, prog="finetune.py", description=__doc__.splitlines()[0])
+    return parse_config(Config, argv, prog=PROG, description=__doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

@@ -46,8 +46,6 @@ References:
 
 from __future__ import annotations
 
-import ast
-import dataclasses
 import functools
 import importlib.util
 import json
@@ -56,7 +54,6 @@ import os
 import pickle
 import random
 import sys
-import sysconfig
 import time
 import warnings
 from dataclasses import dataclass
@@ -65,17 +62,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 import modify
-from modify.checkpoints import atomic_folder
 from modify.models import GPT, GPTConfig, generate
 from modify.traits import Linear, ParamFree, Restructure, Unary
 
-from command_line import opt, parse_config, within
+from command_line import fail, opt, parse_config, within
+from text_corpora import CharTokenizer, GPT2ByteTokenizer, HFTokenizer, embedded_corpora, has_tokenizer_files
+from training_state import SavedRun
 
-
+PROG = "gpt_lora.py"
 POSITIVE_INT = within(int, 1, what="a positive integer")
 POSITIVE = within(float, 0, closed=False, what="a positive finite number")
 
@@ -117,104 +114,6 @@ class DemoConfig:
     save_every: int = opt(0, "save the training state to OUT/train_state every N steps (0: never)",
                           within(int, 0, what="0 (never) or a positive integer"))
     resume: bool = opt(False, "continue from OUT/train_state, saved by an interrupted run with the same options")
-
-
-# ----------------------------------------------------------------------------- corpora
-
-def source_files() -> list[Path]:
-    """Python files that exist wherever this runs: the standard library, else torch's own."""
-    for root in (Path(sysconfig.get_path("stdlib")), Path(torch.__file__).parent):
-        files = sorted(root.glob("*.py"))
-        if files:
-            return files
-    return []
-
-
-def split_source(text: str) -> tuple[str, list[str]]:
-    """Python source -> (its code without comments and docstrings, its docstrings)."""
-    tree = ast.parse(text)
-    docstrings = []
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-            doc = ast.get_docstring(node)
-            if doc:
-                docstrings.append(doc)
-                node.body = node.body[1:] or [ast.Pass()]
-    return ast.unparse(tree), docstrings
-
-
-def embedded_corpora(max_chars: int) -> tuple[str, str]:
-    """Corpus A (code) and corpus B (docstrings), each cut at ``max_chars`` characters."""
-    code, prose = [], []
-    for path in source_files():
-        try:
-            file_code, docstrings = split_source(path.read_text(encoding="utf-8"))
-        except (SyntaxError, UnicodeDecodeError, ValueError, RecursionError):
-            continue  # e.g. test data with deliberate syntax errors
-        code.append(file_code)
-        prose.extend(docstrings)
-        if sum(map(len, code)) >= max_chars and sum(map(len, prose)) >= max_chars:
-            break
-    return "\n\n".join(code)[:max_chars], "\n\n".join(prose)[:max_chars]
-
-
-# ----------------------------------------------------------------------------- tokenizers
-
-class CharTokenizer:
-    """One token per character, over the characters of the given texts."""
-
-    name = "characters"
-
-    def __init__(self, *texts: str):
-        self.chars = sorted(set().union(*texts))
-        self.index = {c: i for i, c in enumerate(self.chars)}
-
-    def encode(self, text: str) -> list[int]:
-        return [self.index[c] for c in text]
-
-    def decode(self, ids: list[int]) -> str:
-        return "".join(self.chars[i] for i in ids)
-
-
-class GPT2ByteTokenizer:
-    """GPT-2's 256 single-byte tokens: exact GPT-2 token ids, one per UTF-8 byte, never merged.
-
-    GPT-2 numbers its byte tokens 0..255 in the order of its ``bytes_to_unicode`` table: printable
-    bytes first, then the rest (so space is 220 and newline 198).
-    """
-
-    name = "GPT-2 single-byte tokens"
-
-    def __init__(self):
-        printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-        self.bytes = printable + [b for b in range(256) if b not in printable]
-        self.index = {b: i for i, b in enumerate(self.bytes)}
-
-    def encode(self, text: str) -> list[int]:
-        return [self.index[b] for b in text.encode("utf-8")]
-
-    def decode(self, ids: list[int]) -> str:
-        return bytes(self.bytes[i] for i in ids).decode("utf-8", errors="replace")
-
-
-class HFTokenizer:
-    """The checkpoint folder's own tokenizer, through ``transformers`` (local files only)."""
-
-    def __init__(self, folder: str):
-        from transformers import AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        self.name = f"{type(self.tokenizer).__name__} from {folder}"
-
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer(text, verbose=False)["input_ids"]
-
-    def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids)
-
-
-def has_tokenizer_files(folder: Path) -> bool:
-    return (folder / "tokenizer.json").is_file() or all((folder / f).is_file() for f in ("vocab.json", "merges.txt"))
 
 
 # ----------------------------------------------------------------------------- data and training
@@ -278,37 +177,24 @@ def train(model, phase: str, data: torch.Tensor, cfg: DemoConfig, env: dict, *, 
     return losses
 
 
-class TrainingState:
-    """``--save-every``/``--resume``: everything a phase needs to go on exactly, in ``OUT/train_state``.
-
-    ``base.safetensors`` (a base pretrained here), ``adapters.safetensors`` (in the adaptation
-    phase) and ``state.pt``: phase, step, optimizer, batch generator, torch and ``random`` RNG
-    states, the losses so far and the options. Written through ``atomic_folder``, so a kill at any
-    moment leaves the previous state whole; the base is carried over, not rewritten, while adapting.
-    """
+class TrainingState(SavedRun):
+    """``--save-every``/``--resume`` for both phases, in ``OUT/train_state``: ``base.safetensors`` (a
+    base pretrained here), ``adapters.safetensors`` (while adapting) and ``state.pt`` (phase, step,
+    optimizer, batch generator, torch and ``random`` RNG states, the losses so far, the options).
+    The base is carried over, not rewritten, while adapting."""
 
     def __init__(self, cfg: DemoConfig, env: dict):
-        self.cfg, self.folder, self.main = cfg, Path(cfg.out) / "train_state", env["main"]
-        self.options = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("resume", "save_every")}
-        self.saved = self.load() if cfg.resume else None
+        super().__init__(cfg, PROG)
+        self.main = env["main"]
         self.losses = self.saved["losses"] if self.saved else {"pretrain": [], "adapt": []}
 
-    def load(self) -> dict | None:
-        if not (self.folder / "state.pt").is_file():
-            print(f"--resume: no training state in {self.folder}; starting from the beginning")
-            return None
-        saved = torch.load(self.folder / "state.pt", weights_only=True)
-        changed = ", ".join(f"--{key}".replace("_", "-") for key, value in self.options.items()
-                            if saved["options"].get(key) != value)
-        if changed:
-            fail(f"--resume: {self.folder} was saved with other options: {changed}")
-        print(f"resumed from {self.folder}: {saved['phase']} phase, step {saved['step']} of {self.cfg.steps}")
-        return saved
+    def where(self, saved: dict) -> str:
+        return f"{saved['phase']} phase, step {saved['step']}"
 
     def phase_done(self, phase: str) -> bool:
         """Whether the saved state is past ``phase`` (``"pretrain"`` done once adapting, or at its last step)."""
         saved = self.saved
-        return saved is not None and (saved["phase"] != phase or saved["step"] == self.cfg.steps)
+        return saved is not None and (saved["phase"] != phase or saved["step"] == self.config.steps)
 
     def restore(self, phase: str, named: dict, optimizer, gen: torch.Generator) -> tuple[int, list[float]]:
         """The step to start ``phase`` at and its losses so far, after loading the saved tensors and states."""
@@ -326,28 +212,21 @@ class TrainingState:
         return self.losses["pretrain"]
 
     def fill(self, named: dict, file: str) -> None:
-        """Copy the saved tensors of ``file`` into ``named`` parameters, and restore the RNG states."""
-        tensors = load_file(self.folder / file)
-        with torch.no_grad():
-            for name, p in named.items():
-                p.copy_(tensors[name])
+        """The saved tensors of ``file`` into ``named``, and the RNG states restored."""
+        super().fill(named, file)
         torch.set_rng_state(self.saved["torch_rng"])
         random.setstate(self.saved["python_rng"])
 
     def step_done(self, phase: str, step: int, named: dict, optimizer, gen: torch.Generator, losses: list) -> None:
         """Save every ``--save-every`` steps and at the phase's last step (process 0 only)."""
         self.losses[phase] = list(losses)
-        if not (self.cfg.save_every and self.main and (step % self.cfg.save_every == 0 or step == self.cfg.steps)):
+        if not (self.main and self.due(step)):
             return
-        weights = "base.safetensors" if phase == "pretrain" else "adapters.safetensors"
-        replaces = ("*",) if phase == "pretrain" else ("state.pt", "adapters.safetensors")  # keep the base
         state = {"phase": phase, "step": step, "optimizer": optimizer.state_dict(), "generator": gen.get_state(),
-                 "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(), "losses": self.losses,
-                 "options": self.options}
-        with atomic_folder(self.folder, replaces=replaces, owner="gpt_lora.py --save-every") as staging:
-            save_file({name: p.detach().contiguous() for name, p in named.items()}, staging / weights)
-            with open(staging / "state.pt", "wb") as file:  # a file object: a failed write is an OSError
-                torch.save(state, file)
+                 "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(), "losses": self.losses}
+        pretraining = phase == "pretrain"
+        weights = "base.safetensors" if pretraining else "adapters.safetensors"
+        self.write(named, weights, state, replaces=("*",) if pretraining else ("state.pt", weights))  # keep the base
 
 
 @torch.no_grad()
@@ -369,31 +248,25 @@ def wrap_for_training(model, cfg: DemoConfig, env: dict):
 
 # ----------------------------------------------------------------------------- command line
 
-def fail(message: str):
-    """Bad input: one line on stderr, exit code 2, no traceback."""
-    print(f"gpt_lora.py: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
 def parse_args(argv: list[str] | None) -> DemoConfig:
     """``--n-layer 2`` etc. for every ``DemoConfig`` field; ``--compile``/``--ddp`` are switches."""
-    return parse_config(DemoConfig, argv, prog="gpt_lora.py", description=__doc__.split("\n")[0])
+    return parse_config(DemoConfig, argv, prog=PROG, description=__doc__.split("\n")[0])
 
 
 def validate(cfg: DemoConfig) -> None:
     """Check the options together before any work starts (each alone was checked while parsing)."""
     if cfg.n_embd % cfg.n_head:
-        fail(f"--n-embd ({cfg.n_embd}) must be divisible by --n-head ({cfg.n_head})")
+        fail(PROG, f"--n-embd ({cfg.n_embd}) must be divisible by --n-head ({cfg.n_head})")
     if cfg.text is not None:
         read_text(cfg.text)
     if cfg.hf_checkpoint is not None:
         check_checkpoint(Path(cfg.hf_checkpoint), cfg.tokenizer)
     if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
-        fail(f"--out {cfg.out} exists and is not a folder")
+        fail(PROG, f"--out {cfg.out} exists and is not a folder")
     if cfg.ddp and (cfg.save_every or cfg.resume):
-        fail("--save-every and --resume run in one process (without --ddp)")
+        fail(PROG, "--save-every and --resume run in one process (without --ddp)")
     if cfg.ddp and not all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")):
-        fail("--ddp needs the environment torchrun sets: torchrun --nproc-per-node 2 examples/gpt_lora.py --ddp")
+        fail(PROG, "--ddp needs the environment torchrun sets: torchrun --nproc-per-node 2 examples/gpt_lora.py --ddp")
     resolve_device(cfg.device, local_rank=0)
 
 
@@ -401,36 +274,36 @@ def read_text(path: str) -> str:
     """The UTF-8 text of ``--text``, or ``fail``."""
     file = Path(path)
     if file.is_dir():
-        fail(f"--text {path} is a folder, not a text file")
+        fail(PROG, f"--text {path} is a folder, not a text file")
     if not file.is_file():
-        fail(f"--text {path}: no such file")
+        fail(PROG, f"--text {path}: no such file")
     try:
         text = file.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
-        fail(f"--text {path} is not UTF-8 text ({error.reason} at byte {error.start})")
+        fail(PROG, f"--text {path} is not UTF-8 text ({error.reason} at byte {error.start})")
     if not text.strip():
-        fail(f"--text {path} is empty")
+        fail(PROG, f"--text {path} is empty")
     return text
 
 
 def check_checkpoint(folder: Path, tokenizer: str) -> None:
     """A Hugging Face GPT-2 folder as ``save_pretrained`` writes it, and a usable tokenizer."""
     if not folder.is_dir():
-        fail(f"--hf-checkpoint {folder}: no such folder")
+        fail(PROG, f"--hf-checkpoint {folder}: no such folder")
     if not (folder / "config.json").is_file():
-        fail(f"--hf-checkpoint {folder} has no config.json (expected a Hugging Face save_pretrained folder)")
+        fail(PROG, f"--hf-checkpoint {folder} has no config.json (expected a Hugging Face save_pretrained folder)")
     try:
         model_type = json.loads((folder / "config.json").read_text()).get("model_type")
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-        fail(f"--hf-checkpoint {folder}/config.json is not a JSON object")
+        fail(PROG, f"--hf-checkpoint {folder}/config.json is not a JSON object")
     if model_type != "gpt2":
-        fail(f"--hf-checkpoint {folder} holds a {model_type!r} model; this demo needs GPT-2 (model_type 'gpt2')")
+        fail(PROG, f"--hf-checkpoint {folder} holds a {model_type!r} model; this demo needs GPT-2 (model_type 'gpt2')")
     if not any((folder / f).is_file() for f in ("model.safetensors", "pytorch_model.bin")):
-        fail(f"--hf-checkpoint {folder} has no model.safetensors or pytorch_model.bin")
+        fail(PROG, f"--hf-checkpoint {folder} has no model.safetensors or pytorch_model.bin")
     if tokenizer == "bpe" and not has_tokenizer_files(folder):
-        fail(f"--tokenizer bpe: {folder} has no tokenizer.json nor vocab.json + merges.txt")
+        fail(PROG, f"--tokenizer bpe: {folder} has no tokenizer.json nor vocab.json + merges.txt")
     if tokenizer == "bpe" and importlib.util.find_spec("transformers") is None:
-        fail("--tokenizer bpe needs transformers (pip install transformers), or use --tokenizer bytes")
+        fail(PROG, "--tokenizer bpe needs transformers (pip install transformers), or use --tokenizer bytes")
 
 
 # What reading a damaged weights file raises: torch.load's pickle and archive errors, OS errors.
@@ -444,13 +317,13 @@ def resolve_device(spec: str, local_rank: int) -> torch.device:
     try:
         device = torch.device(spec)
     except RuntimeError:
-        fail(f"--device {spec!r} is not a device (use auto, cpu, cuda, cuda:N or mps)")
+        fail(PROG, f"--device {spec!r} is not a device (use auto, cpu, cuda, cuda:N or mps)")
     if device.type == "cuda" and not torch.cuda.is_available():
-        fail(f"--device {spec}: CUDA is not available on this machine")
+        fail(PROG, f"--device {spec}: CUDA is not available on this machine")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        fail(f"--device {spec}: MPS is not available on this machine")
+        fail(PROG, f"--device {spec}: MPS is not available on this machine")
     if device.type not in ("cpu", "cuda", "mps"):
-        fail(f"--device {spec}: this demo runs on cpu, cuda or mps")
+        fail(PROG, f"--device {spec}: this demo runs on cpu, cuda or mps")
     return device
 
 
@@ -476,7 +349,7 @@ def load_corpora(cfg: DemoConfig) -> list[tuple[str, str]]:
     """[(name, text)] for corpus A (pretraining) and corpus B (adaptation)."""
     code, docstrings = embedded_corpora(cfg.corpus_chars)
     if not code.strip() or not docstrings.strip():
-        fail("found no Python source files to build the default corpora from")
+        fail(PROG, "found no Python source files to build the default corpora from")
     if cfg.text is not None:
         return [("A: Python code", code), (f"B: {Path(cfg.text).name}", read_text(cfg.text)[: cfg.corpus_chars])]
     return [("A: Python code", code), ("B: docstrings", docstrings)]
@@ -498,7 +371,7 @@ def make_base(cfg: DemoConfig, texts: list[str]):
         base = GPT.from_pretrained(str(folder))
     except (*LOAD_ERRORS, SafetensorError) as error:  # e.g. a truncated model.safetensors, an empty .bin
         reason = str(error).strip().splitlines()[0] if str(error).strip() else "the file ends early"
-        fail(f"--hf-checkpoint {folder} could not be loaded: {type(error).__name__}: {reason}")
+        fail(PROG, f"--hf-checkpoint {folder} could not be loaded: {type(error).__name__}: {reason}")
     cfg.block_size = min(cfg.block_size, base.config.block_size)
     return tokenizer, base
 
@@ -509,10 +382,10 @@ def tokenize(corpora, tokenizer, vocab_size: int, cfg: DemoConfig) -> list[tuple
     for name, text in corpora:
         ids = tokenizer.encode(text)
         if max(ids, default=0) >= vocab_size:
-            fail(f"the tokenizer gives ids up to {max(ids)} but the model has only {vocab_size} embeddings")
+            fail(PROG, f"the tokenizer gives ids up to {max(ids)} but the model has only {vocab_size} embeddings")
         train_ids, val_ids = as_splits(ids, cfg)
         if min(len(train_ids), len(val_ids)) <= cfg.block_size:
-            fail(f"corpus {name} has {len(ids)} tokens: too short for --block-size {cfg.block_size} "
+            fail(PROG, f"corpus {name} has {len(ids)} tokens: too short for --block-size {cfg.block_size} "
                  f"with --val-fraction {cfg.val_fraction} (use a longer text)")
         splits.append((name, train_ids, val_ids))
     return splits
