@@ -19,7 +19,6 @@ References:
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
@@ -29,6 +28,7 @@ import torch.nn.functional as F
 import modify
 
 from command_line import opt, parse_config, positive
+from sine_waves import sample_waves
 
 
 @dataclass
@@ -43,15 +43,6 @@ class Config:
     seed: int = opt(0, "torch seed: data and initialisation")
     threads: int = opt(1, "torch CPU threads; tiny networks run fastest on one", positive(int))
     log_every: int = opt(100, "print the training loss every this many steps", positive(int))
-
-
-def sample_waves(n: int, points: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Codes ``(n, 3)``, inputs ``(n, points, 1)`` and targets ``(n, points, 1)`` of ``n`` sine waves."""
-    amplitude = 0.5 + 1.5 * torch.rand(n, 1, generator=gen)
-    phase = 2 * math.pi * torch.rand(n, 1, generator=gen)
-    z = torch.cat([amplitude, torch.sin(phase), torch.cos(phase)], dim=1)  # (n, 3)
-    x = (torch.rand(n, points, 1, generator=gen) * 2 - 1) * math.pi  # (n, points, 1)
-    return z, x, amplitude[:, None] * torch.sin(x + phase[:, None])
 
 
 def build(config: Config) -> tuple[modify.Sequential, modify.HyperNetwork]:
