@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import os
 import re
 import subprocess
@@ -22,12 +22,7 @@ TINY = [
 @pytest.fixture(scope="module")
 def demo():
     """The example file imported as a module (it is a script, not part of the package)."""
-    spec = importlib.util.spec_from_file_location("gpt_lora", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    return importlib.import_module("gpt_lora")  # examples/ is on the tests' path (pyproject.toml)
 
 
 def run_demo(demo, capsys, argv: list[str]) -> str:

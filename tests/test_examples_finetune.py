@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
+import importlib
 
 import pytest
 import torch
@@ -12,17 +10,11 @@ import torch
 import modify
 from modify.models import GPT, GPTConfig
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "finetune.py"
 
 
 @pytest.fixture(scope="module")
 def finetune():
-    spec = importlib.util.spec_from_file_location("finetune_example", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    return importlib.import_module("finetune")  # examples/ is on the tests' path (pyproject.toml)
 
 
 @pytest.mark.parametrize("quantize", ["none", "nf4"])

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import re
-import sys
-from pathlib import Path
 
 import pytest
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "resnet.py"
 TINY = [
     "--steps", "9", "--log-every", "3", "--batch-size", "16", "--image-size", "16", "--width", "8", "--eval-size", "32",
 ]  # fmt: skip
@@ -18,12 +15,7 @@ TINY = [
 @pytest.fixture(scope="module")
 def example():
     """The example file imported as a module (it is a script, not part of the package)."""
-    spec = importlib.util.spec_from_file_location("resnet_example", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    return importlib.import_module("resnet")  # examples/ is on the tests' path (pyproject.toml)
 
 
 def test_tiny_run_queries_the_model_and_the_loss_falls(example, capsys):
