@@ -86,11 +86,12 @@ def convert_floor(rounds: int = 3) -> list[list[object]]:
     ids = torch.randint(0, config.vocab_size, (2, 16))
     model = transformers.GPT2LMHeadModel(config).eval()
     converted = modify.convert(model, (ids,), {"use_cache": False})
+    static, check = "export of the 2-block stand-in, static", "check on the example (verify: 2 forwards)"
     parts = {
-        "export of the 2-block stand-in, static": lambda: _export(model, ids, False, True),
+        static: lambda: _export(model, ids, False, True),
         "export, dynamic B and T, torch's settings": lambda: _export(model, ids, True, False),
         "export, dynamic B and T, convert's (lean_tracing)": lambda: _export(model, ids, True, True),
-        "check on the example (verify: 2 forwards)": lambda: verify(model, converted, (ids,), {"use_cache": False}, None),
+        check: lambda: verify(model, converted, (ids,), {"use_cache": False}, None),
         "convert (all of it)": lambda: modify.convert(model, (ids,), {"use_cache": False}),
     }
     seconds: dict[str, list[float]] = {name: [] for name in ["from_pretrained", *parts]}
@@ -103,7 +104,7 @@ def convert_floor(rounds: int = 3) -> list[list[object]]:
                 seconds[name].append(_seconds(parts[name]))
     seconds = {name: times[1:] for name, times in seconds.items()}
     loading = seconds.pop("from_pretrained")
-    seconds["floor: static export + check"] = [a + b for a, b in zip(seconds["export of the 2-block stand-in, static"], seconds["check on the example (verify: 2 forwards)"])]
+    seconds["floor: static export + check"] = [a + b for a, b in zip(seconds[static], seconds[check])]
     rows = [["from_pretrained (local folder)", f"{statistics.median(loading):.2f} s", "1.00x"]]
     for name, times in seconds.items():
         ratio = statistics.median(t / l for t, l in zip(times, loading))

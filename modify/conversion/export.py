@@ -145,7 +145,8 @@ def lean_tracing() -> Iterator[None]:
         >>> torch.fx.config.do_not_emit_stack_traces, torch._dynamo.config.fake_tensor_cache_enabled
         (False, True)
     """
-    with torch._dynamo.config.patch(fake_tensor_cache_enabled=False), mock.patch.object(torch.fx.config, "do_not_emit_stack_traces", True):
+    no_cache = torch._dynamo.config.patch(fake_tensor_cache_enabled=False)
+    with no_cache, mock.patch.object(torch.fx.config, "do_not_emit_stack_traces", True):
         yield
 
 

@@ -9,6 +9,7 @@ left untouched, globs on the original's attribute names, LoRA at init and merged
 from __future__ import annotations
 
 import copy
+import gc
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from helpers import assert_state_equal, state_snapshot
 from torch import nn
 
 import modify
+import modify.conversion as conversion
 from benchmarks.reference_gpt import ReferenceConfig, ReferenceGPT
 
 
@@ -330,10 +332,6 @@ def test_a_tree_that_differs_from_the_original_on_the_example_is_refused(gen, mo
 
 
 def test_conversion_freezes_the_older_heap_from_garbage_collection_and_restores_it(monkeypatch):
-    import gc
-
-    import modify.conversion as conversion
-
     seen, trace = [], conversion.trace
 
     def recording(*args, **kwargs):

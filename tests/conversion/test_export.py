@@ -35,7 +35,13 @@ def _settings() -> tuple[bool, bool]:
 
 
 def _ops(program: torch.export.ExportedProgram) -> list[tuple[object, str]]:
-    return [(n.target, str(getattr(n.meta["val"], "shape", n.meta["val"]))) for n in program.graph.nodes if n.op == "call_function"]
+    calls = [n for n in program.graph.nodes if n.op == "call_function"]
+    return [(n.target, str(getattr(n.meta["val"], "shape", n.meta["val"]))) for n in calls]
+
+
+def _model_ops(program: torch.export.ExportedProgram) -> list[torch.fx.Node]:
+    """The calls of the model's own code (not the size nodes torch's runtime-assert pass adds)."""
+    return [n for n in program.graph.nodes if n.op == "call_function" and n.target is not torch.ops.aten.sym_size.int]
 
 
 def test_lean_tracing_gives_torchs_graph_without_stack_traces_and_restores_the_settings():
@@ -47,10 +53,8 @@ def test_lean_tracing_gives_torchs_graph_without_stack_traces_and_restores_the_s
     assert _settings() == before
     assert _ops(lean) == _ops(reference)
     assert any("s" in shape for _, shape in _ops(lean))  # symbolic sizes kept
-    traced = [n for n in reference.graph.nodes if n.op == "call_function" and n.target is not torch.ops.aten.sym_size.int]
-    assert traced and all(n.meta.get("stack_trace") for n in traced)
-    # the model's ops carry no stack trace (a size node of torch's runtime-assert pass still does)
-    assert not any(n.meta.get("stack_trace") for n in lean.graph.nodes if n.op == "call_function" and n.target is not torch.ops.aten.sym_size.int)
+    assert _model_ops(reference) and all(n.meta.get("stack_trace") for n in _model_ops(reference))
+    assert not any(n.meta.get("stack_trace") for n in _model_ops(lean))
 
 
 def test_lean_tracing_restores_the_settings_when_the_capture_raises():
