@@ -38,8 +38,8 @@ class FixedSizes:
         return x
 
 
-def _modes(*models: nn.Module) -> list[tuple[nn.Module, bool]]:
-    return [(m, m.training) for model in models for m in model.modules()]
+def _training(*models: nn.Module) -> list[nn.Module]:
+    return [m for model in models for m in model.modules() if m.training]
 
 
 def verify(original: nn.Module, converted: nn.Module, args: tuple, kwargs: dict, output) -> None:
@@ -47,17 +47,18 @@ def verify(original: nn.Module, converted: nn.Module, args: tuple, kwargs: dict,
 
     Both run in eval mode under ``no_grad`` (every module's training flag is restored after).
     """
-    modes = _modes(original, converted)
+    training = _training(original, converted)  # only these flags change (a model in eval mode: none)
     try:
-        original.eval(), converted.eval()
+        for module in training:
+            module.training = False
         with torch.no_grad():
             expected = original(*args, **kwargs)
             if isinstance(expected, dict):
                 expected = pick(expected, output, type(original).__name__)
             got = converted(args[0] if len(args) == 1 else tuple(args))
     finally:
-        for module, training in modes:
-            module.training = training
+        for module in training:
+            module.training = True
     problem = _difference(expected, got)
     if problem:
         raise TypeError(

@@ -9,6 +9,7 @@ left untouched, globs on the original's attribute names, LoRA at init and merged
 from __future__ import annotations
 
 import copy
+import gc
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from helpers import assert_state_equal, state_snapshot
 from torch import nn
 
 import modify
+import modify.conversion as conversion
 from benchmarks.reference_gpt import ReferenceConfig, ReferenceGPT
 
 
@@ -327,3 +329,31 @@ def test_a_tree_that_differs_from_the_original_on_the_example_is_refused(gen, mo
     monkeypatch.setattr(conversion, "_build", lambda *a: (modify.Identity(), set()))
     with pytest.raises(TypeError, match="cannot convert the root module \\(ResidualMLP\\) exactly"):
         modify.convert(model, torch.randn(2, 16, generator=gen))
+
+
+def test_conversion_freezes_the_older_heap_from_garbage_collection_and_restores_it(monkeypatch):
+    seen, trace = [], conversion.trace
+
+    def recording(*args, **kwargs):
+        seen.append(gc.get_freeze_count())
+        return trace(*args, **kwargs)
+
+    monkeypatch.setattr(conversion, "trace", recording)
+    model = ResidualMLP()
+    assert gc.get_freeze_count() == 0
+    modify.convert(model)
+    assert seen[-1] > 0 and gc.get_freeze_count() == 0  # frozen while converting, thawed after
+    class Star(nn.Module):
+        def forward(self, *xs):
+            return xs[0]
+
+    with pytest.raises(TypeError, match="takes"):  # raised while frozen
+        modify.convert(Star())
+    assert seen[-1] > 0 and gc.get_freeze_count() == 0
+    gc.freeze()  # a caller's own frozen heap stays frozen
+    try:
+        frozen = gc.get_freeze_count()
+        modify.convert(model)
+        assert seen[-1] == frozen and gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
