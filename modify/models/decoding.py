@@ -18,10 +18,10 @@ from .decoding_head import decoding_head
 from .gpt import GPT
 from .llama import Llama
 
-# The compiled decode step's inductor options: no per-call size and alignment asserts on its ~70
-# inputs, and a C++ wrapper instead of a Python one (about 0.4 ms less per step, docs/benchmarks.md
-# section 11).
-COMPILE_OPTIONS = {"size_asserts": False, "alignment_asserts": False, "cpp_wrapper": True}
+# The compiled decode step's inductor options on the CPU (measured there): no per-call size and
+# alignment asserts on its ~70 inputs, and a C++ wrapper instead of a Python one (about 0.4 ms less
+# a step, docs/benchmarks.md section 11).
+CPU_COMPILE_OPTIONS = {"size_asserts": False, "alignment_asserts": False, "cpp_wrapper": True}
 
 @typechecked
 def generate(
@@ -127,7 +127,8 @@ def generate(
         decoder = _decoder(model, rows, max_new_tokens)
         if use_cache:
             capacity = min(block_size, length + max_new_tokens) if compile else None
-            next_tokens = _cached_tokens(decoder, block_size, sample, top_k == 1, compile, capacity)
+            options = (CPU_COMPILE_OPTIONS if idx.device.type == "cpu" else {}) if compile else None
+            next_tokens = _cached_tokens(decoder, block_size, sample, top_k == 1, options, capacity)
         else:
             next_tokens = _full_tokens(decoder, block_size, sample)
         for step in range(max_new_tokens) if progress is None else progress(range(max_new_tokens)):
@@ -170,7 +171,12 @@ def _decode_step(model: nn.Module, inputs, greedy: bool) -> torch.Tensor:
 
 
 def _cached_tokens(
-    decoder: nn.Module, block_size: int, sample: Sample, greedy: bool, compile: bool = False, capacity: int | None = None
+    decoder: nn.Module,
+    block_size: int,
+    sample: Sample,
+    greedy: bool,
+    compile_options: dict | None = None,
+    capacity: int | None = None,
 ) -> Tokens:
     """Like :func:`_full_tokens` through a ``kv_cache`` sibling fed only the ids it has not seen.
 
@@ -178,12 +184,13 @@ def _cached_tokens(
     ``block_size`` cached positions, the cache is emptied and refilled from the last
     ``block_size`` ids, which is what the full re-run sees. One-position steps run with runtime
     checks off (the prompt's call checked every leaf, and ``generate`` checked the ids); with
-    ``compile`` they run through ``torch.compile`` (the prompt runs eagerly), the cache static
-    (``capacity`` positions) and its offsets symbolic integers, so all steps share one graph; a
-    ``greedy`` ``sample`` (``top_k=1``) is the graph's last op.
+    ``compile_options`` (inductor's; ``None``: eager) they run through ``torch.compile`` (the
+    prompt runs eagerly), the cache static (``capacity`` positions) and its offsets symbolic
+    integers, so all steps share one graph; a ``greedy`` ``sample`` (``top_k=1``) is its last op.
     """
     sibling = kv_cache(decoder, capacity=capacity)
-    step = torch.compile(_decode_step, dynamic=True, options=COMPILE_OPTIONS) if compile else None
+    compile = compile_options is not None
+    step = torch.compile(_decode_step, dynamic=True, options=compile_options) if compile else None
     seen = cached = 0  # ids consumed so far; positions in the cache
 
     def next_tokens(ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
