@@ -61,7 +61,8 @@ def generate(
     equal transformers' ``generate(idx, attention_mask=mask, do_sample=False)``. With ``compile``
     the one-position decode step runs through ``torch.compile`` over a static cache of
     ``T + max_new_tokens`` positions (at most ``block_size``): every step has the same shapes, so
-    one graph serves them all (same tokens; the first call pays the compilation).
+    one graph serves them all (same tokens; the first call pays the compilation); greedy decoding
+    takes its argmax inside that graph.
 
     Args:
         model: a language model from ``(B, T)`` ids to ``(B, T, vocab)`` logits: a :class:`GPT`
