@@ -22,9 +22,9 @@ class CachedAttention(ScaledDotProductAttention):
 
     Without ``capacity`` the storage doubles when full and a call attends to the positions
     written so far. With ``capacity`` (a static cache, as transformers' ``StaticCache``) the
-    storage of ``capacity`` positions is allocated once, and every call attends over all of it
-    through a mask of the positions written (and of a padded batch's tokens): each
-    one-position step has the same shapes, so ``torch.compile`` makes one graph for all of them.
+    storage of ``capacity`` positions is allocated once and every call attends over the positions
+    written (through a mask of a padded batch's tokens): under ``torch.compile`` with the offset
+    a symbolic integer, every one-position step is one graph.
 
     Args:
         attention: the causal attention leaf to copy the settings of (``dropout``, ``scale``,
@@ -117,10 +117,10 @@ class CachedAttention(ScaledDotProductAttention):
         """Write ``k``, ``v`` after the cached positions; return the keys and values to attend over.
 
         Storage is written in place, so a decoding step copies only its own keys and values (no
-        concatenation of the whole cache): storage that doubles when full, returned up to the
-        last position written, or ``capacity`` positions, all returned (the mask hides those not
-        written). Where autograd records (``recording``) the cache is concatenated instead: an
-        in-place write would invalidate the keys saved for the backward pass.
+        concatenation of the whole cache) into storage that doubles when full, or of ``capacity``
+        positions; either is returned up to the last position written. Where autograd records
+        (``recording``) the cache is concatenated instead: an in-place write would invalidate the
+        keys saved for the backward pass.
         """
         start, end = self.offset, self.offset + k.shape[-2]
         self.offset = end
@@ -137,8 +137,6 @@ class CachedAttention(ScaledDotProductAttention):
             self._buffers["cached_value"] = _storage(self.cached_value, v, start, size)
         self.cached_key[..., start:end, :] = k
         self.cached_value[..., start:end, :] = v
-        if self.capacity is not None:
-            return self.cached_key, self.cached_value
         return self.cached_key[..., :end, :], self.cached_value[..., :end, :]
 
     def _size(self, stored: torch.Tensor | None, end: int) -> int:

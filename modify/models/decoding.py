@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Callable, Iterable
 
 import torch
@@ -17,6 +18,10 @@ from .decoding_head import decoding_head
 from .gpt import GPT
 from .llama import Llama
 
+# The compiled decode step's inductor options on the CPU (measured there): no per-call size and
+# alignment asserts on its ~70 inputs, and a C++ wrapper instead of a Python one (about 0.4 ms less
+# a step, docs/benchmarks.md section 11).
+CPU_COMPILE_OPTIONS = {"size_asserts": False, "alignment_asserts": False, "cpp_wrapper": True}
 
 @typechecked
 def generate(
@@ -56,7 +61,8 @@ def generate(
     equal transformers' ``generate(idx, attention_mask=mask, do_sample=False)``. With ``compile``
     the one-position decode step runs through ``torch.compile`` over a static cache of
     ``T + max_new_tokens`` positions (at most ``block_size``): every step has the same shapes, so
-    one graph serves them all (same tokens; the first call pays the compilation).
+    one graph serves them all (same tokens; the first call pays the compilation); greedy decoding
+    takes its argmax inside that graph.
 
     Args:
         model: a language model from ``(B, T)`` ids to ``(B, T, vocab)`` logits: a :class:`GPT`
@@ -117,17 +123,18 @@ def generate(
     ids[:, :length] = idx
     if mask is not None:
         mask = torch.cat((mask, mask.new_ones(rows, max_new_tokens)), dim=1)  # every new token is a token
+    sample = partial(_sample, temperature=temperature, top_k=top_k, generator=generator)
     with torch.inference_mode():  # as no_grad, without version counters: each step's ops are cheaper
         decoder = _decoder(model, rows, max_new_tokens)
         if use_cache:
             capacity = min(block_size, length + max_new_tokens) if compile else None
-            next_logits = _cached_logits(decoder, block_size, compile, capacity)
+            options = (CPU_COMPILE_OPTIONS if idx.device.type == "cpu" else {}) if compile else None
+            next_tokens = _cached_tokens(decoder, block_size, sample, top_k == 1, options, capacity)
         else:
-            next_logits = _full_logits(decoder, block_size)
+            next_tokens = _full_tokens(decoder, block_size, sample)
         for step in range(max_new_tokens) if progress is None else progress(range(max_new_tokens)):
             end = length + step
-            logits = next_logits(ids[:, :end], None if mask is None else mask[:, :end])
-            ids[:, end : end + 1] = _sample(logits, temperature, top_k, generator)
+            ids[:, end : end + 1] = next_tokens(ids[:, :end], None if mask is None else mask[:, :end])
     return ids
 
 
@@ -142,7 +149,8 @@ def _sample(logits: torch.Tensor, temperature: float, top_k: int | None, generat
     return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)
 
 
-Logits = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+Tokens = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+Sample = Callable[[torch.Tensor], torch.Tensor]
 
 
 def _inputs(ids: torch.Tensor, mask: torch.Tensor | None):
@@ -150,27 +158,43 @@ def _inputs(ids: torch.Tensor, mask: torch.Tensor | None):
     return ids if mask is None else (ids, mask)
 
 
-def _full_logits(decoder: nn.Module, block_size: int) -> Logits:
-    """``ids (B, T) -> (B, vocab)``, the last position's logits: nanoGPT's re-run of the context."""
+def _full_tokens(decoder: nn.Module, block_size: int, sample: Sample) -> Tokens:
+    """``ids (B, T) -> (B, 1)``, sampled from the last position's logits: nanoGPT's re-run of the context."""
     window = slice(-block_size, None)
-    return lambda ids, mask: decoder(_inputs(ids[:, window], None if mask is None else mask[:, window]))[:, -1]
+    return lambda ids, mask: sample(decoder(_inputs(ids[:, window], None if mask is None else mask[:, window]))[:, -1])
 
 
-def _cached_logits(decoder: nn.Module, block_size: int, compile: bool = False, capacity: int | None = None) -> Logits:
-    """Like :func:`_full_logits` through a ``kv_cache`` sibling fed only the ids it has not seen.
+def _decode_step(model: nn.Module, inputs, greedy: bool) -> torch.Tensor:
+    """The last position's ``(B, vocab)`` logits, or with ``greedy`` their ``(B, 1)`` argmax (in the
+    compiled graph, one pass over the head's transposed output instead of aten's strided argmax)."""
+    logits = model(inputs)[:, -1]
+    return logits.argmax(dim=-1, keepdim=True) if greedy else logits
+
+
+def _cached_tokens(
+    decoder: nn.Module,
+    block_size: int,
+    sample: Sample,
+    greedy: bool,
+    compile_options: dict | None = None,
+    capacity: int | None = None,
+) -> Tokens:
+    """Like :func:`_full_tokens` through a ``kv_cache`` sibling fed only the ids it has not seen.
 
     Each call's ``ids`` extend the previous call's. When the new ids would overflow
     ``block_size`` cached positions, the cache is emptied and refilled from the last
     ``block_size`` ids, which is what the full re-run sees. One-position steps run with runtime
     checks off (the prompt's call checked every leaf, and ``generate`` checked the ids); with
-    ``compile`` they run through ``torch.compile`` (the prompt runs eagerly), the cache static
-    (``capacity`` positions) and its offsets symbolic integers, so all steps share one graph.
+    ``compile_options`` (inductor's; ``None``: eager) they run through ``torch.compile`` (the
+    prompt runs eagerly), the cache static (``capacity`` positions) and its offsets symbolic
+    integers, so all steps share one graph; a ``greedy`` ``sample`` (``top_k=1``) is its last op.
     """
     sibling = kv_cache(decoder, capacity=capacity)
-    step = torch.compile(sibling, dynamic=True) if compile else sibling
+    compile = compile_options is not None
+    step = torch.compile(_decode_step, dynamic=True, options=compile_options) if compile else None
     seen = cached = 0  # ids consumed so far; positions in the cache
 
-    def next_logits(ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def next_tokens(ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         nonlocal seen, cached
         start = seen
         if cached + ids.shape[1] - seen > block_size:
@@ -180,14 +204,15 @@ def _cached_logits(decoder: nn.Module, block_size: int, compile: bool = False, c
         seen, cached = ids.shape[1], cached + new.shape[1]
         inputs = _inputs(new, None if mask is None else mask[:, start:])
         if new.shape[1] != 1:
-            return sibling(inputs)[:, -1]
+            return sample(sibling(inputs)[:, -1])
         with set_checks(False):  # the prompt's call checked every leaf; a step differs only in length
             if not compile:
-                return sibling(inputs)[:, -1]
+                return sample(sibling(inputs)[:, -1])
             with torch._dynamo.config.patch(allow_unspec_int_on_nn_module=True):  # offsets: symbolic
-                return step(inputs)[:, -1]
+                out = step(sibling, inputs, greedy)
+            return out if greedy else sample(out)
 
-    return next_logits
+    return next_tokens
 
 
 def _decoder(model: nn.Module, rows: int, new_tokens: int) -> nn.Module:

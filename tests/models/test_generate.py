@@ -181,7 +181,7 @@ def test_a_static_cache_keeps_gradients_where_autograd_records():
     torch.testing.assert_close(grad, expected, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("make, padded", [(gpt_pair, False), (llama_pair, True)])
+@pytest.mark.parametrize("make, padded", [(gpt_pair, False), (gpt_pair, True), (llama_pair, True)])
 def test_compiled_decoding_makes_one_graph_for_20_steps_with_transformers_tokens(make, padded, monkeypatch):
     """The point is recompiles, so the eager backend (dynamo's tracing and guards without inductor)."""
     reference, ours = make()
@@ -201,6 +201,64 @@ def test_compiled_decoding_makes_one_graph_for_20_steps_with_transformers_tokens
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1  # 19 one-position steps, one graph
     assert torch.equal(generate(ours, ids, 20, top_k=1, attention_mask=attention_mask, compile=True), got)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1  # a second generate compiles nothing
+
+
+def test_a_static_cache_attends_over_the_positions_written_only(monkeypatch):
+    _, ours = gpt_pair()
+    keys_seen = []
+    attend = torch.nn.functional.scaled_dot_product_attention
+
+    def recording(q, k, v, **kwargs):
+        keys_seen.append(k.shape[-2])
+        return attend(q, k, v, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording)
+    ids = prompts(2, 8)
+    sibling = kv_cache(ours, capacity=14)
+    with torch.no_grad():
+        logits = torch.cat([sibling(ids[:, :5])] + [sibling(ids[:, i : i + 1]) for i in range(5, 8)], dim=1)
+    layers = len(modify.select(ours, modify.ScaledDotProductAttention))
+    assert keys_seen == [size for size in (5, 6, 7, 8) for _ in range(layers)]  # not 14 each
+    torch.testing.assert_close(logits, ours(ids), atol=1e-5, rtol=1e-5)
+
+
+def _graphs_compiled(monkeypatch) -> list[torch.fx.GraphModule]:
+    """Route ``torch.compile`` to a backend that keeps dynamo's graphs and runs them as traced."""
+    graphs, compile_ = [], torch.compile
+
+    def keep(graph, example_inputs, **options):
+        graphs.append(graph)
+        return graph.forward
+
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: compile_(model, **{**kwargs, "backend": keep}))
+    torch._dynamo.reset()
+    return graphs
+
+
+def _argmaxes(graph: torch.fx.GraphModule) -> int:
+    return sum(node.target in ("argmax", torch.argmax) for node in graph.graph.nodes)
+
+
+def test_compiled_greedy_decoding_takes_the_argmax_in_the_graph(monkeypatch):
+    reference, ours = gpt_pair()
+    graphs = _graphs_compiled(monkeypatch)
+    ids, mask = prompts(3, 6), torch.ones(3, 6, dtype=torch.long)
+    mask[1, :3] = 0
+    ids = ids * mask
+    expected = reference.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=0)
+    assert torch.equal(generate(ours, ids, 8, top_k=1, attention_mask=mask, compile=True), expected)
+    assert len(graphs) == 1 and _argmaxes(graphs[0]) == 1
+
+
+def test_compiled_sampling_draws_the_eager_samples(monkeypatch):
+    _, ours = gpt_pair()
+    graphs = _graphs_compiled(monkeypatch)
+    ids = prompts(2, 4)
+    draw = lambda compile: generate(  # noqa: E731
+        ours, ids, 10, temperature=0.8, top_k=5, generator=torch.Generator().manual_seed(7), compile=compile
+    )
+    assert torch.equal(draw(True), draw(False))
+    assert len(graphs) == 1 and _argmaxes(graphs[0]) == 0  # the logits leave the graph; sampling is eager
 
 
 @pytest.mark.parametrize(
