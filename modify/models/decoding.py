@@ -23,6 +23,7 @@ from .llama import Llama
 # a step, docs/benchmarks.md section 11).
 CPU_COMPILE_OPTIONS = {"size_asserts": False, "alignment_asserts": False, "cpp_wrapper": True}
 
+
 @typechecked
 def generate(
     model: nn.Module,
