@@ -62,7 +62,7 @@ class OneLineParser(argparse.ArgumentParser):
     """Bad input: one line on stderr naming the option, exit code 2, no usage block."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        fail(self.prog, message)
 
 
 _KINDS = {"int": (int, "N"), "float": (float, "X")}
