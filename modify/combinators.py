@@ -14,9 +14,10 @@ from torch import nn
 from ._core.arguments import check_child_name, typechecked
 from ._core.checks import checks_enabled, expect_tuple, is_dynamo_compiling
 from ._core.errors import annotate
-from ._core.hooks import hooks_seen, unhooked, unobserved, unwatched
+from ._core.hooks import unhooked, unobserved, unwatched
 from ._core.inference import combine_parallel, combine_sequence, traits_of
 from ._core.module import Leaf, ModifyModule
+from ._core.straight_line import LineWriter, straight_line, structure_changed
 from ._core.wrapped import wrap
 from ._core.sibling import sibling
 from .primitives.arithmetic import Add
@@ -76,6 +77,21 @@ class Combinator(ModifyModule):
                     f"{type(self).__name__} child '{name}' must be a torch.nn.Module, got {type(module).__name__}"
                 )
             self.add_module(name, wrap(module))
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if isinstance(value, nn.Module) or name in self.__dict__.get("_modules", ()):
+            structure_changed(self)
+        super().__setattr__(name, value)
+
+    def __delattr__(self, name: str) -> None:
+        if name in self._modules:
+            structure_changed(self)
+        super().__delattr__(name)
+
+    def add_module(self, name: str, module: nn.Module | None) -> None:
+        """``torch.nn.Module.add_module``; a function written through this combinator is dropped."""
+        structure_changed(self)
+        super().add_module(name, module)
 
     def rebuilt(self, children: dict[str, nn.Module]) -> Combinator:
         """A new combinator of the same class and settings with ``children`` in place of its own.
@@ -174,37 +190,63 @@ class Sequential(Combinator):
             for module in modules.values():
                 x = module.forward(x) if every and isinstance(module, _DIRECT) else module(x)
             return x
-        # Where nothing can observe the calls (no hooks, no tracing: see modify._core.hooks), run
-        # each child's forward directly (torch's own fast path, without its frames), and a pair
-        # with a call-time fusion rule (a norm and its affine) in one call.
-        every = unwatched()
-        quiet = every or hooks_seen() and unobserved()
+        # Where nothing can observe the calls (no hooks, no tracing: see modify._core.hooks), the
+        # whole subtree runs as one straight-line function of its leaves (modify._core.straight_line),
+        # from the second call on. Otherwise each unhooked child still runs by its forward (torch's
+        # own fast path, without its frames), and a pair with a call-time fusion rule in one call.
+        quiet = unwatched()
+        if quiet:
+            line = straight_line(self)
+            if line is not None:
+                return line(x)
+        quiet = quiet or unobserved()
         if quiet and len(modules) == 2:
-            y = self._run_fused(x, every)
+            y = self._run_fused(x)
             if y is not None:
                 return y
         for name, module in modules.items():
             try:
-                if isinstance(module, _DIRECT) and (every or quiet and unhooked(module)):
-                    x = module.forward(x)
-                else:
-                    x = module(x)
+                x = module.forward(x) if quiet and isinstance(module, _DIRECT) and unhooked(module) else module(x)
             except Exception as error:
                 annotate(error, name, module)
                 raise
         return x
 
-    def _run_fused(self, x, every: bool):
+    def _run_fused(self, x):
         """Both children in one call by their fusion rule, or ``None`` (no rule, hooks, another dtype)."""
         (name, first), (_, second) = self._modules.items()
         rule = CALL_TIME.get((type(first), type(second)))
-        if rule is None or not (rule.fits(first, second) and (every or unhooked(first) and unhooked(second))):
+        if rule is None or not (rule.fits(first, second) and unhooked(first) and unhooked(second)):
             return None
         try:
             return rule.run(first, second, x)
         except Exception as error:
             annotate(error, name, first)
             raise
+
+    def write_line(self, writer: LineWriter, value: str, path: tuple[str, ...]) -> str:
+        """The straight-line form of :meth:`forward` (see :mod:`modify._core.straight_line`)."""
+        if len(self._modules) == 2:
+            fused = self._write_fused(writer, value, path)
+            if fused is not None:
+                return fused
+        for name, module in self._modules.items():
+            value = writer.write(module, value, (*path, name))
+        return value
+
+    def _write_fused(self, writer: LineWriter, value: str, path: tuple[str, ...]) -> str | None:
+        """The pair's fusion rule in one call, both leaves where it declines; ``None`` if no rule fits."""
+        (name, first), (second_name, second) = self._modules.items()
+        rule = CALL_TIME.get((type(first), type(second)))
+        if rule is None or not rule.fits(first, second):
+            return None
+        pair = f"{writer.name(first)}, {writer.name(second)}"
+        out = writer.call(f"{writer.name(rule.run)}({pair}, {value})", (*path, name), first)
+        writer.line(f"if {out} is None:")
+        with writer.indented():
+            middle = writer.write(first, value, (*path, name))
+            writer.line(f"{out} = {writer.write(second, middle, (*path, second_name))}")
+        return out
 
     def _infer_traits(self) -> frozenset[type]:
         own = next(self.parameters(recurse=False), None) is not None
@@ -251,13 +293,17 @@ class Parallel(Combinator):
             )
         if (not isinstance(x, tuple) or len(x) != len(modules)) and checks_enabled():
             self._check(x)
-        # As in Sequential.forward; an unwatched branch that passes its value through (Identity,
+        # As in Sequential.forward; an unhooked branch that passes its value through (Identity,
         # carrying a padded batch's mask past a block) is not called at all.
-        every = unwatched()
-        quiet = every or hooks_seen() and unobserved()
+        quiet = unwatched()
+        if quiet:
+            line = straight_line(self)
+            if line is not None:
+                return line(x)
+        quiet = quiet or unobserved()
         out = []
         for (name, module), value in zip(modules.items(), x, strict=True):
-            if isinstance(module, _DIRECT) and (every or quiet and unhooked(module)):
+            if quiet and isinstance(module, _DIRECT) and unhooked(module):
                 if module.passes_through:
                     out.append(value)
                     continue
@@ -270,6 +316,23 @@ class Parallel(Combinator):
                 annotate(error, name, module)
                 raise
         return tuple(out)
+
+    def write_line(self, writer: LineWriter, value: str, path: tuple[str, ...]) -> str:
+        """The straight-line form of :meth:`forward`: the input unpacked, each branch on its element.
+
+        The input's check is written for a nested ``Parallel``; the top one checks in ``forward``.
+        """
+        count = len(self._modules)
+        if path:
+            writer.line(f"if ({value}.__class__ is not tuple or len({value}) != {count}) and checks_enabled():")
+            with writer.indented():
+                writer.call(f"{writer.name(self)}._check({value})", path, self)
+        parts = [writer.variable() for _ in range(count)]
+        writer.line(f"{', '.join(parts)}, = {value}")
+        outs = [writer.write(module, part, (*path, name)) for (name, module), part in zip(self._modules.items(), parts)]
+        out = writer.variable()
+        writer.line(f"{out} = ({', '.join(outs)},)")
+        return out
 
     def _check(self, x: object) -> None:
         expect_tuple(self, x, len(self._modules), ("branch", "branches"))

@@ -1,0 +1,181 @@
+"""A tree's forward as one straight-line Python function, for calls that nothing can observe.
+
+Where no one watches module calls (:func:`modify._core.hooks.unwatched`: no hook on any modify
+module, none global, no tracer), the combinators of a tree add nothing but Python frames: each
+``Sequential``/``Parallel`` call loops over its children, tests the hook registry and wraps each
+child in ``try``. On the first such call of a combinator, :func:`straight_line` writes its whole
+subtree as one generated function: each leaf's ``forward`` called in order, a ``Parallel``
+unpacked into its branches, a leaf that passes its value through (``passes_through``) not called,
+and a pair with a call-time fusion rule run in one call. The outputs are the same objects the
+combinators would return, and an error names the same dotted path (with try blocks, free in
+Python 3.11 while nothing raises). The tiny GPT's forward runs 59 leaf calls in one frame instead
+of 27 combinator frames around them.
+
+How a module is written is its own hook, ``write_line(writer, value, path)``, found on the class
+(the combinators define it) and used where the class's ``forward`` is the hook's class's own (a
+combinator whose ``forward`` a mixin replaces, as activation checkpointing does, is called by
+that ``forward``). A :class:`~modify._core.module.Leaf` is called by its ``forward``; any other
+module (a wrapped ``torch.nn`` module, whose class may define its own ``__call__``) by
+``module(value)``.
+
+The function is written on a combinator's second such call (a tree built for one call, a slice
+``model[:-1]`` say, never pays for it), then cached per combinator (weakly: it dies with the
+module) and dropped when any combinator it was written through changes its children
+(:func:`structure_changed`). Writing takes about 5 ms for the tiny GPT (350 lines) and 35 ms for
+GPT-2 124M (1,700 lines).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import linecache
+import weakref
+from collections.abc import Callable, Iterator
+
+import torch
+
+from .checks import checks_enabled
+from .errors import annotate
+from .module import Leaf
+
+# Bumped when a combinator that some function was written through changes its children.
+_version = 0
+_written: weakref.WeakKeyDictionary[torch.nn.Module, tuple[int, Callable]] = weakref.WeakKeyDictionary()
+_IN_LINE = "_in_straight_line"
+_functions = itertools.count()  # numbers the written functions' file names  # set on each combinator a function was written through
+
+
+def straight_line(module: torch.nn.Module) -> Callable[[object], object] | None:
+    """``module``'s forward as one function of its input, or ``None`` on its first call.
+
+    Only for calls that nothing observes: the caller tests :func:`~modify._core.hooks.unwatched`
+    first. ``module`` itself is not called (its own checks are the caller's); its children are.
+
+    Args:
+        module: a module whose class defines ``write_line`` (a combinator).
+
+    Returns:
+        ``fn(value) -> value``, computing what ``module.forward(value)`` computes; ``None`` the
+        first time ``module`` asks (at this version of the structure): the caller runs its own loop.
+
+    Example:
+        >>> import torch, modify
+        >>> from modify._core.straight_line import straight_line
+        >>> mlp = modify.Sequential(modify.Linear(4, 8), modify.ReLU(), modify.Linear(8, 2))
+        >>> straight_line(mlp) is None
+        True
+        >>> x = torch.randn(3, 4)
+        >>> torch.equal(straight_line(mlp)(x), mlp(x))
+        True
+    """
+    entry = _written.get(module)
+    version = _version
+    if entry is None or entry[0] != version:
+        _written[module] = (version, None)
+        return None
+    if entry[1] is not None:
+        return entry[1]
+    writer = LineWriter()
+    module.__dict__[_IN_LINE] = True
+    out = module.write_line(writer, "x", ())
+    function = writer.function(out)
+    _written[module] = (version, function)
+    return function
+
+
+def structure_changed(combinator: torch.nn.Module) -> None:
+    """Note that ``combinator``'s children change: every function written through it is dropped.
+
+    Called by the combinators before a child is set, added or deleted; a combinator no function was
+    written through (one being built) costs nothing.
+    """
+    global _version
+    if combinator.__dict__.get(_IN_LINE):
+        _version += 1
+
+
+def _annotate_path(error: BaseException, path: tuple[str, ...], module: torch.nn.Module) -> None:
+    """Prepend ``path`` to ``error``'s path, as each combinator on the way up would."""
+    for name in reversed(path):
+        annotate(error, name, module)
+
+
+def _hook_owner(cls: type) -> type | None:
+    """The class in ``cls``'s method resolution order that defines ``write_line``, or ``None``."""
+    return next((base for base in cls.__mro__ if "write_line" in base.__dict__), None)
+
+
+class LineWriter:
+    """Writes one straight-line function: statements, the objects they name, fresh variables.
+
+    A combinator's ``write_line(writer, value, path)`` hook adds its statements through
+    :meth:`write` (a child, by whatever hook the child has), :meth:`call` (one guarded
+    statement), :meth:`line`, :meth:`name` and :meth:`indented`, and returns the variable that
+    holds its output. ``value`` is the variable holding its input; ``path`` the tuple of child
+    names from the top module.
+    """
+
+    def __init__(self) -> None:
+        self._lines: list[str] = []
+        self._names: dict[str, object] = {"_annotate_path": _annotate_path, "checks_enabled": checks_enabled}
+        self._counter = itertools.count()
+        self._indent = "    "
+
+    def write(self, module: torch.nn.Module, value: str, path: tuple[str, ...]) -> str:
+        """Statements computing ``module(value)``; returns the variable holding the output."""
+        if isinstance(module, Leaf) and module.passes_through:
+            return value
+        owner = _hook_owner(type(module))
+        if owner is not None and type(module).forward is owner.forward:
+            module.__dict__[_IN_LINE] = True
+            return module.write_line(self, value, path)
+        if isinstance(module, Leaf) or owner is not None:
+            return self.call(f"{self.name(module)}.forward({value})", path, module)
+        return self.call(f"{self.name(module)}({value})", path, module)
+
+    def call(self, expression: str, path: tuple[str, ...], module: torch.nn.Module, target: str | None = None) -> str:
+        """``target = expression``, with errors named by ``path`` (raised inside ``module``)."""
+        target = target or self.variable()
+        module_name = self.name(module)
+        self.line("try:")
+        self.line(f"    {target} = {expression}")
+        self.line("except Exception as error:")
+        self.line(f"    _annotate_path(error, {path!r}, {module_name})")
+        self.line("    raise")
+        return target
+
+    def line(self, text: str) -> None:
+        """One statement at the current indentation."""
+        self._lines.append(self._indent + text)
+
+    @contextlib.contextmanager
+    def indented(self) -> Iterator[None]:
+        """Statements written inside the block are indented one level (the body of an ``if``)."""
+        self._indent += "    "
+        try:
+            yield
+        finally:
+            self._indent = self._indent[:-4]
+
+    def name(self, obj: object) -> str:
+        """A global name of the function for ``obj`` (the same name for the same object)."""
+        name = f"_{type(obj).__name__}_{id(obj):x}"
+        self._names[name] = obj
+        return name
+
+    def variable(self) -> str:
+        """A fresh local variable name."""
+        return f"v{next(self._counter)}"
+
+    def function(self, out: str) -> Callable[[object], object]:
+        """The written function ``f(x)``, returning the variable ``out``."""
+        source = "def straight_line(x):\n" + "\n".join(self._lines) + f"\n    return {out}\n"
+        filename = f"<modify straight line {next(_functions)}>"
+        exec(compile(source, filename, "exec"), self._names)  # noqa: S102 - our own source
+        function = self._names.pop("straight_line")
+        function.source = source
+        # Tracebacks show the written lines (kept while the function lives).
+        linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
+        weakref.finalize(function, linecache.cache.pop, filename, None)
+        return function

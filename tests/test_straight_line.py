@@ -1,0 +1,235 @@
+"""A tree's forward as one straight-line function (``modify/_core/straight_line.py``).
+
+From a combinator's second unobserved call on, its subtree runs as one generated function. It must
+compute what the combinators compute (checked against transformers and against the combinators
+themselves, with the hook registry set so that they loop), name the same paths in errors, follow
+changes of the tree, keep activation checkpointing, and give way to hooks.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import pickle
+import sys
+
+import pytest
+import torch
+import transformers
+
+import modify
+from modify._core import hooks, straight_line
+from modify._core.errors import ModifyValueError
+from modify.models import GPT
+
+GPT2 = dict(vocab_size=64, n_positions=16, n_embd=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=None)
+
+
+@pytest.fixture
+def fresh_registry(monkeypatch):
+    """No modify module hooked yet, as in a new process (restored afterwards)."""
+    monkeypatch.setattr(hooks, "_hooked", False)
+
+
+def gpt_pair() -> tuple[transformers.GPT2LMHeadModel, GPT]:
+    torch.manual_seed(0)
+    reference = transformers.GPT2LMHeadModel(transformers.GPT2Config(**GPT2, resid_pdrop=0.0, embd_pdrop=0.0)).eval()
+    ours = GPT.from_pretrained(reference.state_dict(), vocab_size=64, block_size=16, n_embd=32, n_layer=2, n_head=4)
+    return reference, ours.eval()
+
+
+def looped(model: torch.nn.Module, x, monkeypatch) -> object:
+    """``model(x)`` with the combinators looping over their children (the registry says 'hooked')."""
+    with monkeypatch.context() as patch:
+        patch.setattr(hooks, "_hooked", True)
+        return model(x)
+
+
+def written(module: torch.nn.Module) -> bool:
+    entry = straight_line._written.get(module)
+    return entry is not None and entry[1] is not None
+
+
+def combinator_frames(run) -> int:
+    """How many Python frames of ``Sequential.forward``/``Parallel.forward`` ``run()`` enters."""
+    codes = {modify.Sequential.forward.__code__, modify.Parallel.forward.__code__}
+    count = 0
+
+    def profile(frame, event, arg):
+        nonlocal count
+        count += event == "call" and frame.f_code in codes
+
+    sys.setprofile(profile)
+    try:
+        run()
+    finally:
+        sys.setprofile(None)
+    return count
+
+
+def test_gpt_runs_in_one_frame_from_the_second_call_with_transformers_logits(fresh_registry, monkeypatch):
+    reference, ours = gpt_pair()
+    ids = torch.randint(0, 64, (2, 9))
+    mask = torch.ones(2, 9, dtype=torch.long)
+    mask[0, :3] = 0  # row 0 left-padded
+    first = combinator_frames(lambda: ours((ids, mask)))
+    second = combinator_frames(lambda: ours((ids, mask)))
+    assert first > 20 and second == 1 and written(ours)
+    logits = ours((ids, mask))
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # as transformers' generate derives them
+    expected = reference(ids, attention_mask=mask, position_ids=positions).logits
+    torch.testing.assert_close(logits[mask.bool()], expected[mask.bool()], atol=1e-5, rtol=1e-4)
+    assert torch.equal(logits, looped(ours, (ids, mask), monkeypatch))
+
+
+def test_gradients_equal_the_looping_combinators(fresh_registry, monkeypatch):
+    _, ours = gpt_pair()
+    model = modify.lora(ours.train(), rank=2)
+    ids = torch.randint(0, 64, (2, 7))
+    grads = []
+    for run in (lambda: model(ids), lambda: model(ids), lambda: looped(model, ids, monkeypatch)):
+        model.zero_grad()
+        run().square().mean().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert written(model) and grads[1].keys() == grads[2].keys() and len(grads[1]) > 0
+    for name in grads[1]:
+        assert torch.equal(grads[1][name], grads[2][name]), name
+
+
+def test_float64_gradcheck_through_the_written_function(fresh_registry):
+    torch.manual_seed(0)
+    model = modify.Sequential(
+        modify.Residual(modify.Sequential(modify.LayerNorm(4), modify.ElementwiseAffine(4), modify.Linear(4, 4))),
+        modify.Fork(modify.Linear(4, 3), modify.Tanh()),
+    ).double()
+    x = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    model(x)
+    model(x)
+    assert written(model)
+    assert torch.autograd.gradcheck(lambda x: model(x)[0] * model(x)[1][:, :3], (x,))
+
+
+def test_errors_name_the_same_path_as_the_combinators(fresh_registry, monkeypatch):
+    _, ours = gpt_pair()
+    good, bad = torch.randint(0, 64, (2, 5)), (torch.randint(0, 64, (2, 5)), torch.ones(2, 4, dtype=torch.long))
+    ours(good), ours(good)
+    assert written(ours)
+    with pytest.raises(ModifyValueError) as straight:
+        ours(bad)
+    with pytest.raises(ModifyValueError) as loop:
+        looped(ours, bad, monkeypatch)
+    assert str(straight.value) == str(loop.value) and "'transformer.embed.tokens'" in str(straight.value)
+
+
+def test_a_torch_error_gets_the_same_note(fresh_registry, monkeypatch):
+    model = modify.Sequential(inner=modify.Parallel(modify.Identity(), modify.Sequential(deep=torch.nn.Linear(3, 2))))
+    bad = (torch.ones(1), torch.ones(2, 4))
+    notes = []
+    for run in (lambda: model(bad), lambda: model(bad), lambda: looped(model, bad, monkeypatch)):
+        with pytest.raises(RuntimeError) as error:
+            run()
+        notes.append(error.value.__notes__)
+    assert written(model) and notes[1] == notes[2] and "'inner.1.deep'" in notes[1][-1]
+
+
+def test_a_nested_parallel_checks_its_tuple(fresh_registry, monkeypatch):
+    model = modify.Sequential(modify.Identity(), modify.Parallel(modify.Identity(), modify.ReLU()))
+    x = torch.ones(3)
+    model((x, x)), model((x, x))
+    assert written(model)
+    with pytest.raises(ModifyValueError, match="Parallel at '1' got a tuple of 3 values for 2 branches"):
+        model((x, x, x))
+
+
+def test_the_top_parallel_checks_its_tuple(fresh_registry):
+    both = modify.Parallel(modify.ReLU(), modify.ReLU())
+    x = torch.ones(3)
+    both((x, x)), both((x, x))
+    assert written(both)
+    with pytest.raises(ModifyValueError, match="got a tuple of 3 values for 2 branches"):
+        both((x, x, x))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda m: setattr(m[1], "0", modify.Scale(10.0)),
+        lambda m: m[1].add_module("0", modify.Scale(10.0)),
+        lambda m: m[1].register_module("0", modify.Scale(10.0)),
+    ],
+    ids=["setattr", "add_module", "register_module"],
+)
+def test_a_changed_child_is_run_after_the_change(fresh_registry, change):
+    model = modify.Sequential(modify.ReLU(), modify.Sequential(modify.Scale(2.0)))
+    x = torch.ones(2)
+    model(x), model(x)
+    assert written(model)
+    change(model)
+    assert model(x).tolist() == [10.0, 10.0] and model(x).tolist() == [10.0, 10.0]
+
+
+def test_a_deleted_child_is_not_run(fresh_registry):
+    model = modify.Sequential(modify.ReLU(), modify.Sequential(a=modify.Scale(2.0), b=modify.Scale(3.0)))
+    x = torch.ones(2)
+    model(x), model(x)
+    del model[1].b
+    assert model(x).tolist() == [2.0, 2.0] and model(x).tolist() == [2.0, 2.0]
+
+
+def test_a_tree_built_for_one_call_is_not_written(fresh_registry):
+    model = modify.Sequential(modify.Linear(2, 2), modify.ReLU(), modify.Linear(2, 2))
+    piece = model[:-1]
+    piece(torch.ones(2))
+    assert not written(piece)
+    piece(torch.ones(2))
+    assert written(piece)
+
+
+def test_activation_checkpointing_still_recomputes(fresh_registry):
+    _, ours = gpt_pair()
+    light = modify.checkpoint_activations(ours.train(), where="transformer.h.*")
+    ids = torch.randint(0, 64, (2, 6))
+    runs = []
+    block = light.get_submodule("transformer.h.0")
+    original = type(block)._released_forward
+
+    def counted(self, x):
+        runs.append(self is block)
+        return original(self, x)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(type(block), "_released_forward", counted)
+        light(ids), light(ids)
+        assert written(light)
+        runs.clear()
+        light(ids).sum().backward()
+    assert runs.count(True) == 2  # the forward, and again in the backward pass
+
+
+def test_hooks_put_after_the_function_was_written_fire(fresh_registry):
+    model = modify.Sequential(modify.Linear(2, 2), modify.Sequential(modify.ReLU(), modify.Linear(2, 2)))
+    x = torch.ones(1, 2)
+    before = model(x), model(x)
+    assert written(model)
+    seen = []
+    model[1][1].register_forward_hook(lambda m, args, out: seen.append(out.shape) or out * 0)
+    assert model(x).abs().sum() == 0 and seen == [(1, 2)] and before[1].abs().sum() > 0
+
+
+def test_copies_pickles_and_the_original_compute_alike(fresh_registry):
+    _, ours = gpt_pair()
+    ids = torch.randint(0, 64, (1, 6))
+    expected = ours(ids)
+    ours(ids)
+    assert written(ours)
+    for twin in (copy.deepcopy(ours), pickle.loads(pickle.dumps(ours))):
+        assert torch.equal(twin(ids), expected) and torch.equal(twin(ids), expected)
+
+
+def test_the_function_dies_with_its_module(fresh_registry):
+    model = modify.Sequential(modify.Linear(2, 2), modify.ReLU())
+    model(torch.ones(2)), model(torch.ones(2))
+    count = len(straight_line._written)
+    del model
+    gc.collect()
+    assert len(straight_line._written) == count - 1
