@@ -3,7 +3,7 @@
 Where no one watches module calls (:func:`modify._core.hooks.unwatched`: no hook on any modify
 module, none global, no tracer), the combinators of a tree add nothing but Python frames: each
 ``Sequential``/``Parallel`` call loops over its children, tests the hook registry and wraps each
-child in ``try``. On the first such call of a combinator, :func:`straight_line` writes its whole
+child in ``try``. From the second such call of a combinator on, :func:`straight_line` gives its whole
 subtree as one generated function: each leaf's ``forward`` called in order, a ``Parallel``
 unpacked into its branches, a leaf that passes its value through (``passes_through``) not called,
 and a pair with a call-time fusion rule run in one call. The outputs are the same objects the
@@ -42,8 +42,8 @@ from .module import Leaf
 # Bumped when a combinator that some function was written through changes its children.
 _version = 0
 _written: weakref.WeakKeyDictionary[torch.nn.Module, tuple[int, Callable]] = weakref.WeakKeyDictionary()
-_IN_LINE = "_in_straight_line"
-_functions = itertools.count()  # numbers the written functions' file names  # set on each combinator a function was written through
+_IN_LINE = "_in_straight_line"  # set on each combinator a function was written through
+_functions = itertools.count()  # numbers the written functions' file names
 
 
 def straight_line(module: torch.nn.Module) -> Callable[[object], object] | None:
@@ -134,9 +134,9 @@ class LineWriter:
             return self.call(f"{self.name(module)}.forward({value})", path, module)
         return self.call(f"{self.name(module)}({value})", path, module)
 
-    def call(self, expression: str, path: tuple[str, ...], module: torch.nn.Module, target: str | None = None) -> str:
-        """``target = expression``, with errors named by ``path`` (raised inside ``module``)."""
-        target = target or self.variable()
+    def call(self, expression: str, path: tuple[str, ...], module: torch.nn.Module) -> str:
+        """A new variable set to ``expression``, with errors named by ``path`` (raised inside ``module``)."""
+        target = self.variable()
         module_name = self.name(module)
         self.line("try:")
         self.line(f"    {target} = {expression}")
@@ -160,7 +160,8 @@ class LineWriter:
 
     def name(self, obj: object) -> str:
         """A global name of the function for ``obj`` (the same name for the same object)."""
-        name = f"_{type(obj).__name__}_{id(obj):x}"
+        kind = type(obj).__name__
+        name = f"_{kind if kind.isidentifier() else 'object'}_{id(obj):x}"
         self._names[name] = obj
         return name
 
