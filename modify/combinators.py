@@ -245,7 +245,9 @@ class Sequential(Combinator):
         writer.line(f"if {out} is None:")
         with writer.indented():
             middle = writer.write(first, value, (*path, name))
-            writer.line(f"{out} = {writer.write(second, middle, (*path, second_name))}")
+            last = writer.write(second, middle, (*path, second_name))
+            writer.line(f"{out} = {last}")
+            writer.line(f"del {', '.join(sorted({middle, last} - {value}))}")
         return out
 
     def _infer_traits(self) -> frozenset[type]:
@@ -326,7 +328,7 @@ class Parallel(Combinator):
         if path:
             writer.line(f"if ({value}.__class__ is not tuple or len({value}) != {count}) and checks_enabled():")
             with writer.indented():
-                writer.call(f"{writer.name(self)}._check({value})", path, self)
+                writer.call(f"{writer.name(self)}._check({value})", path, self, keep=False)
         parts = [writer.variable() for _ in range(count)]
         writer.line(f"{', '.join(parts)}, = {value}")
         outs = [writer.write(module, part, (*path, name)) for (name, module), part in zip(self._modules.items(), parts)]

@@ -12,6 +12,7 @@ import copy
 import gc
 import pickle
 import sys
+import weakref
 
 import pytest
 import torch
@@ -21,6 +22,7 @@ import modify
 from modify._core import hooks, straight_line
 from modify._core.errors import ModifyValueError
 from modify.models import GPT
+from modify.traits import Elementwise, Linear, ParamFree, Unary
 
 GPT2 = dict(vocab_size=64, n_positions=16, n_embd=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=None)
 
@@ -233,3 +235,29 @@ def test_the_function_dies_with_its_module(fresh_registry):
     del model
     gc.collect()
     assert len(straight_line._written) == count - 1
+
+
+class Probe(modify.Leaf, Unary, ParamFree, Linear, Elementwise):
+    """Doubles its input; records which earlier probes' outputs are still alive when it is called."""
+
+    def __init__(self, log: list):
+        super().__init__()
+        self.log = log
+
+    def forward(self, x):
+        self.alive = [ref() is not None for ref in self.log]
+        out = x * 2
+        self.log.append(weakref.ref(out))
+        return out
+
+
+def test_each_value_lives_only_until_its_last_use(fresh_registry):
+    """An output is dropped once the next leaf has returned (no-grad inference keeps no activation)."""
+    log: list = []
+    first, second, third = Probe(log), Probe(log), Probe(log)
+    model = modify.Sequential(first, modify.Sequential(second, third))
+    with torch.no_grad():
+        for _ in range(2):
+            log.clear()
+            model(torch.ones(3))
+    assert written(model) and third.alive == [False, True]

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import linecache
+import re
 import weakref
 from collections.abc import Callable, Iterator
 
@@ -101,6 +102,43 @@ def _annotate_path(error: BaseException, path: tuple[str, ...], module: torch.nn
         annotate(error, name, module)
 
 
+_VARIABLE = re.compile(r"\bv\d+\b")
+_TOP_LEVEL_VALUE = re.compile(r"^(?:    try:\n        |    )((?:v\d+, )*v\d+),? = ")
+
+
+def _with_deletes(lines: list[str], out: str) -> list[str]:
+    """``lines`` with ``del`` after each statement that uses a variable for the last time.
+
+    So a value lives no longer than the combinators would keep it (a ``Sequential`` drops each
+    output once the next child has returned): without this, every activation of a no-grad
+    forward would stay alive until the function returns. Only variables set at the top level
+    (not in an ``if``) are deleted here; ``out`` is returned.
+    """
+    statements: list[list[str]] = []
+    for line in lines:  # a statement: a line at the top level, with its indented and except lines
+        top = line.startswith("    ") and not line.startswith("     ") and not line.startswith("    except")
+        if top or not statements:
+            statements.append([])
+        statements[-1].append(line)
+    set_here, last_use = set(), {}
+    for index, statement in enumerate(statements):
+        text = "\n".join(statement)
+        match = _TOP_LEVEL_VALUE.match(text)
+        if match:
+            set_here.update(match.group(1).split(", "))
+        for name in _VARIABLE.findall(text):
+            last_use[name] = index
+    deletes: dict[int, list[str]] = {}
+    for name in sorted(set_here - {out}):
+        deletes.setdefault(last_use[name], []).append(name)
+    written = []
+    for index, statement in enumerate(statements):
+        written += statement
+        if index in deletes:
+            written.append(f"    del {', '.join(deletes[index])}")
+    return written
+
+
 def _hook_owner(cls: type) -> type | None:
     """The class in ``cls``'s method resolution order that defines ``write_line``, or ``None``."""
     return next((base for base in cls.__mro__ if "write_line" in base.__dict__), None)
@@ -134,12 +172,13 @@ class LineWriter:
             return self.call(f"{self.name(module)}.forward({value})", path, module)
         return self.call(f"{self.name(module)}({value})", path, module)
 
-    def call(self, expression: str, path: tuple[str, ...], module: torch.nn.Module) -> str:
-        """A new variable set to ``expression``, with errors named by ``path`` (raised inside ``module``)."""
-        target = self.variable()
+    def call(self, expression: str, path: tuple[str, ...], module: torch.nn.Module, keep: bool = True) -> str:
+        """A new variable set to ``expression`` (if not ``keep``: the expression alone, and ``""``),
+        with errors named by ``path`` (raised inside ``module``)."""
+        target = self.variable() if keep else ""
         module_name = self.name(module)
         self.line("try:")
-        self.line(f"    {target} = {expression}")
+        self.line(f"    {target} = {expression}" if keep else f"    {expression}")
         self.line("except Exception as error:")
         self.line(f"    _annotate_path(error, {path!r}, {module_name})")
         self.line("    raise")
@@ -171,7 +210,7 @@ class LineWriter:
 
     def function(self, out: str) -> Callable[[object], object]:
         """The written function ``f(x)``, returning the variable ``out``."""
-        source = "def straight_line(x):\n" + "\n".join(self._lines) + f"\n    return {out}\n"
+        source = "def straight_line(x):\n" + "\n".join(_with_deletes(self._lines, out)) + f"\n    return {out}\n"
         filename = f"<modify straight line {next(_functions)}>"
         exec(compile(source, filename, "exec"), self._names)  # noqa: S102 - our own source
         function = self._names.pop("straight_line")
