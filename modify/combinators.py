@@ -21,7 +21,7 @@ from ._core.straight_line import LineWriter, straight_line, structure_changed
 from ._core.wrapped import wrap
 from ._core.sibling import sibling
 from .primitives.arithmetic import Add
-from .primitives.fusion import CALL_TIME
+from .primitives.fusion import run_fused, write_fused
 from .primitives.structure import Copy, Identity
 
 
@@ -201,7 +201,7 @@ class Sequential(Combinator):
                 return line(x)
         quiet = quiet or unobserved()
         if quiet and len(modules) == 2:
-            y = self._run_fused(x)
+            y = run_fused(self._modules, x)
             if y is not None:
                 return y
         for name, module in modules.items():
@@ -212,43 +212,15 @@ class Sequential(Combinator):
                 raise
         return x
 
-    def _run_fused(self, x):
-        """Both children in one call by their fusion rule, or ``None`` (no rule, hooks, another dtype)."""
-        (name, first), (_, second) = self._modules.items()
-        rule = CALL_TIME.get((type(first), type(second)))
-        if rule is None or not (rule.fits(first, second) and unhooked(first) and unhooked(second)):
-            return None
-        try:
-            return rule.run(first, second, x)
-        except Exception as error:
-            annotate(error, name, first)
-            raise
-
     def write_line(self, writer: LineWriter, value: str, path: tuple[str, ...]) -> str:
         """The straight-line form of :meth:`forward` (see :mod:`modify._core.straight_line`)."""
         if len(self._modules) == 2:
-            fused = self._write_fused(writer, value, path)
+            fused = write_fused(writer, self._modules, value, path)
             if fused is not None:
                 return fused
         for name, module in self._modules.items():
             value = writer.write(module, value, (*path, name))
         return value
-
-    def _write_fused(self, writer: LineWriter, value: str, path: tuple[str, ...]) -> str | None:
-        """The pair's fusion rule in one call, both leaves where it declines; ``None`` if no rule fits."""
-        (name, first), (second_name, second) = self._modules.items()
-        rule = CALL_TIME.get((type(first), type(second)))
-        if rule is None or not rule.fits(first, second):
-            return None
-        pair = f"{writer.name(first)}, {writer.name(second)}"
-        out = writer.call(f"{writer.name(rule.run)}({pair}, {value})", (*path, name), first)
-        writer.line(f"if {out} is None:")
-        with writer.indented():
-            middle = writer.write(first, value, (*path, name))
-            last = writer.write(second, middle, (*path, second_name))
-            writer.line(f"{out} = {last}")
-            writer.line(f"del {', '.join(sorted({middle, last} - {value}))}")
-        return out
 
     def _infer_traits(self) -> frozenset[type]:
         own = next(self.parameters(recurse=False), None) is not None

@@ -3,8 +3,9 @@
 Two readers share it. :func:`modify.fuse` replaces each fitting pair inside a plain ``Sequential``
 by the rule's fused leaf (``build``); ``Sequential.forward`` runs a two-child ``Sequential`` whose
 children fit a rule with a call-time form (``run``) in one call, keeping the two leaves in the
-tree, wherever nothing could observe the difference (the combinator decides that). A leaf joins a
-rule by its class, never by a special case in either reader.
+tree, wherever nothing could observe the difference (the combinator decides that): looping
+(:func:`run_fused`) or written into a tree's straight-line function (:func:`write_fused`). A leaf
+joins a rule by its class, never by a special case in either reader.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from .._core.errors import annotate
+from .._core.hooks import unhooked
+from .._core.straight_line import LineWriter
 from .arithmetic import Scale
 from .fused import AffineGroupNorm, AffineLayerNorm, AffineRMSNorm, ScaledLinear
 from .linear import Linear
@@ -57,7 +61,7 @@ RULES: tuple[Fusion, ...] = (
 )
 
 _BY_CLASSES = {pair: rule for rule in RULES for pair in rule.pairs}
-#: The rules with a call-time form, by the classes of the pair (read by ``Sequential.forward``).
+#: The rules with a call-time form, by the classes of the pair (read by :func:`run_fused` and :func:`write_fused`).
 CALL_TIME = {pair: rule for pair, rule in _BY_CLASSES.items() if rule.run is not None}
 
 
@@ -80,3 +84,40 @@ def rule_for(first: nn.Module, second: nn.Module) -> Fusion | None:
     """
     rule = _BY_CLASSES.get((type(first), type(second)))
     return rule if rule is not None and rule.fits(first, second) else None
+
+
+def run_fused(children: dict[str, nn.Module], x: object) -> object | None:
+    """Two children's output in one call by their call-time rule, or ``None`` (no rule, hooks, another dtype).
+
+    The call-time reader of the table for a looping ``Sequential`` where nothing global observes
+    calls; an error names the first child, as the ``Sequential`` would.
+    """
+    (name, first), (_, second) = children.items()
+    rule = CALL_TIME.get((type(first), type(second)))
+    if rule is None or not (rule.fits(first, second) and unhooked(first) and unhooked(second)):
+        return None
+    try:
+        return rule.run(first, second, x)
+    except Exception as error:
+        annotate(error, name, first)
+        raise
+
+
+def write_fused(writer: LineWriter, children: dict[str, nn.Module], value: str, path: tuple[str, ...]) -> str | None:
+    """:func:`run_fused` written into a straight-line function (both leaves where the rule declines).
+
+    Returns the variable holding the output, or ``None`` where no rule fits the two children.
+    """
+    (name, first), (second_name, second) = children.items()
+    rule = CALL_TIME.get((type(first), type(second)))
+    if rule is None or not rule.fits(first, second):
+        return None
+    pair = f"{writer.name(first)}, {writer.name(second)}"
+    out = writer.call(f"{writer.name(rule.run)}({pair}, {value})", (*path, name), first)
+    writer.line(f"if {out} is None:")
+    with writer.indented():
+        middle = writer.write(first, value, (*path, name))
+        last = writer.write(second, middle, (*path, second_name))
+        writer.line(f"{out} = {last}")
+        writer.line(f"del {', '.join(sorted({middle, last} - {value}))}")
+    return out
