@@ -8,8 +8,8 @@ subtree as one generated function: each leaf's ``forward`` called in order, a ``
 unpacked into its branches, a leaf that passes its value through (``passes_through``) not called,
 and a pair with a call-time fusion rule run in one call. The outputs are the same objects the
 combinators would return, and an error names the same dotted path (with try blocks, free in
-Python 3.11 while nothing raises). The tiny GPT's forward runs 59 leaf calls in one frame instead
-of 27 combinator frames around them.
+Python 3.11 while nothing raises). The tiny GPT's forward makes 54 calls (49 leaves, 5 norm-affine pairs) in one frame instead
+of passing through 29 combinators.
 
 How a module is written is its own hook, ``write_line(writer, value, path)``, found on the class
 (the combinators define it) and used where the class's ``forward`` is the hook's class's own (a
