@@ -93,6 +93,10 @@ class Combinator(ModifyModule):
         structure_changed(self)
         super().add_module(name, module)
 
+    def _written_line(self):
+        """This combinator's straight-line function where nothing observes module calls, else ``None``."""
+        return straight_line(self) if unwatched() else None
+
     def rebuilt(self, children: dict[str, nn.Module]) -> Combinator:
         """A new combinator of the same class and settings with ``children`` in place of its own.
 
@@ -194,12 +198,10 @@ class Sequential(Combinator):
         # whole subtree runs as one straight-line function of its leaves (modify._core.straight_line),
         # from the second call on. Otherwise each unhooked child still runs by its forward (torch's
         # own fast path, without its frames), and a pair with a call-time fusion rule in one call.
-        quiet = unwatched()
-        if quiet:
-            line = straight_line(self)
-            if line is not None:
-                return line(x)
-        quiet = quiet or unobserved()
+        line = self._written_line()
+        if line is not None:
+            return line(x)
+        quiet = unobserved()
         if quiet and len(modules) == 2:
             y = run_fused(self._modules, x)
             if y is not None:
@@ -269,12 +271,10 @@ class Parallel(Combinator):
             self._check(x)
         # As in Sequential.forward; an unhooked branch that passes its value through (Identity,
         # carrying a padded batch's mask past a block) is not called at all.
-        quiet = unwatched()
-        if quiet:
-            line = straight_line(self)
-            if line is not None:
-                return line(x)
-        quiet = quiet or unobserved()
+        line = self._written_line()
+        if line is not None:
+            return line(x)
+        quiet = unobserved()
         out = []
         for (name, module), value in zip(modules.items(), x, strict=True):
             if quiet and isinstance(module, _DIRECT) and unhooked(module):
