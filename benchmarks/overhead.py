@@ -2,7 +2,9 @@
 
 Both load one random ``GPT2LMHeadModel`` initialisation; each training step is forward + cross
 entropy + backward, eager (as built, and after :func:`modify.fuse`) and compiled with the default
-inductor backend; the guards dynamo checks on every compiled call are counted too. Two sizes,
+inductor backend; the guards dynamo checks on every compiled call are counted too, and so are
+the aten ops of an eager step (the copies among them: a copy the reference does not make is
+time that no Python saving can win back). Two sizes,
 where Python overhead shows: a tiny one (2 layers, width 64) and 4 layers of width 128
 (vocabulary 512, batch 4 x 64), the configuration of issue 14.
 
@@ -15,6 +17,7 @@ timed as a side of its own: its ratio, "plain torch (A/A)", is the noise floor o
 
 from __future__ import annotations
 
+import collections
 import copy
 import itertools
 import warnings
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import modify
 from modify.models import GPT
@@ -114,8 +118,33 @@ def guards(model: nn.Module, size: Size) -> int:
     return len(torch._dynamo.explain(model)(x).out_guards)
 
 
+class _AtenOps(TorchDispatchMode):
+    """Counts the aten ops that run under it, forward and backward, by name."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.counts[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+COPYING_OPS = ("clone", "copy_", "cat", "stack", "contiguous")
+
+
+def aten_ops(model: nn.Module, size: Size) -> str:
+    """Aten ops in one training step of ``model``, with the copies among them (``COPYING_OPS``)."""
+    step = training_step(model, size)
+    step()
+    with _AtenOps() as ops:
+        step()
+    copies = sum(ops.counts[name] for name in COPYING_OPS)
+    return f"{sum(ops.counts.values())} ({copies} copies)"
+
+
 def run(quick: bool) -> str:
-    rows, counts = [], []
+    rows, counts, ops = [], [], []
     rounds = 7 if quick else 15
     for size in SIZES:
         reference, ours = models(size)
@@ -135,8 +164,10 @@ def run(quick: bool) -> str:
             target = TARGETS.get((size.name, "compiled")) if name == "as built" else None
             rows.append(_row(size, f"compiled (inductor), {LABELS.get(name, name)}", timing, name, target))
         counts.append(f"{size.name}: plain torch {guards(reference, size)}, modify {guards(ours, size)}")
+        ops.append(f"{size.name}: plain torch {aten_ops(reference, size)}, modify {aten_ops(ours, size)}")
     headers = ["size", "modify GPT", "plain torch", "modify", "ratio", "target", "met"]
-    return f"{table(headers, rows)}\n\nDynamo guards per compiled forward: {'; '.join(counts)}."
+    return (f"{table(headers, rows)}\n\nDynamo guards per compiled forward: {'; '.join(counts)}.\n\n"
+            f"Aten ops per eager training step (forward, loss, backward): {'; '.join(ops)}.")
 
 
 def _row(size: Size, mode: str, timing, name: str, target: float | None) -> list:

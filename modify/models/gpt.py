@@ -85,7 +85,7 @@ class GPT(Pretrained, Sequential):
         transformer.embed     tokens (TokenInput: ids or (ids, mask) -> (ids, positions, mask))
                               -> lookup (Parallel: wte, wpe = Embedding, mask) -> add (CarryAdd) -> dropout
         transformer.h.<i>     attn, then mlp, each (x, mask) -> (x + branch(x), mask):
-          attn.1.1            ln_1 -> c_attn -> heads (Rearrange) -> split (Split): q, k, v
+          attn.1.1            ln_1 -> c_attn -> split (Split): q, k, v -> heads (Parallel of Rearranges)
           attn.3.1            attend (SDPA, causal, on (q, k, v, mask)) -> merge (Rearrange) -> c_proj -> dropout
           mlp.1.1             ln_2 -> c_fc -> gelu -> c_proj -> dropout
         transformer.hidden    Index(0): the hidden states alone
@@ -193,8 +193,8 @@ def _block(config: GPTConfig) -> Sequential:
     qkv = Sequential(
         ln_1=layer_norm(C, config.bias),
         c_attn=_linear(config, C, 3 * C),  # (B, T, 3C)
-        heads=Rearrange("b t (k h d) -> b (k h) t d", k=3, h=H),  # (B, 3H, T, C/H)
-        split=Split(H, dim=1),  # q, k, v: (B, H, T, C/H)
+        split=Split(C, dim=-1),  # q, k, v: (B, T, C)
+        heads=Parallel(*(Rearrange("b t (h d) -> b h t d", h=H) for _ in "qkv")),  # (B, H, T, C/H) each
     )
     out = Sequential(
         attend=ScaledDotProductAttention(causal=True, dropout=p),  # (q, k, v, mask) -> (B, H, T, C/H)
