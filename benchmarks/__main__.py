@@ -11,6 +11,7 @@
 9. convert_transformers: ``modify.convert`` of transformers' GPT-2 124M (time) and GPT-2/Llama training steps.
 10. finetune: a LoRA step at GPT-2 124M shape and a QLoRA + activation-checkpointing step vs PEFT.
 11. padded: decoding a batch of 8 left-padded prompts with ``attention_mask`` vs transformers' ``generate``.
+12. instructions: CPU instructions per training step (valgrind), modify GPT vs plain-torch GPT-2.
 
 Ratios are measured in one process, the sides interleaved, medians over rounds; see
 ``benchmarks/timing.py``. Never used as assertions in tests. Results: ``docs/benchmarks.md``.
@@ -25,7 +26,9 @@ from pathlib import Path
 
 import torch
 
-from . import convert, convert_transformers, finetune, functional, generate, loading, lora, overhead, rewrite_cost, timing
+from . import (
+    convert, convert_transformers, finetune, functional, generate, instructions, loading, lora, overhead, rewrite_cost, timing,
+)
 from .timing import machine
 
 BENCHMARKS = {
@@ -40,6 +43,7 @@ BENCHMARKS = {
     "convert_transformers": ("9. modify.convert of transformers models: convert time, eager training step", convert_transformers.run),
     "finetune": ("10. Fine-tuning at real size: LoRA and QLoRA training steps vs PEFT", finetune.run),
     "padded": ("11. Decoding 8 left-padded prompts, 100 tokens, one thread: modify vs transformers", generate.run_padded),
+    "instructions": ("12. Instructions per training step (callgrind): modify GPT vs plain-torch GPT-2", instructions.run),
 }
 
 
