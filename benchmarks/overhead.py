@@ -118,7 +118,7 @@ def guards(model: nn.Module, size: Size) -> int:
     return len(torch._dynamo.explain(model)(x).out_guards)
 
 
-class _AtenOps(TorchDispatchMode):
+class AtenOps(TorchDispatchMode):
     """Counts the aten ops that run under it, forward and backward, by name."""
 
     def __init__(self):
@@ -138,7 +138,7 @@ def aten_ops(model: nn.Module, size: Size) -> str:
     step = training_step(model, size)
     for _ in range(2):  # a modify model runs as one written function from its third call
         step()
-    with _AtenOps() as ops:
+    with AtenOps() as ops:
         step()
     copies = sum(ops.counts[name] for name in COPYING_OPS)
     return f"{sum(ops.counts.values())} ({copies} copies)"

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import collections
 import json
 
 import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
-from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import modify
+from benchmarks.overhead import COPYING_OPS, AtenOps
 from helpers import assert_state_equal, state_snapshot
 from modify.models import GPT, CheckpointError, GPTConfig, generate
 from modify.models.gpt import HF_KEYS
@@ -95,26 +94,14 @@ def test_gradients_match_reference(reference, folder, ids):
         torch.testing.assert_close(p.grad, expected, atol=1e-6, rtol=1e-4, msg=key)
 
 
-class _AtenOps(TorchDispatchMode):
-    """Counts the aten ops run under it, by name."""
-
-    def __init__(self):
-        super().__init__()
-        self.counts = collections.Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.counts[func.overloadpacket.__name__] += 1
-        return func(*args, **(kwargs or {}))
-
-
 def test_training_step_copies_once_per_block(reference, ids):
     """The one copy of a block's step is the q, k, v split's backward joining three gradients (as in
     nanoGPT and transformers); the heads' rearrange costs none (it once cost a clone per block)."""
     gpt = GPT.from_pretrained(reference.state_dict(), **OURS)
     for _ in range(3):  # the combinators' loop, then the written function
-        with _AtenOps() as ops:
+        with AtenOps() as ops:
             F.cross_entropy(gpt(ids).flatten(0, 1), ids.flatten()).backward()
-        copies = {name: n for name, n in ops.counts.items() if name in ("clone", "copy_", "cat", "stack", "contiguous")}
+        copies = {name: n for name, n in ops.counts.items() if name in COPYING_OPS}
         assert copies == {"cat": OURS["n_layer"]}
 
 
