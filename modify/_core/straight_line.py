@@ -14,7 +14,13 @@ of passing through 31 combinators.
 How a module is written is its own hook, ``write_line(writer, value, path)``, found on the class
 (the combinators define it) and used where the class's ``forward`` is the hook's class's own (a
 combinator whose ``forward`` a mixin replaces, as activation checkpointing does, is called by
-that ``forward``). A :class:`~modify._core.module.Leaf` is called by its ``forward``; any other
+that ``forward``). A :class:`~modify._core.module.Leaf` whose class has the hook
+``line_expression(writer, value)`` (under the same rule) is written as that expression: its
+``forward`` without the checks, one torch call where the ``forward`` made three Python calls.
+Only a leaf whose checks refuse nothing that the expression would compute defines it (torch
+raises for such input itself, or the expression tests it and calls ``forward``); where the
+expression raises, the written function runs the leaf's ``forward`` on the same value, so the
+error is the one its checks document. Any other leaf is called by its ``forward``; any other
 module (a wrapped ``torch.nn`` module, whose class may define its own ``__call__``) by
 ``module(value)``.
 
@@ -102,6 +108,14 @@ def _annotate_path(error: BaseException, path: tuple[str, ...], module: torch.nn
         annotate(error, name, module)
 
 
+def _refused(error: BaseException) -> bool:
+    """Whether ``error`` is how torch refuses an input (not out of memory, not a hook's own signal,
+    as activation checkpointing's early stop): then the leaf's checked ``forward`` names the fault."""
+    return isinstance(error, (TypeError, ValueError, IndexError, AttributeError, RuntimeError)) and not isinstance(
+        error, torch.OutOfMemoryError
+    )
+
+
 _VARIABLE = re.compile(r"\bv\d+\b")
 _TOP_LEVEL_VALUE = re.compile(r"^(?:    try:\n        |    )((?:v\d+, )*v\d+),? = ")
 
@@ -139,9 +153,15 @@ def _with_deletes(lines: list[str], out: str) -> list[str]:
     return written
 
 
-def _hook_owner(cls: type) -> type | None:
-    """The class in ``cls``'s method resolution order that defines ``write_line``, or ``None``."""
-    return next((base for base in cls.__mro__ if "write_line" in base.__dict__), None)
+def _hook_owner(cls: type, hook: str = "write_line") -> type | None:
+    """The class in ``cls``'s method resolution order that defines ``hook``, or ``None``."""
+    return next((base for base in cls.__mro__ if hook in base.__dict__), None)
+
+
+def _own_hook(module: torch.nn.Module, hook: str) -> bool:
+    """Whether ``module``'s class has ``hook`` and runs its hook class's ``forward`` (none set on the instance)."""
+    owner = _hook_owner(type(module), hook)
+    return owner is not None and type(module).forward is owner.forward and "forward" not in module.__dict__
 
 
 class LineWriter:
@@ -156,7 +176,9 @@ class LineWriter:
 
     def __init__(self) -> None:
         self._lines: list[str] = []
-        self._names: dict[str, object] = {"_annotate_path": _annotate_path, "checks_enabled": checks_enabled}
+        self._names: dict[str, object] = {
+            "_annotate_path": _annotate_path, "checks_enabled": checks_enabled, "_refused": _refused
+        }
         self._counter = itertools.count()
         self._indent = "    "
 
@@ -164,22 +186,37 @@ class LineWriter:
         """Statements computing ``module(value)``; returns the variable holding the output."""
         if isinstance(module, Leaf) and module.passes_through:
             return value
-        owner = _hook_owner(type(module))
-        if owner is not None and type(module).forward is owner.forward:
+        if _own_hook(module, "write_line"):
             module.__dict__[_IN_LINE] = True
             return module.write_line(self, value, path)
-        if isinstance(module, Leaf) or owner is not None:
+        if isinstance(module, Leaf) and _own_hook(module, "line_expression"):
+            return self.call(module.line_expression(self, value), path, module, checked=f"{self.name(module)}.forward({value})")
+        if isinstance(module, Leaf) or _hook_owner(type(module)) is not None:
             return self.call(f"{self.name(module)}.forward({value})", path, module)
         return self.call(f"{self.name(module)}({value})", path, module)
 
-    def call(self, expression: str, path: tuple[str, ...], module: torch.nn.Module, keep: bool = True) -> str:
+    def call(
+        self, expression: str, path: tuple[str, ...], module: torch.nn.Module, keep: bool = True, checked: str | None = None
+    ) -> str:
         """A new variable set to ``expression`` (if not ``keep``: the expression alone, and ``""``),
-        with errors named by ``path`` (raised inside ``module``)."""
+        with errors named by ``path`` (raised inside ``module``).
+
+        ``checked``: an expression computing the same with the checks, run where ``expression``
+        raises as torch refuses an input (:func:`_refused`); its error is the one raised (the
+        first error, where it raises none).
+        """
         target = self.variable() if keep else ""
         module_name = self.name(module)
         self.line("try:")
         self.line(f"    {target} = {expression}" if keep else f"    {expression}")
         self.line("except Exception as error:")
+        if checked is not None:
+            self.line("    if _refused(error):")
+            self.line("        try:")
+            self.line(f"            {checked}")
+            self.line("        except Exception as documented:")
+            self.line(f"            _annotate_path(documented, {path!r}, {module_name})")
+            self.line("            raise documented from None")
         self.line(f"    _annotate_path(error, {path!r}, {module_name})")
         self.line("    raise")
         return target
@@ -199,7 +236,7 @@ class LineWriter:
 
     def name(self, obj: object) -> str:
         """A global name of the function for ``obj`` (the same name for the same object)."""
-        kind = type(obj).__name__
+        kind = type(obj).__name__ if isinstance(obj, torch.nn.Module) else getattr(obj, "__name__", type(obj).__name__)
         name = f"_{kind if kind.isidentifier() else 'object'}_{id(obj):x}"
         self._names[name] = obj
         return name

@@ -163,6 +163,27 @@ class Pick(Leaf, Tuple, ParamFree, Linear, Restructure):
             return self._flat(x)
         return self._build(self.spec, x)
 
+    def line_expression(self, writer, value: str) -> str:
+        """A flat spec's ``itemgetter`` on a tuple, else ``forward`` (see :mod:`modify._core.straight_line`)."""
+        me = writer.name(self)
+        if self._flat is not None:
+            return f"({me}._flat({value}) if {value}.__class__ is tuple else {me}.forward({value}))"
+        indexed: set[tuple[int, ...]] = set()  # the paths indexed into: each must be a tuple
+
+        def build(spec: tuple) -> str:
+            parts = []
+            for kind, item in spec:
+                if kind == "group":
+                    parts.append(build(item))
+                    continue
+                indexed.update(item[:depth] for depth in range(len(item)))
+                parts.append(value + "".join(f"[{index}]" for index in item))
+            return f"({', '.join(parts)},)" if parts else "()"
+
+        picked = build(self.spec)
+        tuples = " and ".join(f"{value}{''.join(f'[{i}]' for i in path)}.__class__ is tuple" for path in sorted(indexed))
+        return f"({picked} if {tuples or 'True'} else {me}.forward({value}))"
+
     def _build(self, spec: tuple, x: tuple) -> tuple:
         return tuple(self._build(item[1], x) if item[0] == "group" else self._take(item[1], x) for item in spec)
 
@@ -222,3 +243,10 @@ class CarryAdd(Leaf, Tuple, ParamFree, Linear):
             expect_tensors(self, values[:2], 2)
             raise ModifyValueError(self, f"got x and y of different shapes, {describe(x)}")
         return (values[0] + values[1], *values[2:])
+
+    def line_expression(self, writer, value: str) -> str:
+        """The sum on a tuple whose first two elements have one shape, else ``forward`` (see
+        :mod:`modify._core.straight_line`): nothing is broadcast."""
+        v, me = value, writer.name(self)
+        fits = f"{v}.__class__ is tuple and {v}[0].shape == {v}[1].shape"
+        return f"(({v}[0] + {v}[1], *{v}[2:]) if {fits} else {me}.forward({v}))"

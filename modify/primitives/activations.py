@@ -67,6 +67,10 @@ class GELU(_Activation):
     def forward(self, x):
         return F.gelu(expect_tensor(self, x), approximate=self.approximate)
 
+    def line_expression(self, writer, value: str) -> str:
+        """``F.gelu`` alone (see :mod:`modify._core.straight_line`): it refuses what the check refuses."""
+        return f"{writer.name(F.gelu)}({value}, approximate={writer.name(self)}.approximate)"
+
     def extra_repr(self) -> str:
         return f"approximate={self.approximate!r}"
 
@@ -234,6 +238,11 @@ class Dropout(Leaf, Unary, ParamFree, Linear, Elementwise):
         if self.p == 0.0 or not self.training:
             return x
         return _dropout(x, self.p, True)
+
+    def line_expression(self, writer, value: str) -> str:
+        """The input where ``forward`` returns it, else ``forward`` (see :mod:`modify._core.straight_line`)."""
+        me = writer.name(self)
+        return f"({value} if {me}.p == 0.0 or not {me}.training else {me}.forward({value}))"
 
     def extra_repr(self) -> str:
         return f"p={self.p:g}"

@@ -74,6 +74,16 @@ class ScaledDotProductAttention(Leaf, Ternary, ParamFree, NonLinear, Matrix):
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=self.scale)
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=self.causal, scale=self.scale)
 
+    def line_expression(self, writer, value: str) -> str:
+        """``F.scaled_dot_product_attention`` alone where ``forward`` would call it so: 4-d ``q``,
+        ``k``, ``v`` with as many heads, no key mask (else ``forward``; see :mod:`modify._core.straight_line`)."""
+        v, me = value, writer.name(self)
+        unmasked = f"(len({v}) == 3 or len({v}) == 4 and {v}[3].numel() == 0)"
+        fits = f"{v}.__class__ is tuple and {unmasked} and {v}[0].dim() == {v}[1].dim() == {v}[2].dim() == 4 and {v}[1].shape[-3] == {v}[0].shape[-3]"
+        call = (f"{writer.name(F.scaled_dot_product_attention)}({v}[0], {v}[1], {v}[2], "
+                f"dropout_p={me}.dropout if {me}.training else 0.0, is_causal={me}.causal, scale={me}.scale)")
+        return f"({call} if {fits} else {me}.forward({v}))"
+
     def unpack(self, x: object) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """``(q, k, v)`` or ``(q, k, v, key_mask)`` after checking shapes; ``key_mask`` ``None`` if absent."""
         values = expect_tensors(self, x, 4 if isinstance(x, tuple) and len(x) == 4 else 3)

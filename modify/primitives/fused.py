@@ -118,6 +118,18 @@ class _AffineNorm(Leaf):
         x = expect_trailing(self, x, self.normalized_shape)
         return self.compute(x, self.normalized_shape, self.weight, self.bias, self.eps)
 
+    def line_expression(self, writer, value: str) -> str:
+        """``compute`` alone (see :mod:`modify._core.straight_line`): the norm refuses other trailing axes itself."""
+        me = writer.name(self)
+        return f"{writer.name(self.compute)}({value}, {me}.normalized_shape, {me}.weight, {me}.bias, {me}.eps)"
+
+    @classmethod
+    def pair_expression(cls, writer, norm: nn.Module, affine: ElementwiseAffine, value: str) -> str:
+        """:meth:`run_pair` without the check, as one expression (``None`` where the dtypes differ)."""
+        n, a = writer.name(norm), writer.name(affine)
+        compute = f"{writer.name(cls.compute)}({value}, {n}.normalized_shape, {a}.weight, {a}.bias, {n}.eps)"
+        return f"({compute} if {value}.dtype == {a}.weight.dtype else None)"
+
     def _infer_traits(self) -> frozenset[type]:
         return trailing_scope(super()._infer_traits(), self.normalized_shape)
 

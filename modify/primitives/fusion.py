@@ -37,6 +37,8 @@ class Fusion:
         named_as: ``FIRST`` or ``SECOND``: whose name the fused leaf takes (the one with parameters).
         run: ``run(first, second, x)``: the pair's output in one call, or ``None`` where this input
             needs the two leaves (another dtype); ``None`` for a rule only :func:`modify.fuse` applies.
+        line: ``line(writer, first, second, value)``: ``run`` without its checks, as one expression
+            for a straight-line function (:mod:`modify._core.straight_line`), or ``None``.
     """
 
     pairs: tuple[tuple[type, type], ...]
@@ -44,6 +46,7 @@ class Fusion:
     build: Callable[[nn.Module, nn.Module], nn.Module]
     named_as: int
     run: Callable[[nn.Module, nn.Module, object], object] | None = None
+    line: Callable[[LineWriter, nn.Module, nn.Module, str], str] | None = None
 
 
 def _scales(first: Scale, second: Scale) -> bool:
@@ -52,9 +55,9 @@ def _scales(first: Scale, second: Scale) -> bool:
 
 RULES: tuple[Fusion, ...] = (
     Fusion(((LayerNorm, ElementwiseAffine),), AffineLayerNorm.fits, AffineLayerNorm.from_pair, SECOND,
-           AffineLayerNorm.run_pair),
+           AffineLayerNorm.run_pair, AffineLayerNorm.pair_expression),
     Fusion(((RMSNorm, ElementwiseAffine),), AffineRMSNorm.fits, AffineRMSNorm.from_pair, SECOND,
-           AffineRMSNorm.run_pair),
+           AffineRMSNorm.run_pair, AffineRMSNorm.pair_expression),
     Fusion(((GroupNorm, ElementwiseAffine),), AffineGroupNorm.fits, AffineGroupNorm.from_pair, SECOND),
     Fusion(((Linear, Scale), (ScaledLinear, Scale)), ScaledLinear.fits, ScaledLinear.from_pair, FIRST),
     Fusion(((Scale, Scale),), _scales, lambda a, b: Scale(a.c * b.c), FIRST),
@@ -112,8 +115,11 @@ def write_fused(writer: LineWriter, children: dict[str, nn.Module], value: str, 
     rule = CALL_TIME.get((type(first), type(second)))
     if rule is None or not rule.fits(first, second):
         return None
-    pair = f"{writer.name(first)}, {writer.name(second)}"
-    out = writer.call(f"{writer.name(rule.run)}({pair}, {value})", (*path, name), first)
+    run = f"{writer.name(rule.run)}({writer.name(first)}, {writer.name(second)}, {value})"
+    if rule.line is None:
+        out = writer.call(run, (*path, name), first)
+    else:
+        out = writer.call(rule.line(writer, first, second, value), (*path, name), first, checked=run)
     writer.line(f"if {out} is None:")
     with writer.indented():
         middle = writer.write(first, value, (*path, name))

@@ -46,6 +46,11 @@ class Split(Leaf, Unary, ParamFree, Linear, Restructure):
     def forward(self, x):
         return tuple(expect_dims(self, x, self.dim).split(self.split_size_or_sections, self.dim))
 
+    def line_expression(self, writer, value: str) -> str:
+        """``Tensor.split`` alone, a tuple (see :mod:`modify._core.straight_line`): it refuses a missing ``dim``."""
+        me = writer.name(self)
+        return f"tuple({value}.split({me}.split_size_or_sections, {me}.dim))"
+
     def extra_repr(self) -> str:
         return f"{self.split_size_or_sections}, dim={self.dim}"
 

@@ -91,6 +91,11 @@ class Linear(Leaf, Unary, Param, LinearTrait, Vector):
     def forward(self, x):
         return F.linear(expect_last_dim(self, x, self.in_features), self.weight, self.bias)
 
+    def line_expression(self, writer, value: str) -> str:
+        """``F.linear`` alone (see :mod:`modify._core.straight_line`): it refuses what the check refuses."""
+        me = writer.name(self)
+        return f"{writer.name(F.linear)}({value}, {me}.weight, {me}.bias)"
+
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
@@ -346,6 +351,11 @@ class Embedding(Leaf, Unary, Param, NonLinear):
         if isinstance(x, torch.Tensor) and (x.is_floating_point() or x.is_complex()) and checks_enabled():
             raise ModifyTypeError(self, f"expected integer indices, got {describe(x)}")
         return F.embedding(x, self.weight, self.padding_idx)
+
+    def line_expression(self, writer, value: str) -> str:
+        """``F.embedding`` alone (see :mod:`modify._core.straight_line`): it refuses floating indices itself."""
+        me = writer.name(self)
+        return f"{writer.name(F.embedding)}({value}, {me}.weight, {me}.padding_idx)"
 
     def extra_repr(self) -> str:
         pad = f", padding_idx={self.padding_idx}" if self.padding_idx is not None else ""

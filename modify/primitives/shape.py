@@ -206,6 +206,11 @@ class Rearrange(Leaf, Unary, ParamFree, Linear, Restructure):
         x = expect_rank(self, x, self._plan.rank)
         return self._plan.uncached(x) if is_compiling() else self._plan(x)
 
+    def line_expression(self, writer, value: str) -> str:
+        """The plan alone (see :mod:`modify._core.straight_line`): einops refuses another rank itself."""
+        plan = f"{writer.name(self)}._plan"
+        return f"({plan}.uncached({value}) if {writer.name(is_compiling)}() else {plan}({value}))"
+
     def extra_repr(self) -> str:
         lengths = "".join(f", {k}={v}" for k, v in self.axes_lengths.items())
         return f"{self.pattern!r}{lengths}"
