@@ -261,3 +261,80 @@ def test_each_value_lives_only_until_its_last_use(fresh_registry):
             log.clear()
             model(torch.ones(3))
     assert written(model) and third.alive == [False, True]
+
+
+# Each leaf with a ``line_expression``, with an input its forward accepts and one its checks refuse.
+from modify.models import CarryAdd, Pick  # noqa: E402
+from modify.primitives import AffineLayerNorm  # noqa: E402
+
+X = torch.randn(2, 3, 8, dtype=torch.float64)
+HEADS = torch.randn(2, 4, 3, 5, dtype=torch.float64)
+WRITTEN_AS_ONE_CALL = [
+    (lambda: modify.Linear(8, 4, dtype=torch.float64), X, torch.randn(2, 3, 7, dtype=torch.float64), "last dimension 8"),
+    (lambda: modify.Embedding(10, 4), torch.tensor([[1, 2], [3, 9]]), torch.ones(2, 2), "integer indices"),
+    (lambda: modify.GELU("tanh"), X, (X, X), "expected a tensor"),
+    (lambda: modify.Split(4, dim=-1), X, (X, X), "expected a tensor"),
+    (lambda: modify.Rearrange("b t (h d) -> b h t d", h=2), X, torch.ones(2, 8), "3-d tensor"),
+    (lambda: AffineLayerNorm(8, 1e-5, True, None, torch.float64), X, torch.ones(2, 7, dtype=torch.float64), "8"),
+    (lambda: Pick(0, ("1.0", "1.1", 2), 2), (X, (X, X), X), (X, X, X), "has no element 1.0"),
+    (lambda: Pick(2, 0), (X, X, X), (X, X), "has no element 2"),
+    (lambda: CarryAdd(), (X, X, X[0]), (X, X[0]), "different shapes"),
+    (lambda: modify.ScaledDotProductAttention(causal=True), (HEADS, HEADS, HEADS, torch.ones(0, dtype=torch.bool)),
+     (HEADS, HEADS[0], HEADS), "one rank"),
+]
+
+
+@pytest.mark.parametrize("make, good, bad, refusal", WRITTEN_AS_ONE_CALL)
+def test_a_leaf_is_written_as_its_torch_call_and_keeps_its_documented_errors(fresh_registry, make, good, bad, refusal):
+    leaf = make()
+    model = modify.Sequential(step=leaf, after=modify.Identity())
+    model(good), model(good)
+    assert written(model)
+    source = straight_line._written[model][1].source.split("except")[0]
+    assert ".forward(" not in source or "else" in source  # the torch call, forward only as a fallback
+    result = model(good)
+    expected = leaf.forward(good)
+    for ours, theirs in zip(*(r if isinstance(r, tuple) else (r,) for r in (result, expected)), strict=True):
+        assert torch.equal(ours, theirs) if isinstance(ours, torch.Tensor) else ours == theirs
+    with pytest.raises((ModifyValueError, modify.ModifyTypeError), match=refusal) as error:
+        model(bad)
+    assert "'step'" in str(error.value)
+
+
+def test_a_carried_sum_is_not_broadcast_by_the_written_function(fresh_registry):
+    model = modify.Sequential(add=CarryAdd(), after=modify.Identity())
+    same = (torch.ones(2, 3), torch.ones(2, 3))
+    model(same), model(same)
+    assert written(model)
+    with pytest.raises(ModifyValueError, match="different shapes"):
+        model((torch.ones(2, 3), torch.ones(3)))  # torch would broadcast this sum
+
+
+def test_a_leaf_whose_forward_is_replaced_is_called_by_it(fresh_registry):
+    linear = modify.Linear(3, 3)
+    linear.forward = lambda x: x * 0  # on the instance: the written function must call it
+    model = modify.Sequential(linear, modify.Identity())
+    x = torch.ones(2, 3)
+    model(x), model(x)
+    assert written(model) and model(x).abs().sum() == 0
+
+
+def test_a_leaf_expression_gives_way_to_torch_out_of_memory(fresh_registry, monkeypatch):
+    original, failing, calls = torch.nn.functional.linear, [], []
+
+    def linear(*args):
+        calls.append(args)
+        if failing:
+            raise torch.OutOfMemoryError("no memory")
+        return original(*args)
+
+    monkeypatch.setattr(torch.nn.functional, "linear", linear)
+    model = modify.Sequential(step=modify.Linear(3, 3), after=modify.Identity())
+    x = torch.ones(2, 3)
+    model(x), model(x)
+    assert written(model)
+    failing.append(True)
+    calls.clear()
+    with pytest.raises(torch.OutOfMemoryError):
+        model(x)
+    assert len(calls) == 1  # not run again by the checked forward

@@ -4,22 +4,24 @@ Where no one watches module calls (:func:`modify._core.hooks.unwatched`: no hook
 module, none global, no tracer), the combinators of a tree add nothing but Python frames: each
 ``Sequential``/``Parallel`` call loops over its children, tests the hook registry and wraps each
 child in ``try``. From the second such call of a combinator on, :func:`straight_line` gives its whole
-subtree as one generated function: each leaf's ``forward`` called in order, a ``Parallel``
-unpacked into its branches, a leaf that passes its value through (``passes_through``) not called,
-and a pair with a call-time fusion rule run in one call. The outputs are the same objects the
-combinators would return, and an error names the same dotted path (with try blocks, free in
-Python 3.11 while nothing raises). The tiny GPT's forward makes 58 calls (53 leaves, 5 norm-affine pairs) in one frame instead
-of passing through 31 combinators.
+subtree as one generated function: the leaves in order, a ``Parallel`` unpacked into its
+branches, a leaf that passes its value through (``passes_through``) not called, and a pair with a
+call-time fusion rule run in one call. The outputs are the same objects the combinators would
+return, and an error names the same dotted path (with try blocks, free in Python 3.11 while
+nothing raises). The tiny GPT's forward is 53 such statements in one frame instead of 31
+combinators' loops; 51 of them are one torch call each (5 of those a norm-affine pair), and two
+leaves are called by their ``forward``.
 
 How a module is written is its own hook, ``write_line(writer, value, path)``, found on the class
 (the combinators define it) and used where the class's ``forward`` is the hook's class's own (a
 combinator whose ``forward`` a mixin replaces, as activation checkpointing does, is called by
 that ``forward``). A :class:`~modify._core.module.Leaf` whose class has the hook
 ``line_expression(writer, value)`` (under the same rule) is written as that expression: its
-``forward`` without the checks, one torch call where the ``forward`` made three Python calls.
-Only a leaf whose checks refuse nothing that the expression would compute defines it (torch
-raises for such input itself, or the expression tests it and calls ``forward``); where the
-expression raises, the written function runs the leaf's ``forward`` on the same value, so the
+``forward`` without the checks, one torch call where the ``forward`` made three Python calls (so
+a tiny GPT step takes 2 to 4% less time; ``docs/benchmarks.md``, section 1). Only a leaf whose
+checks refuse nothing that the expression would compute defines it (torch raises for such input
+itself, or the expression tests it and calls ``forward``); where the expression raises as torch
+refuses an input, the written function runs the leaf's ``forward`` on the same value, so the
 error is the one its checks document. Any other leaf is called by its ``forward``; any other
 module (a wrapped ``torch.nn`` module, whose class may define its own ``__call__``) by
 ``module(value)``.
@@ -27,8 +29,8 @@ module (a wrapped ``torch.nn`` module, whose class may define its own ``__call__
 The function is written on a combinator's second such call (a tree built for one call, a slice
 ``model[:-1]`` say, never pays for it), then cached per combinator (weakly: it dies with the
 module) and dropped when any combinator it was written through changes its children
-(:func:`structure_changed`). Writing takes about 10 ms for the tiny GPT (454 lines) and 40 ms for
-GPT-2 124M (2,314 lines).
+(:func:`structure_changed`). Writing takes about 11 ms for the tiny GPT (408 lines) and 60 ms for
+GPT-2 124M (2,068 lines).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import linecache
 import re
 import weakref
 from collections.abc import Callable, Iterator
+from typing import NoReturn
 
 import torch
 
@@ -108,12 +111,24 @@ def _annotate_path(error: BaseException, path: tuple[str, ...], module: torch.nn
         annotate(error, name, module)
 
 
-def _refused(error: BaseException) -> bool:
-    """Whether ``error`` is how torch refuses an input (not out of memory, not a hook's own signal,
-    as activation checkpointing's early stop): then the leaf's checked ``forward`` names the fault."""
-    return isinstance(error, (TypeError, ValueError, IndexError, AttributeError, RuntimeError)) and not isinstance(
-        error, torch.OutOfMemoryError
-    )
+def _raise_checked(
+    error: Exception, path: tuple[str, ...], module: torch.nn.Module, checked: Callable[[object], object], value: object
+) -> NoReturn:
+    """Raise, named by ``path``, the error ``checked(value)`` raises, where ``error`` (from a leaf's
+    unchecked expression) is how torch refuses an input; else ``error`` itself.
+
+    Not for out of memory, nor for an exception a hook signals with (activation checkpointing's
+    early stop): those pass unchanged, and nothing runs again.
+    """
+    refused = isinstance(error, (TypeError, ValueError, IndexError, AttributeError, RuntimeError))
+    if refused and not isinstance(error, torch.OutOfMemoryError):
+        try:
+            checked(value)
+        except Exception as documented:
+            _annotate_path(documented, path, module)
+            raise documented from None
+    _annotate_path(error, path, module)
+    raise error
 
 
 _VARIABLE = re.compile(r"\bv\d+\b")
@@ -177,7 +192,7 @@ class LineWriter:
     def __init__(self) -> None:
         self._lines: list[str] = []
         self._names: dict[str, object] = {
-            "_annotate_path": _annotate_path, "checks_enabled": checks_enabled, "_refused": _refused
+            "_annotate_path": _annotate_path, "checks_enabled": checks_enabled, "_raise_checked": _raise_checked
         }
         self._counter = itertools.count()
         self._indent = "    "
@@ -190,35 +205,37 @@ class LineWriter:
             module.__dict__[_IN_LINE] = True
             return module.write_line(self, value, path)
         if isinstance(module, Leaf) and _own_hook(module, "line_expression"):
-            return self.call(module.line_expression(self, value), path, module, checked=f"{self.name(module)}.forward({value})")
+            expression = module.line_expression(self, value)
+            return self.call(expression, path, module, checked=f"{self.name(module)}.forward", value=value)
         if isinstance(module, Leaf) or _hook_owner(type(module)) is not None:
             return self.call(f"{self.name(module)}.forward({value})", path, module)
         return self.call(f"{self.name(module)}({value})", path, module)
 
     def call(
-        self, expression: str, path: tuple[str, ...], module: torch.nn.Module, keep: bool = True, checked: str | None = None
+        self,
+        expression: str,
+        path: tuple[str, ...],
+        module: torch.nn.Module,
+        keep: bool = True,
+        checked: str | None = None,
+        value: str = "",
     ) -> str:
         """A new variable set to ``expression`` (if not ``keep``: the expression alone, and ``""``),
         with errors named by ``path`` (raised inside ``module``).
 
-        ``checked``: an expression computing the same with the checks, run where ``expression``
-        raises as torch refuses an input (:func:`_refused`); its error is the one raised (the
-        first error, where it raises none).
+        ``checked``: the name of a callable computing the same from the input ``value`` with the
+        checks (see :func:`_raise_checked`).
         """
         target = self.variable() if keep else ""
         module_name = self.name(module)
         self.line("try:")
         self.line(f"    {target} = {expression}" if keep else f"    {expression}")
         self.line("except Exception as error:")
-        if checked is not None:
-            self.line("    if _refused(error):")
-            self.line("        try:")
-            self.line(f"            {checked}")
-            self.line("        except Exception as documented:")
-            self.line(f"            _annotate_path(documented, {path!r}, {module_name})")
-            self.line("            raise documented from None")
-        self.line(f"    _annotate_path(error, {path!r}, {module_name})")
-        self.line("    raise")
+        if checked is None:
+            self.line(f"    _annotate_path(error, {path!r}, {module_name})")
+            self.line("    raise")
+        else:
+            self.line(f"    _raise_checked(error, {path!r}, {module_name}, {checked}, {value})")
         return target
 
     def line(self, text: str) -> None:

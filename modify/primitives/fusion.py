@@ -10,6 +10,7 @@ joins a rule by its class, never by a special case in either reader.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -115,11 +116,12 @@ def write_fused(writer: LineWriter, children: dict[str, nn.Module], value: str, 
     rule = CALL_TIME.get((type(first), type(second)))
     if rule is None or not rule.fits(first, second):
         return None
-    run = f"{writer.name(rule.run)}({writer.name(first)}, {writer.name(second)}, {value})"
     if rule.line is None:
+        run = f"{writer.name(rule.run)}({writer.name(first)}, {writer.name(second)}, {value})"
         out = writer.call(run, (*path, name), first)
     else:
-        out = writer.call(rule.line(writer, first, second, value), (*path, name), first, checked=run)
+        checked = writer.name(functools.partial(rule.run, first, second))
+        out = writer.call(rule.line(writer, first, second, value), (*path, name), first, checked=checked, value=value)
     writer.line(f"if {out} is None:")
     with writer.indented():
         middle = writer.write(first, value, (*path, name))
