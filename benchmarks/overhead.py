@@ -146,7 +146,7 @@ def aten_ops(model: nn.Module, size: Size) -> str:
 
 def run(quick: bool) -> str:
     rows, counts, ops = [], [], []
-    rounds = 7 if quick else 15
+    rounds = 15 if quick else 60
     for size in SIZES:
         reference, ours = models(size)
         number = 4
