@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import einops
 import torch
 
 from .._core.arguments import typechecked
