@@ -105,6 +105,10 @@ class Leaf(ModifyModule):
     ``reset_parameters()`` (as ``torch.nn.Linear`` does), so rewriters can rebuild a leaf without
     re-randomising it. Takes no constructor arguments; subclasses define their own.
 
+    A subclass may also define ``line_expression(writer, value) -> str``: its ``forward`` without
+    the checks as one Python expression, which a tree's straight-line function runs in place of
+    the call (rules in :mod:`modify._core.straight_line`).
+
     Shape:
         ``forward``: one value -> one value, as the subclass defines (see :class:`ModifyModule`).
 
