@@ -21,7 +21,8 @@ import transformers
 import modify
 from modify._core import hooks, straight_line
 from modify._core.errors import ModifyValueError
-from modify.models import GPT
+from modify.models import GPT, CarryAdd, Pick
+from modify.primitives import AffineLayerNorm
 from modify.traits import Elementwise, Linear, ParamFree, Unary
 
 GPT2 = dict(vocab_size=64, n_positions=16, n_embd=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=None)
@@ -264,9 +265,6 @@ def test_each_value_lives_only_until_its_last_use(fresh_registry):
 
 
 # Each leaf with a ``line_expression``, with an input its forward accepts and one its checks refuse.
-from modify.models import CarryAdd, Pick  # noqa: E402
-from modify.primitives import AffineLayerNorm  # noqa: E402
-
 X = torch.randn(2, 3, 8, dtype=torch.float64)
 HEADS = torch.randn(2, 4, 3, 5, dtype=torch.float64)
 WRITTEN_AS_ONE_CALL = [

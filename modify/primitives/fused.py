@@ -120,15 +120,19 @@ class _AffineNorm(Leaf):
 
     def line_expression(self, writer, value: str) -> str:
         """``compute`` alone (see :mod:`modify._core.straight_line`): the norm refuses other trailing axes itself."""
-        me = writer.name(self)
-        return f"{writer.name(self.compute)}({value}, {me}.normalized_shape, {me}.weight, {me}.bias, {me}.eps)"
+        return self._compute_expression(writer, self, self, value)
 
     @classmethod
     def pair_expression(cls, writer, norm: nn.Module, affine: ElementwiseAffine, value: str) -> str:
         """:meth:`run_pair` without the check, as one expression (``None`` where the dtypes differ)."""
+        compute = cls._compute_expression(writer, norm, affine, value)
+        return f"({compute} if {value}.dtype == {writer.name(affine)}.weight.dtype else None)"
+
+    @classmethod
+    def _compute_expression(cls, writer, norm: nn.Module, affine: nn.Module, value: str) -> str:
+        """``compute`` on ``value`` with ``norm``'s shape and eps and ``affine``'s weight and bias."""
         n, a = writer.name(norm), writer.name(affine)
-        compute = f"{writer.name(cls.compute)}({value}, {n}.normalized_shape, {a}.weight, {a}.bias, {n}.eps)"
-        return f"({compute} if {value}.dtype == {a}.weight.dtype else None)"
+        return f"{writer.name(cls.compute)}({value}, {n}.normalized_shape, {a}.weight, {a}.bias, {n}.eps)"
 
     def _infer_traits(self) -> frozenset[type]:
         return trailing_scope(super()._infer_traits(), self.normalized_shape)
