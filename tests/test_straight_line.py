@@ -336,3 +336,55 @@ def test_a_leaf_expression_gives_way_to_torch_out_of_memory(fresh_registry, monk
     with pytest.raises(torch.OutOfMemoryError):
         model(x)
     assert len(calls) == 1  # not run again by the checked forward
+
+
+# Under torch.compile: dynamo traces the written function (modify._core.straight_line.traced_line).
+
+
+@pytest.fixture
+def fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def test_compile_traces_the_written_function_not_the_combinators(fresh_registry, fresh_dynamo, monkeypatch):
+    reference, ours = gpt_pair()
+    ids = torch.randint(0, 64, (2, 8))
+    explained = torch._dynamo.explain(ours)(ids)
+    assert explained.graph_count == 1 and explained.graph_break_count == 0
+    # No guard on a combinator's children: the combinators' loops are not traced.
+    assert not [g.name for g in explained.out_guards if "DICT_KEYS" in g.create_fn_name()]
+    compiled = torch.compile(ours, backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(ids), reference(ids).logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(compiled(ids), looped(ours, ids, monkeypatch), atol=0, rtol=0)
+
+
+def test_compiled_model_traces_again_after_a_child_is_set(fresh_registry, fresh_dynamo):
+    model = modify.Sequential(modify.Linear(3, 3), modify.Sequential(modify.ReLU(), modify.Linear(3, 3)))
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    x = torch.randn(4, 3)
+    assert torch.equal(compiled(x), model(x))
+    setattr(model[1], "0", modify.Tanh())
+    assert torch.equal(compiled(x), model[1][1](torch.tanh(model[0](x))))
+
+
+def test_compiled_copies_pickles_and_the_original_use_their_own_leaves(fresh_registry, fresh_dynamo):
+    model = modify.Sequential(modify.Linear(3, 3), modify.Sequential(modify.ReLU(), modify.Linear(3, 2)))
+    x = torch.randn(4, 3)
+    expected = torch.compile(model, backend="eager", fullgraph=True)(x)
+    for twin in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        with torch.no_grad():
+            twin[1][1].bias.add_(1.0)  # the twin's own leaf: the original's output must not move
+        torch.testing.assert_close(torch.compile(twin, backend="eager", fullgraph=True)(x), expected + 1.0)
+    assert torch.equal(torch.compile(model, backend="eager", fullgraph=True)(x), expected)
+
+
+def test_a_compiled_model_and_its_leaves_are_freed(fresh_registry, fresh_dynamo):
+    model = modify.Sequential(modify.Linear(3, 3), modify.Sequential(modify.ReLU(), modify.Linear(3, 2)))
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    compiled(torch.randn(4, 3))
+    alive = weakref.ref(model), weakref.ref(model[1][1].weight)
+    del model, compiled
+    gc.collect()
+    assert [ref() for ref in alive] == [None, None]
