@@ -27,9 +27,11 @@ class RearrangePlan:
 
     def __init__(self, pattern: str, axes_lengths: dict[str, int]):
         self.pattern, self.axes_lengths = pattern, axes_lengths
-        self.lengths = tuple(axes_lengths.items())
         self.plans: dict[torch.Size, Plan] = {}
-        self.left = self.right = self.rank = None  # rank: the input's, where the plan knows it
+        # (left, right, lengths), where the plan can be worked out: one tuple of constants, which
+        # torch.compile guards as one value. rank: the input's, where the pattern fixes it.
+        self.layout: tuple | None = None
+        self.rank: int | None = None
         left, arrow, right = pattern.partition("->")
         try:
             parsed = ParsedExpression(left), ParsedExpression(right)
@@ -40,15 +42,15 @@ class RearrangePlan:
             names = [axis for group in parsed[0].composition if group != _ELLIPSIS for axis in group]
             out = [axis for group in parsed[1].composition if group != _ELLIPSIS for axis in group]
             if sorted(names) == sorted(out) == sorted(set(names)) and set(axes_lengths) <= set(names):
-                # Tuples, not einops' lists: torch.compile guards a tuple of constants as one value.
-                self.left, self.right = _frozen(parsed[0].composition), _frozen(parsed[1].composition)
-        if self.left is not None and _ELLIPSIS not in self.left:
-            self.rank = len(self.left)
+                compositions = _frozen(parsed[0].composition), _frozen(parsed[1].composition)
+                self.layout = (*compositions, tuple(axes_lengths.items()))
+        if self.layout is not None and _ELLIPSIS not in self.layout[0]:
+            self.rank = len(self.layout[0])
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         plan = self.plans.get(x.shape)
         if plan is None:
-            plan = self._plan(x.shape)
+            plan = _plan(self.layout, x.shape)
             if plan is None:
                 return einops.rearrange(x, self.pattern, **self.axes_lengths)
             if len(self.plans) < 32:
@@ -61,33 +63,36 @@ class RearrangePlan:
         Dynamo then guards only the plan's few settings, not a cache, and none of einops' parsing
         (which costs some 90 guards per call site); the plan is built from the traced shape.
         """
-        plan = self._plan(x.shape)
+        plan = _plan(self.layout, x.shape)
         return einops.rearrange(x, self.pattern, **self.axes_lengths) if plan is None else _run(plan, x)
 
-    def _plan(self, shape: torch.Size) -> Plan | None:
-        if self.left is None:
+
+def _plan(layout: tuple | None, shape: torch.Size) -> Plan | None:
+    """The reshape, permutation and reshape for ``shape`` (``None`` if the layout does not fit it)."""
+    if layout is None:
+        return None
+    left, right, lengths = layout
+    spread = len(shape) - len(left) + 1  # axes that "..." stands for, when the pattern has it
+    left, right = _expand(left, spread), _expand(right, spread)
+    if left is None or right is None or len(shape) != len(left):
+        return None
+    lengths = dict(lengths)
+    for group, size in zip(left, shape):
+        unknown = [axis for axis in group if axis not in lengths]
+        known = math.prod([lengths[axis] for axis in group if axis in lengths])
+        if len(unknown) > 1 or (not unknown and known != size) or (unknown and (known == 0 or size % known)):
             return None
-        spread = len(shape) - len(self.left) + 1  # axes that "..." stands for, when the pattern has it
-        left, right = _expand(self.left, spread), _expand(self.right, spread)
-        if left is None or right is None or len(shape) != len(left):
-            return None
-        lengths = dict(self.lengths)
-        for group, size in zip(left, shape):
-            unknown = [axis for axis in group if axis not in lengths]
-            known = math.prod([lengths[axis] for axis in group if axis in lengths])
-            if len(unknown) > 1 or (not unknown and known != size) or (unknown and (known == 0 or size % known)):
-                return None
-            if unknown:
-                lengths[unknown[0]] = size // known
-        elementary = [axis for group in left for axis in group]
-        permutation = [elementary.index(axis) for group in right for axis in group]
-        init = [lengths[axis] for axis in elementary]
-        final = [math.prod([lengths[axis] for axis in group]) for group in right]
-        return (
-            None if all(len(group) == 1 for group in left) else init,
-            None if permutation == sorted(permutation) else permutation,
-            None if all(len(group) == 1 for group in right) else final,
-        )
+        if unknown:
+            lengths[unknown[0]] = size // known
+    elementary = [axis for group in left for axis in group]
+    permutation = [elementary.index(axis) for group in right for axis in group]
+    init = [lengths[axis] for axis in elementary]
+    final = [math.prod([lengths[axis] for axis in group]) for group in right]
+    return (
+        None if all(len(group) == 1 for group in left) else init,
+        None if permutation == sorted(permutation) else permutation,
+        None if all(len(group) == 1 for group in right) else final,
+    )
 
 
 def _frozen(composition: list) -> tuple:
