@@ -17,7 +17,7 @@ from ._core.errors import annotate
 from ._core.hooks import unhooked, unobserved, unwatched
 from ._core.inference import combine_parallel, combine_sequence, traits_of
 from ._core.module import Leaf, ModifyModule
-from ._core.straight_line import LineWriter, straight_line, structure_changed, traced_line
+from ._core.straight_line import LineWriter, straight_line, structure_changed
 from ._core.wrapped import wrap
 from ._core.sibling import sibling
 from .primitives.arithmetic import Add
@@ -189,12 +189,10 @@ class Sequential(Combinator):
     @final
     def forward(self, x):
         modules = self._modules
-        if is_dynamo_compiling():  # dynamo traces the subtree's written function (traced_line)
-            line = traced_line(self) if unwatched() else None
-            if line is not None:
-                return line(x)
+        if is_dynamo_compiling():
+            every = unwatched()
             for module in modules.values():
-                x = module(x)
+                x = module.forward(x) if every and isinstance(module, _DIRECT) else module(x)
             return x
         # Where nothing can observe the calls (no hooks, no tracing: see modify._core.hooks), the
         # whole subtree runs as one straight-line function of its leaves (modify._core.straight_line),
@@ -265,10 +263,10 @@ class Parallel(Combinator):
     def forward(self, x):
         modules = self._modules
         if is_dynamo_compiling():
-            line = traced_line(self) if unwatched() else None
-            if line is not None:
-                return line(x)
-            return tuple(m(v) for m, v in zip(modules.values(), x))
+            every = unwatched()
+            return tuple(
+                m.forward(v) if every and isinstance(m, _DIRECT) else m(v) for m, v in zip(modules.values(), x)
+            )
         if (not isinstance(x, tuple) or len(x) != len(modules)) and checks_enabled():
             self._check(x)
         # As in Sequential.forward; an unhooked branch that passes its value through (Identity,

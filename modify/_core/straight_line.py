@@ -31,10 +31,6 @@ The function is written on a combinator's second such call (a tree built for one
 module) and dropped when any combinator it was written through changes its children
 (:func:`structure_changed`). Writing takes about 11 ms for the tiny GPT (408 lines) and 60 ms for
 GPT-2 124M (2,068 lines).
-
-Under ``torch.compile`` the same function is what dynamo traces (:func:`traced_line`), written
-on the first trace: dynamo then guards the leaves the function reads, not every combinator's
-children, which made the compiled step of the tiny GPT as fast as plain torch's.
 """
 
 from __future__ import annotations
@@ -57,7 +53,6 @@ from .module import Leaf
 _version = 0
 _written: weakref.WeakKeyDictionary[torch.nn.Module, tuple[int, Callable]] = weakref.WeakKeyDictionary()
 _IN_LINE = "_in_straight_line"  # set on each combinator a function was written through
-_TRACED = "_straight_line_traced"  # a combinator's _Traced, for dynamo (see traced_line)
 _functions = itertools.count()  # numbers the written functions' file names
 
 
@@ -84,68 +79,19 @@ def straight_line(module: torch.nn.Module) -> Callable[[object], object] | None:
         >>> torch.equal(straight_line(mlp)(x), mlp(x))
         True
     """
-    version, function = _written.get(module, (None, None))
-    if version != _version:
-        _written[module] = (_version, None)
+    entry = _written.get(module)
+    version = _version
+    if entry is None or entry[0] != version:
+        _written[module] = (version, None)
         return None
-    return function or _write(module)
-
-
-def _write(module: torch.nn.Module) -> Callable[[object], object]:
-    """Write ``module``'s function (at the current version of the structure) and keep it."""
+    if entry[1] is not None:
+        return entry[1]
     writer = LineWriter()
     module.__dict__[_IN_LINE] = True
-    function = writer.function(module.write_line(writer, "x", ()))
-    _written[module] = (_version, function)
+    out = module.write_line(writer, "x", ())
+    function = writer.function(out)
+    _written[module] = (version, function)
     return function
-
-
-class _Traced:
-    """A combinator's function as dynamo reads it: from the combinator's ``__dict__``, so that
-    the function and its leaves are guarded as attributes of the compiled module (and die with it).
-
-    Copies and pickles start empty (the function names the original's leaves); dynamo stores a
-    new one on each trace, never changing one in place (a sibling may share its ``__dict__``'s values).
-    """
-
-    def __init__(self, version: int = -1, function: Callable[[object], object] | None = None):
-        self.version = version
-        self.function = function
-
-    def __reduce__(self) -> tuple:
-        return (_Traced, ())
-
-
-@torch.compiler.assume_constant_result
-def _store_traced(module: torch.nn.Module) -> None:
-    """Store ``module``'s function in its ``__dict__``; dynamo runs this as it traces, not traced itself."""
-    version, function = _written.get(module, (None, None))
-    if version != _version or function is None:
-        function = _write(module)
-    module.__dict__[_TRACED] = _Traced(_version, function)
-
-
-def traced_line(module: torch.nn.Module) -> Callable[[object], object] | None:
-    """``module``'s forward as one function, for dynamo to trace in place of its combinators.
-
-    Under ``torch.compile``, where nothing observes module calls (the caller tests
-    :func:`~modify._core.hooks.unwatched`), a combinator's ``forward`` calls this and then the
-    function: dynamo inlines one straight-line function instead of every combinator's loop, and
-    guards the leaves it reads, not each combinator's children dictionary (the tiny GPT's compiled
-    forward checks 292 guards instead of 632; ``docs/benchmarks.md``, section 1). The function is
-    written as dynamo traces (:func:`_store_traced`, whose argument dynamo guards by identity: each
-    module compiles its own graph) and read back from ``module`` (guarded as its attribute), so
-    nothing outside the module holds its leaves. Dynamo guards the structure's version too: a
-    child set after compiling makes the next call trace again.
-
-    Returns:
-        ``fn(value) -> value`` as :func:`straight_line`'s; ``None`` only if the structure changed
-        while dynamo traced (the caller then loops over its children).
-    """
-    _store_traced(module)
-    traced = getattr(module, _TRACED)
-    # Equal as dynamo traces; comparing makes dynamo guard the version, so a change traces again.
-    return traced.function if traced.version == _version else None
 
 
 def structure_changed(combinator: torch.nn.Module) -> None:

@@ -164,9 +164,10 @@ class Pick(Leaf, Tuple, ParamFree, Linear, Restructure):
         return self._build(self.spec, x)
 
     def line_expression(self, writer, value: str) -> str:
-        """The picked elements indexed out of a tuple, else ``forward`` (see :mod:`modify._core.straight_line`;
-        indexing, not the ``itemgetter``, which dynamo cannot trace)."""
+        """A flat spec's ``itemgetter`` on a tuple, else ``forward`` (see :mod:`modify._core.straight_line`)."""
         me = writer.name(self)
+        if self._flat is not None:
+            return f"({me}._flat({value}) if {value}.__class__ is tuple else {me}.forward({value}))"
         indexed: set[tuple[int, ...]] = set()  # the paths indexed into: each must be a tuple
 
         def build(spec: tuple) -> str:
