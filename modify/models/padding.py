@@ -159,7 +159,7 @@ class Pick(Leaf, Tuple, ParamFree, Linear, Restructure):
 
     def forward(self, x):
         expect_tuple(self, x)
-        if self._flat is not None and isinstance(x, tuple) and len(x) >= self._needs and not is_dynamo_compiling():
+        if not is_dynamo_compiling() and self._flat is not None and isinstance(x, tuple) and len(x) >= self._needs:
             return self._flat(x)
         return self._build(self.spec, x)
 
