@@ -18,6 +18,7 @@ from ._core.hooks import unhooked, unobserved, unwatched
 from ._core.inference import combine_parallel, combine_sequence, traits_of
 from ._core.module import Leaf, ModifyModule
 from ._core.straight_line import LineWriter, straight_line, structure_changed
+from .flat_program import FLAT, build_flat, current_flat, run_flat
 from ._core.wrapped import wrap
 from ._core.sibling import sibling
 from .primitives.arithmetic import Add
@@ -77,21 +78,46 @@ class Combinator(ModifyModule):
                     f"{type(self).__name__} child '{name}' must be a torch.nn.Module, got {type(module).__name__}"
                 )
             self.add_module(name, wrap(module))
+        self._children_set()
 
     def __setattr__(self, name: str, value: object) -> None:
-        if isinstance(value, nn.Module) or name in self.__dict__.get("_modules", ()):
+        child = isinstance(value, nn.Module) or name in self.__dict__.get("_modules", ())
+        if child:
             structure_changed(self)
         super().__setattr__(name, value)
+        if child and FLAT in self.__dict__:
+            self._children_set()
 
     def __delattr__(self, name: str) -> None:
-        if name in self._modules:
+        child = name in self._modules
+        if child:
             structure_changed(self)
         super().__delattr__(name)
+        if child and FLAT in self.__dict__:
+            self._children_set()
 
     def add_module(self, name: str, module: nn.Module | None) -> None:
         """``torch.nn.Module.add_module``; a function written through this combinator is dropped."""
         structure_changed(self)
         super().add_module(name, module)
+        if FLAT in self.__dict__:
+            self._children_set()
+
+    def _children_set(self) -> None:
+        """Build this combinator's flat program (:mod:`modify.flat_program`) for its children now."""
+        kind = getattr(self, "flat_kind", None)
+        if kind is not None:
+            build_flat(self, kind, _direct)
+
+    def __getstate__(self) -> dict:
+        # The program is built again on loading: a pickled version number means nothing elsewhere.
+        state = dict(self.__dict__)
+        state.pop(FLAT, None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._children_set()
 
     def _written_line(self):
         """This combinator's straight-line function where nothing observes module calls, else ``None``."""
@@ -158,6 +184,10 @@ class Combinator(ModifyModule):
 _DIRECT = (Leaf, Combinator)
 
 
+def _direct(module: nn.Module) -> bool:
+    return isinstance(module, _DIRECT)
+
+
 class Sequential(Combinator):
     """Compose modules: ``x -> m_n(...m_2(m_1(x)))``, as ``torch.nn.Sequential``.
 
@@ -186,11 +216,18 @@ class Sequential(Combinator):
         ['0.weight', '0.bias', '2.weight', '2.bias']
     """
 
+    flat_kind = "seq"
+
     @final
     def forward(self, x):
         modules = self._modules
         if is_dynamo_compiling():
+            # Traced: the subtree's flat program, which dynamo guards by its leaves alone
+            # (modify.flat_program); the loop where a hook may watch or the program is stale.
             every = unwatched()
+            flat = current_flat(self) if every else None
+            if flat is not None:
+                return run_flat(flat, x)
             for module in modules.values():
                 x = module.forward(x) if every and isinstance(module, _DIRECT) else module(x)
             return x
@@ -259,11 +296,16 @@ class Parallel(Combinator):
         ([2.0, 2.0], [1.0, 1.0])
     """
 
+    flat_kind = "par"
+
     @final
     def forward(self, x):
         modules = self._modules
         if is_dynamo_compiling():
             every = unwatched()
+            flat = current_flat(self) if every else None
+            if flat is not None:
+                return run_flat(flat, x)
             return tuple(
                 m.forward(v) if every and isinstance(m, _DIRECT) else m(v) for m, v in zip(modules.values(), x)
             )

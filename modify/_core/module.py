@@ -15,8 +15,8 @@ class ModifyModule(torch.nn.Module, Traited):
     exactly one value and returns one value; ``__call__`` is ``torch.nn.Module``'s own, so
     forward hooks, ``torch.compile``, DDP and FSDP see ordinary modules. Putting a hook on one (or
     compiling it in place) is noted in one registry (:mod:`modify._core.hooks`): while no modify
-    module was ever hooked, combinators run their children's ``forward`` without the call's
-    frames when compiled, and eagerly run a whole tree as one generated function of its leaves
+    module was ever hooked, combinators run their subtree's leaves by their ``forward`` when
+    compiled (one flat program, :mod:`modify.flat_program`), and eagerly run a whole tree as one generated function of its leaves
     (:mod:`modify._core.straight_line`); once one was, every hook fires as usual. Takes no constructor
     arguments; subclasses define their own.
 
@@ -46,6 +46,12 @@ class ModifyModule(torch.nn.Module, Traited):
     #: (a model family, ``convert``); a module a rewriter puts in another's place takes that
     #: module's name.
     reference_name: str | None = None
+
+    def _children_set(self) -> None:
+        """Hook: ``self`` (a :func:`~modify._core.sibling.sibling`) was given its own children.
+
+        What a class derives from its children is derived again here (a combinator's flat program).
+        """
 
     #: ``True`` on a leaf whose ``forward`` returns its input object itself with no side effect
     #: (:class:`~modify.Identity`): a combinator may then hand the value on without the call,

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .hooks import carries_hooks, note_hooks
+from .module import ModifyModule
 
 _CONTAINERS = ("_parameters", "_buffers", "_modules")
 _HOOKS = tuple(attr for attr, value in vars(nn.Module()).items() if "hooks" in attr and isinstance(value, dict))
@@ -76,6 +77,8 @@ def sibling(
             state[attr] = type(value)(value) if keep_hooks else type(value)()
     if keep_hooks and carries_hooks(state):
         note_hooks()  # combinators must see them (modify._core.hooks)
+    if children is not None and isinstance(new, ModifyModule):
+        new._children_set()
     return new
 
 

@@ -94,6 +94,16 @@ def straight_line(module: torch.nn.Module) -> Callable[[object], object] | None:
     return function
 
 
+def current_version() -> int:
+    """The structure version: functions (and flat programs) written at another are stale."""
+    return _version
+
+
+def written_through(combinator: torch.nn.Module) -> None:
+    """Note that something was written through ``combinator``: a change of its children bumps the version."""
+    combinator.__dict__[_IN_LINE] = True
+
+
 def structure_changed(combinator: torch.nn.Module) -> None:
     """Note that ``combinator``'s children change: every function written through it is dropped.
 
@@ -173,7 +183,7 @@ def _hook_owner(cls: type, hook: str = "write_line") -> type | None:
     return next((base for base in cls.__mro__ if hook in base.__dict__), None)
 
 
-def _own_hook(module: torch.nn.Module, hook: str) -> bool:
+def own_hook(module: torch.nn.Module, hook: str) -> bool:
     """Whether ``module``'s class has ``hook`` and runs its hook class's ``forward`` (none set on the instance)."""
     owner = _hook_owner(type(module), hook)
     return owner is not None and type(module).forward is owner.forward and "forward" not in module.__dict__
@@ -201,10 +211,10 @@ class LineWriter:
         """Statements computing ``module(value)``; returns the variable holding the output."""
         if isinstance(module, Leaf) and module.passes_through:
             return value
-        if _own_hook(module, "write_line"):
+        if own_hook(module, "write_line"):
             module.__dict__[_IN_LINE] = True
             return module.write_line(self, value, path)
-        if isinstance(module, Leaf) and _own_hook(module, "line_expression"):
+        if isinstance(module, Leaf) and own_hook(module, "line_expression"):
             expression = module.line_expression(self, value)
             return self.call(expression, path, module, checked=f"{self.name(module)}.forward", value=value)
         if isinstance(module, Leaf) or _hook_owner(type(module)) is not None:
