@@ -36,6 +36,7 @@ GPT-2 124M (2,068 lines).
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import linecache
 import re
@@ -178,6 +179,7 @@ def _with_deletes(lines: list[str], out: str) -> list[str]:
     return written
 
 
+@functools.cache  # classes are few and live as long as the process
 def _hook_owner(cls: type, hook: str = "write_line") -> type | None:
     """The class in ``cls``'s method resolution order that defines ``hook``, or ``None``."""
     return next((base for base in cls.__mro__ if hook in base.__dict__), None)
