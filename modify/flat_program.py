@@ -3,25 +3,32 @@
 Under ``torch.compile``, dynamo guards every object its trace reads before it reuses a graph: a
 combinator's loop over its children reads the combinator, its ``__dict__``, its ``_modules``
 dictionary and each key in order. The tiny GPT's 31 combinators made its compiled forward check
-1,404 guard nodes against plain torch's 562 (twice the guard-check time, a few percent of a step).
+1,404 guard nodes against plain torch's 562 (two to three times the guard-check time, 3 to 4% of
+a training step); run by its program, 889 (``docs/benchmarks.md``, section 1, eighth pass).
 
 So each ``Sequential``/``Parallel`` keeps its subtree in a form dynamo reads cheaply: the tuple of
 units it calls in order (leaves, and any module that is not a plain combinator) and a nested
 tuple of literals saying how values flow between them (dynamo guards the whole literal by one
-equality test). Traced, the combinator runs the program (:func:`run_flat`) and reads only its
-units, never the combinators between them. Trees of one structure have equal programs, so a
-sibling (a key/value-cache model, a LoRA model) reuses the graph compiled for another.
+equality test). Traced, where nothing watches module calls (:func:`~modify._core.hooks.unwatched`),
+the combinator runs the program (:func:`run_flat`) and reads only its units, never the
+combinators between them. Trees of one structure have equal programs, so a sibling of the same
+structure (a key/value-cache model, a deep copy) reuses the graph compiled for another.
 
 The program is built when the combinator is (from its children's programs, so a tree costs its
-size times its depth), and again when its children change; a change below (a combinator the
-program was built through) bumps the version in :mod:`modify._core.straight_line`, and a program
-of an older version is not used (the combinators loop, as they always may). Nodes:
+size times its depth), when its children change, when a sibling gets its own children
+(``ModifyModule._children_set``), and on unpickling (it is not pickled). A change below (a
+combinator the program was built through) bumps the version in
+:mod:`modify._core.straight_line`, and a program of an older version is not used (the
+combinators loop, as they always may, with their larger guard set). The version is one number for
+the process, so such a change (which no rewriter makes: they build siblings) sends every tree built
+before it back to the loop when compiled. Nodes:
 
-- ``("unit", 1)``: the next unit, called by its ``forward`` (or ``unit(x)`` where it is not a
-  modify module);
+- ``("unit", 1)``: the next unit, run by its ``forward``; ``("call", 1)``: called, ``unit(x)``
+  (a module that is not a modify module, whose class may define its own ``__call__``);
 - ``("pass", 0)``: a leaf that passes its value through, not called;
-- ``("fuse", 2, rule)``: the next two units, a pair with a call-time fusion rule
-  (:mod:`modify.primitives.fusion`), in one call where the rule still fits;
+- ``("fuse", 2, rule)``: the next two units, a pair whose call-time fusion rule
+  (:mod:`modify.primitives.fusion`) fitted when the program was built, in one call (the two
+  leaves where the rule declines the input: another dtype);
 - ``("seq", n, nodes)``, ``("par", n, nodes)``: a ``Sequential`` or ``Parallel`` of ``n`` units.
 """
 

@@ -14,6 +14,7 @@ import torch
 
 import modify
 from modify import Identity, Linear, Parallel, ReLU, Residual, Scale, Sequential
+from modify._core import hooks
 from modify.flat_program import FLAT
 from modify.models import GPT, GPTConfig
 
@@ -21,7 +22,10 @@ from helpers import assert_close
 
 
 @pytest.fixture(autouse=True)
-def _fresh_dynamo():
+def _fresh_dynamo(monkeypatch):
+    """No cache entries carried over; and no hook seen yet (the registry's flag is sticky for the
+    process: a hook put on a module by an earlier test sends combinators to their loop)."""
+    monkeypatch.setattr(hooks, "_hooked", False)
     torch._dynamo.reset()
     yield
     torch._dynamo.reset()
@@ -117,3 +121,12 @@ def test_hooks_fire_under_compile():
     model[1][1].register_forward_hook(lambda module, args, out: seen.append(out.shape))
     torch.compile(model, backend="eager")(torch.randn(3, 4))
     assert seen == [torch.Size([3, 4])]
+
+
+def test_compiled_norm_affine_pairs_run_as_one_layer_norm_call_as_in_eager_mode():
+    graphs, keep = counting_backend()
+    model, ids = tiny_gpt(), torch.randint(0, 64, (2, 8))
+    assert_close(torch.compile(model, backend=keep, fullgraph=True)(ids), model(ids))
+    targets = [node.target for node in graphs[0].graph.nodes if node.op == "call_function"]
+    norms = [t for t in targets if t is torch.nn.functional.layer_norm]
+    assert len(norms) == 2 * 2 + 1 and torch.addcmul not in targets
