@@ -188,6 +188,15 @@ def _direct(module: nn.Module) -> bool:
     return isinstance(module, _DIRECT)
 
 
+def _traced(combinator: Combinator, x):
+    """``forward`` under dynamo: the subtree's flat program, which dynamo guards by its leaves
+    alone (:mod:`modify.flat_program`); the children's loop where a hook may watch (each hooked
+    child is called) or the program is stale. A function, not a method: no guards on the classes."""
+    every = unwatched()
+    flat = current_flat(combinator) if every else None
+    return combinator._traced_loop(x, every) if flat is None else run_flat(flat, x)
+
+
 class Sequential(Combinator):
     """Compose modules: ``x -> m_n(...m_2(m_1(x)))``, as ``torch.nn.Sequential``.
 
@@ -220,17 +229,9 @@ class Sequential(Combinator):
 
     @final
     def forward(self, x):
-        modules = self._modules
         if is_dynamo_compiling():
-            # Traced: the subtree's flat program, which dynamo guards by its leaves alone
-            # (modify.flat_program); the loop where a hook may watch or the program is stale.
-            every = unwatched()
-            flat = current_flat(self) if every else None
-            if flat is not None:
-                return run_flat(flat, x)
-            for module in modules.values():
-                x = module.forward(x) if every and isinstance(module, _DIRECT) else module(x)
-            return x
+            return _traced(self, x)
+        modules = self._modules
         # Where nothing can observe the calls (no hooks, no tracing: see modify._core.hooks), the
         # whole subtree runs as one straight-line function of its leaves (modify._core.straight_line),
         # from the second call on. Otherwise each unhooked child still runs by its forward (torch's
@@ -249,6 +250,12 @@ class Sequential(Combinator):
             except Exception as error:
                 annotate(error, name, module)
                 raise
+        return x
+
+    def _traced_loop(self, x, every: bool):
+        """``forward`` under dynamo without the flat program (``every``: nothing watches module calls)."""
+        for module in self._modules.values():
+            x = module.forward(x) if every and isinstance(module, _DIRECT) else module(x)
         return x
 
     def write_line(self, writer: LineWriter, value: str, path: tuple[str, ...]) -> str:
@@ -300,15 +307,9 @@ class Parallel(Combinator):
 
     @final
     def forward(self, x):
-        modules = self._modules
         if is_dynamo_compiling():
-            every = unwatched()
-            flat = current_flat(self) if every else None
-            if flat is not None:
-                return run_flat(flat, x)
-            return tuple(
-                m.forward(v) if every and isinstance(m, _DIRECT) else m(v) for m, v in zip(modules.values(), x)
-            )
+            return _traced(self, x)
+        modules = self._modules
         if (not isinstance(x, tuple) or len(x) != len(modules)) and checks_enabled():
             self._check(x)
         # As in Sequential.forward; an unhooked branch that passes its value through (Identity,
@@ -332,6 +333,12 @@ class Parallel(Combinator):
                 annotate(error, name, module)
                 raise
         return tuple(out)
+
+    def _traced_loop(self, x, every: bool):
+        """As :meth:`Sequential._traced_loop`, each branch on its element."""
+        return tuple(
+            m.forward(v) if every and isinstance(m, _DIRECT) else m(v) for m, v in zip(self._modules.values(), x)
+        )
 
     def write_line(self, writer: LineWriter, value: str, path: tuple[str, ...]) -> str:
         """The straight-line form of :meth:`forward`: the input unpacked, each branch on its element.
