@@ -188,13 +188,14 @@ def _direct(module: nn.Module) -> bool:
     return isinstance(module, _DIRECT)
 
 
-def _traced(combinator: Combinator, x):
-    """``forward`` under dynamo: the subtree's flat program, which dynamo guards by its leaves
-    alone (:mod:`modify.flat_program`); the children's loop where a hook may watch (each hooked
-    child is called) or the program is stale. A function, not a method: no guards on the classes."""
+def _compiled_program(combinator: Combinator) -> tuple[bool, tuple | None]:
+    """Under dynamo: whether nothing watches module calls, and then the combinator's current flat
+    program (:mod:`modify.flat_program`), which dynamo guards by its leaves alone; ``None`` where a
+    hook may watch (each hooked child is called) or the program is stale: the children's loop runs.
+    A function, not a method (no guards on the classes), returning before the loop (no frame kept
+    on the stack per level of a deep tree while dynamo inlines it)."""
     every = unwatched()
-    flat = current_flat(combinator) if every else None
-    return combinator._traced_loop(x, every) if flat is None else run_flat(flat, x)
+    return every, current_flat(combinator) if every else None
 
 
 class Sequential(Combinator):
@@ -229,9 +230,14 @@ class Sequential(Combinator):
 
     @final
     def forward(self, x):
-        if is_dynamo_compiling():
-            return _traced(self, x)
         modules = self._modules
+        if is_dynamo_compiling():
+            every, flat = _compiled_program(self)
+            if flat is not None:
+                return run_flat(flat, x)
+            for module in modules.values():
+                x = module.forward(x) if every and isinstance(module, _DIRECT) else module(x)
+            return x
         # Where nothing can observe the calls (no hooks, no tracing: see modify._core.hooks), the
         # whole subtree runs as one straight-line function of its leaves (modify._core.straight_line),
         # from the second call on. Otherwise each unhooked child still runs by its forward (torch's
@@ -250,12 +256,6 @@ class Sequential(Combinator):
             except Exception as error:
                 annotate(error, name, module)
                 raise
-        return x
-
-    def _traced_loop(self, x, every: bool):
-        """``forward`` under dynamo without the flat program (``every``: nothing watches module calls)."""
-        for module in self._modules.values():
-            x = module.forward(x) if every and isinstance(module, _DIRECT) else module(x)
         return x
 
     def write_line(self, writer: LineWriter, value: str, path: tuple[str, ...]) -> str:
@@ -307,9 +307,14 @@ class Parallel(Combinator):
 
     @final
     def forward(self, x):
-        if is_dynamo_compiling():
-            return _traced(self, x)
         modules = self._modules
+        if is_dynamo_compiling():
+            every, flat = _compiled_program(self)
+            if flat is not None:
+                return run_flat(flat, x)
+            return tuple(
+                m.forward(v) if every and isinstance(m, _DIRECT) else m(v) for m, v in zip(modules.values(), x)
+            )
         if (not isinstance(x, tuple) or len(x) != len(modules)) and checks_enabled():
             self._check(x)
         # As in Sequential.forward; an unhooked branch that passes its value through (Identity,
@@ -333,12 +338,6 @@ class Parallel(Combinator):
                 annotate(error, name, module)
                 raise
         return tuple(out)
-
-    def _traced_loop(self, x, every: bool):
-        """As :meth:`Sequential._traced_loop`, each branch on its element."""
-        return tuple(
-            m.forward(v) if every and isinstance(m, _DIRECT) else m(v) for m, v in zip(self._modules.values(), x)
-        )
 
     def write_line(self, writer: LineWriter, value: str, path: tuple[str, ...]) -> str:
         """The straight-line form of :meth:`forward`: the input unpacked, each branch on its element.

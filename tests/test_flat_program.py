@@ -130,3 +130,15 @@ def test_compiled_norm_affine_pairs_run_as_one_layer_norm_call_as_in_eager_mode(
     targets = [node.target for node in graphs[0].graph.nodes if node.op == "call_function"]
     norms = [t for t in targets if t is torch.nn.functional.layer_norm]
     assert len(norms) == 2 * 2 + 1 and torch.addcmul not in targets
+
+
+@pytest.mark.parametrize("hooked", [False, True], ids=["flat program", "loop"])
+def test_a_deeply_nested_tree_compiles_by_either_path(hooked, monkeypatch):
+    """Dynamo inlines each level of the tree with a dozen of its own frames: a path that kept
+    three frames of ours per level ran out of Python's recursion limit about 30 levels down."""
+    monkeypatch.setattr(hooks, "_hooked", hooked)
+    model = Linear(4, 4)
+    for _ in range(40):
+        model = Sequential(model, Scale(1.0))
+    x = torch.randn(2, 4)
+    assert_close(torch.compile(model, backend="eager", fullgraph=True)(x), model(x))
