@@ -16,9 +16,9 @@ class ModifyModule(torch.nn.Module, Traited):
     forward hooks, ``torch.compile``, DDP and FSDP see ordinary modules. Putting a hook on one (or
     compiling it in place) is noted in one registry (:mod:`modify._core.hooks`): while no modify
     module was ever hooked, combinators run their subtree's leaves by their ``forward`` when
-    compiled (one flat program, :mod:`modify.flat_program`), and eagerly run a whole tree as one generated function of its leaves
-    (:mod:`modify._core.straight_line`); once one was, every hook fires as usual. Takes no constructor
-    arguments; subclasses define their own.
+    compiled (one flat program, :mod:`modify.flat_program`), and eagerly run a whole tree as one
+    generated function of its leaves (:mod:`modify._core.straight_line`); once one was, every hook
+    fires as usual. Takes no constructor arguments; subclasses define their own.
 
     Only the combinators :class:`~modify.Sequential` and :class:`~modify.Parallel` hold
     submodules; every other module is a :class:`Leaf`. :func:`modify.traits_of` answers what a

@@ -88,7 +88,7 @@ def straight_line(module: torch.nn.Module) -> Callable[[object], object] | None:
     if entry[1] is not None:
         return entry[1]
     writer = LineWriter()
-    module.__dict__[_IN_LINE] = True
+    written_through(module)
     out = module.write_line(writer, "x", ())
     function = writer.function(out)
     _written[module] = (version, function)
@@ -214,7 +214,7 @@ class LineWriter:
         if isinstance(module, Leaf) and module.passes_through:
             return value
         if own_hook(module, "write_line"):
-            module.__dict__[_IN_LINE] = True
+            written_through(module)
             return module.write_line(self, value, path)
         if isinstance(module, Leaf) and own_hook(module, "line_expression"):
             expression = module.line_expression(self, value)
