@@ -4,7 +4,7 @@ Under ``torch.compile``, dynamo guards every object its trace reads before it re
 combinator's loop over its children reads the combinator, its ``__dict__``, its ``_modules``
 dictionary and each key in order. The tiny GPT's 31 combinators made its compiled forward check
 1,404 guard nodes against plain torch's 562 (two to three times the guard-check time, 3 to 4% of
-a training step); run by its program, 889 (``docs/benchmarks.md``, section 1, eighth pass).
+a training step); run by its program, 889 to 892 (``docs/benchmarks.md``, section 1, eighth pass).
 
 So each ``Sequential``/``Parallel`` keeps its subtree in a form dynamo reads cheaply: the tuple of
 units it calls in order (leaves, and any module that is not a plain combinator) and a nested
@@ -41,7 +41,7 @@ from torch import nn
 from ._core.straight_line import current_version, own_hook, written_through
 from ._core.checks import describe
 from ._core.module import Leaf
-from .primitives.fusion import CALL_TIME
+from .primitives.fusion import CALL_TIME, call_time_rule
 
 #: Where a combinator keeps ``(version, units, node)`` in its ``__dict__``.
 FLAT = "_flat_program"
@@ -58,8 +58,8 @@ def build_flat(combinator: nn.Module, kind: str, direct: Callable[[nn.Module], b
     children = list(combinator._modules.values())
     nodes = tuple(_node(child, units, direct) for child in children)
     if kind == "seq" and len(children) == 2 and all(node == ("unit", 1) for node in nodes):
-        rule = CALL_TIME.get((type(children[0]), type(children[1])))
-        if rule is not None and rule.fits(*children):
+        rule = call_time_rule(*children)
+        if rule is not None:
             nodes = (("fuse", 2, _RULES.index(rule)),)
     combinator.__dict__[FLAT] = (current_version(), tuple(units), (kind, len(units), nodes))
 

@@ -90,6 +90,16 @@ def rule_for(first: nn.Module, second: nn.Module) -> Fusion | None:
     return rule if rule is not None and rule.fits(first, second) else None
 
 
+def call_time_rule(first: nn.Module, second: nn.Module) -> Fusion | None:
+    """The rule with a call-time form that fits ``first`` then ``second``, or ``None``.
+
+    The one lookup of the call-time readers: a looping ``Sequential`` (:func:`run_fused`), a
+    straight-line function (:func:`write_fused`) and a flat program (:mod:`modify.flat_program`).
+    """
+    rule = CALL_TIME.get((type(first), type(second)))
+    return rule if rule is not None and rule.fits(first, second) else None
+
+
 def run_fused(children: dict[str, nn.Module], x: object) -> object | None:
     """Two children's output in one call by their call-time rule, or ``None`` (no rule, hooks, another dtype).
 
@@ -97,8 +107,8 @@ def run_fused(children: dict[str, nn.Module], x: object) -> object | None:
     calls; an error names the first child, as the ``Sequential`` would.
     """
     (name, first), (_, second) = children.items()
-    rule = CALL_TIME.get((type(first), type(second)))
-    if rule is None or not (rule.fits(first, second) and unhooked(first) and unhooked(second)):
+    rule = call_time_rule(first, second)
+    if rule is None or not (unhooked(first) and unhooked(second)):
         return None
     try:
         return rule.run(first, second, x)
@@ -113,8 +123,8 @@ def write_fused(writer: LineWriter, children: dict[str, nn.Module], value: str, 
     Returns the variable holding the output, or ``None`` where no rule fits the two children.
     """
     (name, first), (second_name, second) = children.items()
-    rule = CALL_TIME.get((type(first), type(second)))
-    if rule is None or not rule.fits(first, second):
+    rule = call_time_rule(first, second)
+    if rule is None:
         return None
     if rule.line is None:
         run = f"{writer.name(rule.run)}({writer.name(first)}, {writer.name(second)}, {value})"
